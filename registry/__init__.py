@@ -1,0 +1,22 @@
+"""tvreg: a registry and versioned, content-addressed store of task vectors.
+
+    import tvreg
+    reg = tvreg.open()                         # $TVREG_HOME, else ~/.tvreg
+    reg.create("sentiment", base="base.safetensors", finetuned="ft.safetensors", task="sentiment")
+    vec = reg.get("sentiment@1")
+    for name, delta in vec.tensors().items(): ...
+    reg.sql("SELECT name, version, task, lr FROM versions")
+"""
+
+from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, FormatError,
+                     IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
+                     NotFound, RegistryError, SQLError, TvregError)
+from .registry import CreateResult, Registry, open
+from .taskvector import TaskVector
+
+__version__ = "0.1.0"
+
+__all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
+           "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",
+           "IncompatibleCheckpoints", "NonFiniteValues", "SQLError", "CorruptObject",
+           "FormatError", "CatalogBusy", "RegistryError", "__version__"]

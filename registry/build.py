@@ -1,0 +1,87 @@
+"""Task vectors from a (base, fine-tuned) checkpoint pair: τ = θ_ft − θ_base, tensor by tensor.
+
+All checks that need no tensor data (names, shapes, dtypes) run before anything is read or
+written. The base is hashed in the same pass that computes the deltas, so each checkpoint is read
+once; at most a few tensors are in memory at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import dtypes
+from .checkpoints import Checkpoint, TensorInfo
+from .codecs import default_pipeline
+from .digest import BaseHasher, arch_fingerprint, tensor_bytes
+from .encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
+from .errors import IncompatibleCheckpoints, NonFiniteValues
+from .manifest import Manifest, SkippedTensor
+
+SHOW = 5
+
+
+def _describe(names: list[str]) -> str:
+    more = f" and {len(names) - SHOW} more" if len(names) > SHOW else ""
+    return ", ".join(names[:SHOW]) + more
+
+
+def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
+    """The base's tensor infos, if both checkpoints have the same names, shapes and dtypes."""
+    a = {i.name: i for i in base.infos()}
+    b = {i.name: i for i in finetuned.infos()}
+    only_base = sorted(a.keys() - b.keys())
+    only_ft = sorted(b.keys() - a.keys())
+    problems = []
+    if only_base:
+        problems.append(f"{len(only_base)} tensor(s) only in the base: {_describe(only_base)}")
+    if only_ft:
+        problems.append(f"{len(only_ft)} tensor(s) only in the fine-tuned: {_describe(only_ft)}")
+    differ = [f"{n} ({a[n].dtype}{list(a[n].shape)} vs {b[n].dtype}{list(b[n].shape)})"
+              for n in sorted(a.keys() & b.keys())
+              if (a[n].dtype, a[n].shape) != (b[n].dtype, b[n].shape)]
+    if differ:
+        problems.append(f"{len(differ)} tensor(s) differ in shape or dtype: {_describe(differ)}")
+    if problems:
+        raise IncompatibleCheckpoints("checkpoints do not match: " + "; ".join(problems))
+    return [a[n] for n in sorted(a)]
+
+
+def build_task_vector(base: Checkpoint, finetuned: Checkpoint, infos: list[TensorInfo],
+                      put: Callable[[bytes], str], *, allow_nonfinite: bool = False,
+                      level: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      workers: int | None = None,
+                      on_tensor: Callable[[int], None] | None = None) -> Manifest:
+    """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id."""
+    hasher = BaseHasher()
+    skipped: list[SkippedTensor] = []
+    futures = []
+    with TensorEncoder(put, chunk_bytes=chunk_bytes, workers=workers) as encoder:
+        for info in infos:
+            tb = base.tensor(info.name)
+            if not dtypes.is_floating(info.dtype):
+                skipped.append(SkippedTensor(info.name, info.dtype, info.shape))
+                continue
+            hasher.update(info.name, info.dtype, info.shape, tensor_bytes(tb))
+            tf = finetuned.tensor(info.name)
+            work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
+            delta = tf.to(work) - tb.to(work)
+            del tb, tf
+            if not allow_nonfinite:
+                _check_finite(info.name, delta)
+            pipeline = default_pipeline(delta.element_size(), level)
+            futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
+            if on_tensor:
+                on_tensor(delta.numel() * delta.element_size())
+        tensors = tuple(f.result() for f in futures)
+    fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)
+    return Manifest(hasher.hexdigest(), fingerprint, tensors, tuple(skipped))
+
+
+def _check_finite(name: str, delta: torch.Tensor) -> None:
+    finite = torch.isfinite(delta)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteValues(f"task vector tensor {name!r} has {bad} NaN/Inf value(s); "
+                              "pass --allow-nonfinite to store it anyway")

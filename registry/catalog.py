@@ -1,0 +1,253 @@
+"""The DuckDB catalog: an index over the object store, rebuilt from it by :meth:`Catalog.rebuild`.
+
+Connections are short-lived (DuckDB lets one process write a file at a time): every operation
+opens, works and closes, and a process that finds the file locked waits with backoff up to
+``timeout`` seconds (``$TVREG_LOCK_TIMEOUT``, default 60) before raising :class:`CatalogBusy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.resources
+import json
+import os
+import re
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import duckdb
+
+from .errors import CatalogBusy, RegistryError, SQLError
+from .manifest import Manifest
+from .records import TagRecord, VersionRecord
+
+DEFAULT_TIMEOUT = 60.0
+_ALLOWED_SQL = {"SELECT", "EXPLAIN"}
+_BATCH = 500
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = importlib.resources.files("tvreg.schema") / "migrations"
+    out = []
+    for item in folder.iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", item.name)
+        if m:
+            out.append((int(m.group(1)), m.group(2), item.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def _timestamp(text: str) -> _dt.datetime:
+    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _is_lock_error(e: Exception) -> bool:
+    return isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
+
+
+class Catalog:
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        self.path = path
+        if timeout is None:
+            timeout = float(os.environ.get("TVREG_LOCK_TIMEOUT", DEFAULT_TIMEOUT))
+        self.timeout = timeout
+        self._migrated = False
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _open(self, read_only: bool, config: dict[str, Any] | None = None):
+        deadline = time.monotonic() + self.timeout
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=read_only, config=config or {})
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise RegistryError(f"cannot open catalog {self.path}: {e}") from None
+                if time.monotonic() >= deadline:
+                    holder = re.search(r"PID \d+", str(e))
+                    raise CatalogBusy(
+                        f"catalog {self.path} stayed locked by another process"
+                        f"{' (' + holder.group(0) + ')' if holder else ''} for {self.timeout:g}s; "
+                        "retry, or raise $TVREG_LOCK_TIMEOUT") from None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        con = self._open(read_only=False)
+        try:
+            if not self._migrated:
+                self._migrate(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def reader(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not self._migrated:
+            self._ensure_migrated()
+        config = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
+        con = self._open(read_only=True, config=config)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _ensure_migrated(self) -> None:
+        """Readers need the schema; check it read-only and take the write lock only to migrate."""
+        if os.path.exists(self.path):
+            con = self._open(read_only=True)
+            try:
+                have = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+            except duckdb.Error:
+                have = None
+            finally:
+                con.close()
+            if have == _migrations()[-1][0]:
+                self._migrated = True
+                return
+        with self.writer():
+            pass
+
+    def _migrate(self, con) -> None:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
+        done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+        known = _migrations()
+        if done and max(done) > known[-1][0]:
+            raise RegistryError(f"catalog {self.path} has schema version {max(done)}, newer than "
+                                f"this tvreg knows ({known[-1][0]}); upgrade tvreg")
+        for number, name, ddl in known:
+            if number in done:
+                continue
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(ddl)
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                            [number, name, _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        self._migrated = True
+
+    def schema_version(self) -> int:
+        with self.reader() as con:
+            return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def index(self, records: Sequence[VersionRecord], manifests: dict[str, Manifest]) -> None:
+        """Add (or refresh) version records and their vectors in one transaction."""
+        with self.writer() as con:
+            self._insert(con, records, manifests)
+
+    def _insert(self, con, records: Sequence[VersionRecord], manifests: dict[str, Manifest]) -> None:
+        vids = sorted({r.vector_id for r in records})
+        known = set()
+        if vids:
+            known = {row[0] for row in con.execute(
+                "SELECT vector_id FROM vectors WHERE vector_id IN (SELECT unnest(?))", [vids]).fetchall()}
+        new = [v for v in vids if v not in known]
+        _insert_rows(con, "vectors", [_vector_row(v, manifests[v]) for v in new])
+        _insert_rows(con, "tensors", [row for v in new for row in _tensor_rows(v, manifests[v])])
+        for r in records:
+            con.execute("DELETE FROM versions WHERE name = ? AND version = ?", [r.name, r.version])
+        _insert_rows(con, "versions", [_version_row(r, manifests[r.vector_id]) for r in records])
+
+    def set_tag(self, tag: TagRecord) -> None:
+        with self.writer() as con:
+            con.execute("DELETE FROM tags WHERE name = ? AND tag = ?", [tag.name, tag.tag])
+            _insert_rows(con, "tags", [_tag_row(tag)])
+
+    def rebuild(self, records: Iterable[VersionRecord], manifests: dict[str, Manifest],
+                tags: Iterable[TagRecord]) -> None:
+        """Replace the whole index in one transaction (readers see the old or the new one)."""
+        records, tags = list(records), list(tags)
+        with self.writer() as con:
+            for table in ("tags", "versions", "tensors", "vectors"):
+                con.execute(f"DELETE FROM {table}")
+            self._insert(con, records, manifests)
+            _insert_rows(con, "tags", [_tag_row(t) for t in tags])
+
+    def forget_vectors(self, vector_ids: Iterable[str]) -> None:
+        ids = sorted(set(vector_ids))
+        if not ids:
+            return
+        with self.writer() as con:
+            for table in ("tensors", "vectors"):
+                con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [ids])
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def rows(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        with self.reader() as con:
+            cur = con.execute(query, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def sql(self, query: str) -> tuple[list[str], list[tuple]]:
+        """Run one read-only statement for a user: SELECT (incl. DESCRIBE/SHOW) or EXPLAIN only,
+        on a connection that can neither write the catalog nor touch any other file."""
+        with self.reader(sandboxed=True) as con:
+            try:
+                statements = con.extract_statements(query)
+            except duckdb.Error as e:
+                raise SQLError(_one_line(e)) from None
+            if len(statements) != 1:
+                raise SQLError(f"expected one SQL statement, got {len(statements)}")
+            kind = statements[0].type.name
+            if kind not in _ALLOWED_SQL:
+                raise SQLError(f"tvreg sql is read-only: {kind} statements are not allowed")
+            try:
+                cur = con.execute(query)
+                cols = [d[0] for d in cur.description] if cur.description else []
+                return cols, cur.fetchall()
+            except duckdb.Error as e:
+                raise SQLError(_one_line(e)) from None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _insert_rows(con, table: str, rows: list[tuple]) -> None:
+    """Multi-row INSERT in batches (much faster than executemany in DuckDB)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ",".join("?" * width) + ")"
+    for i in range(0, len(rows), _BATCH):
+        batch = rows[i:i + _BATCH]
+        con.execute(f"INSERT INTO {table} VALUES " + ",".join([one] * len(batch)),
+                    [v for row in batch for v in row])
+
+
+def _vector_row(vid: str, m: Manifest) -> tuple:
+    return (vid, m.base_hash, m.arch_fingerprint, len(m.tensors), len(m.skipped), m.n_params,
+            m.raw_bytes, m.stored_bytes, m.codec_label, json.dumps([s.name for s in m.skipped]))
+
+
+def _tensor_rows(vid: str, m: Manifest) -> list[tuple]:
+    return [(vid, t.name, t.dtype, t.source_dtype, list(t.shape), t.numel, t.nbytes,
+             t.stored_nbytes, len(t.chunks), t.codecs.label, t.sha256) for t in m.tensors]
+
+
+def _version_row(r: VersionRecord, m: Manifest) -> tuple:
+    md = r.metadata
+    return (r.name, r.version, r.vector_id, r.base_hash, r.arch_fingerprint, md.task, md.dataset,
+            md.lr, md.steps, json.dumps(md.meta, sort_keys=True), m.n_params, m.raw_bytes,
+            m.stored_bytes, m.codec_label, _timestamp(r.created_at), json.dumps(list(r.parents)),
+            None if r.recipe is None else json.dumps(r.recipe, sort_keys=True))
+
+
+def _tag_row(t: TagRecord) -> tuple:
+    return (t.name, t.tag, t.version, t.vector_id, _timestamp(t.updated_at))

@@ -1,0 +1,403 @@
+"""Open model checkpoints and read them one tensor at a time.
+
+Supported: a ``.safetensors`` file, a Hugging Face directory (``*.safetensors.index.json`` plus
+shards, or a single ``*.safetensors`` file), and a PyTorch state dict (``.pt``/``.pth``/``.bin`` or
+any zip-format ``torch.save`` file). PyTorch files are only ever loaded with ``weights_only=True``.
+Every failure is a one-line :class:`CheckpointError` that starts with the path.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from .dtypes import SAFETENSORS_CODES, dtype_name
+from .errors import CheckpointError, FormatError
+
+__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_INDEX_SUFFIX = ".safetensors.index.json"
+_DTYPE_OF_CODE = {code: name for name, code in SAFETENSORS_CODES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, tvreg dtype name and shape of one stored tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    """Collapse whitespace and ANSI escapes so a message fits on one line."""
+    flat = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(text)).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class Checkpoint(abc.ABC):
+    """A read-only set of named tensors; use as a context manager to close it."""
+
+    path: str
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """Sorted tensor names."""
+
+    @abc.abstractmethod
+    def info(self, name: str) -> TensorInfo:
+        """Dtype and shape of ``name``, without reading its data."""
+
+    def infos(self) -> list[TensorInfo]:
+        return [self.info(name) for name in self.names()]
+
+    @abc.abstractmethod
+    def tensor(self, name: str) -> torch.Tensor:
+        """The tensor ``name``: on CPU, contiguous, in its stored dtype."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release open files; the checkpoint is unusable afterwards."""
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    def _error(self, message: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: {message}")
+
+    def _no_tensor(self, name: str) -> CheckpointError:
+        return self._error(f"no tensor named {name!r}")
+
+
+# --- safetensors --------------------------------------------------------------------------------
+
+
+def _tvreg_dtype(path: str, name: str, code: str) -> str:
+    try:
+        return _DTYPE_OF_CODE[code]
+    except KeyError:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code}") from None
+
+
+class _SafetensorsFile:
+    """One open safetensors file (header parsed, data mapped on demand)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._handle = safe_open(path, framework="pt", device="cpu")
+        except Exception as exc:  # SafetensorError, OSError, ...
+            reason = _one_line(exc)
+            raise CheckpointError(f"{path}: not a valid safetensors file: {reason}") from exc
+        self.keys = frozenset(self._handle.keys())
+
+    def info(self, name: str) -> TensorInfo:
+        view = self._call(name, self._handle.get_slice)
+        dtype = _tvreg_dtype(self.path, name, view.get_dtype())
+        return TensorInfo(name, dtype, tuple(int(d) for d in view.get_shape()))
+
+    def tensor(self, name: str) -> torch.Tensor:
+        self.info(name)  # rejects unsupported dtypes with a clear message
+        return self._call(name, self._handle.get_tensor).contiguous()
+
+    def _call(self, name: str, method: Any) -> Any:
+        try:
+            return method(name)
+        except Exception as exc:
+            reason = _one_line(exc)
+            raise CheckpointError(f"{self.path}: cannot read tensor {name!r}: {reason}") from exc
+
+    def close(self) -> None:
+        self._handle.__exit__(None, None, None)
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """A single ``.safetensors`` file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._file: _SafetensorsFile | None = _SafetensorsFile(path)
+        self._names = sorted(self._file.keys)
+        if not self._names:
+            self.close()
+            raise self._error("empty checkpoint: no tensors")
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._open_file(name).info(name)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._open_file(name).tensor(name)
+
+    def _open_file(self, name: str) -> _SafetensorsFile:
+        if self._file is None:
+            raise self._error("checkpoint is closed")
+        if name not in self._file.keys:
+            raise self._no_tensor(name)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --- Hugging Face sharded directory -------------------------------------------------------------
+
+
+def _read_weight_map(index_path: str) -> dict[str, str]:
+    """The ``weight_map`` of an index file, checked to be ``{str: str}``."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{index_path}: unreadable index: {_one_line(exc)}") from exc
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: index has no 'weight_map' object")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index_path}: shard of tensor {name!r} is not a string")
+    return weight_map
+
+
+def _check_shard_name(index_path: str, shard: str) -> None:
+    """Allow only a plain file name inside the checkpoint directory."""
+    plain = (
+        shard not in ("", ".", "..")
+        and "/" not in shard
+        and "\\" not in shard
+        and "\0" not in shard
+        and not os.path.isabs(shard)
+        and os.path.basename(shard) == shard
+    )
+    if not plain:
+        raise CheckpointError(
+            f"{index_path}: shard file name {shard!r} is not a plain file name in the directory"
+        )
+
+
+class ShardedCheckpoint(Checkpoint):
+    """A directory with a ``*.safetensors.index.json`` and its shards, opened lazily."""
+
+    def __init__(self, directory: str, index_name: str) -> None:
+        super().__init__(directory)
+        self.index_path = os.path.join(directory, index_name)
+        self._weight_map = _read_weight_map(self.index_path)
+        if not self._weight_map:
+            raise self._error(f"empty checkpoint: {index_name} lists no tensors")
+        for shard in sorted(set(self._weight_map.values())):
+            _check_shard_name(self.index_path, shard)
+            if not os.path.isfile(os.path.join(directory, shard)):
+                raise CheckpointError(f"{self.index_path}: shard {shard!r} does not exist")
+        self._names = sorted(self._weight_map)
+        self._shards: dict[str, _SafetensorsFile] = {}
+        self._closed = False
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._shard_of(name).info(name)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._shard_of(name).tensor(name)
+
+    def _shard_of(self, name: str) -> _SafetensorsFile:
+        if self._closed:
+            raise self._error("checkpoint is closed")
+        shard = self._weight_map.get(name)
+        if shard is None:
+            raise self._no_tensor(name)
+        if shard not in self._shards:
+            self._shards[shard] = _SafetensorsFile(os.path.join(self.path, shard))
+        file = self._shards[shard]
+        if name not in file.keys:
+            raise CheckpointError(
+                f"{self.index_path}: tensor {name!r} is listed in the index "
+                f"but missing from {shard}"
+            )
+        return file
+
+    def close(self) -> None:
+        self._closed = True
+        shards, self._shards = self._shards, {}
+        for file in shards.values():
+            file.close()
+
+
+# --- PyTorch state dicts ------------------------------------------------------------------------
+
+
+_BOILERPLATE = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please file")
+
+
+def _weights_only_reason(message: str) -> str:
+    """The gist of torch's long "Weights only load failed" message."""
+    _, found, rest = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if found else message).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(_BOILERPLATE)]
+    first = reasons[0] if reasons else "unknown reason"
+    return _one_line(first.split(". ")[0].rstrip("."), limit=200)
+
+
+def _torch_load(path: str, is_zip: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``; mmap for zip files (legacy files cannot)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise CheckpointError(f"{path}: cannot load: {_one_line(exc)}") from exc
+        raise CheckpointError(
+            f"{path}: refusing to load: not loadable with weights_only=True "
+            f"(pickled objects are never unpickled): {_weights_only_reason(str(exc))}"
+        ) from exc
+    except Exception as exc:  # RuntimeError (corrupt zip), EOFError, OSError, ...
+        raise CheckpointError(f"{path}: cannot load: {_one_line(exc)}") from exc
+
+
+def _state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
+    """The ``{name: tensor}`` dict in a loaded object (top level or under ``"state_dict"``)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        kind = type(obj).__name__
+        raise CheckpointError(f"{path}: not a state dict (top-level object is {kind})")
+    if not obj:
+        raise CheckpointError(f"{path}: empty checkpoint: no tensors")
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: state dict key {key!r} is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+        if value.layout != torch.strided or value.device.type != "cpu":
+            raise CheckpointError(f"{path}: tensor {key!r} is not a dense CPU tensor")
+    return obj
+
+
+class StateDictCheckpoint(Checkpoint):
+    """A ``torch.save``'d state dict, memory-mapped when the file format allows."""
+
+    def __init__(self, path: str, is_zip: bool) -> None:
+        super().__init__(path)
+        self._tensors: dict[str, torch.Tensor] | None = _state_dict(path, _torch_load(path, is_zip))
+        self._names = sorted(self._tensors)
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._get(name)
+        try:
+            dtype = dtype_name(t.dtype)
+        except FormatError:
+            raise self._error(f"tensor {name!r} has unsupported dtype {t.dtype}") from None
+        return TensorInfo(name, dtype, tuple(t.shape))
+
+    def tensor(self, name: str) -> torch.Tensor:
+        self.info(name)
+        # A private contiguous copy: never a view sharing storage with other entries.
+        return self._get(name).detach().clone(memory_format=torch.contiguous_format)
+
+    def _get(self, name: str) -> torch.Tensor:
+        if self._tensors is None:
+            raise self._error("checkpoint is closed")
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise self._no_tensor(name) from None
+
+    def close(self) -> None:
+        self._tensors = None
+
+
+# --- opening ------------------------------------------------------------------------------------
+
+
+def _read_head(path: str, size: int = 9) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or _one_line(exc)}") from exc
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """An 8-byte little-endian header length followed by ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
+
+
+def _open_file(path: str) -> Checkpoint:
+    head = _read_head(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".safetensors":
+        return SafetensorsCheckpoint(path)
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if suffix in _TORCH_SUFFIXES or is_zip:
+        return StateDictCheckpoint(path, is_zip)
+    if _looks_like_safetensors(head):
+        return SafetensorsCheckpoint(path)
+    raise CheckpointError(
+        f"{path}: unknown checkpoint format (expected .safetensors, a Hugging Face directory, "
+        "or a PyTorch .pt/.pth/.bin state dict)"
+    )
+
+
+def _open_directory(directory: str) -> Checkpoint:
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError as exc:
+        reason = exc.strerror or _one_line(exc)
+        raise CheckpointError(f"{directory}: cannot read: {reason}") from exc
+    indexes = [e for e in entries if e.endswith(_INDEX_SUFFIX)]
+    if len(indexes) > 1:
+        raise CheckpointError(f"{directory}: several index files ({', '.join(indexes)}); open one")
+    if indexes:
+        return ShardedCheckpoint(directory, indexes[0])
+    files = [e for e in entries if e.endswith(".safetensors")]
+    if len(files) == 1:
+        return SafetensorsCheckpoint(os.path.join(directory, files[0]))
+    if files:
+        raise CheckpointError(
+            f"{directory}: several .safetensors files ({len(files)}) and no "
+            f"*{_INDEX_SUFFIX} saying how they fit together"
+        )
+    raise CheckpointError(f"{directory}: no .safetensors file or *{_INDEX_SUFFIX} in directory")
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Open a checkpoint file or Hugging Face directory; raises :class:`CheckpointError`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _open_directory(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or directory")
+    return _open_file(path)

@@ -1,0 +1,100 @@
+"""The codec contract, the registry of codec names, and pipelines."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Sequence
+
+from ..errors import FormatError, InvalidInput
+
+_CODECS: dict[str, type["Codec"]] = {}
+
+
+class Codec(abc.ABC):
+    """A bytes -> bytes step. Subclasses are frozen dataclasses whose fields are the configuration."""
+
+    name: ClassVar[str]
+    #: whether decode(encode(x)) == x bit for bit
+    lossless: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def encode(self, data: bytes | memoryview) -> bytes: ...
+
+    @abc.abstractmethod
+    def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
+        """Decode to exactly ``nbytes`` bytes (the size before this step encoded it)."""
+
+    def label(self) -> str:
+        """Short human name used in listings, e.g. ``zstd3``."""
+        return self.name
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "configuration": dataclasses.asdict(self)}
+
+
+def register_codec(cls: type[Codec]) -> type[Codec]:
+    _CODECS[cls.name] = cls
+    return cls
+
+
+def codec_from_spec(spec: Any) -> Codec:
+    if not isinstance(spec, dict) or set(spec) != {"name", "configuration"}:
+        raise FormatError(f"malformed codec spec {spec!r}")
+    cls = _CODECS.get(spec["name"])
+    if cls is None:
+        raise FormatError(f"unknown codec {spec['name']!r} (known: {', '.join(sorted(_CODECS))})")
+    conf = spec["configuration"]
+    if not isinstance(conf, dict):
+        raise FormatError(f"malformed configuration of codec {spec['name']!r}")
+    try:
+        return cls(**conf)
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"bad configuration of codec {spec['name']!r}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecPipeline:
+    codecs: tuple[Codec, ...]
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[Any]) -> "CodecPipeline":
+        if not isinstance(specs, (list, tuple)) or not specs:
+            raise FormatError("a tensor needs a non-empty codec list")
+        return cls(tuple(codec_from_spec(s) for s in specs))
+
+    def specs(self) -> list[dict[str, Any]]:
+        return [c.spec() for c in self.codecs]
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. ``bytegroup4+zstd3``."""
+        return "+".join(c.label() for c in self.codecs)
+
+    @property
+    def lossless(self) -> bool:
+        return all(c.lossless for c in self.codecs)
+
+    def encode(self, data: bytes | memoryview) -> bytes:
+        out: bytes | memoryview = data
+        for c in self.codecs:
+            out = c.encode(out)
+        return bytes(out)
+
+    def decode(self, data: bytes, nbytes: int) -> bytes:
+        """Every step before the last keeps the byte size, so each decodes to ``nbytes``."""
+        out: bytes | memoryview = data
+        for c in reversed(self.codecs):
+            out = c.decode(out, nbytes)
+        return out if isinstance(out, bytes) else bytes(out)
+
+
+def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:
+    """The default, lossless pipeline: byte grouping by item size (if > 1), then zstd."""
+    from .bytegroup import ByteGroup
+    from .zstd import Zstd
+
+    if itemsize < 1:
+        raise InvalidInput(f"bad item size {itemsize}")
+    steps: list[Codec] = [ByteGroup(itemsize)] if itemsize > 1 else []
+    return CodecPipeline(tuple(steps) + (Zstd(level),))

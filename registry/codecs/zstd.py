@@ -1,0 +1,53 @@
+"""zstd compression, single-threaded per chunk so output is deterministic (chunks run in parallel)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import zstandard
+
+from ..errors import CorruptObject
+from .base import Codec, register_codec
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = _local.__dict__.setdefault("c", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True,
+                                                write_checksum=False)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "d"):
+        _local.d = zstandard.ZstdDecompressor()
+    return _local.d
+
+
+@register_codec
+@dataclasses.dataclass(frozen=True)
+class Zstd(Codec):
+    level: int = 3
+    name = "zstd"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.level, int) or not -7 <= self.level <= 22:
+            raise ValueError("level must be an integer in -7..22")
+
+    def label(self) -> str:
+        return f"zstd{self.level}"
+
+    def encode(self, data: bytes | memoryview) -> bytes:
+        return _compressor(self.level).compress(data)
+
+    def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
+        try:
+            out = _decompressor().decompress(data, max_output_size=nbytes)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(f"zstd: {e}") from None
+        if len(out) != nbytes:
+            raise CorruptObject(f"zstd frame decoded to {len(out)} bytes, expected {nbytes}")
+        return out

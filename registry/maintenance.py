@@ -1,0 +1,158 @@
+"""verify (re-hash everything, check every reference) and gc (delete what nothing references)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from .errors import CorruptObject, FormatError, TvregError
+from .manifest import Manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .registry import Registry
+
+
+@dataclass
+class VerifyReport:
+    objects: int = 0
+    bytes: int = 0
+    versions: int = 0
+    tags: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "objects": self.objects, "bytes": self.bytes,
+                "versions": self.versions, "tags": self.tags, "problems": self.problems}
+
+
+def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Re-hash every object; check that every record's manifest and blobs exist and parse, that
+    every tag points at its version, and that the catalog indexes exactly the stored versions."""
+    rep = VerifyReport()
+    bad: set[str] = set()
+    for oid in reg.objects.ids():
+        rep.objects += 1
+        try:
+            rep.bytes += len(reg.objects.get(oid))
+        except CorruptObject as e:
+            bad.add(oid)
+            rep.problems.append(str(e))
+        if on_progress:
+            on_progress(1)
+    stored: set[tuple[str, int, str]] = set()
+    checked: dict[str, bool] = {}
+    for key in sorted(k for k in reg.store.list("refs") if k.endswith(".json")):
+        try:
+            rec = reg._read_record(key)
+        except TvregError as e:
+            rep.problems.append(str(e))
+            continue
+        rep.versions += 1
+        stored.add((rec.name, rec.version, rec.vector_id))
+        if rec.vector_id not in checked:
+            checked[rec.vector_id] = _check_vector(reg, rec.vector_id, bad, rep.problems)
+        if not checked[rec.vector_id]:
+            rep.problems.append(f"{rec.ref}: vector {rec.vector_id[:12]} is incomplete or corrupted")
+    for key in sorted(k for k in reg.store.list("tags") if k.endswith(".json")):
+        rep.tags += 1
+        try:
+            from .records import TagRecord
+            tag = TagRecord.from_bytes(reg.store.read(key), key)
+        except TvregError as e:
+            rep.problems.append(str(e))
+            continue
+        if (tag.name, tag.version, tag.vector_id) not in stored:
+            rep.problems.append(f"tag {tag.name}@{tag.tag} points at {tag.name}@{tag.version}, "
+                                "which does not exist with that vector")
+    indexed = {(r["name"], r["version"], r["vector_id"])
+               for r in reg.catalog.rows("SELECT name, version, vector_id FROM versions")}
+    if indexed != stored:
+        rep.problems.append(f"catalog is out of date ({len(stored - indexed)} version(s) missing, "
+                            f"{len(indexed - stored)} extra); run `tvreg reindex`")
+    return rep
+
+
+def _check_vector(reg: "Registry", vector_id: str, bad: set[str], problems: list[str]) -> bool:
+    if vector_id in bad:
+        return False
+    try:
+        manifest = reg.manifest(vector_id)
+    except (CorruptObject, FormatError) as e:
+        problems.append(f"manifest {vector_id[:12]}: {e}")
+        return False
+    ok = True
+    for blob in sorted(manifest.blob_ids()):
+        if blob in bad:
+            ok = False
+        elif not reg.objects.exists(blob):
+            problems.append(f"object {blob} is missing (referenced by vector {vector_id[:12]})")
+            ok = False
+    return ok
+
+
+@dataclass
+class GcReport:
+    deleted_objects: int = 0
+    deleted_bytes: int = 0
+    kept_recent: int = 0
+    scratch_removed: int = 0
+    dry_run: bool = False
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def reachable_objects(reg: "Registry") -> set[str]:
+    """Ids of every manifest a version record references, and of their blobs."""
+    keep: set[str] = set()
+    for rec in reg.all_records():
+        if rec.vector_id in keep:
+            continue
+        keep.add(rec.vector_id)
+        try:
+            keep |= reg.manifest(rec.vector_id).blob_ids()
+        except CorruptObject:
+            # a damaged or missing manifest: its blobs cannot be named, so keep every blob
+            # rather than guess; `verify` reports the damage
+            raise FormatError(f"gc refused: manifest of {rec.ref} is missing or corrupted; "
+                              "run `tvreg verify`") from None
+    return keep
+
+
+def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
+    """Delete objects no version references and stale scratch folders.
+
+    Objects younger than ``grace_seconds`` are kept: a concurrent ``create`` writes its blobs and
+    manifest before its version record, and must not lose them in between.
+    """
+    rep = GcReport(dry_run=dry_run)
+    keep = reachable_objects(reg)
+    now = time.time()
+    gone: list[str] = []
+    for oid in list(reg.objects.ids()):
+        if oid in keep:
+            continue
+        if now - reg.objects.mtime(oid) < grace_seconds:
+            rep.kept_recent += 1
+            continue
+        rep.deleted_objects += 1
+        rep.deleted_bytes += reg.objects.size(oid)
+        gone.append(oid)
+        if not dry_run:
+            reg.objects.delete(oid)
+    if os.path.isdir(reg.scratch):
+        for entry in os.scandir(reg.scratch):
+            if now - entry.stat().st_mtime >= grace_seconds:
+                rep.scratch_removed += 1
+                if not dry_run:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+    if not dry_run:
+        reg.catalog.forget_vectors(gone)
+    return rep

@@ -1,0 +1,194 @@
+"""Manifests: the canonical JSON description of a task vector's content.
+
+The sha256 of a manifest's canonical bytes is the vector id. Labels (name, task, …) live in
+version records, not here, so equal content has one id whatever it is called.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import dtypes
+from .codecs import CodecPipeline
+from .digest import canonical_json, is_hex_digest, sha256_hex
+from .errors import FormatError
+
+FORMAT = "tvreg.manifest/1"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    blob: str           # object id of the stored (encoded) bytes
+    nbytes: int         # decoded size
+    stored_nbytes: int  # encoded size (the blob's length)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"blob": self.blob, "nbytes": self.nbytes, "stored_nbytes": self.stored_nbytes}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str                  # dtype of the stored delta
+    source_dtype: str           # dtype in the checkpoints it was computed from
+    shape: tuple[int, ...]
+    codecs: CodecPipeline
+    chunks: tuple[Chunk, ...]
+    sha256: str                 # of the decoded raw bytes of the whole tensor
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtypes.itemsize(self.dtype)
+
+    @property
+    def stored_nbytes(self) -> int:
+        return sum(c.stored_nbytes for c in self.chunks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "source_dtype": self.source_dtype,
+                "shape": list(self.shape), "codecs": self.codecs.specs(),
+                "chunks": [c.to_json() for c in self.chunks], "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class SkippedTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    base_hash: str
+    arch_fingerprint: str
+    tensors: tuple[TensorEntry, ...]
+    skipped: tuple[SkippedTensor, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "base_hash": self.base_hash,
+                "arch_fingerprint": self.arch_fingerprint,
+                "tensors": [t.to_json() for t in self.tensors],
+                "skipped": [s.to_json() for s in self.skipped]}
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @property
+    def vector_id(self) -> str:
+        return sha256_hex(self.to_bytes())
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(t.stored_nbytes for t in self.tensors)
+
+    @property
+    def codec_label(self) -> str:
+        labels = sorted({t.codecs.label for t in self.tensors})
+        return ",".join(labels) if labels else ""
+
+    def blob_ids(self) -> set[str]:
+        return {c.blob for t in self.tensors for c in t.chunks}
+
+    def tensor(self, name: str) -> TensorEntry:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Manifest":
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FormatError(f"manifest is not JSON: {e}") from None
+        return cls.from_json(doc)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> "Manifest":
+        _expect(isinstance(doc, dict), "manifest is not a JSON object")
+        _expect(doc.get("format") == FORMAT, f"unsupported manifest format {doc.get('format')!r}")
+        _keys(doc, {"format", "base_hash", "arch_fingerprint", "tensors", "skipped"}, "manifest")
+        for k in ("base_hash", "arch_fingerprint"):
+            _expect(isinstance(doc[k], str) and is_hex_digest(doc[k]), f"manifest: bad {k}")
+        _expect(isinstance(doc["tensors"], list), "manifest: tensors is not a list")
+        _expect(isinstance(doc["skipped"], list), "manifest: skipped is not a list")
+        tensors = tuple(_tensor(t) for t in doc["tensors"])
+        skipped = tuple(_skipped(s) for s in doc["skipped"])
+        names = [t.name for t in tensors]
+        _expect(names == sorted(set(names)), "manifest: tensor names not sorted and unique")
+        return cls(doc["base_hash"], doc["arch_fingerprint"], tensors, skipped)
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise FormatError(message)
+
+
+def _keys(obj: dict, expected: set[str], what: str) -> None:
+    _expect(set(obj) == expected, f"{what}: expected keys {sorted(expected)}, got {sorted(obj)}")
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    _expect(isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                            and d >= 0 for d in value), f"{what}: bad shape")
+    return tuple(value)
+
+
+def _dtype(value: Any, what: str) -> str:
+    _expect(isinstance(value, str), f"{what}: bad dtype")
+    dtypes.torch_dtype(value)
+    return value
+
+
+def _tensor(doc: Any) -> TensorEntry:
+    _expect(isinstance(doc, dict), "manifest: tensor entry is not an object")
+    _keys(doc, {"name", "dtype", "source_dtype", "shape", "codecs", "chunks", "sha256"},
+          "manifest tensor")
+    name = doc["name"]
+    _expect(isinstance(name, str) and name != "", "manifest: bad tensor name")
+    what = f"manifest tensor {name!r}"
+    _expect(isinstance(doc["sha256"], str) and is_hex_digest(doc["sha256"]), f"{what}: bad sha256")
+    _expect(isinstance(doc["chunks"], list), f"{what}: chunks is not a list")
+    chunks = []
+    for c in doc["chunks"]:
+        _expect(isinstance(c, dict), f"{what}: bad chunk")
+        _keys(c, {"blob", "nbytes", "stored_nbytes"}, f"{what} chunk")
+        _expect(isinstance(c["blob"], str) and is_hex_digest(c["blob"]), f"{what}: bad blob id")
+        for k in ("nbytes", "stored_nbytes"):
+            _expect(isinstance(c[k], int) and not isinstance(c[k], bool) and c[k] > 0,
+                    f"{what}: bad chunk {k}")
+        chunks.append(Chunk(c["blob"], c["nbytes"], c["stored_nbytes"]))
+    entry = TensorEntry(name, _dtype(doc["dtype"], what), _dtype(doc["source_dtype"], what),
+                        _shape(doc["shape"], what), CodecPipeline.from_specs(doc["codecs"]),
+                        tuple(chunks), doc["sha256"])
+    _expect(sum(c.nbytes for c in chunks) == entry.nbytes,
+            f"{what}: chunk sizes do not add up to the tensor's size")
+    item = dtypes.itemsize(entry.dtype)
+    _expect(all(c.nbytes % item == 0 for c in chunks), f"{what}: chunk not item-aligned")
+    return entry
+
+
+def _skipped(doc: Any) -> SkippedTensor:
+    _expect(isinstance(doc, dict), "manifest: skipped entry is not an object")
+    _keys(doc, {"name", "dtype", "shape"}, "manifest skipped tensor")
+    _expect(isinstance(doc["name"], str) and doc["name"] != "", "manifest: bad skipped name")
+    what = f"manifest skipped tensor {doc['name']!r}"
+    return SkippedTensor(doc["name"], _dtype(doc["dtype"], what), _shape(doc["shape"], what))

@@ -1,0 +1,391 @@
+"""The registry: a local object store plus a DuckDB catalog, and the operations users call.
+
+Write order (docs/format.md): blobs -> manifest -> version record -> catalog. The store is the
+truth; the catalog is an index that :meth:`Registry.reindex` rebuilds from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import progress
+from .build import build_task_vector, check_pair
+from .catalog import Catalog
+from .checkpoints import open_checkpoint
+from .encoding import decode_tensor, default_workers
+from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, RegistryError
+from .manifest import Manifest, TensorEntry
+from .names import Ref, parse_ref, validate_name, validate_tag
+from .objects import ObjectDB, Staging
+from .records import (Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now)
+from .safetensors_io import write_safetensors
+from .stores import LocalStore, MissingKey
+from .taskvector import TaskVector
+
+CONFIG_FORMAT = "tvreg.registry/1"
+CATALOG_FILE = "catalog.duckdb"
+CONFIG_FILE = "config.json"
+SCRATCH_DIR = "tmp"
+
+
+def default_root() -> str:
+    return os.environ.get("TVREG_HOME") or os.path.join(os.path.expanduser("~"), ".tvreg")
+
+
+def open(path: str | os.PathLike | None = None) -> "Registry":  # noqa: A001 - the API name
+    """Open the registry at ``path`` (default ``$TVREG_HOME``, else ``~/.tvreg``).
+
+    Nothing is created until the first write; reads of a registry that does not exist raise
+    :class:`NotFound`.
+    """
+    return Registry(path if path is not None else default_root())
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    record: VersionRecord
+    created: bool            # False when an identical version already existed
+    new_objects: int         # objects written (0 when every blob deduplicated)
+    manifest: Manifest
+
+    @property
+    def ref(self) -> str:
+        return self.record.ref
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.store = LocalStore(self.root)
+        self.objects = ObjectDB(self.store)
+        self.catalog = Catalog(os.path.join(self.root, CATALOG_FILE))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"<tvreg.Registry {self.root}>"
+
+    # --- layout ----------------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return os.path.isfile(os.path.join(self.root, CONFIG_FILE))
+
+    def init(self) -> bool:
+        """Create the registry if needed; True if it was created now."""
+        if self.exists:
+            self._check_config()
+            return False
+        if os.path.isdir(self.root) and os.listdir(self.root):
+            raise InvalidInput(f"{self.root} is not empty and not a tvreg registry")
+        for sub in ("objects", "refs", "tags", SCRATCH_DIR):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        config = {"format": CONFIG_FORMAT, "remotes": {}}
+        created = self.store.write_new(CONFIG_FILE, json.dumps(config, indent=2).encode() + b"\n")
+        self.catalog.index([], {})  # creates catalog.duckdb with the current schema
+        return created
+
+    def _check_config(self) -> dict[str, Any]:
+        try:
+            config = json.loads(self.store.read(CONFIG_FILE))
+        except ValueError:
+            raise FormatError(f"{self.root}/{CONFIG_FILE} is not valid JSON") from None
+        if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+            raise FormatError(f"{self.root}: unsupported registry format "
+                              f"{config.get('format') if isinstance(config, dict) else config!r}")
+        return config
+
+    def _require(self) -> None:
+        """Reads need an existing registry; a missing catalog is rebuilt from the store."""
+        if not self.exists:
+            raise NotFound(f"no tvreg registry at {self.root} (create a vector or run `tvreg init`)")
+        self._check_config()
+        if not os.path.exists(self.catalog.path):
+            self.reindex()
+
+    @property
+    def scratch(self) -> str:
+        return os.path.join(self.root, SCRATCH_DIR)
+
+    # --- create ----------------------------------------------------------------------------------
+
+    def create(self, name: str, base: str | os.PathLike, finetuned: str | os.PathLike, *,
+               task: str | None = None, dataset: str | None = None, lr: float | None = None,
+               steps: int | None = None, meta: dict[str, Any] | None = None,
+               allow_nonfinite: bool = False, level: int = 3,
+               on_progress: Callable[[int], None] | None = None) -> CreateResult:
+        """Store τ = finetuned − base as a new version of ``name``.
+
+        Everything the user can get wrong is checked before the registry is touched; a failure
+        later (NaN found mid-way, I/O error) discards the staged objects and leaves the registry
+        as it was. If an existing version of ``name`` has the same content and metadata, no new
+        version is made and ``created`` is False.
+        """
+        validate_name(name)
+        metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps, meta=dict(meta or {}))
+        with open_checkpoint(base) as cb, open_checkpoint(finetuned) as cf:
+            infos = check_pair(cb, cf)
+            total = sum(i.numel for i in infos)
+            new_registry = not os.path.exists(self.root)
+            self.init()
+            staging = Staging(self.objects, self.scratch)
+            try:
+                with progress.bar(total * 4, f"create {name}") as bar:
+                    def tick(n: int) -> None:
+                        bar.update(n)
+                        if on_progress:
+                            on_progress(n)
+                    manifest = build_task_vector(cb, cf, infos, staging.put,
+                                                 allow_nonfinite=allow_nonfinite, level=level,
+                                                 on_tensor=tick)
+                new_objects = staging.commit()
+            except BaseException:
+                staging.close()
+                if new_registry:
+                    shutil.rmtree(self.root, ignore_errors=True)
+                raise
+        vector_id = self.objects.put(manifest.to_bytes())
+        record, created = self._claim_version(name, manifest, vector_id, metadata)
+        if created:
+            self.catalog.index([record], {vector_id: manifest})
+        return CreateResult(record, created, new_objects, manifest)
+
+    def _claim_version(self, name: str, manifest: Manifest, vector_id: str,
+                       metadata: Metadata) -> tuple[VersionRecord, bool]:
+        existing = self.versions(name)
+        for r in existing:
+            if r.vector_id == vector_id and r.metadata == metadata and not r.parents and r.recipe is None:
+                return r, False
+        number = max((r.version for r in existing), default=0) + 1
+        while True:
+            record = VersionRecord(name, number, vector_id, manifest.base_hash,
+                                   manifest.arch_fingerprint, metadata, utc_now())
+            if self.store.write_new(record.key, record.to_bytes()):
+                return record, True
+            number += 1  # another writer claimed this number first: take the next one
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        """All version records of ``name`` from the store, oldest first."""
+        out = []
+        prefix = f"refs/{name}/"
+        try:
+            keys = list(self.store.list(prefix.rstrip("/")))
+        except InvalidInput:
+            return []
+        for key in keys:
+            rest = key[len(prefix):]
+            if "/" in rest or not rest.endswith(".json") or not rest[:-5].isdigit():
+                continue
+            out.append(self._read_record(key))
+        return sorted(out, key=lambda r: r.version)
+
+    def _read_record(self, key: str) -> VersionRecord:
+        record = VersionRecord.from_bytes(self.store.read(key), key)
+        if record.key != key:
+            raise FormatError(f"{key}: record names {record.key}")
+        return record
+
+    def record(self, name: str, version: int) -> VersionRecord:
+        try:
+            return self._read_record(record_key(name, version))
+        except MissingKey:
+            raise NotFound(f"{name}@{version} does not exist") from None
+
+    def tag_record(self, name: str, tag: str) -> TagRecord:
+        try:
+            return TagRecord.from_bytes(self.store.read(tag_key(name, tag)), tag_key(name, tag))
+        except MissingKey:
+            raise NotFound(f"no tag {name}@{tag}") from None
+
+    def all_records(self) -> list[VersionRecord]:
+        keys = [k for k in self.store.list("refs") if k.endswith(".json")]
+        return [self._read_record(k) for k in keys]
+
+    def all_tags(self) -> list[TagRecord]:
+        return [TagRecord.from_bytes(self.store.read(k), k)
+                for k in self.store.list("tags") if k.endswith(".json")]
+
+    def manifest(self, vector_id: str) -> Manifest:
+        manifest = Manifest.from_bytes(self.objects.get(vector_id))
+        return manifest
+
+    # --- refs ------------------------------------------------------------------------------------
+
+    def resolve_ref(self, ref: str | Ref) -> tuple[VersionRecord | None, str]:
+        """``(record, vector_id)`` of a ref; record is None for an id prefix with no version.
+
+        ``NAME`` is the latest version. A bare string that is both an existing name and a hex
+        prefix means the name.
+        """
+        self._require()
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        if r.name is not None and r.version is not None:
+            rec = self.record(r.name, r.version)
+            return rec, rec.vector_id
+        if r.name is not None and r.tag is not None:
+            tag = self.tag_record(r.name, r.tag)
+            rec = self.record(r.name, tag.version)
+            return rec, rec.vector_id
+        if r.name is not None:
+            versions = self.versions(r.name)
+            if versions:
+                return versions[-1], versions[-1].vector_id
+        if r.id_prefix is not None:
+            return self._resolve_prefix(r.id_prefix)
+        raise NotFound(f"no vector named {r.text!r}")
+
+    def _resolve_prefix(self, prefix: str) -> tuple[VersionRecord | None, str]:
+        ids = [row["vector_id"] for row in self.catalog.rows(
+            "SELECT vector_id FROM vectors WHERE starts_with(vector_id, ?) LIMIT 10", [prefix])]
+        if not ids:
+            raise NotFound(f"no vector named or with an id starting with {prefix!r}")
+        if len(ids) > 1:
+            raise AmbiguousRef(f"id prefix {prefix!r} matches {len(ids)} vectors; give more digits")
+        rows = self.catalog.rows("SELECT name, version FROM versions WHERE vector_id = ? "
+                                 "ORDER BY created_at, name, version LIMIT 1", [ids[0]])
+        rec = self.record(rows[0]["name"], rows[0]["version"]) if rows else None
+        return rec, ids[0]
+
+    def get(self, ref: str) -> TaskVector:
+        """The task vector a ref names; tensors are read lazily and verified."""
+        record, vector_id = self.resolve_ref(ref)
+        return TaskVector(self, self.manifest(vector_id), record, vector_id)
+
+    def load_tensor(self, entry: TensorEntry) -> torch.Tensor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-decode")
+        return decode_tensor(entry, self.objects.get, self._pool)
+
+    # --- tags ------------------------------------------------------------------------------------
+
+    def tag(self, ref: str, tag: str) -> tuple[TagRecord, int | None]:
+        """Point ``NAME@tag`` at the version ``ref`` names; returns the tag and the version it
+        pointed at before (None if new)."""
+        validate_tag(tag)
+        record, vector_id = self.resolve_ref(ref)
+        if record is None:
+            raise InvalidInput(f"{ref!r} names a vector with no version; tag a NAME@N ref")
+        try:
+            previous = self.tag_record(record.name, tag).version
+        except NotFound:
+            previous = None
+        rec = TagRecord(record.name, tag, record.version, vector_id, utc_now())
+        self.store.write(rec.key, rec.to_bytes())
+        self.catalog.set_tag(rec)
+        return rec, previous
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def ls(self, *, all_versions: bool = False) -> list[dict[str, Any]]:
+        """One row per name (its latest version), or per version with ``all_versions``."""
+        self._require()
+        table = "versions" if all_versions else "latest"
+        return self.catalog.rows(f"""
+            SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.n_params,
+                   v.raw_bytes, v.stored_bytes, v.codec, v.created_at,
+                   coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
+                             WHERE t.name = v.name AND t.version = v.version), []) AS tags
+            FROM {table} v ORDER BY v.name, v.version""")
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        """Every version of ``name``, newest first, with its tags."""
+        validate_name(name)
+        self._require()
+        rows = self.catalog.rows("""
+            SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.meta,
+                   v.n_params, v.stored_bytes, v.created_at, v.parents,
+                   coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
+                             WHERE t.name = v.name AND t.version = v.version), []) AS tags
+            FROM versions v WHERE v.name = ? ORDER BY v.version DESC""", [name])
+        if not rows:
+            raise NotFound(f"no vector named {name!r}")
+        for r in rows:
+            r["meta"] = json.loads(r["meta"])
+            r["parents"] = json.loads(r["parents"])
+        return rows
+
+    def show(self, ref: str, *, tensors: bool = False) -> dict[str, Any]:
+        vec = self.get(ref)
+        m = vec.manifest
+        out: dict[str, Any] = {
+            "ref": vec.ref, "name": vec.name, "version": vec.version, "vector_id": vec.vector_id,
+            "base_hash": m.base_hash, "arch_fingerprint": m.arch_fingerprint,
+            **({k: v for k, v in vec.metadata.items()} if vec.record else {}),
+            "tags": sorted(t.tag for t in self.all_tags()
+                           if vec.record and t.name == vec.name and t.version == vec.version),
+            "n_tensors": len(m.tensors), "n_params": m.n_params, "raw_bytes": m.raw_bytes,
+            "stored_bytes": m.stored_bytes, "codec": m.codec_label,
+            "skipped": [s.name for s in m.skipped],
+        }
+        if tensors:
+            out["tensors"] = [{"name": t.name, "dtype": t.dtype, "source_dtype": t.source_dtype,
+                               "shape": list(t.shape), "stored_bytes": t.stored_nbytes,
+                               "chunks": len(t.chunks)} for t in m.tensors]
+        return out
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        """Run a read-only SQL query on the catalog; rows as dicts."""
+        cols, rows = self.sql_table(query)
+        return [dict(zip(cols, row)) for row in rows]
+
+    def sql_table(self, query: str) -> tuple[list[str], list[tuple]]:
+        self._require()
+        return self.catalog.sql(query)
+
+    # --- export ----------------------------------------------------------------------------------
+
+    def export(self, ref: str, path: str | os.PathLike) -> int:
+        """Write the task vector to a safetensors file, one tensor in memory at a time."""
+        vec = self.get(ref)
+        specs = [(t.name, t.dtype, t.shape) for t in vec.manifest.tensors]
+        metadata = {"tvreg.vector_id": vec.vector_id, "tvreg.base_hash": vec.base_hash,
+                    "tvreg.arch_fingerprint": vec.arch_fingerprint, "tvreg.ref": vec.ref}
+        with progress.bar(vec.manifest.raw_bytes, f"export {vec.ref}") as bar:
+            def stream():
+                for name, t in vec.tensors().items():
+                    yield name, t
+                    bar.update(t.numel() * t.element_size())
+            return write_safetensors(os.fspath(path), specs, stream(), metadata)
+
+    # --- maintenance -----------------------------------------------------------------------------
+
+    def reindex(self) -> dict[str, int]:
+        """Rebuild the catalog from the object store (every record and manifest re-verified)."""
+        if not self.exists:
+            raise NotFound(f"no tvreg registry at {self.root}")
+        records = self.all_records()
+        manifests = {vid: self.manifest(vid) for vid in {r.vector_id for r in records}}
+        tags = self.all_tags()
+        self.catalog.rebuild(records, manifests, tags)
+        return {"versions": len(records), "vectors": len(manifests), "tags": len(tags)}
+
+    def verify(self, *, on_progress: Callable[[int], None] | None = None):
+        from .maintenance import verify
+
+        self._require()
+        return verify(self, on_progress=on_progress)
+
+    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False):
+        from .maintenance import gc
+
+        self._require()
+        return gc(self, grace_seconds=grace_seconds, dry_run=dry_run)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,6 @@
+"""Key/value stores that hold a registry's objects and records (see :class:`Store`)."""
+
+from .base import MissingKey, Store
+from .local import LocalStore
+
+__all__ = ["Store", "LocalStore", "MissingKey"]

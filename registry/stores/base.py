@@ -1,0 +1,71 @@
+"""The store contract: a flat namespace of ``/``-separated keys holding immutable-ish bytes.
+
+A store knows nothing of hashes or JSON; :mod:`tvreg.objects` and :mod:`tvreg.records` give keys
+their meaning. Every implementation must pass ``tests/store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from typing import Iterator
+
+from ..errors import InvalidInput, NotFound
+
+_KEY_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]*")
+
+
+class MissingKey(NotFound):
+    """The key does not exist in the store."""
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, ``/``-separated, with parts of ``[A-Za-z0-9_][A-Za-z0-9._@-]*``: no
+    absolute paths, no ``.``/``..``, no hidden or temporary names, so no key escapes the store."""
+    parts = key.split("/")
+    if not key or any(not _KEY_PART.fullmatch(p) for p in parts):
+        raise InvalidInput(f"invalid store key {key[:80]!r}")
+    return key
+
+
+class Store(abc.ABC):
+    """Abstract store. Writes are atomic: a reader sees the whole value or no key at all."""
+
+    #: whether :meth:`write_new` is a true exclusive create (no check-then-write race)
+    supports_exclusive_create: bool = True
+    #: whether writes are allowed at all
+    writable: bool = True
+
+    @abc.abstractmethod
+    def read(self, key: str) -> bytes:
+        """The value of ``key``; raises :class:`MissingKey`."""
+
+    @abc.abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Atomically create or replace ``key``."""
+
+    @abc.abstractmethod
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Atomically create ``key`` only if absent. True if created, False if it existed."""
+
+    @abc.abstractmethod
+    def write_file(self, key: str, path: str) -> bool:
+        """Create ``key`` from the local file ``path`` (consumed) unless ``key`` exists."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abc.abstractmethod
+    def mtime(self, key: str) -> float:
+        """Last modification time (seconds since the epoch)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """All keys under the folder ``prefix`` (recursive), in no particular order."""

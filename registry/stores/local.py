@@ -1,0 +1,131 @@
+"""A store in a local directory: atomic writes by temp file + rename, exclusive create by link."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterator
+
+from .base import MissingKey, Store, check_key
+
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike, *, fsync: bool = True) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.root!r})"
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *check_key(key).split("/"))
+
+    def _temp(self, path: str, data: bytes) -> str:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return tmp
+
+    def read(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingKey(f"no such key: {key}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._temp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        if self.fsync:
+            _fsync_dir(os.path.dirname(path))
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if os.path.exists(path):
+            return False
+        return self._link_new(self._temp(path, data), path)
+
+    def write_file(self, key: str, path: str) -> bool:
+        dest = self._path(key)
+        if os.path.exists(dest):
+            _unlink(path)
+            return False
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        return self._link_new(path, dest)
+
+    def _link_new(self, tmp: str, dest: str) -> bool:
+        """link(2) fails if ``dest`` exists: an atomic, exclusive create of complete content."""
+        try:
+            os.link(tmp, dest)
+            created = True
+        except FileExistsError:
+            created = False
+        finally:
+            _unlink(tmp)
+        if created and self.fsync:
+            _fsync_dir(os.path.dirname(dest))
+        return created
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return os.path.getsize(self._path(key))
+        except FileNotFoundError:
+            raise MissingKey(f"no such key: {key}") from None
+
+    def mtime(self, key: str) -> float:
+        try:
+            return os.path.getmtime(self._path(key))
+        except FileNotFoundError:
+            raise MissingKey(f"no such key: {key}") from None
+
+    def delete(self, key: str) -> None:
+        _unlink(self._path(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        top = self._path(prefix) if prefix else self.root
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel = os.path.relpath(folder, self.root)
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
