@@ -1,0 +1,64 @@
+"""Entry point: the ``tvreg`` group, the global ``--registry`` option and error mapping.
+
+Every :class:`tvreg.TvregError` becomes one line on stderr and its exit code (2 for bad input,
+1 for failures); click's usage errors exit 2 as well.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+import tvreg
+from tvreg.errors import TvregError
+
+from .output import message
+
+
+class TvregGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TvregError as e:
+            message(f"tvreg: error: {e}")
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            message("tvreg: interrupted")
+            ctx.exit(130)
+        except OSError as e:
+            if os.environ.get("TVREG_DEBUG"):
+                raise
+            message(f"tvreg: error: {e}")
+            ctx.exit(1)
+
+
+@click.group(cls=TvregGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--registry", "registry_path", metavar="PATH", envvar="TVREG_HOME",
+              help="Registry folder (default: $TVREG_HOME, else ~/.tvreg).")
+@click.version_option(tvreg.__version__, prog_name="tvreg")
+@click.pass_context
+def cli(ctx: click.Context, registry_path: str | None) -> None:
+    """tvreg: a registry of task vectors (fine-tuned minus pre-trained weights)."""
+    ctx.obj = tvreg.open(registry_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register() -> None:
+    from . import maintenance, query, vectors
+
+    for module in (vectors, query, maintenance):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli.main(prog_name="tvreg")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

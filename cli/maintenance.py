@@ -1,0 +1,62 @@
+"""Registry upkeep: init, verify, gc, reindex."""
+
+from __future__ import annotations
+
+import click
+
+from .options import json_option
+from .output import emit_json, human_bytes, message
+
+
+@click.command()
+@click.pass_obj
+def init(reg):
+    """Create the registry (optional: the first write creates it too)."""
+    created = reg.init()
+    message(f"{'initialized' if created else 'already a registry:'} {reg.root}")
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def verify(reg, as_json):
+    """Re-hash every object and check every reference. Exit 1 if anything is wrong."""
+    rep = reg.verify()
+    if as_json:
+        emit_json(rep.to_json())
+    for p in rep.problems:
+        message(f"problem: {p}")
+    message(f"checked {rep.objects} objects ({human_bytes(rep.bytes)}), {rep.versions} versions, "
+            f"{rep.tags} tags: " + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
+    if not rep.ok:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--grace", type=float, default=3600.0, show_default=True, metavar="SECONDS",
+              help="Keep unreferenced objects younger than this (a create may be in flight).")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@json_option
+@click.pass_obj
+def gc(reg, grace, dry_run, as_json):
+    """Delete objects that no version references."""
+    if grace < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--grace")
+    rep = reg.gc(grace_seconds=grace, dry_run=dry_run)
+    if as_json:
+        emit_json(rep.to_json())
+    verb = "would delete" if dry_run else "deleted"
+    message(f"{verb} {rep.deleted_objects} object(s) ({human_bytes(rep.deleted_bytes)}); kept "
+            f"{rep.kept_recent} recent unreferenced object(s); {rep.scratch_removed} scratch folder(s)")
+
+
+@click.command()
+@click.pass_obj
+def reindex(reg):
+    """Rebuild the catalog from the object store."""
+    counts = reg.reindex()
+    message(f"reindexed {counts['versions']} versions, {counts['vectors']} vectors, "
+            f"{counts['tags']} tags")
+
+
+COMMANDS = [init, verify, gc, reindex]

@@ -1,0 +1,74 @@
+"""Rendering: JSON for scripts, aligned tables for people. Data goes to stdout, messages to stderr."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def _default(v: Any) -> Any:
+    if isinstance(v, _dt.datetime):
+        return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if v.tzinfo is None else v.isoformat()
+    if isinstance(v, (_dt.date, _dt.time)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    if hasattr(v, "item"):          # numpy scalars
+        return v.item()
+    return str(v)
+
+
+def _finite(v: Any) -> Any:
+    """NaN and infinities have no JSON spelling: they become null."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(_finite(obj), default=_default, indent=2, allow_nan=False))
+
+
+def message(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, _dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(cell(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v, default=_default, sort_keys=True)
+    return str(v)
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    click.echo(line(columns))
+    for r in text:
+        click.echo(line(r))

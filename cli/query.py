@@ -1,0 +1,27 @@
+"""``tvreg sql``: read-only SQL over the catalog."""
+
+from __future__ import annotations
+
+import click
+
+from .options import json_option
+from .output import emit_json, table
+
+
+@click.command()
+@click.argument("query")
+@json_option
+@click.pass_obj
+def sql(reg, query, as_json):
+    """Run a read-only SQL QUERY (DuckDB dialect) on the catalog.
+
+    Tables: versions, vectors, tensors, tags; view: latest. See docs/sql.md.
+    """
+    columns, rows = reg.sql_table(query)
+    if as_json:
+        emit_json([dict(zip(columns, row)) for row in rows])
+    else:
+        table(columns, rows)
+
+
+COMMANDS = [sql]

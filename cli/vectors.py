@@ -1,0 +1,128 @@
+"""Commands on vectors: create, ls, show, log, tag, export."""
+
+from __future__ import annotations
+
+import click
+
+from .options import json_option, parse_meta
+from .output import emit_json, human_bytes, message, table
+
+
+def _ratio(raw: int, stored: int) -> str:
+    return f"{raw / stored:.2f}x" if stored else ""
+
+
+@click.command()
+@click.argument("name")
+@click.option("--base", required=True, metavar="P", help="Pre-trained checkpoint.")
+@click.option("--finetuned", required=True, metavar="P", help="Fine-tuned checkpoint.")
+@click.option("--task", help="Task the model was fine-tuned for.")
+@click.option("--dataset", help="Dataset it was fine-tuned on.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--steps", type=int, help="Training steps.")
+@click.option("--meta", multiple=True, metavar="K=V", help="Free metadata (repeatable).")
+@click.option("--allow-nonfinite", is_flag=True, help="Store NaN/Inf values instead of refusing.")
+@json_option
+@click.pass_obj
+def create(reg, name, base, finetuned, task, dataset, lr, steps, meta, allow_nonfinite, as_json):
+    """Store the task vector FINETUNED − BASE as a new version of NAME.
+
+    P is a .safetensors file, a folder of safetensors shards with its index JSON, or a PyTorch
+    state dict (.pt/.bin, loaded with weights_only=True).
+    """
+    result = reg.create(name, base, finetuned, task=task, dataset=dataset, lr=lr, steps=steps,
+                        meta=parse_meta(meta), allow_nonfinite=allow_nonfinite)
+    m, rec = result.manifest, result.record
+    if result.created:
+        message(f"created {rec.ref}: vector {rec.vector_id[:12]}, {m.n_params:,} params, "
+                f"{human_bytes(m.raw_bytes)} -> {human_bytes(m.stored_bytes)} "
+                f"({_ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
+                + (f", {len(m.skipped)} non-floating tensor(s) left out" if m.skipped else ""))
+    else:
+        message(f"unchanged: {rec.ref} already holds this content with the same metadata; "
+                "no new version")
+    if as_json:
+        emit_json({"ref": rec.ref, "created": result.created, "new_objects": result.new_objects,
+                   **rec.to_json()})
+    else:
+        click.echo(rec.ref)
+
+
+@click.command(name="ls")
+@click.option("--all", "all_versions", is_flag=True, help="Every version, not only the latest.")
+@json_option
+@click.pass_obj
+def ls(reg, all_versions, as_json):
+    """List vectors (latest version of each name)."""
+    rows = reg.ls(all_versions=all_versions)
+    if as_json:
+        emit_json(rows)
+        return
+    table(["REF", "ID", "TASK", "DATASET", "LR", "STEPS", "PARAMS", "STORED", "RATIO", "TAGS",
+           "CREATED"],
+          [(f"{r['name']}@{r['version']}", r["vector_id"][:12], r["task"], r["dataset"], r["lr"],
+            r["steps"], f"{r['n_params']:,}", human_bytes(r["stored_bytes"]),
+            _ratio(r["raw_bytes"], r["stored_bytes"]), r["tags"], r["created_at"]) for r in rows])
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--tensors", is_flag=True, help="Also list the tensors.")
+@json_option
+@click.pass_obj
+def show(reg, ref, tensors, as_json):
+    """Show a version: ids, metadata, lineage, sizes."""
+    info = reg.show(ref, tensors=tensors)
+    if as_json:
+        emit_json(info)
+        return
+    listed = {k: v for k, v in info.items() if k != "tensors"}
+    listed["raw_bytes"] = f"{info['raw_bytes']:,} ({human_bytes(info['raw_bytes'])})"
+    listed["stored_bytes"] = (f"{info['stored_bytes']:,} ({human_bytes(info['stored_bytes'])}, "
+                              f"{_ratio(info['raw_bytes'], info['stored_bytes'])})")
+    table(["FIELD", "VALUE"], listed.items())
+    if tensors:
+        click.echo()
+        table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS"],
+              [(t["name"], t["dtype"], t["source_dtype"], "x".join(map(str, t["shape"])) or "()",
+                human_bytes(t["stored_bytes"]), t["chunks"]) for t in info["tensors"]])
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def log(reg, name, as_json):
+    """History of NAME, newest first."""
+    rows = reg.log(name)
+    if as_json:
+        emit_json(rows)
+        return
+    table(["REF", "ID", "TASK", "DATASET", "LR", "STEPS", "META", "TAGS", "CREATED"],
+          [(f"{r['name']}@{r['version']}", r["vector_id"][:12], r["task"], r["dataset"], r["lr"],
+            r["steps"], r["meta"] or "", r["tags"], r["created_at"]) for r in rows])
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("tag")
+@click.pass_obj
+def tag(reg, ref, tag):
+    """Point NAME@TAG at the version REF names (tags move; versions never change)."""
+    rec, previous = reg.tag(ref, tag)
+    moved = "" if previous is None else (
+        f" (moved from @{previous})" if previous != rec.version else " (unchanged)")
+    message(f"{rec.name}@{rec.tag} -> {rec.name}@{rec.version}{moved}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("-o", "--output", required=True, metavar="F.safetensors", help="File to write.")
+@click.pass_obj
+def export(reg, ref, output):
+    """Write the task vector REF to a safetensors file (bit for bit what was stored)."""
+    n = reg.export(ref, output)
+    message(f"wrote {output} ({human_bytes(n)})")
+
+
+COMMANDS = [create, ls, show, log, tag, export]
