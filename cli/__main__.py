@@ -1,0 +1,5 @@
+"""``python -m tvreg.cli`` runs the ``tvreg`` command."""
+
+from .main import main
+
+main()
