@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tvreg import progress
+
 from .options import json_option
 from .output import emit_json, human_bytes, message
 
@@ -21,7 +23,8 @@ def init(reg):
 @click.pass_obj
 def verify(reg, as_json):
     """Re-hash every object and check every reference. Exit 1 if anything is wrong."""
-    rep = reg.verify()
+    with progress.bar(None, "verify", unit="obj") as bar:
+        rep = reg.verify(on_progress=bar.update)
     if as_json:
         emit_json(rep.to_json())
     for p in rep.problems:
