@@ -76,6 +76,8 @@ class Catalog:
     @contextlib.contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction: committed on success, rolled back on error."""
+        if not os.path.exists(self.path):
+            self._migrated = False  # deleted since we migrated it: the new file needs the schema
         con = self._open(read_only=False)
         try:
             if not self._migrated:
@@ -92,7 +94,7 @@ class Catalog:
 
     @contextlib.contextmanager
     def reader(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        if not self._migrated:
+        if not self._migrated or not os.path.exists(self.path):
             self._ensure_migrated()
         config = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
         con = self._open(read_only=True, config=config)

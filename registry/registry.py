@@ -27,12 +27,14 @@ from .objects import ObjectDB, Staging
 from .records import (Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now)
 from .safetensors_io import write_safetensors
 from .stores import LocalStore, MissingKey
+from .stores.local import TMP_PREFIX
 from .taskvector import TaskVector
 
 CONFIG_FORMAT = "tvreg.registry/1"
 CATALOG_FILE = "catalog.duckdb"
 CONFIG_FILE = "config.json"
 SCRATCH_DIR = "tmp"
+_LAYOUT_DIRS = {"objects", "refs", "tags", SCRATCH_DIR}
 
 
 def default_root() -> str:
@@ -82,7 +84,10 @@ class Registry:
         if self.exists:
             self._check_config()
             return False
-        if os.path.isdir(self.root) and os.listdir(self.root):
+        # the layout folders (and the temp file of config.json) alone are a registry another
+        # process is initializing right now
+        if os.path.isdir(self.root) and {e for e in os.listdir(self.root)
+                                         if not e.startswith(TMP_PREFIX)} - _LAYOUT_DIRS:
             raise InvalidInput(f"{self.root} is not empty and not a tvreg registry")
         for sub in ("objects", "refs", "tags", SCRATCH_DIR):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
@@ -153,7 +158,10 @@ class Registry:
         vector_id = self.objects.put(manifest.to_bytes())
         record, created = self._claim_version(name, manifest, vector_id, metadata)
         if created:
-            self.catalog.index([record], {vector_id: manifest})
+            if os.path.exists(self.catalog.path):
+                self.catalog.index([record], {vector_id: manifest})
+            else:  # the catalog was deleted: rebuild it all, not just from this version on
+                self.reindex()
         return CreateResult(record, created, new_objects, manifest)
 
     def _claim_version(self, name: str, manifest: Manifest, vector_id: str,

@@ -39,7 +39,8 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
 
 
 def codec_from_spec(spec: Any) -> Codec:
-    if not isinstance(spec, dict) or set(spec) != {"name", "configuration"}:
+    if not isinstance(spec, dict) or set(spec) != {"name", "configuration"} \
+            or not isinstance(spec["name"], str):
         raise FormatError(f"malformed codec spec {spec!r}")
     cls = _CODECS.get(spec["name"])
     if cls is None:

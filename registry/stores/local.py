@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from typing import Iterator
 
@@ -54,7 +55,8 @@ class LocalStore(Store):
         try:
             with open(self._path(key), "rb") as f:
                 return f.read()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # a folder (or a path through a file) is not a key, as exists() and list() agree
             raise MissingKey(f"no such key: {key}") from None
 
     def write(self, key: str, data: bytes) -> None:
@@ -98,17 +100,20 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
 
-    def size(self, key: str) -> int:
+    def _stat(self, key: str) -> os.stat_result:
         try:
-            return os.path.getsize(self._path(key))
-        except FileNotFoundError:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
             raise MissingKey(f"no such key: {key}") from None
+        if not stat.S_ISREG(st.st_mode):  # a folder is not a key
+            raise MissingKey(f"no such key: {key}")
+        return st
+
+    def size(self, key: str) -> int:
+        return self._stat(key).st_size
 
     def mtime(self, key: str) -> float:
-        try:
-            return os.path.getmtime(self._path(key))
-        except FileNotFoundError:
-            raise MissingKey(f"no such key: {key}") from None
+        return self._stat(key).st_mtime
 
     def delete(self, key: str) -> None:
         _unlink(self._path(key))
@@ -127,5 +132,5 @@ class LocalStore(Store):
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a path through a file
         pass
