@@ -50,7 +50,8 @@ def gc(reg, grace, dry_run, as_json):
         emit_json(rep.to_json())
     verb = "would delete" if dry_run else "deleted"
     message(f"{verb} {rep.deleted_objects} object(s) ({human_bytes(rep.deleted_bytes)}); kept "
-            f"{rep.kept_recent} recent unreferenced object(s); {rep.scratch_removed} scratch folder(s)")
+            f"{rep.kept_recent} recent unreferenced object(s); removed {rep.scratch_removed} scratch "
+            f"folder(s) and {rep.temp_files_removed} temp file(s) of interrupted writes")
 
 
 @click.command()
@@ -58,8 +59,13 @@ def gc(reg, grace, dry_run, as_json):
 def reindex(reg):
     """Rebuild the catalog from the object store."""
     counts = reg.reindex()
+    for p in counts["problems"]:
+        message(f"skipped: {p}")
     message(f"reindexed {counts['versions']} versions, {counts['vectors']} vectors, "
-            f"{counts['tags']} tags")
+            f"{counts['tags']} tags" + (f"; {len(counts['problems'])} skipped, run `tvreg verify`"
+                                        if counts["problems"] else ""))
+    if counts["problems"]:
+        raise SystemExit(1)
 
 
 COMMANDS = [init, verify, gc, reindex]

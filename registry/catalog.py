@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
 
-from .errors import CatalogBusy, RegistryError, SQLError
+from .errors import CatalogBusy, InvalidInput, RegistryError, SQLError
 from .manifest import Manifest
 from .records import TagRecord, VersionRecord
 
@@ -49,7 +49,13 @@ class Catalog:
     def __init__(self, path: str, timeout: float | None = None) -> None:
         self.path = path
         if timeout is None:
-            timeout = float(os.environ.get("TVREG_LOCK_TIMEOUT", DEFAULT_TIMEOUT))
+            text = os.environ.get("TVREG_LOCK_TIMEOUT", str(DEFAULT_TIMEOUT))
+            try:
+                timeout = float(text)
+            except ValueError:
+                timeout = -1.0
+            if not timeout >= 0:
+                raise InvalidInput(f"invalid $TVREG_LOCK_TIMEOUT {text!r}: seconds, a number >= 0")
         self.timeout = timeout
         self._migrated = False
 

@@ -63,8 +63,7 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None) ->
     for key in sorted(k for k in reg.store.list("tags") if k.endswith(".json")):
         rep.tags += 1
         try:
-            from .records import TagRecord
-            tag = TagRecord.from_bytes(reg.store.read(key), key)
+            tag = reg._read_tag(key)
         except TvregError as e:
             rep.problems.append(str(e))
             continue
@@ -103,6 +102,7 @@ class GcReport:
     deleted_bytes: int = 0
     kept_recent: int = 0
     scratch_removed: int = 0
+    temp_files_removed: int = 0
     dry_run: bool = False
 
     def to_json(self) -> dict:
@@ -127,7 +127,8 @@ def reachable_objects(reg: "Registry") -> set[str]:
 
 
 def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
-    """Delete objects no version references and stale scratch folders.
+    """Delete objects no version references, stale scratch folders and the temp files of
+    interrupted writes.
 
     Objects younger than ``grace_seconds`` are kept: a concurrent ``create`` writes its blobs and
     manifest before its version record, and must not lose them in between.
@@ -153,6 +154,7 @@ def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
                 rep.scratch_removed += 1
                 if not dry_run:
                     shutil.rmtree(entry.path, ignore_errors=True)
+    rep.temp_files_removed = reg.store.clean_temporary(grace_seconds, dry_run)
     if not dry_run:
         reg.catalog.forget_vectors(gone)
     return rep

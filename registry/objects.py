@@ -33,8 +33,8 @@ class ObjectDB:
     def put(self, data: bytes) -> str:
         oid = sha256_hex(data)
         key = object_key(oid)
-        if not self.store.exists(key):
-            self.store.write_new(key, data)
+        if not self.store.write_new(key, data):
+            self.store.touch(key)  # reused: restart its gc grace period
         return oid
 
     def get(self, oid: str) -> bytes:
@@ -93,7 +93,12 @@ class Staging:
             if oid in self._staged:
                 return oid
         if self.db.exists(oid):
-            return oid
+            try:
+                self.db.store.touch(object_key(oid))  # reused: restart its gc grace period
+            except MissingKey:
+                pass  # deleted meanwhile: stage it after all
+            else:
+                return oid
         path = os.path.join(self.dir, oid)
         with open(path, "wb") as f:
             f.write(data)
@@ -104,10 +109,14 @@ class Staging:
         return oid
 
     def commit(self) -> int:
-        """Move staged objects into the store (fsynced there); returns how many were new."""
+        """Move staged objects into the store (fsynced there); returns how many were new.
+
+        Each one's mtime is set to now, so gc's grace period runs from the commit, which comes
+        just before the manifest and record that reference them."""
         new = 0
         for oid, path in self._staged.items():
             new += self.db.store.write_file(object_key(oid), path)
+            self.db.store.touch(object_key(oid))
         self._staged.clear()
         self.close()
         return new

@@ -19,9 +19,21 @@ from .names import validate_name, validate_tag
 
 VERSION_FORMAT = "tvreg.version/1"
 TAG_FORMAT = "tvreg.tag/1"
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 MAX_META_ITEMS = 256
 MAX_META_VALUE = 4096
+
+
+def _valid_time(value: Any) -> bool:
+    """UTC timestamps as utc_now() writes them, and that exist on the calendar."""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        return False
+    try:
+        _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return False
+    return True
 
 
 def utc_now() -> str:
@@ -178,7 +190,7 @@ class VersionRecord:
             raise FormatError(f"{key}: invalid parents")
         if doc["recipe"] is not None and not isinstance(doc["recipe"], dict):
             raise FormatError(f"{key}: invalid recipe")
-        if not isinstance(doc["created_at"], str):
+        if not _valid_time(doc["created_at"]):
             raise FormatError(f"{key}: invalid created_at")
         return cls(doc["name"], v, doc["vector_id"], doc["base_hash"], doc["arch_fingerprint"],
                    Metadata.from_json(doc["metadata"]), doc["created_at"], tuple(parents),
@@ -220,4 +232,6 @@ class TagRecord:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1 or \
                 not isinstance(doc["vector_id"], str) or not is_hex_digest(doc["vector_id"]):
             raise FormatError(f"{key}: invalid version or vector id")
-        return cls(doc["name"], doc["tag"], v, doc["vector_id"], str(doc["updated_at"]))
+        if not _valid_time(doc["updated_at"]):
+            raise FormatError(f"{key}: invalid updated_at")
+        return cls(doc["name"], doc["tag"], v, doc["vector_id"], doc["updated_at"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,7 +20,7 @@ from .build import build_task_vector, check_pair
 from .catalog import Catalog
 from .checkpoints import open_checkpoint
 from .encoding import decode_tensor, default_workers
-from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, RegistryError
+from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest, TensorEntry
 from .names import Ref, parse_ref, validate_name, validate_tag
 from .objects import ObjectDB, Staging
@@ -137,9 +137,10 @@ class Registry:
         with open_checkpoint(base) as cb, open_checkpoint(finetuned) as cf:
             infos = check_pair(cb, cf)
             total = sum(i.numel for i in infos)
-            new_registry = not os.path.exists(self.root)
-            self.init()
-            staging = Staging(self.objects, self.scratch)
+            # a registry that does not exist yet is created only once the vector is staged, so
+            # a failure leaves no trace; its staging area is then the system's temp folder
+            existing = self.exists
+            staging = Staging(self.objects, self.scratch if existing else tempfile.gettempdir())
             try:
                 with progress.bar(total * 4, f"create {name}") as bar:
                     def tick(n: int) -> None:
@@ -149,20 +150,26 @@ class Registry:
                     manifest = build_task_vector(cb, cf, infos, staging.put,
                                                  allow_nonfinite=allow_nonfinite, level=level,
                                                  on_tensor=tick)
+                if not existing:
+                    self.init()
                 new_objects = staging.commit()
-            except BaseException:
+            finally:
                 staging.close()
-                if new_registry:
-                    shutil.rmtree(self.root, ignore_errors=True)
-                raise
         vector_id = self.objects.put(manifest.to_bytes())
         record, created = self._claim_version(name, manifest, vector_id, metadata)
         if created:
+            self._index_new(record, manifest)
+        return CreateResult(record, created, new_objects, manifest)
+
+    def _index_new(self, record: VersionRecord, manifest: Manifest) -> None:
+        try:
             if os.path.exists(self.catalog.path):
-                self.catalog.index([record], {vector_id: manifest})
+                self.catalog.index([record], {record.vector_id: manifest})
             else:  # the catalog was deleted: rebuild it all, not just from this version on
                 self.reindex()
-        return CreateResult(record, created, new_objects, manifest)
+        except TvregError as e:
+            raise type(e)(f"{record.ref} is stored, but the catalog was not updated ({e}); "
+                          "run `tvreg reindex`") from None
 
     def _claim_version(self, name: str, manifest: Manifest, vector_id: str,
                        metadata: Metadata) -> tuple[VersionRecord, bool]:
@@ -209,17 +216,22 @@ class Registry:
 
     def tag_record(self, name: str, tag: str) -> TagRecord:
         try:
-            return TagRecord.from_bytes(self.store.read(tag_key(name, tag)), tag_key(name, tag))
+            return self._read_tag(tag_key(name, tag))
         except MissingKey:
             raise NotFound(f"no tag {name}@{tag}") from None
+
+    def _read_tag(self, key: str) -> TagRecord:
+        tag = TagRecord.from_bytes(self.store.read(key), key)
+        if tag.key != key:
+            raise FormatError(f"{key}: tag names {tag.key}")
+        return tag
 
     def all_records(self) -> list[VersionRecord]:
         keys = [k for k in self.store.list("refs") if k.endswith(".json")]
         return [self._read_record(k) for k in keys]
 
     def all_tags(self) -> list[TagRecord]:
-        return [TagRecord.from_bytes(self.store.read(k), k)
-                for k in self.store.list("tags") if k.endswith(".json")]
+        return [self._read_tag(k) for k in self.store.list("tags") if k.endswith(".json")]
 
     def manifest(self, vector_id: str) -> Manifest:
         manifest = Manifest.from_bytes(self.objects.get(vector_id))
@@ -365,15 +377,53 @@ class Registry:
 
     # --- maintenance -----------------------------------------------------------------------------
 
-    def reindex(self) -> dict[str, int]:
-        """Rebuild the catalog from the object store (every record and manifest re-verified)."""
+    def reindex(self) -> dict[str, Any]:
+        """Rebuild the catalog from the object store (every record and manifest re-verified).
+
+        Versions whose record or manifest cannot be read are left out and listed under
+        ``problems`` (``verify`` says more); the rest is indexed.
+        """
         if not self.exists:
             raise NotFound(f"no tvreg registry at {self.root}")
-        records = self.all_records()
-        manifests = {vid: self.manifest(vid) for vid in {r.vector_id for r in records}}
-        tags = self.all_tags()
+        problems: list[str] = []
+        records: list[VersionRecord] = []
+        manifests: dict[str, Manifest] = {}
+        broken: dict[str, str] = {}
+        for key in self.store.list("refs"):
+            if not key.endswith(".json"):
+                continue
+            try:
+                rec = self._read_record(key)
+            except TvregError as e:
+                problems.append(f"{key}: {e}")
+                continue
+            vid = rec.vector_id
+            if vid not in manifests and vid not in broken:
+                try:
+                    manifests[vid] = self.manifest(vid)
+                except TvregError as e:
+                    broken[vid] = str(e)
+            if vid in broken:
+                problems.append(f"{key}: manifest {vid[:12]}: {broken[vid]}")
+                continue
+            records.append(rec)
+        versions = {(r.name, r.version, r.vector_id) for r in records}
+        tags = []
+        for key in self.store.list("tags"):
+            if not key.endswith(".json"):
+                continue
+            try:
+                tag = self._read_tag(key)
+            except TvregError as e:
+                problems.append(f"{key}: {e}")
+                continue
+            if (tag.name, tag.version, tag.vector_id) in versions:
+                tags.append(tag)
+            else:
+                problems.append(f"{key}: points at a version that is missing or unreadable")
         self.catalog.rebuild(records, manifests, tags)
-        return {"versions": len(records), "vectors": len(manifests), "tags": len(tags)}
+        return {"versions": len(records), "vectors": len(manifests), "tags": len(tags),
+                "problems": problems}
 
     def verify(self, *, on_progress: Callable[[int], None] | None = None):
         from .maintenance import verify

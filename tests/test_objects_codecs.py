@@ -74,8 +74,10 @@ def test_put_does_not_rewrite_existing_object(db, root):
     oid = db.put(b"payload")
     path = root / "objects" / oid[:2] / oid[2:]
     os.utime(path, (1_000_000, 1_000_000))
+    inode = path.stat().st_ino
     db.put(b"payload")
-    assert path.stat().st_mtime == 1_000_000  # untouched: objects are written once
+    assert path.stat().st_ino == inode and path.read_bytes() == b"payload"  # written once
+    assert path.stat().st_mtime > 1_000_000  # but touched: reuse restarts gc's grace period
 
 
 @pytest.mark.parametrize("position", [0, 1, 2500, 4999])

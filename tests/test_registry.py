@@ -589,7 +589,7 @@ def test_reindex_rebuilds_identical_tables(filled, zoo):
     assert len(before["versions"]) == 4 and len(before["tags"]) == 2
     assert len(before["tensors"]) == 3 * 12
     counts = filled.reindex()
-    assert counts == {"versions": 4, "vectors": 3, "tags": 2}
+    assert counts == {"versions": 4, "vectors": 3, "tags": 2, "problems": []}
     assert catalog_dump(filled) == before
     # and from nothing
     os.remove(filled.catalog.path)
@@ -598,12 +598,20 @@ def test_reindex_rebuilds_identical_tables(filled, zoo):
         assert catalog_dump(fresh) == before
 
 
-def test_reindex_refuses_corrupt_records(filled):
-    before = catalog_dump(filled)
+def test_reindex_skips_and_reports_corrupt_records(filled):
     flip_byte(pathlib.Path(filled.root, "refs", "topic", "1.json"))
-    with pytest.raises(FormatError):
-        filled.reindex()
-    assert catalog_dump(filled) == before  # the old index stays
+    counts = filled.reindex()
+    assert counts["versions"] == 2
+    assert len(counts["problems"]) == 1 and counts["problems"][0].startswith("refs/topic/1.json")
+    assert [r["name"] for r in filled.ls()] == ["sentiment", "toxicity"]
+
+
+def test_reindex_skips_versions_whose_manifest_is_gone(filled):
+    vid = filled.get("topic@1").vector_id
+    pathlib.Path(filled.root, "objects", vid[:2], vid[2:]).unlink()
+    counts = filled.reindex()
+    assert counts["versions"] == 2 and "manifest" in counts["problems"][0]
+    assert "missing" in counts["problems"][0]
 
 
 # --- verify ------------------------------------------------------------------------------------

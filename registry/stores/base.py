@@ -67,5 +67,14 @@ class Store(abc.ABC):
         """Remove ``key``; a missing key is not an error."""
 
     @abc.abstractmethod
+    def touch(self, key: str) -> None:
+        """Set the modification time of ``key`` to now (gc keeps recently touched objects)."""
+
+    def clean_temporary(self, older_than: float, dry_run: bool = False) -> int:
+        """Remove leftovers of interrupted writes older than ``older_than`` seconds; returns how
+        many there were. Stores whose writes leave nothing behind keep this default."""
+        return 0
+
+    @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """All keys under the folder ``prefix`` (recursive), in no particular order."""

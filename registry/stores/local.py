@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
 import tempfile
+import time
 from typing import Iterator
 
 from .base import MissingKey, Store, check_key
 
 TMP_PREFIX = ".tmp-"
+
+
+def _file_mode() -> int:
+    """What open(2) would give a new file under the current umask (mkstemp gives 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 
 
 def _fsync_dir(path: str) -> None:
@@ -41,6 +54,7 @@ class LocalStore(Store):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
         try:
+            os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -82,7 +96,23 @@ class LocalStore(Store):
             _unlink(path)
             return False
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        return self._link_new(path, dest)
+        try:
+            return self._link_new(path, dest)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+        # the source is on another file system: copy it next to the destination first
+        tmp = self._temp(dest, b"")
+        try:
+            shutil.copyfile(path, tmp)
+            if self.fsync:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+        except BaseException:
+            _unlink(tmp)
+            raise
+        _unlink(path)
+        return self._link_new(tmp, dest)
 
     def _link_new(self, tmp: str, dest: str) -> bool:
         """link(2) fails if ``dest`` exists: an atomic, exclusive create of complete content."""
@@ -117,6 +147,27 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         _unlink(self._path(key))
+
+    def touch(self, key: str) -> None:
+        try:
+            os.utime(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingKey(f"no such key: {key}") from None
+
+    def clean_temporary(self, older_than: float, dry_run: bool = False) -> int:
+        now, removed = time.time(), 0
+        for folder, dirs, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.startswith(TMP_PREFIX):
+                    try:
+                        if now - os.path.getmtime(path) >= older_than:
+                            removed += 1
+                            if not dry_run:
+                                _unlink(path)
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def list(self, prefix: str = "") -> Iterator[str]:
         top = self._path(prefix) if prefix else self.root

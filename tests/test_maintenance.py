@@ -1,0 +1,107 @@
+"""gc's grace rule and leftovers, file modes, tag/record paths, timestamps, lock settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import stat
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import tvreg
+from tvreg.cli.main import cli
+from tvreg.errors import FormatError
+from tvreg.records import VersionRecord, seal
+
+
+def test_gc_removes_stale_temp_files_of_interrupted_writes_only(filled):
+    root = pathlib.Path(filled.root)
+    old = root / "refs" / "topic" / ".tmp-crashed"
+    new = root / "objects" / "ab" / ".tmp-in-flight"
+    new.parent.mkdir(exist_ok=True)
+    for p in (old, new):
+        p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    rep = filled.gc(grace_seconds=3600, dry_run=True)
+    assert rep.temp_files_removed == 1 and old.exists()
+    rep = filled.gc(grace_seconds=3600)
+    assert rep.temp_files_removed == 1 and not old.exists() and new.exists()
+    assert filled.verify().ok
+
+
+def test_gc_grace_runs_from_last_reuse(filled, zoo):
+    """An old orphan that a new create reuses is touched, so a concurrent gc keeps it."""
+    root = pathlib.Path(filled.root)
+    vec = filled.get("topic@1")
+    blob = vec.manifest.tensors[0].chunks[0].blob
+    path = root / "objects" / blob[:2] / blob[2:]
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    filled.create("topic-again", zoo.base, zoo.finetuned["topic"])
+    assert time.time() - path.stat().st_mtime < 600
+
+
+def test_documents_get_ordinary_file_modes(filled):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    root = pathlib.Path(filled.root)
+    filled.tag("topic@1", "prod")
+    for p in [root / "config.json", root / "refs" / "topic" / "1.json",
+              root / "tags" / "topic" / "prod.json",
+              next(p for p in (root / "objects").rglob("*") if p.is_file())]:
+        assert stat.S_IMODE(p.stat().st_mode) == expected, p
+
+
+def test_a_tag_file_under_another_name_is_refused(filled):
+    root = pathlib.Path(filled.root)
+    filled.tag("topic@1", "prod")
+    (root / "tags" / "topic" / "staging.json").write_bytes(
+        (root / "tags" / "topic" / "prod.json").read_bytes())
+    with pytest.raises(FormatError, match="names tags/topic/prod.json"):
+        filled.get("topic@staging")
+    rep = filled.verify()
+    assert any("staging.json" in p for p in rep.problems)
+
+
+def test_a_record_with_an_impossible_timestamp_is_refused(filled):
+    root = pathlib.Path(filled.root)
+    key = root / "refs" / "topic" / "1.json"
+    doc = json.loads(key.read_bytes())
+    doc["created_at"] = "2026-02-30T10:00:00.000000Z"
+    key.write_bytes(seal(doc))
+    with pytest.raises(FormatError, match="created_at"):
+        VersionRecord.from_bytes(key.read_bytes())
+    counts = filled.reindex()
+    assert counts["versions"] == 2 and "created_at" in counts["problems"][0]
+
+
+def test_reindex_cli_reports_skipped_versions_and_exits_1(filled):
+    (pathlib.Path(filled.root) / "refs" / "topic" / "1.json").write_bytes(b"{not json")
+    r = CliRunner().invoke(cli, ["--registry", filled.root, "reindex"])
+    assert r.exit_code == 1
+    assert "skipped: refs/topic/1.json" in r.stderr and "reindexed 2 versions" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_bad_lock_timeout_setting_is_bad_input(filled, monkeypatch, value):
+    monkeypatch.setenv("TVREG_LOCK_TIMEOUT", value)
+    r = CliRunner().invoke(cli, ["--registry", filled.root, "ls"])
+    assert r.exit_code == 2 and "TVREG_LOCK_TIMEOUT" in r.stderr
+
+
+def test_failed_first_create_leaves_no_trace(zoo, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(zoo.finetuned["topic"])
+    sd["embed.weight"][3, 3] = float("inf")
+    bad = tmp_path / "inf.safetensors"
+    save_file(sd, bad)
+    root = tmp_path / "new-registry"
+    with pytest.raises(tvreg.NonFiniteValues):
+        tvreg.open(root).create("topic", zoo.base, bad)
+    assert not root.exists()
+    assert torch.isinf(load_file(bad)["embed.weight"]).any()
