@@ -12,9 +12,17 @@ from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, 
                      IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
                      NotFound, RegistryError, SQLError, TvregError)
 from .registry import CreateResult, Registry, open
-from .taskvector import TaskVector
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # TaskVector needs torch; importing it lazily keeps `import tvreg` (and the CLI) light
+    if name == "TaskVector":
+        from .taskvector import TaskVector
+
+        return TaskVector
+    raise AttributeError(f"module 'tvreg' has no attribute {name!r}")
 
 __all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
            "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",

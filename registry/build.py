@@ -66,7 +66,11 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint, infos: list[Tenso
             hasher.update(info.name, info.dtype, info.shape, tensor_bytes(tb))
             tf = finetuned.tensor(info.name)
             work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
-            delta = tf.to(work) - tb.to(work)
+            if tf.dtype == work:
+                delta = tf - tb
+            else:  # widen into a fresh tensor and subtract in place: one full-size copy less
+                delta = tf.to(work)
+                delta.sub_(tb)
             del tb, tf
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
@@ -80,6 +84,10 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint, infos: list[Tenso
 
 
 def _check_finite(name: str, delta: torch.Tensor) -> None:
+    # fast path: any NaN/Inf makes the float64 sum non-finite (and finite values of a float32
+    # tensor cannot overflow a float64 sum), so a finite sum proves the tensor finite
+    if bool(torch.isfinite(delta.sum(dtype=torch.float64))):
+        return
     finite = torch.isfinite(delta)
     if not bool(finite.all()):
         bad = int((~finite).sum())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 HEX_LEN = 64
 
@@ -26,8 +27,10 @@ def canonical_json(obj: Any) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: "torch.Tensor") -> memoryview:
     """The raw little-endian bytes of a tensor in C order (works for bfloat16 too)."""
+    import torch
+
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return memoryview(b"")

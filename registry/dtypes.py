@@ -2,29 +2,26 @@
 
 The on-disk format names dtypes by these strings (``float32``, ``bfloat16``, ``int64``, …);
 :data:`SAFETENSORS_CODES` maps them to the codes of the safetensors header (``F32``, ``BF16``, …).
+This module imports torch only when a torch dtype is asked for, so commands that only read the
+catalog start fast.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import FormatError
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: item size in bytes of every dtype the format knows
+ITEMSIZE: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+    "float8_e4m3fn": 1, "float8_e5m2": 1,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
 }
-for _name in ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"):
-    if hasattr(torch, _name):
-        _DTYPES[_name] = getattr(torch, _name)
 
 SAFETENSORS_CODES: dict[str, str] = {
     "float64": "F64",
@@ -47,20 +44,29 @@ SAFETENSORS_CODES: dict[str, str] = {
 FLOATING = frozenset({"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"})
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def check(name: str) -> str:
+    """``name`` if the format knows it, else :class:`FormatError` (no torch needed)."""
+    if not isinstance(name, str) or name not in ITEMSIZE:
+        raise FormatError(f"unknown dtype {name!r}")
+    return name
+
+
+def dtype_name(dtype: "torch.dtype") -> str:
     """``torch.float32`` -> ``"float32"``."""
     name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
+    if name not in ITEMSIZE:
         raise FormatError(f"unsupported tensor dtype {name}")
     return name
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> "torch.dtype":
     """``"float32"`` -> ``torch.float32``; unknown names raise :class:`FormatError`."""
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise FormatError(f"unknown dtype {name!r}") from None
+    import torch
+
+    dtype = getattr(torch, check(name), None)
+    if dtype is None:  # a dtype this torch build lacks (e.g. uint16 before torch 2.3)
+        raise FormatError(f"dtype {name!r} is not supported by torch {torch.__version__}")
+    return dtype
 
 
 def is_floating(name: str) -> bool:
@@ -68,7 +74,7 @@ def is_floating(name: str) -> bool:
 
 
 def itemsize(name: str) -> int:
-    return torch.empty((), dtype=torch_dtype(name)).element_size()
+    return ITEMSIZE[check(name)]
 
 
 def delta_dtype(source: str) -> str:

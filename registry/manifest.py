@@ -154,7 +154,7 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
 
 def _dtype(value: Any, what: str) -> str:
     _expect(isinstance(value, str), f"{what}: bad dtype")
-    dtypes.torch_dtype(value)
+    dtypes.check(value)
     return value
 
 

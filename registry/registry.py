@@ -11,24 +11,25 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import progress
-from .build import build_task_vector, check_pair
 from .catalog import Catalog
-from .checkpoints import open_checkpoint
-from .encoding import decode_tensor, default_workers
 from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest, TensorEntry
 from .names import Ref, parse_ref, validate_name, validate_tag
 from .objects import ObjectDB, Staging
 from .records import (Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now)
-from .safetensors_io import write_safetensors
 from .stores import LocalStore, MissingKey
 from .stores.local import TMP_PREFIX
-from .taskvector import TaskVector
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .taskvector import TaskVector
+
+# torch and the modules that need it are imported where tensors are touched, so commands that
+# only read the catalog (ls, sql, log, show) start in a fraction of the time
 
 CONFIG_FORMAT = "tvreg.registry/1"
 CATALOG_FILE = "catalog.duckdb"
@@ -132,6 +133,9 @@ class Registry:
         as it was. If an existing version of ``name`` has the same content and metadata, no new
         version is made and ``created`` is False.
         """
+        from .build import build_task_vector, check_pair
+        from .checkpoints import open_checkpoint
+
         validate_name(name)
         metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps, meta=dict(meta or {}))
         with open_checkpoint(base) as cb, open_checkpoint(finetuned) as cf:
@@ -274,12 +278,16 @@ class Registry:
         rec = self.record(rows[0]["name"], rows[0]["version"]) if rows else None
         return rec, ids[0]
 
-    def get(self, ref: str) -> TaskVector:
+    def get(self, ref: str) -> "TaskVector":
         """The task vector a ref names; tensors are read lazily and verified."""
+        from .taskvector import TaskVector
+
         record, vector_id = self.resolve_ref(ref)
         return TaskVector(self, self.manifest(vector_id), record, vector_id)
 
-    def load_tensor(self, entry: TensorEntry) -> torch.Tensor:
+    def load_tensor(self, entry: TensorEntry) -> "torch.Tensor":
+        from .encoding import decode_tensor, default_workers
+
         if self._pool is None:
             self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-decode")
         return decode_tensor(entry, self.objects.get, self._pool)
@@ -364,6 +372,8 @@ class Registry:
 
     def export(self, ref: str, path: str | os.PathLike) -> int:
         """Write the task vector to a safetensors file, one tensor in memory at a time."""
+        from .safetensors_io import write_safetensors
+
         vec = self.get(ref)
         specs = [(t.name, t.dtype, t.shape) for t in vec.manifest.tensors]
         metadata = {"tvreg.vector_id": vec.vector_id, "tvreg.base_hash": vec.base_hash,

@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
 from .manifest import Manifest, TensorEntry
 from .records import VersionRecord
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from .registry import Registry
 
 
 def to_device(t: torch.Tensor, device: str | torch.device | None,
               dtype: torch.dtype | None) -> torch.Tensor:
     """Cast on the host, then copy; CUDA copies go through pinned memory without blocking."""
+    import torch
+
     if dtype is not None and t.dtype != dtype:
         t = t.to(dtype)
     if device is None:
@@ -104,6 +106,8 @@ class TaskVector:
 
     def state_dict(self, device: Any = None, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """All delta tensors in memory at once (use :meth:`tensors` to stream)."""
+        import torch
+
         out = dict(self.tensors(device, dtype).items())
         if device is not None and torch.device(device).type == "cuda":
             torch.cuda.current_stream(torch.device(device)).synchronize()

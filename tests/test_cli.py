@@ -196,3 +196,20 @@ def test_console_script_in_a_subprocess(zoo, tmp_path):
     p = subprocess.run([*cmd, "show", "missing"], env=env, capture_output=True, text=True)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip() == "tvreg: error: no vector named 'missing'"
+
+
+def test_catalog_commands_do_not_import_torch(zoo, tmp_path):
+    """ls/sql/log/show start fast: torch (over a second to import) is loaded only for tensors."""
+    env = {**os.environ, "TVREG_HOME": str(tmp_path / "reg")}
+    subprocess.run([sys.executable, "-m", "tvreg.cli", "create", "topic", "--base", str(zoo.base),
+                    "--finetuned", str(zoo.finetuned["topic"])], env=env, check=True,
+                   capture_output=True)
+    probe = ("import sys; from tvreg.cli.main import cli\n"
+             "for args in (['ls'], ['sql', 'SELECT 1'], ['log', 'topic'], ['show', 'topic']):\n"
+             "    cli.main(args, standalone_mode=False)\n"
+             "print('torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "False"
+    import tvreg
+    assert tvreg.TaskVector.__name__ == "TaskVector"

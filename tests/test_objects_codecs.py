@@ -442,3 +442,26 @@ def test_encoder_propagates_put_failure(db):
 def test_chunk_json():
     c = Chunk("0" * 64, 8, 5)
     assert c.to_json() == {"blob": "0" * 64, "nbytes": 8, "stored_nbytes": 5}
+
+
+def test_zstd_frame_declaring_another_size_is_refused_before_inflating():
+    """A small crafted blob that would inflate to 400 MB is refused from its frame header."""
+    import zstandard
+
+    from tvreg.codecs import Zstd
+
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(400 << 20))
+    assert len(bomb) < 100_000
+    with pytest.raises(CorruptObject, match="declares 419430400 bytes"):
+        Zstd(3).decode(bomb, 4096)
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "zstd", "configuration": {"level": True}},
+    {"name": "bytegroup", "configuration": {"itemsize": True}},
+])
+def test_boolean_codec_settings_are_refused(spec):
+    from tvreg.codecs import codec_from_spec
+
+    with pytest.raises(FormatError):
+        codec_from_spec(spec)

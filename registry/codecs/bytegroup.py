@@ -21,7 +21,8 @@ class ByteGroup(Codec):
     name = "bytegroup"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.itemsize, int) or not 1 <= self.itemsize <= 16:
+        if isinstance(self.itemsize, bool) or not isinstance(self.itemsize, int) \
+                or not 1 <= self.itemsize <= 16:
             raise ValueError("itemsize must be an integer in 1..16")
 
     def label(self) -> str:

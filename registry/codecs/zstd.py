@@ -34,7 +34,8 @@ class Zstd(Codec):
     name = "zstd"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.level, int) or not -7 <= self.level <= 22:
+        if isinstance(self.level, bool) or not isinstance(self.level, int) \
+                or not -7 <= self.level <= 22:
             raise ValueError("level must be an integer in -7..22")
 
     def label(self) -> str:
@@ -44,6 +45,14 @@ class Zstd(Codec):
         return _compressor(self.level).compress(data)
 
     def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
+        # the frame header states its content size; check it before allocating anything, so a
+        # crafted small blob cannot make us inflate gigabytes
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(f"zstd: {e}") from None
+        if declared != nbytes:
+            raise CorruptObject(f"zstd frame declares {declared} bytes, expected {nbytes}")
         try:
             out = _decompressor().decompress(data, max_output_size=nbytes)
         except zstandard.ZstdError as e:
