@@ -48,10 +48,10 @@ def gc(reg, grace, dry_run, as_json):
     rep = reg.gc(grace_seconds=grace, dry_run=dry_run)
     if as_json:
         emit_json(rep.to_json())
-    verb = "would delete" if dry_run else "deleted"
-    message(f"{verb} {rep.deleted_objects} object(s) ({human_bytes(rep.deleted_bytes)}); kept "
-            f"{rep.kept_recent} recent unreferenced object(s); removed {rep.scratch_removed} scratch "
-            f"folder(s) and {rep.temp_files_removed} temp file(s) of interrupted writes")
+    delete, remove = ("would delete", "would remove") if dry_run else ("deleted", "removed")
+    message(f"{delete} {rep.deleted_objects} object(s) ({human_bytes(rep.deleted_bytes)}); kept "
+            f"{rep.kept_recent} recent unreferenced object(s); {remove} {rep.scratch_removed} "
+            f"scratch folder(s) and {rep.temp_files_removed} temp file(s) of interrupted writes")
 
 
 @click.command()

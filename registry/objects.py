@@ -14,7 +14,7 @@ import threading
 from typing import Iterator
 
 from .digest import is_hex_digest, sha256_hex
-from .errors import CorruptObject, FormatError
+from .errors import CorruptObject, FormatError, RegistryError
 from .stores import MissingKey, Store
 
 PREFIX = "objects"
@@ -85,6 +85,7 @@ class Staging:
         os.makedirs(scratch_root, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="stage-", dir=scratch_root)
         self._staged: dict[str, str] = {}
+        self._reused: set[str] = set()
         self._lock = threading.Lock()
 
     def put(self, data: bytes) -> str:
@@ -98,6 +99,8 @@ class Staging:
             except MissingKey:
                 pass  # deleted meanwhile: stage it after all
             else:
+                with self._lock:
+                    self._reused.add(oid)
                 return oid
         path = os.path.join(self.dir, oid)
         with open(path, "wb") as f:
@@ -111,13 +114,22 @@ class Staging:
     def commit(self) -> int:
         """Move staged objects into the store (fsynced there); returns how many were new.
 
-        Each one's mtime is set to now, so gc's grace period runs from the commit, which comes
-        just before the manifest and record that reference them."""
+        Each one's mtime, and that of every existing object this write reuses, is set to now, so
+        gc's grace period runs from the commit, which comes just before the manifest and record
+        that reference them. A reused object that a concurrent gc deleted meanwhile fails the
+        commit (its bytes were never staged), so no record can name a missing object."""
         new = 0
         for oid, path in self._staged.items():
             new += self.db.store.write_file(object_key(oid), path)
             self.db.store.touch(object_key(oid))
+        for oid in sorted(self._reused - self._staged.keys()):
+            try:
+                self.db.store.touch(object_key(oid))
+            except MissingKey:
+                raise RegistryError(f"object {oid} was deleted by a concurrent gc while this "
+                                    "write reused it; run the command again") from None
         self._staged.clear()
+        self._reused.clear()
         self.close()
         return new
 

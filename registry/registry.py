@@ -234,6 +234,19 @@ class Registry:
         keys = [k for k in self.store.list("refs") if k.endswith(".json")]
         return [self._read_record(k) for k in keys]
 
+    def tags_of(self, record: VersionRecord) -> list[str]:
+        """Names of the tags that point at ``record`` (read from ``tags/NAME/``)."""
+        prefix = f"tags/{record.name}/"
+        out = []
+        for key in self.store.list(prefix.rstrip("/")):
+            rest = key[len(prefix):]
+            if "/" in rest or not rest.endswith(".json"):
+                continue  # a tag of a longer name (NAME/sub) or a stray file
+            tag = self._read_tag(key)
+            if tag.version == record.version:
+                out.append(tag.tag)
+        return sorted(out)
+
     def all_tags(self) -> list[TagRecord]:
         return [self._read_tag(k) for k in self.store.list("tags") if k.endswith(".json")]
 
@@ -347,8 +360,7 @@ class Registry:
             "ref": vec.ref, "name": vec.name, "version": vec.version, "vector_id": vec.vector_id,
             "base_hash": m.base_hash, "arch_fingerprint": m.arch_fingerprint,
             **({k: v for k, v in vec.metadata.items()} if vec.record else {}),
-            "tags": sorted(t.tag for t in self.all_tags()
-                           if vec.record and t.name == vec.name and t.version == vec.version),
+            "tags": self.tags_of(vec.record) if vec.record else [],
             "n_tensors": len(m.tensors), "n_params": m.n_params, "raw_bytes": m.raw_bytes,
             "stored_bytes": m.stored_bytes, "codec": m.codec_label,
             "skipped": [s.name for s in m.skipped],

@@ -105,3 +105,26 @@ def test_failed_first_create_leaves_no_trace(zoo, tmp_path):
         tvreg.open(root).create("topic", zoo.base, bad)
     assert not root.exists()
     assert torch.isinf(load_file(bad)["embed.weight"]).any()
+
+
+def test_commit_fails_if_gc_deleted_a_reused_object_meanwhile(filled):
+    from tvreg.errors import RegistryError
+    from tvreg.objects import Staging, object_key
+
+    existing = filled.get("topic@1").manifest.tensors[0].chunks[0].blob
+    data = filled.objects.get(existing)
+    staging = Staging(filled.objects, filled.scratch)
+    assert staging.put(data) == existing           # reused, not staged
+    filled.store.delete(object_key(existing))     # what a concurrent gc would do
+    with pytest.raises(RegistryError, match="concurrent gc"):
+        staging.commit()
+    staging.close()
+
+
+def test_show_is_not_affected_by_a_broken_tag_of_another_name(filled):
+    root = pathlib.Path(filled.root)
+    filled.tag("topic@1", "prod")
+    (root / "tags" / "toxicity").mkdir(parents=True, exist_ok=True)
+    (root / "tags" / "toxicity" / "prod.json").write_bytes(b"garbage")
+    assert filled.show("topic@1")["tags"] == ["prod"]
+    assert filled.show("sentiment")["tags"] == []
