@@ -399,6 +399,16 @@ class Registry:
 
     # --- maintenance -----------------------------------------------------------------------------
 
+    def _readable(self, prefix: str, read: Callable[[str], Any], problems: list[str]):
+        """The documents under ``prefix`` that ``read`` accepts; the others go to ``problems``."""
+        for key in self.store.list(prefix):
+            if not key.endswith(".json"):
+                continue
+            try:
+                yield read(key)
+            except TvregError as e:
+                problems.append(f"{key}: {e}")
+
     def reindex(self) -> dict[str, Any]:
         """Rebuild the catalog from the object store (every record and manifest re-verified).
 
@@ -411,14 +421,7 @@ class Registry:
         records: list[VersionRecord] = []
         manifests: dict[str, Manifest] = {}
         broken: dict[str, str] = {}
-        for key in self.store.list("refs"):
-            if not key.endswith(".json"):
-                continue
-            try:
-                rec = self._read_record(key)
-            except TvregError as e:
-                problems.append(f"{key}: {e}")
-                continue
+        for rec in self._readable("refs", self._read_record, problems):
             vid = rec.vector_id
             if vid not in manifests and vid not in broken:
                 try:
@@ -426,23 +429,16 @@ class Registry:
                 except TvregError as e:
                     broken[vid] = str(e)
             if vid in broken:
-                problems.append(f"{key}: manifest {vid[:12]}: {broken[vid]}")
-                continue
-            records.append(rec)
+                problems.append(f"{rec.key}: manifest {vid[:12]}: {broken[vid]}")
+            else:
+                records.append(rec)
         versions = {(r.name, r.version, r.vector_id) for r in records}
         tags = []
-        for key in self.store.list("tags"):
-            if not key.endswith(".json"):
-                continue
-            try:
-                tag = self._read_tag(key)
-            except TvregError as e:
-                problems.append(f"{key}: {e}")
-                continue
+        for tag in self._readable("tags", self._read_tag, problems):
             if (tag.name, tag.version, tag.vector_id) in versions:
                 tags.append(tag)
             else:
-                problems.append(f"{key}: points at a version that is missing or unreadable")
+                problems.append(f"{tag.key}: points at a version that is missing or unreadable")
         self.catalog.rebuild(records, manifests, tags)
         return {"versions": len(records), "vectors": len(manifests), "tags": len(tags),
                 "problems": problems}

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
+from helpers import snapshot
 from tvreg.cli.main import cli
 
 
@@ -25,16 +26,6 @@ def run(reg_path):
         return result
 
     return invoke
-
-
-def _snapshot(path) -> dict[str, bytes]:
-    out = {}
-    for folder, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(folder, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, path)] = fh.read()
-    return out
 
 
 def _create(run, zoo, task, *extra, code=0):
@@ -119,12 +110,12 @@ def test_export_is_bit_exact(run, zoo, tmp_path):
 ])
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(run, zoo, reg_path, args, needle):
     _create(run, zoo, "sentiment")
-    before = _snapshot(reg_path)
+    before = snapshot(reg_path)
     r = run(*args, code=2)
     assert needle in r.stderr, r.stderr
     assert r.stdout == ""
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) <= 3  # click usage adds 2
-    assert _snapshot(reg_path) == before
+    assert snapshot(reg_path) == before
 
 
 def test_mismatched_checkpoints_exit_2_and_name_the_tensor(run, zoo, tmp_path, reg_path):

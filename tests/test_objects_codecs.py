@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import snapshot
 from tvreg.codecs import ByteGroup, CodecPipeline, Zstd, codec_from_spec, default_pipeline
 from tvreg.digest import tensor_bytes
 from tvreg.encoding import TensorEncoder, decode_tensor
@@ -28,16 +29,6 @@ def root(tmp_path):
 @pytest.fixture
 def db(root):
     return ObjectDB(LocalStore(root))
-
-
-def _files(root) -> dict[str, bytes]:
-    out = {}
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
 
 
 # --- ObjectDB ---------------------------------------------------------------------------------
@@ -67,7 +58,7 @@ def test_dedup_same_bytes_one_object(db, root):
     b = db.put(bytes(bytearray(b"same bytes")))
     assert a == b
     assert list(db.ids()) == [a]
-    assert len(_files(root)) == 1
+    assert [k for k, v in snapshot(root).items() if v is not None] == [f"objects/{a[:2]}/{a[2:]}"]
 
 
 def test_put_does_not_rewrite_existing_object(db, root):
@@ -160,13 +151,13 @@ def test_staging_commit_moves_objects_in(db, root, tmp_path):
 
 def test_staging_close_without_commit_leaves_store_untouched(db, root, tmp_path):
     db.put(b"before")
-    before = _files(root)
+    before = snapshot(root)
     scratch = tmp_path / "scratch"
     with Staging(db, str(scratch)) as staging:
         for i in range(5):
             staging.put(os.urandom(100 + i))
         assert len(os.listdir(staging.dir)) == 5
-    assert _files(root) == before
+    assert snapshot(root) == before
     assert not os.path.exists(staging.dir)
     assert os.listdir(scratch) == []
 

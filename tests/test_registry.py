@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import tvreg
+from helpers import snapshot
 from tvreg.errors import (AmbiguousRef, CheckpointError, CorruptObject, FormatError,
                           IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef,
                           NonFiniteValues, NotFound, SQLError)
@@ -51,18 +52,6 @@ def assert_bit_identical(got: dict[str, torch.Tensor], want: dict[str, torch.Ten
         assert got[n].shape == want[n].shape, n
         assert torch.equal(got[n], want[n]), n
         assert _raw(got[n]) == _raw(want[n]), n  # bit for bit, -0.0 included
-
-
-def snapshot(root) -> dict[str, bytes | None]:
-    """Every path under ``root`` (folders as None) with the bytes of every file."""
-    root = pathlib.Path(root)
-    if not root.exists():
-        return {}
-    out: dict[str, bytes | None] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = None if p.is_dir() else p.read_bytes()
-    return out
 
 
 def object_path(reg, oid: str) -> pathlib.Path:
