@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -70,6 +71,7 @@ class Registry:
         self.objects = ObjectDB(self.store)
         self.catalog = Catalog(os.path.join(self.root, CATALOG_FILE))
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<tvreg.Registry {self.root}>"
@@ -301,8 +303,9 @@ class Registry:
     def load_tensor(self, entry: TensorEntry) -> "torch.Tensor":
         from .encoding import decode_tensor, default_workers
 
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-decode")
+        with self._pool_lock:  # tensors may be loaded from several threads (prefetch)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-decode")
         return decode_tensor(entry, self.objects.get, self._pool)
 
     # --- tags ------------------------------------------------------------------------------------
@@ -392,7 +395,7 @@ class Registry:
                     "tvreg.arch_fingerprint": vec.arch_fingerprint, "tvreg.ref": vec.ref}
         with progress.bar(vec.manifest.raw_bytes, f"export {vec.ref}") as bar:
             def stream():
-                for name, t in vec.tensors().items():
+                for name, t in vec.iter_tensors(prefetch=1):
                     yield name, t
                     bar.update(t.numel() * t.element_size())
             return write_safetensors(os.fspath(path), specs, stream(), metadata)

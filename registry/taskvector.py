@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from .manifest import Manifest, TensorEntry
@@ -103,6 +105,26 @@ class TaskVector:
     def tensors(self, device: Any = None, dtype: torch.dtype | None = None) -> TensorMap:
         """Lazy mapping of the delta tensors, decoded and verified on access."""
         return TensorMap(self.manifest.tensors, self._registry.load_tensor, device, dtype)
+
+    def iter_tensors(self, device: Any = None, dtype: "torch.dtype | None" = None,
+                     prefetch: int = 1) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """``(name, tensor)`` in manifest order, decoding up to ``prefetch`` tensors ahead on a
+        background thread while the caller works on the current one (at most ``prefetch + 1``
+        decoded tensors in memory)."""
+        if prefetch < 1:
+            for entry in self.manifest.tensors:
+                yield entry.name, to_device(self._registry.load_tensor(entry), device, dtype)
+            return
+        entries = list(self.manifest.tensors)
+        with ThreadPoolExecutor(1, thread_name_prefix="tvreg-prefetch") as ahead:
+            queue = deque(ahead.submit(self._registry.load_tensor, e)
+                          for e in entries[:prefetch])
+            for i, entry in enumerate(entries):
+                tensor = queue.popleft().result()
+                if i + prefetch < len(entries):
+                    queue.append(ahead.submit(self._registry.load_tensor, entries[i + prefetch]))
+                yield entry.name, to_device(tensor, device, dtype)
+                del tensor
 
     def state_dict(self, device: Any = None, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """All delta tensors in memory at once (use :meth:`tensors` to stream)."""
