@@ -193,20 +193,21 @@ class Registry:
 
     # --- records ---------------------------------------------------------------------------------
 
+    def _documents_of(self, folder: str) -> list[str]:
+        """Keys of the ``*.json`` files directly in ``folder`` (not in sub-folders, which hold
+        the documents of longer names such as ``NAME/sub``)."""
+        prefix = folder + "/"
+        try:
+            keys = list(self.store.list(folder))
+        except InvalidInput:  # not a valid key: no such documents
+            return []
+        return [k for k in keys if "/" not in k[len(prefix):] and k.endswith(".json")]
+
     def versions(self, name: str) -> list[VersionRecord]:
         """All version records of ``name`` from the store, oldest first."""
-        out = []
-        prefix = f"refs/{name}/"
-        try:
-            keys = list(self.store.list(prefix.rstrip("/")))
-        except InvalidInput:
-            return []
-        for key in keys:
-            rest = key[len(prefix):]
-            if "/" in rest or not rest.endswith(".json") or not rest[:-5].isdigit():
-                continue
-            out.append(self._read_record(key))
-        return sorted(out, key=lambda r: r.version)
+        records = [self._read_record(k) for k in self._documents_of(f"refs/{name}")
+                   if k.rsplit("/", 1)[1][:-5].isdigit()]
+        return sorted(records, key=lambda r: r.version)
 
     def _read_record(self, key: str) -> VersionRecord:
         record = VersionRecord.from_bytes(self.store.read(key), key)
@@ -238,23 +239,14 @@ class Registry:
 
     def tags_of(self, record: VersionRecord) -> list[str]:
         """Names of the tags that point at ``record`` (read from ``tags/NAME/``)."""
-        prefix = f"tags/{record.name}/"
-        out = []
-        for key in self.store.list(prefix.rstrip("/")):
-            rest = key[len(prefix):]
-            if "/" in rest or not rest.endswith(".json"):
-                continue  # a tag of a longer name (NAME/sub) or a stray file
-            tag = self._read_tag(key)
-            if tag.version == record.version:
-                out.append(tag.tag)
-        return sorted(out)
+        tags = [self._read_tag(k) for k in self._documents_of(f"tags/{record.name}")]
+        return sorted(t.tag for t in tags if t.version == record.version)
 
     def all_tags(self) -> list[TagRecord]:
         return [self._read_tag(k) for k in self.store.list("tags") if k.endswith(".json")]
 
     def manifest(self, vector_id: str) -> Manifest:
-        manifest = Manifest.from_bytes(self.objects.get(vector_id))
-        return manifest
+        return Manifest.from_bytes(self.objects.get(vector_id))
 
     # --- refs ------------------------------------------------------------------------------------
 

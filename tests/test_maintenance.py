@@ -128,3 +128,31 @@ def test_show_is_not_affected_by_a_broken_tag_of_another_name(filled):
     (root / "tags" / "toxicity" / "prod.json").write_bytes(b"garbage")
     assert filled.show("topic@1")["tags"] == ["prod"]
     assert filled.show("sentiment")["tags"] == []
+
+
+def test_first_create_works_when_the_temp_folder_is_another_file_system(zoo, tmp_path, monkeypatch):
+    """Staging of a new registry happens in the system temp folder; link(2) across file systems
+    fails with EXDEV, and the store then copies (fault injected: link raises EXDEV)."""
+    import errno
+
+    import torch
+    from safetensors.torch import load_file
+
+    real_link = os.link
+    crossed = []
+
+    def link(src, dst, *a, **k):
+        if "stage-" in src:
+            crossed.append(src)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "link", link)
+    reg = tvreg.open(tmp_path / "reg")
+    res = reg.create("topic", zoo.base, zoo.finetuned["topic"])
+    assert crossed and res.created
+    base, ft = load_file(zoo.base), load_file(zoo.finetuned["topic"])
+    for name, t in reg.get("topic@1").tensors().items():
+        assert torch.equal(t, ft[name].float() - base[name].float())
+    assert reg.verify().ok
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "reg").rglob("*"))

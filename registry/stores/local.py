@@ -88,7 +88,12 @@ class LocalStore(Store):
         path = self._path(key)
         if os.path.exists(path):
             return False
-        return self._link_new(self._temp(path, data), path)
+        tmp = self._temp(path, data)
+        try:
+            return self._link_new(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
 
     def write_file(self, key: str, path: str) -> bool:
         dest = self._path(key)
@@ -108,21 +113,23 @@ class LocalStore(Store):
             if self.fsync:
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
+            _unlink(path)
+            return self._link_new(tmp, dest)
         except BaseException:
             _unlink(tmp)
             raise
-        _unlink(path)
-        return self._link_new(tmp, dest)
 
     def _link_new(self, tmp: str, dest: str) -> bool:
-        """link(2) fails if ``dest`` exists: an atomic, exclusive create of complete content."""
+        """link(2) fails if ``dest`` exists: an atomic, exclusive create of complete content.
+
+        ``tmp`` is consumed when the create succeeds or ``dest`` exists; on any other error it
+        is left to the caller (write_file may still copy it across file systems)."""
         try:
             os.link(tmp, dest)
             created = True
         except FileExistsError:
             created = False
-        finally:
-            _unlink(tmp)
+        _unlink(tmp)
         if created and self.fsync:
             _fsync_dir(os.path.dirname(dest))
         return created
