@@ -217,10 +217,18 @@ class Catalog:
                 raise SQLError(f"tvreg sql is read-only: {kind} statements are not allowed")
             try:
                 cur = con.execute(query)
-                cols = [d[0] for d in cur.description] if cur.description else []
-                return cols, cur.fetchall()
+                if not cur.description:
+                    return [], []
+                cols = [d[0] for d in cur.description]
+                rows = cur.fetchall()
             except duckdb.Error as e:
                 raise SQLError(_one_line(e)) from None
+            # JSON columns (meta, parents, recipe, skipped, …) come back as values, not as text
+            as_json = [i for i, d in enumerate(cur.description) if str(d[1]) == "JSON"]
+            if as_json:
+                rows = [tuple(json.loads(v) if i in as_json and isinstance(v, str) else v
+                              for i, v in enumerate(row)) for row in rows]
+            return cols, rows
 
 
 def _one_line(e: Exception) -> str:

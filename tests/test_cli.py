@@ -44,7 +44,7 @@ def test_create_prints_ref_on_stdout_and_summary_on_stderr(run, zoo):
     assert "no new version" in again.stderr
     rows = json.loads(run("sql", "SELECT lr, steps, meta FROM versions", "--json").stdout)
     assert rows[0]["lr"] == 2e-5 and rows[0]["steps"] == 20
-    assert json.loads(rows[0]["meta"]) == {"seed": 3, "note": "hello world"}
+    assert rows[0]["meta"] == {"seed": 3, "note": "hello world"}  # JSON columns decoded
 
 
 def test_listing_commands_emit_parseable_json(run, zoo):

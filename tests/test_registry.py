@@ -490,10 +490,10 @@ def test_sql_sees_versions(filled, zoo):
         ("sentiment", 1), ("sentiment", 2), ("topic", 1), ("toxicity", 1)]
     for r in rows[:1] + rows[2:]:
         assert {k: r[k] for k in ("task", "dataset", "lr", "steps")} == zoo.meta[r["name"]]
-        assert json.loads(r["meta"]) == {}
+        assert r["meta"] == {}
     assert (rows[1]["task"], rows[1]["dataset"], rows[1]["lr"], rows[1]["steps"]) == \
         ("sentiment", "sst2", 2e-5, 7)
-    assert json.loads(rows[1]["meta"]) == {"seed": 3, "note": "x"}
+    assert rows[1]["meta"] == {"seed": 3, "note": "x"}
     assert filled.sql("SELECT count(*) AS n FROM versions WHERE meta->>'$.seed' = '3'") == [{"n": 1}]
     latest = filled.sql("SELECT name, version FROM latest ORDER BY name")
     assert [(r["name"], r["version"]) for r in latest] == [("sentiment", 2), ("topic", 1),
