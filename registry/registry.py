@@ -27,6 +27,7 @@ from .stores.local import TMP_PREFIX
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .composition import Composition
     from .taskvector import TaskVector
 
 # torch and the modules that need it are imported where tensors are touched, so commands that
@@ -143,29 +144,37 @@ class Registry:
         with open_checkpoint(base) as cb, open_checkpoint(finetuned) as cf:
             infos = check_pair(cb, cf)
             total = sum(i.numel for i in infos)
-            # a registry that does not exist yet is created only once the vector is staged, so
-            # a failure leaves no trace; its staging area is then the system's temp folder
-            existing = self.exists
-            staging = Staging(self.objects, self.scratch if existing else tempfile.gettempdir())
-            try:
-                with progress.bar(total * 4, f"create {name}") as bar:
-                    def tick(n: int) -> None:
-                        bar.update(n)
-                        if on_progress:
-                            on_progress(n)
-                    manifest = build_task_vector(cb, cf, infos, staging.put,
-                                                 allow_nonfinite=allow_nonfinite, level=level,
-                                                 on_tensor=tick)
-                if not existing:
-                    self.init()
-                new_objects = staging.commit()
-            finally:
-                staging.close()
-        vector_id = self.objects.put(manifest.to_bytes())
+            with progress.bar(total * 4, f"create {name}") as bar:
+                def tick(n: int) -> None:
+                    bar.update(n)
+                    if on_progress:
+                        on_progress(n)
+                manifest, vector_id, new_objects = self._write_vector(
+                    lambda put: build_task_vector(cb, cf, infos, put,
+                                                  allow_nonfinite=allow_nonfinite, level=level,
+                                                  on_tensor=tick))
         record, created = self._claim_version(name, manifest, vector_id, metadata)
         if created:
             self._index_new(record, manifest)
         return CreateResult(record, created, new_objects, manifest)
+
+    def _write_vector(self, produce: Callable[[Callable[[bytes], str]], Manifest]
+                      ) -> tuple[Manifest, str, int]:
+        """Blobs, then the manifest: ``produce(put)`` encodes the tensors through ``put``.
+
+        A registry that does not exist yet is created only once the vector is staged, so a
+        failure leaves no trace; its staging area is then the system's temp folder.
+        """
+        existing = self.exists
+        staging = Staging(self.objects, self.scratch if existing else tempfile.gettempdir())
+        try:
+            manifest = produce(staging.put)
+            if not existing:
+                self.init()
+            new_objects = staging.commit()
+        finally:
+            staging.close()
+        return manifest, self.objects.put(manifest.to_bytes()), new_objects
 
     def _index_new(self, record: VersionRecord, manifest: Manifest) -> None:
         try:
@@ -177,16 +186,17 @@ class Registry:
             raise type(e)(f"{record.ref} is stored, but the catalog was not updated ({e}); "
                           "run `tvreg reindex`") from None
 
-    def _claim_version(self, name: str, manifest: Manifest, vector_id: str,
-                       metadata: Metadata) -> tuple[VersionRecord, bool]:
+    def _claim_version(self, name: str, manifest: Manifest, vector_id: str, metadata: Metadata,
+                       parents: tuple[str, ...] = (), recipe: dict[str, Any] | None = None
+                       ) -> tuple[VersionRecord, bool]:
         existing = self.versions(name)
-        for r in existing:
-            if r.vector_id == vector_id and r.metadata == metadata and not r.parents and r.recipe is None:
-                return r, False
         number = max((r.version for r in existing), default=0) + 1
         while True:
             record = VersionRecord(name, number, vector_id, manifest.base_hash,
-                                   manifest.arch_fingerprint, metadata, utc_now())
+                                   manifest.arch_fingerprint, metadata, utc_now(), parents, recipe)
+            for r in existing:
+                if r.same_content(record):
+                    return r, False
             if self.store.write_new(record.key, record.to_bytes()):
                 return record, True
             number += 1  # another writer claimed this number first: take the next one
@@ -299,6 +309,104 @@ class Registry:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-decode")
         return decode_tensor(entry, self.objects.get, self._pool)
+
+    # --- composition -----------------------------------------------------------------------------
+
+    def resolve(self, expression: str, *, method: str = "task_arithmetic",
+                density: float | None = None, seed: int = 0, trim: str = "tensor",
+                majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
+                exclude: str | None = None, allow_base_mismatch: bool = False) -> "Composition":
+        """A composition of stored vectors, e.g. ``reg.resolve("0.5*a + b - c@2")``.
+
+        Refs are resolved and compatibility (architecture, base) checked from the manifests;
+        no tensor is read until the composition's tensors are asked for.
+        """
+        from .composition import Composition, Operand
+        from .expr import canonical, linear_terms
+        from .merge import MergeParams
+
+        params = MergeParams(method=method, density=density, seed=seed, trim=trim,
+                             majority_sign=majority_sign)
+        terms = linear_terms(expression)
+        operands = [Operand(t.ref, t.coef, self.get(t.ref)) for t in terms]
+        return Composition(self, canonical(terms), operands, params, lam=lam, include=include,
+                           exclude=exclude, allow_base_mismatch=allow_base_mismatch)
+
+    def save_composition(self, name: str, comp: "Composition", *, task: str | None = None,
+                         dataset: str | None = None, meta: dict[str, Any] | None = None,
+                         level: int = 3) -> CreateResult:
+        """Store a composition as a version of ``name``; its record keeps the recipe (expression,
+        method, parameters, operand refs and vector ids) and the operands as parents."""
+        import torch
+
+        from .codecs import default_pipeline
+        from .encoding import TensorEncoder
+        from .manifest import Manifest as _Manifest
+
+        validate_name(name)
+        metadata = Metadata(task=task, dataset=dataset, meta=dict(meta or {}))
+        merged = comp.names()
+
+        def produce(put: Callable[[bytes], str]) -> Manifest:
+            futures = []
+            with TensorEncoder(put) as encoder:
+                tensors = comp.iter_tensors()
+                for entry in comp.manifest.tensors:
+                    if merged and merged[0] == entry.name:
+                        merged.pop(0)
+                        _, t = next(tensors)
+                    else:  # left out by --include/--exclude: an unchanged (zero) delta
+                        t = torch.zeros(entry.shape, dtype=torch.float32)
+                    futures.append(encoder.submit(entry.name, t, entry.source_dtype,
+                                                  default_pipeline(t.element_size(), level)))
+                entries = tuple(f.result() for f in futures)
+            return _Manifest(comp.base_hash, comp.arch_fingerprint, entries, comp.manifest.skipped)
+
+        manifest, vector_id, new_objects = self._write_vector(produce)
+        record, created = self._claim_version(name, manifest, vector_id, metadata,
+                                              tuple(comp.parents), comp.recipe)
+        if created:
+            self._index_new(record, manifest)
+        return CreateResult(record, created, new_objects, manifest)
+
+    def apply(self, comp: "Composition | str", base: str | os.PathLike,
+              output: str | os.PathLike, *, dtype: str | None = None,
+              allow_base_mismatch: bool | None = None) -> int:
+        """Write θ_base + merged for the base checkpoint ``base`` into a safetensors file."""
+        from .apply import apply_to_checkpoint
+
+        if isinstance(comp, str):
+            comp = self.resolve(comp, allow_base_mismatch=bool(allow_base_mismatch))
+        if allow_base_mismatch is None:
+            allow_base_mismatch = comp.allow_base_mismatch
+        return apply_to_checkpoint(comp, os.fspath(base), os.fspath(output), dtype=dtype,
+                                   allow_base_mismatch=allow_base_mismatch)
+
+    def search_coefficients(self, expression: str, evaluate: Callable[[dict], float],
+                            grid: Any, *, base: Any, **params: Any) -> dict[str, Any]:
+        """Pick λ the way the paper does: for each λ in ``grid``, build θ_base + λ·merged as a
+        state dict, call ``evaluate(state_dict) -> score`` (e.g. validation accuracy) and return
+        ``{"rows": [{"lambda", "score"}], "best_lambda", "best_score"}``.
+
+        ``base`` is a checkpoint path or a state dict; the merged vector is computed once.
+        """
+        from .checkpoints import open_checkpoint
+        from .composition import scale_grid, search
+
+        grid = scale_grid(grid)
+        comp = self.resolve(expression, **params)
+        merged = comp.state_dict()
+        if isinstance(base, (str, os.PathLike)):
+            with open_checkpoint(base) as ck:
+                base_sd = {n: ck.tensor(n) for n in ck.names()}
+        else:
+            base_sd = dict(base)
+
+        def make(lam: float) -> dict:
+            return {n: (t.to(merged[n].dtype) + lam * merged[n]).to(t.dtype) if n in merged else t
+                    for n, t in base_sd.items()}
+
+        return search(make, evaluate, grid)
 
     # --- tags ------------------------------------------------------------------------------------
 

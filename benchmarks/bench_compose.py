@@ -1,0 +1,150 @@
+"""Compose k task vectors of a real ~20M-parameter fine-tune and apply them to the base.
+
+tvreg (`reg.apply(expr, base, out)`: streaming, tensor by tensor) against the naive approach of
+the paper's reference code (load every checkpoint fully, build each task vector as a dict, sum
+the dicts, add to the base, save). Each is timed and measured (peak RSS) in a fresh child
+process, in the same run; the results must agree.
+
+    python benchmarks/bench_compose.py [--k 8] [--width 1600] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+LAM = 0.3
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def naive(work: str, k: int, out: str) -> None:
+    """As the paper's code does: every task vector in memory as a dict, then summed."""
+    from safetensors.torch import load_file, save_file
+
+    base = load_file(f"{work}/base.safetensors")
+    vectors = []
+    for i in range(k):
+        ft = load_file(f"{work}/ft{i}.safetensors")
+        vectors.append({n: ft[n] - base[n] for n in base if base[n].is_floating_point()})
+        del ft
+    merged = {n: sum(v[n] for v in vectors) for n in vectors[0]}
+    save_file({n: (base[n] + LAM * merged[n]) if n in merged else base[n] for n in base}, out)
+
+
+def streaming(work: str, k: int, out: str) -> None:
+    import tvreg
+
+    reg = tvreg.open(f"{work}/registry")
+    expr = f"{LAM}*(" + " + ".join(f"t{i}" for i in range(k)) + ")"
+    reg.apply(expr, f"{work}/base.safetensors", out)
+
+
+def child(op: str, work: str, k: int, out: str) -> None:
+    import torch  # noqa: F401  (imports are not part of the measurement)
+    import safetensors.torch  # noqa: F401
+    import tvreg  # noqa: F401
+
+    before = _maxrss()
+    t0 = time.perf_counter()
+    {"naive": naive, "tvreg": streaming}[op](work, k, out)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "peak_rss": _maxrss() - before}))
+
+
+def run_child(op: str, work: str, k: int, out: str) -> dict:
+    # a small launcher in between: Linux keeps ru_maxrss across execve, so a child started
+    # straight from this (big) process would start at its peak
+    launcher = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", launcher, sys.executable, __file__, "--child", op,
+           "--workdir", work, "--k", str(k), "--out", out]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def build(work: str, k: int, width: int) -> int:
+    import torch
+
+    import tvreg
+    from tvreg.testing import TASKS, finetune, param_count, pretrain, save_safetensors
+
+    base = pretrain(width=width, steps=2, num_threads=None)
+    save_safetensors(base, f"{work}/base.safetensors")
+    reg = tvreg.open(f"{work}/registry")
+    for i in range(k):
+        ft = finetune(base, TASKS[i % len(TASKS)], steps=1, lr=1e-3, seed=i, num_threads=None)
+        save_safetensors(ft, f"{work}/ft{i}.safetensors")
+        reg.create(f"t{i}", f"{work}/base.safetensors", f"{work}/ft{i}.safetensors")
+        del ft
+    torch.set_num_threads(os.cpu_count() or 1)
+    return param_count(width)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, default=8, help="number of task vectors")
+    ap.add_argument("--width", type=int, default=1600, help="toy width (1600: 20.6M params)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir")
+    ap.add_argument("--child", choices=["naive", "tvreg"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.workdir, args.k, args.out)
+        return
+    work = args.workdir or tempfile.mkdtemp(prefix="tvreg-bench-compose-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        params = build(work, args.k, args.width)
+        setup = time.perf_counter() - t0
+        model_mb = os.path.getsize(f"{work}/base.safetensors") / 1e6
+        results = {op: [run_child(op, work, args.k, f"{work}/{op}.safetensors")
+                        for _ in range(args.repeats)] for op in ("naive", "tvreg")}
+        from safetensors.torch import load_file
+        import torch
+
+        a, b = load_file(f"{work}/naive.safetensors"), load_file(f"{work}/tvreg.safetensors")
+        worst = max(float((a[n].double() - b[n].double()).abs().max()) for n in a)
+        assert set(a) == set(b) and worst < 1e-5, worst
+
+        print(f"date     {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+        print(f"machine  {os.cpu_count()} CPUs, {platform.platform()}")
+        print(f"software python {platform.python_version()}, torch {torch.__version__}")
+        print(f"command  python benchmarks/bench_compose.py --k {args.k} --width {args.width} "
+              f"--repeats {args.repeats}")
+        print(f"workload {args.k} task vectors of {params:,} params (one model: {model_mb:.1f} MB "
+              f"fp32), applied as {LAM}*(t0 + … + t{args.k - 1}) to the base; setup {setup:.0f} s")
+        print(f"results agree: max |naive - tvreg| = {worst:.2e}\n")
+        print(f"{'approach':<34}{'median s':>9}{'peak RSS MB':>13}{'× model':>9}   runs (s)")
+        rows = {}
+        for op, label in (("naive", "naive (dicts of full state dicts)"),
+                          ("tvreg", "tvreg apply (streaming)")):
+            secs = [r["seconds"] for r in results[op]]
+            peak = max(r["peak_rss"] for r in results[op]) / 1e6
+            rows[op] = (statistics.median(secs), peak)
+            print(f"{label:<34}{rows[op][0]:>9.2f}{peak:>13.0f}{peak / model_mb:>9.2f}   "
+                  + " ".join(f"{s:.2f}" for s in secs))
+        print(f"\nspeed-up tvreg vs naive: {rows['naive'][0] / rows['tvreg'][0]:.2f}x; "
+              f"peak RSS ratio naive / tvreg: {rows['naive'][1] / rows['tvreg'][1]:.2f}x")
+        print("peak RSS: ru_maxrss of a fresh child doing only that operation, minus its value "
+              "right after the imports")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Composition commands: compose (a merged vector) and apply (merged model weights)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import click
+
+from .options import json_option, parse_meta
+from .output import emit_json, human_bytes, message
+
+METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+
+
+def merge_options(fn):
+    """Options shared by compose and apply (see docs/composition.md)."""
+    options = [
+        click.option("--method", default="task_arithmetic", show_default=True,
+                     type=click.Choice(METHODS), help="Merge method."),
+        click.option("--density", type=float, help="Fraction kept (ties, dare_*, magnitude_prune)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of DARE's drops."),
+        click.option("--trim", type=click.Choice(["tensor", "global"]), default="tensor",
+                     show_default=True, help="Trim by magnitude per tensor or over the whole vector."),
+        click.option("--majority-sign", type=click.Choice(["total", "frequency"]), default="total",
+                     show_default=True, help="TIES sign election."),
+        click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
+                     help="Global scale: θ = θ_base + λ·merged."),
+        click.option("--include", metavar="REGEX", help="Only tensors whose name matches."),
+        click.option("--exclude", metavar="REGEX", help="Leave out tensors whose name matches."),
+        click.option("--allow-base-mismatch", is_flag=True,
+                     help="Warn instead of refusing vectors of different base models."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _resolve(reg, expression, kw):
+    return reg.resolve(expression, method=kw["method"], density=kw["density"], seed=kw["seed"],
+                       trim=kw["trim"], majority_sign=kw["majority_sign"], lam=kw["lam"],
+                       include=kw["include"], exclude=kw["exclude"],
+                       allow_base_mismatch=kw["allow_base_mismatch"])
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                message(f"tvreg: warning: {w.message}")
+
+
+@click.command()
+@click.argument("expression")
+@click.option("-o", "--output", metavar="F.safetensors", help="Write the composed vector here.")
+@click.option("--save", "save_as", metavar="NAME", help="Store it as a new version of NAME.")
+@click.option("--task", help="Task label of the saved version.")
+@click.option("--meta", multiple=True, metavar="K=V", help="Free metadata of the saved version.")
+@merge_options
+@json_option
+@click.pass_obj
+def compose(reg, expression, output, save_as, task, meta, as_json, **kw):
+    """Compose stored vectors: EXPRESSION like '0.5*sentiment + topic@2 - toxicity@prod'."""
+    from tvreg.apply import check_output_path
+    from tvreg.errors import InvalidInput
+
+    if not output and not save_as:
+        raise InvalidInput("give -o FILE, --save NAME, or both")
+    if output:
+        check_output_path(output)
+    meta_values = parse_meta(meta)
+    with _warnings_to_stderr():
+        comp = _resolve(reg, expression, kw)
+        message(f"composing {comp.expression} ({kw['method']}, lambda {comp.lam:g}, "
+                f"{len(comp.operands)} vector(s), {len(comp.entries)} tensor(s))")
+        result = None
+        if save_as:
+            result = reg.save_composition(save_as, comp, task=task, meta=meta_values)
+            state = "saved" if result.created else "unchanged: already stored as"
+            message(f"{state} {result.ref} (vector {result.record.vector_id[:12]})")
+        if output:
+            n = comp.save(output)
+            message(f"wrote {output} ({human_bytes(n)})")
+    if as_json:
+        emit_json({"expression": comp.expression, "recipe": comp.recipe, "output": output,
+                   "ref": result.ref if result else None,
+                   "vector_id": result.record.vector_id if result else None})
+    elif result:
+        click.echo(result.ref)
+
+
+@click.command()
+@click.argument("expression")
+@click.option("--base", required=True, metavar="P", help="Base checkpoint to apply to.")
+@click.option("-o", "--output", required=True, metavar="F.safetensors", help="Merged weights.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="dtype of floating tensors in the output (default: the base's).")
+@merge_options
+@click.pass_obj
+def apply(reg, expression, base, output, dtype, **kw):
+    """Write base + composed vector as model weights (same keys as the base)."""
+    with _warnings_to_stderr():
+        comp = _resolve(reg, expression, kw)
+        n = reg.apply(comp, base, output, dtype=dtype,
+                      allow_base_mismatch=kw["allow_base_mismatch"])
+    message(f"wrote {output} ({human_bytes(n)}): {base} + {comp.lam:g}·[{comp.expression}] "
+            f"({kw['method']})")
+
+
+COMMANDS = [compose, apply]

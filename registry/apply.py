@@ -1,0 +1,104 @@
+"""Merged model weights: θ = θ_base + merged, written tensor by tensor into a safetensors file.
+
+The base checkpoint must have the composition's architecture (always) and base hash (unless
+allowed); both are checked before the output is opened. Non-floating tensors are copied from
+the base; floating ones are summed in fp32 (fp64 for fp64 bases) and cast to the output dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING, Iterator
+
+from . import dtypes
+from .composition import BaseMismatchWarning, _listing
+from .errors import IncompatibleCheckpoints, InvalidInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .checkpoints import Checkpoint, TensorInfo
+    from .composition import Composition
+
+OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_output_path(path: str) -> str:
+    """The output's folder must exist and be writable (bad input, before any work)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InvalidInput(f"output {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise InvalidInput(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InvalidInput(f"cannot write {path}: folder {folder} is not writable")
+    return path
+
+
+def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bool) -> list["TensorInfo"]:
+    """The checkpoint's infos, if it is a base the composition applies to."""
+    from .digest import BaseHasher, arch_fingerprint, tensor_bytes
+
+    infos = ck.infos()
+    if arch_fingerprint((i.name, i.dtype, i.shape) for i in infos) != comp.arch_fingerprint:
+        m = comp.manifest
+        want = {t.name: (t.source_dtype, tuple(t.shape)) for t in m.tensors}
+        want.update({s.name: (s.dtype, tuple(s.shape)) for s in m.skipped})
+        have = {i.name: (i.dtype, tuple(i.shape)) for i in infos}
+        diffs = sorted(f"{n} (only in {'the base' if n in have else 'the vectors'})"
+                       for n in have.keys() ^ want.keys())
+        diffs += sorted(f"{n} ({have[n][0]}{list(have[n][1])} in the base vs {want[n][0]}"
+                        f"{list(want[n][1])})" for n in have.keys() & want.keys()
+                        if have[n] != want[n])
+        raise IncompatibleCheckpoints(f"{ck.path} is not the vectors' architecture: "
+                                      f"{len(diffs)} tensor(s) differ: {_listing(diffs)}")
+    hasher = BaseHasher()
+    for info in infos:
+        if dtypes.is_floating(info.dtype):
+            hasher.update(info.name, info.dtype, info.shape, tensor_bytes(ck.tensor(info.name)))
+    if hasher.hexdigest() != comp.base_hash:
+        message = (f"{ck.path} is not the vectors' base model (its hash "
+                   f"{hasher.hexdigest()[:12]} vs {comp.base_hash[:12]})")
+        if not allow_base_mismatch:
+            raise IncompatibleCheckpoints(message + "; pass --allow-base-mismatch to apply anyway")
+        warnings.warn(message, BaseMismatchWarning, stacklevel=3)
+    return infos
+
+
+def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
+                   out_dtype: str | None) -> Iterator[tuple[str, "torch.Tensor"]]:
+    """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order."""
+    deltas = comp.iter_tensors()
+    pending = next(deltas, None)
+    for info in infos:
+        t = ck.tensor(info.name)
+        if dtypes.is_floating(info.dtype):
+            target = dtypes.torch_dtype(out_dtype or info.dtype)
+            if pending is not None and pending[0] == info.name:
+                delta = pending[1]
+                t = (t.to(delta.dtype) + delta).to(target)
+                pending = next(deltas, None)
+            else:
+                t = t.to(target)
+        yield info.name, t
+    if pending is not None:  # cannot happen after check_base; a guard against silent loss
+        raise IncompatibleCheckpoints(f"tensor {pending[0]!r} of the composition is not in the base")
+
+
+def apply_to_checkpoint(comp: "Composition", base: str, output: str, *, dtype: str | None = None,
+                        allow_base_mismatch: bool = False) -> int:
+    from .checkpoints import open_checkpoint
+    from .safetensors_io import write_safetensors
+
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
+    output = check_output_path(output)
+    with open_checkpoint(base) as ck:
+        infos = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
+        specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
+                 for i in infos]
+        metadata = {"tvreg.expression": comp.expression, "tvreg.base_hash": comp.base_hash,
+                    "tvreg.method": comp.params.method, "tvreg.lambda": repr(comp.lam)}
+        return write_safetensors(output, specs, merged_weights(comp, ck, infos, dtype), metadata)

@@ -1,0 +1,269 @@
+"""Compositions: an expression over stored vectors, merged tensor by tensor.
+
+A :class:`Composition` knows its operands (refs, coefficients, manifests) and checks, before
+any tensor is read, that they share the architecture fingerprint and the base hash. Its tensors
+are produced one name at a time: each operand's tensor is decoded, the merge method combines
+them (fp32, or fp64 if an operand is fp64), λ scales the result; at most a few tensors per
+operand are in memory, never whole vectors.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping
+
+from .errors import IncompatibleCheckpoints, InvalidInput
+from .manifest import Manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .merge import MergeParams
+    from .registry import Registry
+    from .taskvector import TaskVector
+
+SHOW = 5
+
+
+class BaseMismatchWarning(UserWarning):
+    """Operands (or a base checkpoint) of different base hashes, allowed on request."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    ref: str
+    coef: float
+    vector: "TaskVector"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.vector.ref if self.vector.record else self.ref,
+                "vector_id": self.vector.vector_id, "coef": self.coef}
+
+
+def _listing(items: list[str]) -> str:
+    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
+    return ", ".join(items[:SHOW]) + more
+
+
+def architecture_difference(a: Manifest, b: Manifest) -> str | None:
+    """None if two manifests describe the same architecture, else what differs (names first)."""
+    if a.arch_fingerprint == b.arch_fingerprint:
+        return None
+    shape_a = {t.name: (t.source_dtype, t.shape) for t in a.tensors}
+    shape_a.update({s.name: (s.dtype, s.shape) for s in a.skipped})
+    shape_b = {t.name: (t.source_dtype, t.shape) for t in b.tensors}
+    shape_b.update({s.name: (s.dtype, s.shape) for s in b.skipped})
+    diffs = sorted(f"{n} (only in one)" for n in shape_a.keys() ^ shape_b.keys())
+    diffs += sorted(f"{n} ({shape_a[n][0]}{list(shape_a[n][1])} vs {shape_b[n][0]}"
+                    f"{list(shape_b[n][1])})" for n in shape_a.keys() & shape_b.keys()
+                    if shape_a[n] != shape_b[n])
+    if not diffs:
+        return "architecture fingerprints differ"
+    return f"{len(diffs)} tensor(s) differ: {_listing(diffs)}"
+
+
+def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = False) -> None:
+    """Same architecture (always) and same base (unless allowed), from the manifests alone."""
+    first = operands[0]
+    for op in operands[1:]:
+        diff = architecture_difference(first.vector.manifest, op.vector.manifest)
+        if diff:
+            raise IncompatibleCheckpoints(
+                f"{first.vector.ref} and {op.vector.ref} have different architectures: {diff}")
+    for op in operands[1:]:
+        if op.vector.base_hash != first.vector.base_hash:
+            message = (f"{first.vector.ref} and {op.vector.ref} come from different base models "
+                       f"(base {first.vector.base_hash[:12]} vs {op.vector.base_hash[:12]})")
+            if not allow_base_mismatch:
+                raise IncompatibleCheckpoints(message + "; pass --allow-base-mismatch to compose "
+                                              "them anyway")
+            warnings.warn(message, BaseMismatchWarning, stacklevel=3)
+
+
+def _compile(pattern: str | None, option: str) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise InvalidInput(f"invalid {option} regex {pattern!r}: {e}") from None
+
+
+class Composition:
+    """A merged task vector, computed lazily from its operands."""
+
+    def __init__(self, registry: "Registry", expression: str, operands: list[Operand],
+                 params: "MergeParams", *, lam: float = 1.0, include: str | None = None,
+                 exclude: str | None = None, allow_base_mismatch: bool = False) -> None:
+        import math
+
+        if not operands:
+            raise InvalidInput("a composition needs at least one vector")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise InvalidInput(f"invalid lambda {lam!r}: a finite number")
+        self._registry = registry
+        self.expression = expression
+        self.operands = operands
+        self.params = params
+        self.lam = float(lam)
+        self.include, self.exclude = include, exclude
+        inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+        check_compatible(operands, allow_base_mismatch=allow_base_mismatch)
+        self.allow_base_mismatch = allow_base_mismatch
+        first = operands[0].vector.manifest
+        self.entries = [t for t in first.tensors
+                        if (inc is None or inc.search(t.name)) and not (exc and exc.search(t.name))]
+        if not self.entries:
+            raise InvalidInput("--include/--exclude leave no tensor to compose")
+        self._thresholds: list[float] | None = None
+
+    # --- identity --------------------------------------------------------------------------------
+
+    @property
+    def base_hash(self) -> str:
+        return self.operands[0].vector.base_hash
+
+    @property
+    def arch_fingerprint(self) -> str:
+        return self.operands[0].vector.arch_fingerprint
+
+    @property
+    def manifest(self) -> Manifest:
+        """The first operand's manifest: names, shapes and skipped tensors of the result."""
+        return self.operands[0].vector.manifest
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.entries]
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """How this vector was made: kept in the version record when it is saved."""
+        return {"expression": self.expression, "method": self.params.to_json(),
+                "lambda": self.lam, "include": self.include, "exclude": self.exclude,
+                "operands": [op.to_json() for op in self.operands]}
+
+    @property
+    def parents(self) -> list[str]:
+        return list(dict.fromkeys(op.vector.vector_id for op in self.operands))
+
+    # --- tensors ---------------------------------------------------------------------------------
+
+    def _global_thresholds(self) -> list[float]:
+        from .merge import MagnitudeQuantile
+
+        if self._thresholds is None:
+            out = []
+            for op in self.operands:
+                total = sum(e.numel for e in self.entries)
+                q = MagnitudeQuantile(self.params.density, total)
+                for step in (q.pass1, q.pass2):
+                    for entry in self.entries:
+                        step(op.vector.tensor(entry.name))
+                out.append(q.threshold())
+            self._thresholds = out
+        return self._thresholds
+
+    def _merged(self, name: str) -> "torch.Tensor":
+        from .merge import merge_tensor, needs_thresholds
+
+        deltas = [op.vector.tensor(name) for op in self.operands]
+        weights = [op.coef for op in self.operands]
+        thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
+        out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds)
+        if self.lam != 1.0:
+            out.mul_(self.lam)
+        return out
+
+    def iter_tensors(self, device: Any = None,
+                     dtype: "torch.dtype | None" = None) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """``(name, merged tensor)`` one at a time; the next is computed on a background thread
+        while the caller uses the current one (on CUDA the copy overlaps the next decode)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .taskvector import to_device
+
+        names = self.names()
+        with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as ahead:
+            pending = ahead.submit(self._merged, names[0])
+            for i, name in enumerate(names):
+                tensor = pending.result()
+                if i + 1 < len(names):
+                    pending = ahead.submit(self._merged, names[i + 1])
+                yield name, to_device(tensor, device, dtype)
+                del tensor
+
+    def state_dict(self, device: Any = None,
+                   dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        out = dict(self.iter_tensors(device, dtype))
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.current_stream(torch.device(device)).synchronize()
+        return out
+
+    def apply_to(self, target: "torch.nn.Module | MutableMapping[str, torch.Tensor]",
+                 scale: float = 1.0) -> Any:
+        """θ += scale · merged, in place, on a module's parameters/buffers or a state dict.
+
+        Every composed tensor must exist in the target with the same shape (checked for all
+        names before anything is changed); tensors not in the composition are left alone.
+        """
+        import torch
+
+        if isinstance(target, torch.nn.Module):
+            params = dict(target.named_parameters())
+            params.update(dict(target.named_buffers()))
+        elif isinstance(target, Mapping):
+            params = target
+        else:
+            raise InvalidInput("apply_to needs a torch.nn.Module or a state dict")
+        missing = [e.name for e in self.entries if e.name not in params]
+        wrong = [f"{e.name} ({list(params[e.name].shape)} vs {list(e.shape)})"
+                 for e in self.entries if e.name in params
+                 and tuple(params[e.name].shape) != tuple(e.shape)]
+        if missing or wrong:
+            raise IncompatibleCheckpoints(
+                "the target does not fit the composition: " + "; ".join(
+                    p for p in (f"{len(missing)} tensor(s) missing: {_listing(missing)}" if missing else "",
+                                f"{len(wrong)} tensor(s) of another shape: {_listing(wrong)}" if wrong else "")
+                    if p))
+        with torch.no_grad():
+            for name, delta in self.iter_tensors():
+                t = params[name]
+                t.add_(delta.to(device=t.device, dtype=t.dtype, non_blocking=True), alpha=scale)
+        return target
+
+    def save(self, path: str) -> int:
+        """Write the composed vector to a safetensors file, one tensor at a time."""
+        from .safetensors_io import write_safetensors
+
+        dtype = "float64" if any(e.dtype == "float64" for op in self.operands
+                                 for e in op.vector.manifest.tensors) else "float32"
+        specs = [(e.name, dtype, e.shape) for e in self.entries]
+        metadata = {"tvreg.expression": self.expression, "tvreg.base_hash": self.base_hash,
+                    "tvreg.arch_fingerprint": self.arch_fingerprint}
+        return write_safetensors(path, specs, self.iter_tensors(), metadata)
+
+    def __repr__(self) -> str:
+        return (f"<Composition {self.expression!r} method={self.params.method} lambda={self.lam} "
+                f"tensors={len(self.entries)}>")
+
+
+def scale_grid(grid: Any) -> list[float]:
+    values = list(grid)
+    if not values:
+        raise InvalidInput("the coefficient grid is empty")
+    return [float(v) for v in values]
+
+
+def search(make: Callable[[float], Any], evaluate: Callable[[Any], float],
+           grid: list[float]) -> dict[str, Any]:
+    """Evaluate ``make(λ)`` for each λ; the table and the best λ (highest score)."""
+    rows = []
+    for lam in grid:
+        score = float(evaluate(make(lam)))
+        rows.append({"lambda": lam, "score": score})
+    best = max(rows, key=lambda r: r["score"])
+    return {"rows": rows, "best_lambda": best["lambda"], "best_score": best["score"]}
