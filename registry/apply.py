@@ -70,15 +70,17 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
 def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
                    out_dtype: str | None) -> Iterator[tuple[str, "torch.Tensor"]]:
     """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order."""
-    deltas = comp.iter_tensors()
+    # operands are already decoded in parallel; no prefetch of the next name keeps memory at
+    # one name's tensors (writing the file is fast next to decoding)
+    deltas = comp.iter_tensors(prefetch=False)
     pending = next(deltas, None)
     for info in infos:
         t = ck.tensor(info.name)
         if dtypes.is_floating(info.dtype):
             target = dtypes.torch_dtype(out_dtype or info.dtype)
             if pending is not None and pending[0] == info.name:
-                delta = pending[1]
-                t = (t.to(delta.dtype) + delta).to(target)
+                delta = pending[1]  # a fresh tensor of the composition: summed into in place
+                t = delta.add_(t.to(delta.dtype)).to(target)
                 pending = next(deltas, None)
             else:
                 t = t.to(target)

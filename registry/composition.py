@@ -118,6 +118,7 @@ class Composition:
         if not self.entries:
             raise InvalidInput("--include/--exclude leave no tensor to compose")
         self._thresholds: list[float] | None = None
+        self._decoders = None  # thread pool decoding operands in parallel, made on first use
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -165,9 +166,45 @@ class Composition:
             self._thresholds = out
         return self._thresholds
 
+    def _decoded(self, name: str) -> Iterator["torch.Tensor"]:
+        """The operands' tensors of ``name`` in order, decoded up to ``workers`` at a time."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .encoding import default_workers
+
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-operand")
+        ops = self.operands
+        window = default_workers()
+        queue = deque(self._decoders.submit(op.vector.tensor, name) for op in ops[:window])
+        for i in range(len(ops)):
+            tensor = queue.popleft().result()
+            if i + window < len(ops):
+                queue.append(self._decoders.submit(ops[i + window].vector.tensor, name))
+            yield tensor
+            del tensor
+
     def _merged(self, name: str) -> "torch.Tensor":
+        import torch
+
         from .merge import merge_tensor, needs_thresholds
 
+        if self.params.method == "task_arithmetic":
+            # Σ w_i τ_i one operand at a time: two tensors in memory, whatever k is
+            out = None
+            for op, delta in zip(self.operands, self._decoded(name)):
+                if out is None:
+                    wide = torch.float64 if delta.dtype == torch.float64 else torch.float32
+                    out = delta.to(wide) * op.coef  # a new tensor, never the decoded one
+                else:
+                    if delta.dtype == torch.float64 and out.dtype != torch.float64:
+                        out = out.double()
+                    out.add_(delta.to(out.dtype), alpha=op.coef)
+                del delta
+            if self.lam != 1.0:
+                out.mul_(self.lam)
+            return out
         deltas = [op.vector.tensor(name) for op in self.operands]
         weights = [op.coef for op in self.operands]
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
@@ -176,15 +213,20 @@ class Composition:
             out.mul_(self.lam)
         return out
 
-    def iter_tensors(self, device: Any = None,
-                     dtype: "torch.dtype | None" = None) -> Iterator[tuple[str, "torch.Tensor"]]:
-        """``(name, merged tensor)`` one at a time; the next is computed on a background thread
-        while the caller uses the current one (on CUDA the copy overlaps the next decode)."""
+    def iter_tensors(self, device: Any = None, dtype: "torch.dtype | None" = None,
+                     prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """``(name, merged tensor)`` one at a time. With ``prefetch`` the next is merged on a
+        background thread while the caller uses the current one (on CUDA the copy overlaps the
+        next decode); without, memory holds one name's tensors only."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .taskvector import to_device
 
         names = self.names()
+        if not prefetch:
+            for name in names:
+                yield name, to_device(self._merged(name), device, dtype)
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as ahead:
             pending = ahead.submit(self._merged, names[0])
             for i, name in enumerate(names):

@@ -116,9 +116,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     offsets = np.cumsum([0] + [c.nbytes for c in entry.chunks]).tolist()
 
     def fill(i: int) -> None:
-        chunk = entry.chunks[i]
-        raw = entry.codecs.decode(get(chunk.blob), chunk.nbytes)
-        buf[offsets[i]:offsets[i + 1]] = np.frombuffer(raw, dtype=np.uint8)
+        entry.codecs.decode_into(get(entry.chunks[i].blob), buf[offsets[i]:offsets[i + 1]])
 
     if pool is not None and len(entry.chunks) > 1:
         list(pool.map(fill, range(len(entry.chunks))))

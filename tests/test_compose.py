@@ -241,3 +241,39 @@ def test_unknown_ref_in_python(filled):
     with pytest.raises(NotFound):
         filled.resolve("topic + nothere")
     assert isinstance(tvreg.open(filled.root).resolve("topic"), object)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(method="ties", density=0.3),
+    dict(method="ties", density=0.3, trim="global"),
+    dict(method="ties", density=0.5, majority_sign="frequency"),
+    dict(method="dare_linear", density=0.5, seed=3),
+    dict(method="dare_ties", density=0.5, seed=3),
+    dict(method="magnitude_prune", density=0.2),
+    dict(method="magnitude_prune", density=0.2, trim="global"),
+])
+def test_merge_methods_on_stored_vectors_equal_merge_tensor(filled, kw):
+    """The streamed composition gives, tensor by tensor, what tvreg.merge gives on the decoded
+    vectors held in memory (tvreg.merge itself is checked against peft in test_merge.py)."""
+    from tvreg.merge import MagnitudeQuantile, MergeParams, merge_tensor, needs_thresholds
+
+    expr = "sentiment + 0.5*topic - 0.7*toxicity"
+    comp = filled.resolve(expr, **kw)
+    got = comp.state_dict()
+    vecs = [filled.get(r).state_dict() for r in ("sentiment", "topic", "toxicity")]
+    params = MergeParams(**kw)
+    thresholds = None
+    if needs_thresholds(params):
+        thresholds = []
+        for v in vecs:
+            q = MagnitudeQuantile(params.density, sum(t.numel() for t in v.values()))
+            for step in (q.pass1, q.pass2):
+                for t in v.values():
+                    step(t)
+            thresholds.append(q.threshold())
+    for name in got:
+        want = merge_tensor(params, [v[name] for v in vecs], [1.0, 0.5, -0.7], name=name,
+                            thresholds=thresholds)
+        assert torch.equal(got[name], want), name
+    again = filled.resolve(expr, **kw).state_dict()
+    assert all(torch.equal(again[n], got[n]) for n in got)

@@ -6,6 +6,8 @@ import abc
 import dataclasses
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
+
 from ..errors import FormatError, InvalidInput
 
 _CODECS: dict[str, type["Codec"]] = {}
@@ -88,6 +90,18 @@ class CodecPipeline:
         for c in reversed(self.codecs):
             out = c.decode(out, nbytes)
         return out if isinstance(out, bytes) else bytes(out)
+
+    def decode_into(self, data: bytes, dest: "np.ndarray") -> None:
+        """Decode into ``dest`` (a writable uint8 array of the decoded size). The first codec
+        writes there directly when it can (byte grouping does), saving two full-size copies."""
+        out: bytes | memoryview = data
+        for c in reversed(self.codecs[1:]):
+            out = c.decode(out, dest.size)
+        first = self.codecs[0]
+        if hasattr(first, "decode_into"):
+            first.decode_into(out, dest)
+        else:
+            dest[:] = np.frombuffer(first.decode(out, dest.size), dtype=np.uint8)
 
 
 def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:

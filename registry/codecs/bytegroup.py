@@ -35,13 +35,17 @@ class ByteGroup(Codec):
         return np.ascontiguousarray(arr.reshape(-1, self.itemsize).T).tobytes()
 
     def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
-        arr = np.frombuffer(data, dtype=np.uint8)
-        if arr.size != nbytes or arr.size % self.itemsize:
-            raise CorruptObject(f"byte-grouped data of {arr.size} bytes, expected {nbytes}")
-        # One contiguous stream at a time into a strided column of the output: 1.5-2.5x faster
-        # than numpy's generic transpose copy (np.ascontiguousarray(arr.reshape(k, -1).T)).
-        streams = arr.reshape(self.itemsize, -1)
-        out = np.empty((streams.shape[1], self.itemsize), dtype=np.uint8)
-        for k in range(self.itemsize):
-            out[:, k] = streams[k]
+        out = np.empty(nbytes, dtype=np.uint8)
+        self.decode_into(data, out)
         return out.tobytes()
+
+    def decode_into(self, data: bytes | memoryview, dest: np.ndarray) -> None:
+        """Un-group straight into ``dest`` (uint8, the decoded size): one contiguous stream at a
+        time into a strided column, 1.5-2.5x faster than numpy's generic transpose copy."""
+        arr = np.frombuffer(data, dtype=np.uint8)
+        if arr.size != dest.size or arr.size % self.itemsize:
+            raise CorruptObject(f"byte-grouped data of {arr.size} bytes, expected {dest.size}")
+        streams = arr.reshape(self.itemsize, -1)
+        columns = dest.reshape(-1, self.itemsize)
+        for k in range(self.itemsize):
+            columns[:, k] = streams[k]
