@@ -107,7 +107,8 @@ def apply(reg, expression, base, output, dtype, **kw):
         comp = _resolve(reg, expression, kw)
         n = reg.apply(comp, base, output, dtype=dtype,
                       allow_base_mismatch=kw["allow_base_mismatch"])
-    message(f"wrote {output} ({human_bytes(n)}): {base} + {comp.lam:g}·[{comp.expression}] "
+    scale = "" if comp.lam == 1.0 else f"{comp.lam:g}·"
+    message(f"wrote {output} ({human_bytes(n)}): {base} + {scale}[{comp.expression}] "
             f"({kw['method']})")
 
 

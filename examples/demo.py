@@ -5,7 +5,8 @@
 3. lists, tags, shows, logs and queries them with SQL;
 4. exports a vector, checks it equals fine-tuned − base bit for bit, and shows that
    base + exported vector has the fine-tuned model's accuracy;
-5. verifies every stored byte.
+5. composes two vectors into a saved multi-task vector (with its recipe) and applies it;
+6. verifies every stored byte.
 
 Run with `make demo` (or `python examples/demo.py [--workdir DIR]`). Every command it runs is
 printed before its output, so it doubles as a tour of the CLI.
@@ -107,7 +108,22 @@ def main() -> None:
     if not exact:
         raise SystemExit("demo failed: exported vector differs")
 
-    print("\n== 5. verify every stored byte")
+    print("\n== 5. compose: one model good at two tasks (task arithmetic), with lineage")
+    run("compose", "sentiment@prod + topic", "--save", "multi", "--task", "sentiment+topic",
+        env=env)
+    run("sql", "SELECT name, version, recipe->>'expression' AS expression, "
+        "json_array_length(parents) AS parents FROM versions WHERE recipe IS NOT NULL", env=env)
+    merged_path = work / "multi_model.safetensors"
+    run("apply", "0.8*multi", "--base", str(ckpts / "base.safetensors"), "-o", str(merged_path),
+        env=env)
+    merged = pretrain(width=64, steps=0)
+    merged.load_state_dict(load_file(merged_path))
+    for task in ("sentiment", "topic"):
+        print(f"   {task:<10} accuracy: base {accuracy(base, task):.3f}, fine-tuned "
+              f"{accuracy(models[task], task):.3f}, base + 0.8·(τ_sentiment + τ_topic) "
+              f"{accuracy(merged, task):.3f}")
+
+    print("\n== 6. verify every stored byte")
     run("verify", env=env)
     print(f"\ndone in {time.perf_counter() - t0:.1f}s; registry at {registry} "
           f"(try: TVREG_HOME={registry} tvreg ls)")
