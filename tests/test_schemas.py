@@ -58,6 +58,9 @@ def _fill(reg, zoo, zoo_bf16) -> dict[str, list[dict]]:
     reg.tag("topic@1", "prod")
     reg.tag("topic@2", "prod")
     reg.tag("team/sentiment-bf16", "staging")
+    reg.save_composition("multi", reg.resolve("0.5*sentiment + topic@1", method="ties",
+                                              density=0.3, trim="global", lam=0.8))
+    reg.save_composition("no-embed", reg.resolve("topic@2", exclude=r"^embed\."), task="t")
     root = pathlib.Path(reg.root)
     read = lambda path: json.loads(path.read_bytes())  # noqa: E731
     records = [read(p) for p in sorted((root / "refs").rglob("*.json"))]
@@ -90,8 +93,9 @@ def test_real_documents_validate(validators, docs, kind):
 
 
 def test_real_documents_cover_the_interesting_cases(docs):
-    assert len(docs["version"]) == 5 and len(docs["tag"]) == 3
-    assert len(docs["manifest"]) == len({r["vector_id"] for r in docs["version"]}) == 4
+    assert len(docs["version"]) == 7 and len(docs["tag"]) == 3
+    assert len(docs["manifest"]) == len({r["vector_id"] for r in docs["version"]}) == 6
+    assert sum(r["recipe"] is not None for r in docs["version"]) == 2
     assert {t["source_dtype"] for m in docs["manifest"] for t in m["tensors"]} == \
         {"float32", "bfloat16"}
     assert any(m["skipped"] for m in docs["manifest"])
