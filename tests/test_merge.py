@@ -38,7 +38,14 @@ def _load_peft_merge_utils():
 
 
 PM = _load_peft_merge_utils()
-needs_peft = pytest.mark.skipif(PM is None, reason="peft is not installed")
+# peft is a declared test dependency (pyproject's `test` extra): its absence is a failure, not a
+# reason to skip the reference comparison
+needs_peft = pytest.mark.usefixtures("_peft_present")
+
+
+@pytest.fixture
+def _peft_present():
+    assert PM is not None, "peft is not installed: pip install -e '.[test]'"
 
 SHAPES = [(257,), (48, 40), (6, 10, 12)]
 
