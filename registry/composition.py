@@ -118,7 +118,6 @@ class Composition:
         if not self.entries:
             raise InvalidInput("--include/--exclude leave no tensor to compose")
         self._thresholds: list[float] | None = None
-        self._decoders = None  # thread pool decoding operands in parallel, made on first use
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -169,19 +168,17 @@ class Composition:
     def _decoded(self, name: str) -> Iterator["torch.Tensor"]:
         """The operands' tensors of ``name`` in order, decoded up to ``workers`` at a time."""
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
 
         from .encoding import default_workers
 
-        if self._decoders is None:
-            self._decoders = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-operand")
+        pool = self._registry.executor("operands")
         ops = self.operands
         window = default_workers()
-        queue = deque(self._decoders.submit(op.vector.tensor, name) for op in ops[:window])
+        queue = deque(pool.submit(op.vector.tensor, name) for op in ops[:window])
         for i in range(len(ops)):
             tensor = queue.popleft().result()
             if i + window < len(ops):
-                queue.append(self._decoders.submit(ops[i + window].vector.tensor, name))
+                queue.append(pool.submit(ops[i + window].vector.tensor, name))
             yield tensor
             del tensor
 

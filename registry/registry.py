@@ -71,7 +71,7 @@ class Registry:
         self.store = LocalStore(self.root)
         self.objects = ObjectDB(self.store)
         self.catalog = Catalog(os.path.join(self.root, CATALOG_FILE))
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -303,12 +303,21 @@ class Registry:
         return TaskVector(self, self.manifest(vector_id), record, vector_id)
 
     def load_tensor(self, entry: TensorEntry) -> "torch.Tensor":
-        from .encoding import decode_tensor, default_workers
+        from .encoding import decode_tensor
+
+        return decode_tensor(entry, self.objects.get, self.executor("chunks"))
+
+    def executor(self, kind: str) -> ThreadPoolExecutor:
+        """The registry's thread pool for one kind of work ("chunks": decoding a tensor's chunks;
+        "operands": decoding the operands of a composition). Separate kinds never wait on each
+        other's pool, so nesting them cannot deadlock. Made on first use, shut down by close()."""
+        from .encoding import default_workers
 
         with self._pool_lock:  # tensors may be loaded from several threads (prefetch)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tvreg-decode")
-        return decode_tensor(entry, self.objects.get, self._pool)
+            if kind not in self._pools:
+                self._pools[kind] = ThreadPoolExecutor(default_workers(),
+                                                       thread_name_prefix=f"tvreg-{kind}")
+            return self._pools[kind]
 
     # --- composition -----------------------------------------------------------------------------
 
@@ -559,9 +568,10 @@ class Registry:
         return gc(self, grace_seconds=grace_seconds, dry_run=dry_run)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        with self._pool_lock:
+            pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown()
 
     def __enter__(self) -> "Registry":
         return self
