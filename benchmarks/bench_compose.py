@@ -5,7 +5,7 @@ the paper's reference code (load every checkpoint fully, build each task vector 
 the dicts, add to the base, save). Each is timed and measured (peak RSS) in a fresh child
 process, in the same run; the results must agree.
 
-    python benchmarks/bench_compose.py [--k 8] [--width 1600] [--repeats 3]
+    python benchmarks/bench_compose.py [--model deep|toy] [--k 8] [--width 1600] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -74,27 +74,85 @@ def run_child(op: str, work: str, k: int, out: str) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def build(work: str, k: int, width: int) -> int:
+def _deep_mlp(width: int, depth: int):
+    """A stack of ``depth`` residual Linear+LayerNorm blocks: many mid-size tensors, like the
+    layers of a transformer (unlike the toy classifier, whose two MLP matrices are the model)."""
     import torch
+    from torch import nn
+
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+                                        for _ in range(depth))
+            self.head = nn.Linear(width, 1)
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + torch.tanh(block(x))
+            return self.head(x).squeeze(-1)
+
+    return Deep()
+
+
+def _train(model, task: int, steps: int, lr: float) -> None:
+    """Real Adam steps on a synthetic regression task ``task``."""
+    import torch
+
+    g = torch.Generator().manual_seed(1000 + task)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    width = model.blocks[0][1].in_features
+    for _ in range(steps):
+        x = torch.randn(256, width, generator=g)
+        y = torch.sin(x[:, task % width] * (task + 1))
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def build(work: str, k: int, width: int, model: str) -> int:
+    import copy
+
+    import torch
+    from safetensors.torch import save_file
 
     import tvreg
     from tvreg.testing import TASKS, finetune, param_count, pretrain, save_safetensors
 
-    base = pretrain(width=width, steps=2, num_threads=None)
-    save_safetensors(base, f"{work}/base.safetensors")
     reg = tvreg.open(f"{work}/registry")
+    if model == "toy":
+        base = pretrain(width=width, steps=2, num_threads=None)
+        save_safetensors(base, f"{work}/base.safetensors")
+    else:
+        torch.manual_seed(0)
+        base = _deep_mlp(1024, 20)
+        _train(base, 0, 2, 1e-3)
+        save_file({n: t.contiguous() for n, t in base.state_dict().items()},
+                  f"{work}/base.safetensors")
     for i in range(k):
-        ft = finetune(base, TASKS[i % len(TASKS)], steps=1, lr=1e-3, seed=i, num_threads=None)
-        save_safetensors(ft, f"{work}/ft{i}.safetensors")
+        if model == "toy":
+            ft = finetune(base, TASKS[i % len(TASKS)], steps=1, lr=1e-3, seed=i, num_threads=None)
+            save_safetensors(ft, f"{work}/ft{i}.safetensors")
+        else:
+            ft = copy.deepcopy(base)
+            _train(ft, i + 1, 2, 1e-4)
+            save_file({n: t.contiguous() for n, t in ft.state_dict().items()},
+                      f"{work}/ft{i}.safetensors")
         reg.create(f"t{i}", f"{work}/base.safetensors", f"{work}/ft{i}.safetensors")
         del ft
     torch.set_num_threads(os.cpu_count() or 1)
-    return param_count(width)
+    if model == "toy":
+        return param_count(width)
+    return sum(p.numel() for p in base.parameters())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=8, help="number of task vectors")
+    ap.add_argument("--model", choices=["deep", "toy"], default="deep",
+                    help="deep: 20 residual 1024-wide blocks (21M params in 41 mid-size tensors); "
+                         "toy: tvreg.testing's classifier, whose two MLP matrices are the model")
     ap.add_argument("--width", type=int, default=1600, help="toy width (1600: 20.6M params)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir")
@@ -108,7 +166,7 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        params = build(work, args.k, args.width)
+        params = build(work, args.k, args.width, args.model)
         setup = time.perf_counter() - t0
         model_mb = os.path.getsize(f"{work}/base.safetensors") / 1e6
         results = {op: [run_child(op, work, args.k, f"{work}/{op}.safetensors")
@@ -123,8 +181,8 @@ def main() -> None:
         print(f"date     {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
         print(f"machine  {os.cpu_count()} CPUs, {platform.platform()}")
         print(f"software python {platform.python_version()}, torch {torch.__version__}")
-        print(f"command  python benchmarks/bench_compose.py --k {args.k} --width {args.width} "
-              f"--repeats {args.repeats}")
+        print(f"command  python benchmarks/bench_compose.py --model {args.model} --k {args.k} "
+              f"--width {args.width} --repeats {args.repeats}")
         print(f"workload {args.k} task vectors of {params:,} params (one model: {model_mb:.1f} MB "
               f"fp32), applied as {LAM}*(t0 + … + t{args.k - 1}) to the base; setup {setup:.0f} s")
         print(f"results agree: max |naive - tvreg| = {worst:.2e}\n")

@@ -70,9 +70,8 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
 def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
                    out_dtype: str | None) -> Iterator[tuple[str, "torch.Tensor"]]:
     """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order."""
-    # operands are already decoded in parallel; no prefetch of the next name keeps memory at
-    # one name's tensors (writing the file is fast next to decoding)
-    deltas = comp.iter_tensors(prefetch=False)
+    # the next name is merged while this one is summed and written
+    deltas = comp.iter_tensors()
     pending = next(deltas, None)
     for info in infos:
         t = ck.tensor(info.name)
