@@ -188,7 +188,8 @@ class Composition:
         from .merge import merge_tensor, needs_thresholds
 
         if self.params.method == "task_arithmetic":
-            # Σ w_i τ_i one operand at a time: two tensors in memory, whatever k is
+            # Σ w_i τ_i into one accumulator as operands arrive: the accumulator plus the few
+            # operands being decoded are in memory, whatever k is
             out = None
             for op, delta in zip(self.operands, self._decoded(name)):
                 if out is None:
@@ -202,7 +203,7 @@ class Composition:
             if self.lam != 1.0:
                 out.mul_(self.lam)
             return out
-        deltas = [op.vector.tensor(name) for op in self.operands]
+        deltas = list(self._decoded(name))  # TIES/DARE need all k tensors of the name at once
         weights = [op.coef for op in self.operands]
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
         out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds)
