@@ -19,18 +19,21 @@ def init(reg):
 
 
 @click.command()
+@click.option("--deep", is_flag=True,
+              help="Also decode every stored tensor and check it against its sha256.")
 @json_option
 @click.pass_obj
-def verify(reg, as_json):
+def verify(reg, deep, as_json):
     """Re-hash every object and check every reference. Exit 1 if anything is wrong."""
     with progress.bar(None, "verify", unit="obj") as bar:
-        rep = reg.verify(on_progress=bar.update)
+        rep = reg.verify(deep=deep, on_progress=bar.update)
     if as_json:
         emit_json(rep.to_json())
     for p in rep.problems:
         message(f"problem: {p}")
+    decoded = f", decoded {rep.tensors} tensors" if deep else ""
     message(f"checked {rep.objects} objects ({human_bytes(rep.bytes)}), {rep.versions} versions, "
-            f"{rep.tags} tags: " + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
+            f"{rep.tags} tags{decoded}: " + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
     if not rep.ok:
         raise SystemExit(1)
 

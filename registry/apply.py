@@ -70,6 +70,8 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
 def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
                    out_dtype: str | None) -> Iterator[tuple[str, "torch.Tensor"]]:
     """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order."""
+    import numpy as np
+
     # the next name is merged while this one is summed and written
     deltas = comp.iter_tensors()
     pending = next(deltas, None)
@@ -79,7 +81,11 @@ def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInf
             target = dtypes.torch_dtype(out_dtype or info.dtype)
             if pending is not None and pending[0] == info.name:
                 delta = pending[1]  # a fresh tensor of the composition: summed into in place
-                t = delta.add_(t.to(delta.dtype)).to(target)
+                if t.dtype == delta.dtype:  # numpy: no torch intra-op threads (see composition)
+                    np.add(delta.numpy(), t.numpy(), out=delta.numpy())
+                else:
+                    delta.add_(t.to(delta.dtype))
+                t = delta.to(target)
                 pending = next(deltas, None)
             else:
                 t = t.to(target)

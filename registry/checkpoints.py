@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .dtypes import SAFETENSORS_CODES, dtype_name
+from .dtypes import ITEMSIZE as _ITEMSIZE, SAFETENSORS_CODES, dtype_name, torch_dtype as _torch_dtype
 from .errors import CheckpointError, FormatError
 
 __all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
@@ -104,35 +104,73 @@ def _tvreg_dtype(path: str, name: str, code: str) -> str:
 
 
 class _SafetensorsFile:
-    """One open safetensors file (header parsed, data mapped on demand)."""
+    """One open safetensors file: its header parsed (and validated by ``safetensors``), each
+    tensor read with ``pread`` into its own buffer when asked for.
+
+    Reading instead of memory-mapping keeps a process's memory at the tensors it holds: mapped
+    file pages stay in its resident set until the file is closed, a whole model's worth after
+    one pass over it.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self._handle = safe_open(path, framework="pt", device="cpu")
+            with safe_open(path, framework="pt", device="cpu") as handle:
+                self.keys = frozenset(handle.keys())
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except Exception as exc:  # SafetensorError, OSError, ...
             reason = _one_line(exc)
             raise CheckpointError(f"{path}: not a valid safetensors file: {reason}") from exc
-        self.keys = frozenset(self._handle.keys())
+        try:
+            self._entries, self._data_start = self._read_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _read_header(self) -> tuple[dict[str, Any], int]:
+        head = os.pread(self._fd, 8, 0)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        raw = os.pread(self._fd, size, 8) if 0 <= size <= 100 << 20 else b""
+        try:
+            header = json.loads(raw)
+        except ValueError:  # safetensors accepted the file: it changed since, or is not a file
+            raise CheckpointError(f"{self.path}: cannot read its safetensors header") from None
+        header.pop("__metadata__", None)
+        return header, 8 + size
 
     def info(self, name: str) -> TensorInfo:
-        view = self._call(name, self._handle.get_slice)
-        dtype = _tvreg_dtype(self.path, name, view.get_dtype())
-        return TensorInfo(name, dtype, tuple(int(d) for d in view.get_shape()))
+        entry = self._entry(name)
+        dtype = _tvreg_dtype(self.path, name, entry.get("dtype"))
+        return TensorInfo(name, dtype, tuple(int(d) for d in entry.get("shape", ())))
 
     def tensor(self, name: str) -> torch.Tensor:
-        self.info(name)  # rejects unsupported dtypes with a clear message
-        return self._call(name, self._handle.get_tensor).contiguous()
+        info = self.info(name)  # rejects unsupported dtypes with a clear message
+        begin, end = self._entry(name).get("data_offsets", (0, -1))
+        nbytes = math.prod(info.shape) * _ITEMSIZE[info.dtype]
+        if end - begin != nbytes:
+            raise CheckpointError(f"{self.path}: cannot read tensor {name!r}: its offsets span "
+                                  f"{end - begin} bytes, its shape needs {nbytes}")
+        out = torch.empty(info.shape, dtype=_torch_dtype(info.dtype))
+        buf = memoryview(out.view(-1).view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+        done, offset = 0, self._data_start + begin
+        while done < nbytes:
+            n = os.preadv(self._fd, [buf[done:]], offset + done)
+            if n <= 0:
+                raise CheckpointError(f"{self.path}: cannot read tensor {name!r}: the file ends "
+                                      "before its data (truncated?)")
+            done += n
+        return out
 
-    def _call(self, name: str, method: Any) -> Any:
-        try:
-            return method(name)
-        except Exception as exc:
-            reason = _one_line(exc)
-            raise CheckpointError(f"{self.path}: cannot read tensor {name!r}: {reason}") from exc
+    def _entry(self, name: str) -> dict[str, Any]:
+        entry = self._entries.get(name)
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{self.path}: cannot read tensor {name!r}: not in its header")
+        return entry
 
     def close(self) -> None:
-        self._handle.__exit__(None, None, None)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class SafetensorsCheckpoint(Checkpoint):

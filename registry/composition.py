@@ -82,6 +82,43 @@ def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = Fal
             warnings.warn(message, BaseMismatchWarning, stacklevel=3)
 
 
+class _Buffers:
+    """Host buffers for decoded operands, recycled from one tensor to the next: a fresh buffer
+    costs a page fault per 4 KiB, which is as much time as decoding into it."""
+
+    def __init__(self, keep: int) -> None:
+        import threading
+
+        self.keep = keep
+        self._free: list["torch.Tensor"] = []
+        self._lock = threading.Lock()
+
+    def take(self, entry: Any) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(buffer, view)``: a uint8 buffer of at least the entry's size and a view of it
+        with the entry's dtype and shape."""
+        import torch
+
+        from . import dtypes
+
+        n = entry.nbytes
+        with self._lock:  # the smallest free buffer that fits (tensors compare by value: use indices)
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= n]
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
+        if buf is None:
+            buf = torch.empty(n, dtype=torch.uint8)
+        return buf, buf[:n].view(dtypes.torch_dtype(entry.dtype)).view(entry.shape)
+
+    def give(self, buf: "torch.Tensor") -> None:
+        with self._lock:
+            self._free.append(buf)
+            if len(self._free) > self.keep:  # keep the largest few
+                self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].numel()))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
 def _compile(pattern: str | None, option: str) -> re.Pattern | None:
     if pattern is None:
         return None
@@ -118,6 +155,9 @@ class Composition:
         if not self.entries:
             raise InvalidInput("--include/--exclude leave no tensor to compose")
         self._thresholds: list[float] | None = None
+        from .encoding import default_workers
+
+        self._buffers = _Buffers(keep=2 * default_workers() + 1)
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -165,45 +205,85 @@ class Composition:
             self._thresholds = out
         return self._thresholds
 
-    def _decoded(self, name: str) -> Iterator["torch.Tensor"]:
-        """The operands' tensors of ``name`` in order, decoded up to ``workers`` at a time."""
+    def _decode_stream(self, pairs: list[tuple[str, Operand]], reuse: bool = False,
+                       ahead: int | None = None) -> Iterator["torch.Tensor"]:
+        """The tensors of ``(name, operand)`` pairs in order, up to ``ahead`` (default: twice the
+        workers) decoded ahead on the registry's operand pool, across name boundaries, so the
+        workers do not wait for the caller at the end of each name.
+
+        With ``reuse`` they are decoded into recycled buffers: a yielded tensor is valid only
+        until the next one is asked for."""
         from collections import deque
 
         from .encoding import default_workers
 
         pool = self._registry.executor("operands")
-        ops = self.operands
-        window = default_workers()
-        queue = deque(pool.submit(op.vector.tensor, name) for op in ops[:window])
-        for i in range(len(ops)):
-            tensor = queue.popleft().result()
-            if i + window < len(ops):
-                queue.append(pool.submit(ops[i + window].vector.tensor, name))
-            yield tensor
-            del tensor
+        load = self._registry.load_tensor
+        ahead = ahead or 2 * default_workers()
+        buffers = self._buffers if reuse else None
 
-    def _merged(self, name: str) -> "torch.Tensor":
+        def decode(name: str, op: Operand) -> tuple[Any, "torch.Tensor"]:
+            entry = op.vector.manifest.tensor(name)
+            if buffers is None:
+                return None, load(entry)
+            buf, view = buffers.take(entry)
+            try:
+                return buf, load(entry, out=view)
+            except BaseException:
+                buffers.give(buf)
+                raise
+
+        queue = deque(pool.submit(decode, *p) for p in pairs[:ahead])
+        try:
+            for i in range(len(pairs)):
+                buf, tensor = queue.popleft().result()
+                if i + ahead < len(pairs):
+                    queue.append(pool.submit(decode, *pairs[i + ahead]))
+                yield tensor
+                del tensor
+                if buf is not None:
+                    buffers.give(buf)
+        finally:
+            for f in queue:  # an error or an early stop: let the rest finish, keep no result
+                f.cancel()
+
+    def _task_arithmetic(self, names: list[str], ahead: bool) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """Σ w_i τ_i, name by name, into one accumulator as operands arrive: the accumulator
+        plus the few operands being decoded (into recycled buffers) are in memory, whatever k
+        is. With ``ahead`` the next names' operands are decoded while this one is used."""
+        import numpy as np
         import torch
 
+        ops = self.operands
+        groups = [names] if ahead else [[n] for n in names]
+        for group in groups:
+            deltas = self._decode_stream([(n, op) for n in group for op in ops], reuse=True)
+            for name in group:
+                out = None
+                for op, delta in zip(ops, deltas):
+                    # numpy, not torch: torch's intra-op threads spin after each parallel op
+                    # and take the cores the decoders run on (a third more CPU time on 2 cores)
+                    d = delta.numpy()  # float32 or float64 (delta_dtype), a recycled buffer
+                    if out is None:
+                        wide = np.float64 if d.dtype == np.float64 else np.float32
+                        out = np.multiply(d, op.coef, dtype=wide)  # a new array
+                    else:
+                        if d.dtype == np.float64 and out.dtype != np.float64:
+                            out = out.astype(np.float64)
+                        if op.coef != 1.0:
+                            np.multiply(d, op.coef, out=d)  # the buffer is ours to change
+                        np.add(out, d, out=out)
+                    del delta, d
+                if self.lam != 1.0:
+                    np.multiply(out, self.lam, out=out)
+                yield name, torch.from_numpy(out)
+                del out
+
+    def _merged(self, name: str) -> "torch.Tensor":
+        """TIES, DARE, magnitude pruning: all k tensors of the name at once."""
         from .merge import merge_tensor, needs_thresholds
 
-        if self.params.method == "task_arithmetic":
-            # Σ w_i τ_i into one accumulator as operands arrive: the accumulator plus the few
-            # operands being decoded are in memory, whatever k is
-            out = None
-            for op, delta in zip(self.operands, self._decoded(name)):
-                if out is None:
-                    wide = torch.float64 if delta.dtype == torch.float64 else torch.float32
-                    out = delta.to(wide) * op.coef  # a new tensor, never the decoded one
-                else:
-                    if delta.dtype == torch.float64 and out.dtype != torch.float64:
-                        out = out.double()
-                    out.add_(delta.to(out.dtype), alpha=op.coef)
-                del delta
-            if self.lam != 1.0:
-                out.mul_(self.lam)
-            return out
-        deltas = list(self._decoded(name))  # TIES/DARE need all k tensors of the name at once
+        deltas = list(self._decode_stream([(name, op) for op in self.operands]))
         weights = [op.coef for op in self.operands]
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
         out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds)
@@ -213,26 +293,33 @@ class Composition:
 
     def iter_tensors(self, device: Any = None, dtype: "torch.dtype | None" = None,
                      prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor"]]:
-        """``(name, merged tensor)`` one at a time. With ``prefetch`` the next is merged on a
-        background thread while the caller uses the current one (on CUDA the copy overlaps the
-        next decode); without, memory holds one name's tensors only."""
+        """``(name, merged tensor)`` one at a time. With ``prefetch`` the next tensors are
+        decoded and merged in the background while the caller uses the current one (on CUDA the
+        copy overlaps the next decode); without, memory holds one name's tensors only."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .taskvector import to_device
 
         names = self.names()
-        if not prefetch:
-            for name in names:
-                yield name, to_device(self._merged(name), device, dtype)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as ahead:
-            pending = ahead.submit(self._merged, names[0])
-            for i, name in enumerate(names):
-                tensor = pending.result()
-                if i + 1 < len(names):
-                    pending = ahead.submit(self._merged, names[i + 1])
-                yield name, to_device(tensor, device, dtype)
-                del tensor
+        try:
+            if self.params.method == "task_arithmetic":
+                for name, tensor in self._task_arithmetic(names, ahead=prefetch):
+                    yield name, to_device(tensor, device, dtype)
+                    del tensor
+            elif not prefetch:
+                for name in names:
+                    yield name, to_device(self._merged(name), device, dtype)
+            else:
+                with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as pending_pool:
+                    pending = pending_pool.submit(self._merged, names[0])
+                    for i, name in enumerate(names):
+                        tensor = pending.result()
+                        if i + 1 < len(names):
+                            pending = pending_pool.submit(self._merged, names[i + 1])
+                        yield name, to_device(tensor, device, dtype)
+                        del tensor
+        finally:
+            self._buffers.clear()
 
     def state_dict(self, device: Any = None,
                    dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:

@@ -3,7 +3,7 @@
 Encoding splits a tensor's raw bytes into chunks of at most ``chunk_bytes`` (item-aligned), runs
 each through the codec pipeline on a thread pool (zstd and hashlib release the GIL) and hands the
 result to ``put`` (which stores it and returns its object id). Decoding fetches, verifies and
-decodes chunks into one preallocated tensor and checks the tensor's sha256.
+decodes chunks into one preallocated tensor (optionally checking the tensor's sha256).
 """
 
 from __future__ import annotations
@@ -109,9 +109,23 @@ class TensorEncoder:
 
 
 def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
-                  pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
-    """The tensor of ``entry``, verified against its sha256; raises :class:`CorruptObject`."""
-    out = torch.empty(entry.shape, dtype=dtypes.torch_dtype(entry.dtype))
+                  pool: ThreadPoolExecutor | None = None, *, out: torch.Tensor | None = None,
+                  check_tensor: bool = False) -> torch.Tensor:
+    """The tensor of ``entry``; raises :class:`CorruptObject`.
+
+    ``get`` returns a blob after checking its sha256, which pins the blob's content and so the
+    decoded bytes; ``check_tensor`` also checks the decoded bytes against the tensor's sha256
+    (which catches a faulty decoder, at the cost of hashing every byte once more). ``out``, a
+    contiguous tensor of the entry's dtype and size, is decoded into instead of a new one.
+    """
+    dtype = dtypes.torch_dtype(entry.dtype)
+    if out is None:
+        out = torch.empty(entry.shape, dtype=dtype)
+    elif out.dtype != dtype or out.numel() != entry.numel or not out.is_contiguous():
+        raise ValueError(f"cannot decode {entry.name!r} into a {out.dtype} tensor of "
+                         f"{out.numel()} elements")
+    else:
+        out = out.view(entry.shape)
     buf = out.view(-1).view(torch.uint8).numpy() if entry.nbytes else None
     offsets = np.cumsum([0] + [c.nbytes for c in entry.chunks]).tolist()
 
@@ -123,7 +137,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     else:
         for i in range(len(entry.chunks)):
             fill(i)
-    if hashlib.sha256(tensor_bytes(out)).hexdigest() != entry.sha256:
+    if check_tensor and hashlib.sha256(tensor_bytes(out)).hexdigest() != entry.sha256:
         raise CorruptObject(f"tensor {entry.name!r} decodes to bytes whose sha256 does not match "
                             "its manifest")
     return out

@@ -21,6 +21,7 @@ class VerifyReport:
     bytes: int = 0
     versions: int = 0
     tags: int = 0
+    tensors: int = 0  # decoded and checked (deep verification only)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -29,12 +30,16 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "objects": self.objects, "bytes": self.bytes,
-                "versions": self.versions, "tags": self.tags, "problems": self.problems}
+                "versions": self.versions, "tags": self.tags, "tensors": self.tensors,
+                "problems": self.problems}
 
 
-def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
+           deep: bool = False) -> VerifyReport:
     """Re-hash every object; check that every record's manifest and blobs exist and parse, that
-    every tag points at its version, and that the catalog indexes exactly the stored versions."""
+    every tag points at its version, and that the catalog indexes exactly the stored versions.
+    ``deep`` also decodes every tensor of every stored vector and checks it against the sha256
+    its manifest records (which catches a decoder that no longer reproduces what was stored)."""
     rep = VerifyReport()
     bad: set[str] = set()
     for oid in reg.objects.ids():
@@ -58,6 +63,8 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None) ->
         stored.add((rec.name, rec.version, rec.vector_id))
         if rec.vector_id not in checked:
             checked[rec.vector_id] = _check_vector(reg, rec.vector_id, bad, rep.problems)
+            if deep and checked[rec.vector_id]:
+                checked[rec.vector_id] = _decode_vector(reg, rec.vector_id, rep)
         if not checked[rec.vector_id]:
             rep.problems.append(f"{rec.ref}: vector {rec.vector_id[:12]} is incomplete or corrupted")
     for key in sorted(k for k in reg.store.list("tags") if k.endswith(".json")):
@@ -92,6 +99,20 @@ def _check_vector(reg: "Registry", vector_id: str, bad: set[str], problems: list
             ok = False
         elif not reg.objects.exists(blob):
             problems.append(f"object {blob} is missing (referenced by vector {vector_id[:12]})")
+            ok = False
+    return ok
+
+
+def _decode_vector(reg: "Registry", vector_id: str, rep: VerifyReport) -> bool:
+    from .encoding import decode_tensor
+
+    ok = True
+    for entry in reg.manifest(vector_id).tensors:
+        rep.tensors += 1
+        try:
+            decode_tensor(entry, reg.objects.get, reg.executor("chunks"), check_tensor=True)
+        except CorruptObject as e:
+            rep.problems.append(f"vector {vector_id[:12]}: {e}")
             ok = False
     return ok
 

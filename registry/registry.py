@@ -44,13 +44,15 @@ def default_root() -> str:
     return os.environ.get("TVREG_HOME") or os.path.join(os.path.expanduser("~"), ".tvreg")
 
 
-def open(path: str | os.PathLike | None = None) -> "Registry":  # noqa: A001 - the API name
+def open(path: str | os.PathLike | None = None, *,  # noqa: A001 - the API name
+         check_tensors: bool = False) -> "Registry":
     """Open the registry at ``path`` (default ``$TVREG_HOME``, else ``~/.tvreg``).
 
     Nothing is created until the first write; reads of a registry that does not exist raise
-    :class:`NotFound`.
+    :class:`NotFound`. Every blob read is checked against its sha256 (its name); with
+    ``check_tensors`` every decoded tensor is also checked against the sha256 in its manifest.
     """
-    return Registry(path if path is not None else default_root())
+    return Registry(path if path is not None else default_root(), check_tensors=check_tensors)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ class CreateResult:
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, check_tensors: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
+        self.check_tensors = check_tensors
         self.store = LocalStore(self.root)
         self.objects = ObjectDB(self.store)
         self.catalog = Catalog(os.path.join(self.root, CATALOG_FILE))
@@ -302,10 +305,12 @@ class Registry:
         record, vector_id = self.resolve_ref(ref)
         return TaskVector(self, self.manifest(vector_id), record, vector_id)
 
-    def load_tensor(self, entry: TensorEntry) -> "torch.Tensor":
+    def load_tensor(self, entry: TensorEntry, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+        """Decode one tensor of a manifest (into ``out`` if given), its blobs checked."""
         from .encoding import decode_tensor
 
-        return decode_tensor(entry, self.objects.get, self.executor("chunks"))
+        return decode_tensor(entry, self.objects.get, self.executor("chunks"), out=out,
+                             check_tensor=self.check_tensors)
 
     def executor(self, kind: str) -> ThreadPoolExecutor:
         """The registry's thread pool for one kind of work ("chunks": decoding a tensor's chunks;
@@ -555,11 +560,13 @@ class Registry:
         return {"versions": len(records), "vectors": len(manifests), "tags": len(tags),
                 "problems": problems}
 
-    def verify(self, *, on_progress: Callable[[int], None] | None = None):
+    def verify(self, *, deep: bool = False, on_progress: Callable[[int], None] | None = None):
+        """Check the whole registry (see docs/format.md §12); ``deep`` also decodes every
+        stored tensor and checks its sha256."""
         from .maintenance import verify
 
         self._require()
-        return verify(self, on_progress=on_progress)
+        return verify(self, on_progress=on_progress, deep=deep)
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False):
         from .maintenance import gc

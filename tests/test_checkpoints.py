@@ -111,6 +111,39 @@ def test_tensor_is_a_private_copy(tmp_path):
         assert torch.equal(ckpt.tensor("a"), base)
 
 
+def _mapped(path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as maps:
+        return any(line.rstrip().endswith(real) for line in maps)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_safetensors_tensors_are_read_not_mapped(tmp_path, sd):
+    """A pass over a checkpoint must not leave its file mapped: mapped pages count in the
+    process's resident memory until the file is closed (a whole model after one pass)."""
+    path = tmp_path / "model.safetensors"
+    save_file(sd, str(path))
+    with open_checkpoint(path) as ckpt:
+        tensors = {n: ckpt.tensor(n) for n in ckpt.names()}
+        assert not _mapped(path)
+    for name, want in sd.items():
+        assert torch.equal(tensors[name], want)
+        tensors[name].zero_()  # private buffers
+    assert torch.equal(load_file(str(path))["step"], sd["step"])
+
+
+def test_safetensors_file_cut_after_opening(tmp_path, sd):
+    path = tmp_path / "model.safetensors"
+    save_file(sd, str(path))
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    last = max((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"])
+    with open_checkpoint(path) as ckpt:
+        os.truncate(path, len(raw) - 4)
+        with pytest.raises(CheckpointError, match="ends before its data"):
+            ckpt.tensor(last)
+
+
 def test_closed_checkpoint_refuses_reads(tmp_path, sd):
     save_file(sd, str(tmp_path / "model.safetensors"))
     ckpt = open_checkpoint(tmp_path / "model.safetensors")

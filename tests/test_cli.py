@@ -143,6 +143,8 @@ def test_nonfinite_is_refused_unless_allowed(run, zoo, tmp_path):
 def test_verify_exit_codes_and_corruption(run, zoo, reg_path, tmp_path):
     _create(run, zoo, "sentiment")
     assert "ok" in run("verify").stderr
+    deep = run("verify", "--deep").stderr
+    assert "decoded" in deep and "ok" in deep
     blob = next(p for p in (reg_path / "objects").rglob("*") if p.is_file()
                 and p.stat().st_size > 1000)
     data = bytearray(blob.read_bytes())

@@ -6,6 +6,7 @@ import hashlib
 import os
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -226,16 +227,39 @@ def test_round_trip_property(itemsize, data):
     assert group.decode(group.encode(payload), len(payload)) == payload
 
 
-def test_truncated_zstd_data_is_corrupt():
+def _decode_new(pipeline, data, nbytes):
+    return pipeline.decode(data, nbytes)
+
+
+def _decode_into(pipeline, data, nbytes):
+    dest = np.zeros(nbytes, dtype=np.uint8)
+    pipeline.decode_into(data, dest)
+    return dest.tobytes()
+
+
+DECODERS = pytest.mark.parametrize("decode", [_decode_new, _decode_into], ids=["new", "into"])
+
+
+@DECODERS
+@pytest.mark.parametrize("itemsize", [1, 4])
+def test_both_decoders_round_trip(decode, itemsize):
+    raw = bytes(tensor_bytes(torch.linspace(-1, 1, 10_000)))
+    pipeline = default_pipeline(itemsize)
+    assert decode(pipeline, pipeline.encode(raw), len(raw)) == raw
+
+
+@DECODERS
+def test_truncated_zstd_data_is_corrupt(decode):
     raw = _random_bytes(40_000, seed=1)
     pipeline = default_pipeline(4)
     encoded = pipeline.encode(raw)
     for cut in (0, 1, 10, len(encoded) // 2, len(encoded) - 1):
         with pytest.raises(CorruptObject):
-            pipeline.decode(encoded[:cut], len(raw))
+            decode(pipeline, encoded[:cut], len(raw))
 
 
-def test_garbled_zstd_data_is_corrupt_or_detected():
+@DECODERS
+def test_garbled_zstd_data_is_corrupt_or_detected(decode):
     raw = bytes(tensor_bytes(torch.linspace(-1, 1, 10_000)))
     pipeline = default_pipeline(4)
     encoded = bytearray(pipeline.encode(raw))
@@ -243,21 +267,35 @@ def test_garbled_zstd_data_is_corrupt_or_detected():
         bad = bytearray(encoded)
         bad[pos] ^= 0xFF
         with pytest.raises(CorruptObject):
-            pipeline.decode(bytes(bad), len(raw))
+            decode(pipeline, bytes(bad), len(raw))
     # not a zstd frame at all
     with pytest.raises(CorruptObject):
-        pipeline.decode(b"\x00" * 64, len(raw))
+        decode(pipeline, b"\x00" * 64, len(raw))
     with pytest.raises(CorruptObject):
-        pipeline.decode(zlib.compress(raw), len(raw))
+        decode(pipeline, zlib.compress(raw), len(raw))
 
 
-def test_zstd_frame_of_wrong_size_is_corrupt():
+@DECODERS
+def test_zstd_frame_of_wrong_size_is_corrupt(decode):
     pipeline = default_pipeline(4)
     encoded = pipeline.encode(b"\x01" * 400)
     with pytest.raises(CorruptObject):
-        pipeline.decode(encoded, 404)
+        decode(pipeline, encoded, 404)
     with pytest.raises(CorruptObject):
-        pipeline.decode(encoded, 396)
+        decode(pipeline, encoded, 396)
+
+
+def test_zstd_frame_with_more_content_than_declared_is_corrupt():
+    """A frame whose header understates its content (hand-made: header of one, data of another)."""
+    import zstandard
+
+    small = zstandard.ZstdCompressor(write_content_size=True).compress(b"\x02" * 400)
+    big = zstandard.ZstdCompressor(write_content_size=False).compress(_random_bytes(4000, seed=3))
+    dest = np.zeros(400, dtype=np.uint8)
+    with pytest.raises(CorruptObject):  # no content size in the header: refused up front
+        Zstd(3).decode_into(big, dest)
+    Zstd(3).decode_into(small, dest)
+    assert dest.tobytes() == b"\x02" * 400
 
 
 def test_codec_specs_round_trip():
@@ -384,13 +422,28 @@ def test_identical_chunks_dedup(db):
     assert torch.equal(decode_tensor(entry, db.get), t)
 
 
-def test_decode_raises_if_manifest_sha256_is_wrong(db):
+def test_decode_checks_the_tensor_sha256_when_asked(db):
     t = torch.randn(600, generator=torch.Generator().manual_seed(5))
     entry = _encode(db, t)
+    assert torch.equal(decode_tensor(entry, db.get, check_tensor=True), t)
     wrong = TensorEntry(entry.name, entry.dtype, entry.source_dtype, entry.shape, entry.codecs,
                         entry.chunks, hashlib.sha256(b"something else").hexdigest())
     with pytest.raises(CorruptObject, match="sha256"):
-        decode_tensor(wrong, db.get)
+        decode_tensor(wrong, db.get, check_tensor=True)
+    # by default the blobs' hashes are what is checked (they pin the decoded bytes)
+    assert torch.equal(decode_tensor(wrong, db.get), t)
+
+
+def test_decode_into_a_given_tensor(db):
+    t = torch.randn(600, generator=torch.Generator().manual_seed(7))
+    entry = _encode(db, t)
+    out = torch.full((600,), 7.0)
+    assert decode_tensor(entry, db.get, out=out).data_ptr() == out.data_ptr()
+    assert torch.equal(out, t)
+    with pytest.raises(ValueError, match="cannot decode"):
+        decode_tensor(entry, db.get, out=torch.empty(599))
+    with pytest.raises(ValueError, match="cannot decode"):
+        decode_tensor(entry, db.get, out=torch.empty(600, dtype=torch.float64))
 
 
 def test_decode_raises_on_corrupt_or_missing_chunk(db, root):
@@ -409,7 +462,8 @@ def test_decode_raises_on_corrupt_or_missing_chunk(db, root):
 
 
 def test_decode_detects_swapped_chunks(db):
-    """Chunks that are each intact but in the wrong order are caught by the tensor sha256."""
+    """Chunks that are each intact but in the wrong order are caught by the tensor sha256 (a
+    stored manifest cannot have them swapped: its own sha256 pins their order)."""
     t = torch.randn(600, generator=torch.Generator().manual_seed(7))
     entry = _encode(db, t)
     c = list(entry.chunks)
@@ -417,7 +471,7 @@ def test_decode_detects_swapped_chunks(db):
     swapped = TensorEntry(entry.name, entry.dtype, entry.source_dtype, entry.shape, entry.codecs,
                           tuple(c), entry.sha256)
     with pytest.raises(CorruptObject):
-        decode_tensor(swapped, db.get)
+        decode_tensor(swapped, db.get, check_tensor=True)
 
 
 def test_encoder_propagates_put_failure(db):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -92,16 +93,42 @@ class CodecPipeline:
         return out if isinstance(out, bytes) else bytes(out)
 
     def decode_into(self, data: bytes, dest: "np.ndarray") -> None:
-        """Decode into ``dest`` (a writable uint8 array of the decoded size). The first codec
-        writes there directly when it can (byte grouping does), saving two full-size copies."""
-        out: bytes | memoryview = data
-        for c in reversed(self.codecs[1:]):
-            out = c.decode(out, dest.size)
-        first = self.codecs[0]
+        """Decode into ``dest`` (a writable uint8 array of the decoded size). Steps that can
+        write into a buffer do: the last step (zstd) into this thread's scratch buffer, the first
+        (byte grouping) from there into ``dest``; a one-step pipeline straight into ``dest``."""
+        steps = self.codecs
+        if len(steps) == 1 and hasattr(steps[0], "decode_into"):
+            steps[0].decode_into(data, dest)
+            return
+        out: bytes | memoryview | np.ndarray = data
+        for i in range(len(steps) - 1, 0, -1):
+            c = steps[i]
+            if hasattr(c, "decode_into") and i == len(steps) - 1:
+                buf = scratch(dest.size)
+                c.decode_into(out, buf)
+                out = buf
+            else:
+                out = c.decode(out, dest.size)
+        first = steps[0]
         if hasattr(first, "decode_into"):
             first.decode_into(out, dest)
         else:
             dest[:] = np.frombuffer(first.decode(out, dest.size), dtype=np.uint8)
+
+
+_local = threading.local()
+#: scratch buffers up to this size are kept per thread and reused; larger ones are not kept
+SCRATCH_KEEP = 16 << 20
+
+
+def scratch(nbytes: int) -> np.ndarray:
+    """A uint8 buffer of ``nbytes`` private to the calling thread, valid until its next call."""
+    if nbytes > SCRATCH_KEEP:
+        return np.empty(nbytes, dtype=np.uint8)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _local.buf = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+    return buf[:nbytes]
 
 
 def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:

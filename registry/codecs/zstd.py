@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import numpy as np
 import zstandard
 
 from ..errors import CorruptObject
@@ -45,14 +46,7 @@ class Zstd(Codec):
         return _compressor(self.level).compress(data)
 
     def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
-        # the frame header states its content size; check it before allocating anything, so a
-        # crafted small blob cannot make us inflate gigabytes
-        try:
-            declared = zstandard.frame_content_size(data)
-        except zstandard.ZstdError as e:
-            raise CorruptObject(f"zstd: {e}") from None
-        if declared != nbytes:
-            raise CorruptObject(f"zstd frame declares {declared} bytes, expected {nbytes}")
+        _check_declared_size(data, nbytes)
         try:
             out = _decompressor().decompress(data, max_output_size=nbytes)
         except zstandard.ZstdError as e:
@@ -60,3 +54,35 @@ class Zstd(Codec):
         if len(out) != nbytes:
             raise CorruptObject(f"zstd frame decoded to {len(out)} bytes, expected {nbytes}")
         return out
+
+    def decode_into(self, data: bytes | memoryview, dest: np.ndarray) -> None:
+        """Decompress into ``dest`` (uint8, exactly the decoded size) without a new buffer: a
+        fresh buffer per chunk costs a page fault per 4 KiB, as much as a third of the time."""
+        nbytes = dest.size
+        _check_declared_size(data, nbytes)
+        view = memoryview(dest).cast("B")
+        got = 0
+        try:
+            with _decompressor().stream_reader(data, read_across_frames=False) as reader:
+                while got < nbytes:
+                    n = reader.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                extra = reader.read(1) if got == nbytes else b""
+        except zstandard.ZstdError as e:
+            raise CorruptObject(f"zstd: {e}") from None
+        if got != nbytes or extra:
+            raise CorruptObject(f"zstd frame decoded to {got if got < nbytes else 'more than'} "
+                                f"bytes, expected {nbytes}")
+
+
+def _check_declared_size(data: bytes | memoryview, nbytes: int) -> None:
+    # the frame header states its content size; check it before allocating or writing anything,
+    # so a crafted small blob cannot make us inflate gigabytes
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as e:
+        raise CorruptObject(f"zstd: {e}") from None
+    if declared != nbytes:
+        raise CorruptObject(f"zstd frame declares {declared} bytes, expected {nbytes}")
