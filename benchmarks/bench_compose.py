@@ -30,7 +30,7 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def naive(work: str, k: int, out: str) -> None:
+def naive(work: str, k: int, out: str, device: str) -> None:
     """As the paper's code does: every task vector in memory as a dict, then summed."""
     from safetensors.torch import load_file, save_file
 
@@ -41,35 +41,62 @@ def naive(work: str, k: int, out: str) -> None:
         vectors.append({n: ft[n] - base[n] for n in base if base[n].is_floating_point()})
         del ft
     merged = {n: sum(v[n] for v in vectors) for n in vectors[0]}
-    save_file({n: (base[n] + LAM * merged[n]) if n in merged else base[n] for n in base}, out)
+    theta = {n: (base[n] + LAM * merged[n]) if n in merged else base[n] for n in base}
+    if device == "cpu":
+        save_file(theta, out)
+    else:  # the model's weights end up on the GPU
+        _keep_on_device({n: t.to(device) for n, t in theta.items()}, device, out)
 
 
-def streaming(work: str, k: int, out: str) -> None:
+def streaming(work: str, k: int, out: str, device: str) -> None:
     import tvreg
 
     reg = tvreg.open(f"{work}/registry")
     expr = f"{LAM}*(" + " + ".join(f"t{i}" for i in range(k)) + ")"
-    reg.apply(expr, f"{work}/base.safetensors", out)
+    if device == "cpu":
+        reg.apply(expr, f"{work}/base.safetensors", out)
+    else:  # the base on the GPU, θ += merged in place: pinned, non_blocking copies
+        from safetensors.torch import load_file
+
+        theta = load_file(f"{work}/base.safetensors", device=device)
+        reg.resolve(expr).apply_to(theta)
+        _keep_on_device(theta, device, out)
 
 
-def child(op: str, work: str, k: int, out: str) -> None:
-    import torch  # noqa: F401  (imports are not part of the measurement)
+def _keep_on_device(theta: dict, device: str, out: str) -> None:
+    import torch
+
+    torch.cuda.synchronize(device)
+    _keep_on_device.result = (theta, out)  # saved after the clock stops (see child)
+
+
+def child(op: str, work: str, k: int, out: str, device: str) -> None:
+    import torch  # (imports are not part of the measurement)
     import safetensors.torch  # noqa: F401
     import tvreg  # noqa: F401
 
+    if device != "cpu":
+        torch.zeros(1, device=device)  # CUDA context creation is not part of it either
     before = _maxrss()
     t0 = time.perf_counter()
-    {"naive": naive, "tvreg": streaming}[op](work, k, out)
+    {"naive": naive, "tvreg": streaming}[op](work, k, out, device)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_rss": _maxrss() - before}))
+    result = {"seconds": seconds, "peak_rss": _maxrss() - before}
+    if device != "cpu":
+        from safetensors.torch import save_file
+
+        theta, path = _keep_on_device.result
+        result["gpu_peak"] = torch.cuda.max_memory_allocated(device)
+        save_file({n: t.cpu() for n, t in theta.items()}, path)
+    print(json.dumps(result))
 
 
-def run_child(op: str, work: str, k: int, out: str) -> dict:
+def run_child(op: str, work: str, k: int, out: str, device: str = "cpu") -> dict:
     # a small launcher in between: Linux keeps ru_maxrss across execve, so a child started
     # straight from this (big) process would start at its peak
     launcher = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
     cmd = [sys.executable, "-c", launcher, sys.executable, __file__, "--child", op,
-           "--workdir", work, "--k", str(k), "--out", out]
+           "--workdir", work, "--k", str(k), "--out", out, "--device", device]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -155,12 +182,15 @@ def main() -> None:
                          "toy: tvreg.testing's classifier, whose two MLP matrices are the model")
     ap.add_argument("--width", type=int, default=1600, help="toy width (1600: 20.6M params)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu: write θ to a safetensors file; cuda: leave θ on the GPU (tvreg: "
+                         "base loaded there, merged added in place with apply_to)")
     ap.add_argument("--workdir")
     ap.add_argument("--child", choices=["naive", "tvreg"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.workdir, args.k, args.out)
+        child(args.child, args.workdir, args.k, args.out, args.device)
         return
     work = args.workdir or tempfile.mkdtemp(prefix="tvreg-bench-compose-")
     os.makedirs(work, exist_ok=True)
@@ -169,7 +199,7 @@ def main() -> None:
         params = build(work, args.k, args.width, args.model)
         setup = time.perf_counter() - t0
         model_mb = os.path.getsize(f"{work}/base.safetensors") / 1e6
-        results = {op: [run_child(op, work, args.k, f"{work}/{op}.safetensors")
+        results = {op: [run_child(op, work, args.k, f"{work}/{op}.safetensors", args.device)
                         for _ in range(args.repeats)] for op in ("naive", "tvreg")}
         from safetensors.torch import load_file
         import torch
@@ -182,18 +212,24 @@ def main() -> None:
         print(f"machine  {os.cpu_count()} CPUs, {platform.platform()}")
         print(f"software python {platform.python_version()}, torch {torch.__version__}")
         print(f"command  python benchmarks/bench_compose.py --model {args.model} --k {args.k} "
-              f"--width {args.width} --repeats {args.repeats}")
+              f"--width {args.width} --repeats {args.repeats} --device {args.device}")
+        if args.device != "cpu":
+            print(f"device   {torch.cuda.get_device_name(args.device)}")
         print(f"workload {args.k} task vectors of {params:,} params (one model: {model_mb:.1f} MB "
               f"fp32), applied as {LAM}*(t0 + … + t{args.k - 1}) to the base; setup {setup:.0f} s")
         print(f"results agree: max |naive - tvreg| = {worst:.2e}\n")
-        print(f"{'approach':<34}{'median s':>9}{'peak RSS MB':>13}{'× model':>9}   runs (s)")
+        gpu = args.device != "cpu"
+        print(f"{'approach':<34}{'median s':>9}{'peak RSS MB':>13}{'× model':>9}"
+              + (f"{'GPU peak MB':>13}" if gpu else "") + "   runs (s)")
         rows = {}
         for op, label in (("naive", "naive (dicts of full state dicts)"),
-                          ("tvreg", "tvreg apply (streaming)")):
+                          ("tvreg", "tvreg apply_to (GPU, streaming)" if gpu
+                           else "tvreg apply (streaming)")):
             secs = [r["seconds"] for r in results[op]]
             peak = max(r["peak_rss"] for r in results[op]) / 1e6
             rows[op] = (statistics.median(secs), peak)
-            print(f"{label:<34}{rows[op][0]:>9.2f}{peak:>13.0f}{peak / model_mb:>9.2f}   "
+            gpu_peak = (f"{max(r['gpu_peak'] for r in results[op]) / 1e6:>13.0f}" if gpu else "")
+            print(f"{label:<34}{rows[op][0]:>9.2f}{peak:>13.0f}{peak / model_mb:>9.2f}{gpu_peak}   "
                   + " ".join(f"{s:.2f}" for s in secs))
         print(f"\nspeed-up tvreg vs naive: {rows['naive'][0] / rows['tvreg'][0]:.2f}x; "
               f"peak RSS ratio naive / tvreg: {rows['naive'][1] / rows['tvreg'][1]:.2f}x")

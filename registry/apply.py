@@ -54,10 +54,16 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
                         if have[n] != want[n])
         raise IncompatibleCheckpoints(f"{ck.path} is not the vectors' architecture: "
                                       f"{len(diffs)} tensor(s) differ: {_listing(diffs)}")
-    hasher = BaseHasher()
+    from .buffers import BufferPool
+
+    hasher, buffers = BaseHasher(), BufferPool(keep=1)
     for info in infos:
         if dtypes.is_floating(info.dtype):
-            hasher.update(info.name, info.dtype, info.shape, tensor_bytes(ck.tensor(info.name)))
+            buf, view = buffers.take(dtypes.torch_dtype(info.dtype), info.shape)
+            hasher.update(info.name, info.dtype, info.shape,
+                          tensor_bytes(ck.tensor(info.name, out=view)))
+            del view
+            buffers.give(buf)
     if hasher.hexdigest() != comp.base_hash:
         message = (f"{ck.path} is not the vectors' base model (its hash "
                    f"{hasher.hexdigest()[:12]} vs {comp.base_hash[:12]})")
@@ -69,18 +75,25 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
 
 def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
                    out_dtype: str | None) -> Iterator[tuple[str, "torch.Tensor"]]:
-    """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order."""
+    """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order.
+
+    Each tensor is used once (written) before the next is asked for, so the buffers of the
+    merged tensors and of the base tensors are recycled."""
     import numpy as np
 
-    # the next name is merged while this one is summed and written
-    deltas = comp.iter_tensors()
+    from .buffers import BufferPool
+
+    base_buffers = BufferPool(keep=2)
+    deltas = comp.stream()  # the next names are merged while this one is summed and written
     pending = next(deltas, None)
     for info in infos:
-        t = ck.tensor(info.name)
+        buf, view = base_buffers.take(dtypes.torch_dtype(info.dtype), info.shape)
+        t = ck.tensor(info.name, out=view)
+        recycle = None
         if dtypes.is_floating(info.dtype):
             target = dtypes.torch_dtype(out_dtype or info.dtype)
             if pending is not None and pending[0] == info.name:
-                delta = pending[1]  # a fresh tensor of the composition: summed into in place
+                _, delta, recycle = pending  # a tensor of the composition: summed into in place
                 if t.dtype == delta.dtype:  # numpy: no torch intra-op threads (see composition)
                     np.add(delta.numpy(), t.numpy(), out=delta.numpy())
                 else:
@@ -90,6 +103,10 @@ def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInf
             else:
                 t = t.to(target)
         yield info.name, t
+        del t
+        base_buffers.give(buf)
+        if recycle is not None:
+            comp.recycle(recycle)
     if pending is not None:  # cannot happen after check_base; a guard against silent loss
         raise IncompatibleCheckpoints(f"tensor {pending[0]!r} of the composition is not in the base")
 

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .taskvector import TaskVector
 
 SHOW = 5
+#: how many bytes of names (accumulators and operand buffers) task arithmetic sums ahead
+AHEAD_BYTES = 512 << 20
 
 
 class BaseMismatchWarning(UserWarning):
@@ -82,43 +84,6 @@ def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = Fal
             warnings.warn(message, BaseMismatchWarning, stacklevel=3)
 
 
-class _Buffers:
-    """Host buffers for decoded operands, recycled from one tensor to the next: a fresh buffer
-    costs a page fault per 4 KiB, which is as much time as decoding into it."""
-
-    def __init__(self, keep: int) -> None:
-        import threading
-
-        self.keep = keep
-        self._free: list["torch.Tensor"] = []
-        self._lock = threading.Lock()
-
-    def take(self, entry: Any) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """``(buffer, view)``: a uint8 buffer of at least the entry's size and a view of it
-        with the entry's dtype and shape."""
-        import torch
-
-        from . import dtypes
-
-        n = entry.nbytes
-        with self._lock:  # the smallest free buffer that fits (tensors compare by value: use indices)
-            fits = [i for i, b in enumerate(self._free) if b.numel() >= n]
-            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
-        if buf is None:
-            buf = torch.empty(n, dtype=torch.uint8)
-        return buf, buf[:n].view(dtypes.torch_dtype(entry.dtype)).view(entry.shape)
-
-    def give(self, buf: "torch.Tensor") -> None:
-        with self._lock:
-            self._free.append(buf)
-            if len(self._free) > self.keep:  # keep the largest few
-                self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].numel()))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
-
 def _compile(pattern: str | None, option: str) -> re.Pattern | None:
     if pattern is None:
         return None
@@ -155,9 +120,10 @@ class Composition:
         if not self.entries:
             raise InvalidInput("--include/--exclude leave no tensor to compose")
         self._thresholds: list[float] | None = None
+        from .buffers import BufferPool
         from .encoding import default_workers
 
-        self._buffers = _Buffers(keep=2 * default_workers() + 1)
+        self._buffers = BufferPool(keep=4 * default_workers() + 4)
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -205,79 +171,126 @@ class Composition:
             self._thresholds = out
         return self._thresholds
 
-    def _decode_stream(self, pairs: list[tuple[str, Operand]], reuse: bool = False,
+    def _decode_stream(self, pairs: list[tuple[str, Operand]],
                        ahead: int | None = None) -> Iterator["torch.Tensor"]:
-        """The tensors of ``(name, operand)`` pairs in order, up to ``ahead`` (default: twice the
-        workers) decoded ahead on the registry's operand pool, across name boundaries, so the
-        workers do not wait for the caller at the end of each name.
-
-        With ``reuse`` they are decoded into recycled buffers: a yielded tensor is valid only
-        until the next one is asked for."""
+        """The tensors of ``(name, operand)`` pairs in order, up to ``ahead`` (default: the
+        workers) decoded ahead on the registry's operand pool."""
         from collections import deque
 
         from .encoding import default_workers
 
         pool = self._registry.executor("operands")
         load = self._registry.load_tensor
-        ahead = ahead or 2 * default_workers()
-        buffers = self._buffers if reuse else None
-
-        def decode(name: str, op: Operand) -> tuple[Any, "torch.Tensor"]:
-            entry = op.vector.manifest.tensor(name)
-            if buffers is None:
-                return None, load(entry)
-            buf, view = buffers.take(entry)
-            try:
-                return buf, load(entry, out=view)
-            except BaseException:
-                buffers.give(buf)
-                raise
-
-        queue = deque(pool.submit(decode, *p) for p in pairs[:ahead])
+        ahead = ahead or default_workers()
+        queue = deque(pool.submit(load, op.vector.manifest.tensor(n)) for n, op in pairs[:ahead])
         try:
             for i in range(len(pairs)):
-                buf, tensor = queue.popleft().result()
+                tensor = queue.popleft().result()
                 if i + ahead < len(pairs):
-                    queue.append(pool.submit(decode, *pairs[i + ahead]))
+                    n, op = pairs[i + ahead]
+                    queue.append(pool.submit(load, op.vector.manifest.tensor(n)))
                 yield tensor
                 del tensor
-                if buf is not None:
-                    buffers.give(buf)
         finally:
             for f in queue:  # an error or an early stop: let the rest finish, keep no result
                 f.cancel()
 
-    def _task_arithmetic(self, names: list[str], ahead: bool) -> Iterator[tuple[str, "torch.Tensor"]]:
-        """Σ w_i τ_i, name by name, into one accumulator as operands arrive: the accumulator
-        plus the few operands being decoded (into recycled buffers) are in memory, whatever k
-        is. With ``ahead`` the next names' operands are decoded while this one is used."""
+    def _sum_name(self, name: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(buffer, λ Σ w_i τ_i)`` of one name, the sum a view of a buffer of the pool.
+
+        The operands are decoded on the operand pool, up to one per worker at a time, each
+        scaled by its weight by the worker that decoded it, into recycled buffers (the first
+        into the accumulator itself); they are added in operand order, so the result does not
+        depend on timing. The sums run in numpy, not torch: torch's intra-op threads spin after
+        each operation on the cores the decoders need."""
+        from collections import deque
+
         import numpy as np
         import torch
 
+        from . import dtypes
+        from .encoding import default_workers
+
+        pool = self._registry.executor("operands")
+        load, buffers = self._registry.load_tensor, self._buffers
         ops = self.operands
-        groups = [names] if ahead else [[n] for n in names]
-        for group in groups:
-            deltas = self._decode_stream([(n, op) for n in group for op in ops], reuse=True)
-            for name in group:
-                out = None
-                for op, delta in zip(ops, deltas):
-                    # numpy, not torch: torch's intra-op threads spin after each parallel op
-                    # and take the cores the decoders run on (a third more CPU time on 2 cores)
-                    d = delta.numpy()  # float32 or float64 (delta_dtype), a recycled buffer
-                    if out is None:
-                        wide = np.float64 if d.dtype == np.float64 else np.float32
-                        out = np.multiply(d, op.coef, dtype=wide)  # a new array
-                    else:
-                        if d.dtype == np.float64 and out.dtype != np.float64:
-                            out = out.astype(np.float64)
-                        if op.coef != 1.0:
-                            np.multiply(d, op.coef, out=d)  # the buffer is ours to change
-                        np.add(out, d, out=out)
-                    del delta, d
-                if self.lam != 1.0:
-                    np.multiply(out, self.lam, out=out)
-                yield name, torch.from_numpy(out)
-                del out
+        entries = [op.vector.manifest.tensor(name) for op in ops]
+        wide = torch.float64 if any(e.dtype == "float64" for e in entries) else torch.float32
+
+        def decoded(i: int, dtype: "torch.dtype | None" = None) -> tuple["torch.Tensor", "np.ndarray"]:
+            e = entries[i]
+            buf, view = buffers.take(dtypes.torch_dtype(e.dtype), tuple(e.shape))
+            try:
+                load(e, out=view)
+            except BaseException:
+                buffers.give(buf)
+                raise
+            d = view.numpy()
+            if dtype is not None and view.dtype != dtype:  # a float32 operand of a float64 sum
+                wbuf, wview = buffers.take(dtype, tuple(e.shape))
+                wview.numpy()[...] = d
+                buffers.give(buf)
+                buf, d = wbuf, wview.numpy()
+            if ops[i].coef != 1.0:
+                np.multiply(d, ops[i].coef, out=d)  # the buffer is ours to change
+            return buf, d
+
+        window = min(len(ops), default_workers())
+        queue = deque([pool.submit(decoded, 0, wide)] + [pool.submit(decoded, i)
+                                                         for i in range(1, window)])
+        acc_buf = None
+        try:
+            for i in range(len(ops)):
+                buf, d = queue.popleft().result()
+                if i + window < len(ops):  # keep `window` decodes in flight
+                    queue.append(pool.submit(decoded, i + window))
+                if i == 0:
+                    acc_buf, acc = buf, d  # the first operand, in the sum's dtype
+                    continue
+                np.add(acc, d, out=acc)
+                del d
+                buffers.give(buf)
+        except BaseException:
+            buffers.give(acc_buf)
+            raise
+        finally:
+            for f in queue:
+                f.cancel()
+        if self.lam != 1.0:
+            np.multiply(acc, self.lam, out=acc)
+        return acc_buf, torch.from_numpy(acc)
+
+    def _task_arithmetic(self, names: list[str], ahead: bool
+                         ) -> Iterator[tuple[str, "torch.Tensor", "torch.Tensor"]]:
+        """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several names are summed at
+        once on the registry's "names" pool (so the workers never wait for the caller at the
+        end of a name, and the additions run in parallel too), up to ``AHEAD_BYTES`` of them;
+        without, one name at a time."""
+        from collections import deque
+
+        from .encoding import default_workers
+
+        pool = self._registry.executor("names")
+        window = min(len(self.operands), default_workers())
+        size = {e.name: e.nbytes * (1 + window) for e in self.entries}  # accumulator + buffers
+        limit = default_workers() if ahead else 1
+        queue: deque = deque()
+        held, i = 0, 0
+        try:
+            while i < len(names) or queue:
+                while i < len(names) and (not queue or (len(queue) < limit
+                                                        and held + size[names[i]] <= AHEAD_BYTES)):
+                    queue.append((names[i], pool.submit(self._sum_name, names[i])))
+                    held += size[names[i]]
+                    i += 1
+                name, future = queue.popleft()
+                buf, tensor = future.result()
+                held -= size[name]
+                yield name, tensor, buf
+                del tensor
+        finally:
+            for _, f in queue:
+                f.cancel()
 
     def _merged(self, name: str) -> "torch.Tensor":
         """TIES, DARE, magnitude pruning: all k tensors of the name at once."""
@@ -296,19 +309,29 @@ class Composition:
         """``(name, merged tensor)`` one at a time. With ``prefetch`` the next tensors are
         decoded and merged in the background while the caller uses the current one (on CUDA the
         copy overlaps the next decode); without, memory holds one name's tensors only."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from .taskvector import to_device
+
+        for name, tensor, buf in self.stream(prefetch):
+            moved = to_device(tensor, device, dtype)
+            if moved.device.type != "cpu" or moved.data_ptr() != tensor.data_ptr():
+                self.recycle(buf)  # copied (pinned, cast): the host buffer is free again
+            del tensor
+            yield name, moved
+            del moved
+
+    def stream(self, prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor", Any]]:
+        """``(name, merged tensor, buffer)`` on the host, as :meth:`iter_tensors`. A caller that
+        is done with a tensor may hand its buffer to :meth:`recycle` (never use the tensor
+        after that): the next tensors reuse the memory instead of faulting in fresh pages."""
+        from concurrent.futures import ThreadPoolExecutor
 
         names = self.names()
         try:
             if self.params.method == "task_arithmetic":
-                for name, tensor in self._task_arithmetic(names, ahead=prefetch):
-                    yield name, to_device(tensor, device, dtype)
-                    del tensor
+                yield from self._task_arithmetic(names, ahead=prefetch)
             elif not prefetch:
                 for name in names:
-                    yield name, to_device(self._merged(name), device, dtype)
+                    yield name, self._merged(name), None
             else:
                 with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as pending_pool:
                     pending = pending_pool.submit(self._merged, names[0])
@@ -316,10 +339,14 @@ class Composition:
                         tensor = pending.result()
                         if i + 1 < len(names):
                             pending = pending_pool.submit(self._merged, names[i + 1])
-                        yield name, to_device(tensor, device, dtype)
+                        yield name, tensor, None
                         del tensor
         finally:
             self._buffers.clear()
+
+    def recycle(self, buffer: Any) -> None:
+        """Give back the buffer of a tensor from :meth:`stream` (None is ignored)."""
+        self._buffers.give(buffer)
 
     def state_dict(self, device: Any = None,
                    dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:

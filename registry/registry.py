@@ -314,8 +314,9 @@ class Registry:
 
     def executor(self, kind: str) -> ThreadPoolExecutor:
         """The registry's thread pool for one kind of work ("chunks": decoding a tensor's chunks;
-        "operands": decoding the operands of a composition). Separate kinds never wait on each
-        other's pool, so nesting them cannot deadlock. Made on first use, shut down by close()."""
+        "operands": decoding the operands of a composition; "names": summing several names of a
+        composition at once). Work of one kind waits only on kinds listed before it, never on
+        its own pool, so nesting them cannot deadlock. Made on first use, shut down by close()."""
         from .encoding import default_workers
 
         with self._pool_lock:  # tensors may be loaded from several threads (prefetch)

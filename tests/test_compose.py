@@ -8,7 +8,7 @@ import pathlib
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import tvreg
 from helpers import snapshot
@@ -277,3 +277,63 @@ def test_merge_methods_on_stored_vectors_equal_merge_tensor(filled, kw):
         assert torch.equal(got[name], want), name
     again = filled.resolve(expr, **kw).state_dict()
     assert all(torch.equal(again[n], got[n]) for n in got)
+
+
+@pytest.fixture(scope="module")
+def many_tensors(tmp_path_factory):
+    """Three vectors of a 30-tensor float32 model and two of a float64 one, from files."""
+    work = tmp_path_factory.mktemp("many")
+    g = torch.Generator().manual_seed(0)
+    reg = tvreg.open(work / "registry")
+    raw = {}
+    for kind, dtype, count in (("f32", torch.float32, 3), ("f64", torch.float64, 2)):
+        base = {f"layer{i:02d}.weight": torch.randn(96, 64 + i, generator=g, dtype=dtype)
+                for i in range(30)}
+        save_file(base, str(work / f"{kind}-base.safetensors"))
+        for k in range(count):
+            ft = {n: t + 1e-2 * torch.randn(t.shape, generator=g, dtype=dtype)
+                  for n, t in base.items()}
+            save_file(ft, str(work / f"{kind}-ft{k}.safetensors"))
+            reg.create(f"{kind}-{k}", work / f"{kind}-base.safetensors",
+                       work / f"{kind}-ft{k}.safetensors")
+            raw[f"{kind}-{k}"] = {n: ft[n] - base[n] for n in base}
+    yield reg, raw
+    reg.close()
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_task_arithmetic_over_many_tensors_is_exact_and_order_fixed(many_tensors, prefetch):
+    """Recycled buffers, several names in flight: every tensor kept by the caller stays right,
+    and the sum is the same bits as adding in operand order."""
+    reg, raw = many_tensors
+    comp = reg.resolve('0.5*"f32-0" + "f32-1" - 0.25*"f32-2"', lam=0.8)
+    held = dict(comp.iter_tensors(prefetch=prefetch))
+    assert list(held) == sorted(raw["f32-0"])
+    for n, t in held.items():
+        want = raw["f32-0"][n] * 0.5
+        want += raw["f32-1"][n]
+        want += raw["f32-2"][n] * -0.25
+        want *= 0.8
+        assert t.dtype == torch.float32 and torch.equal(t, want), n
+
+
+def test_float64_vectors_compose_in_float64(many_tensors, tmp_path):
+    reg, raw = many_tensors
+    sd = reg.resolve('"f64-0" - 2*"f64-1"').state_dict()
+    for n, t in sd.items():
+        assert t.dtype == torch.float64
+        torch.testing.assert_close(t, raw["f64-0"][n] - 2 * raw["f64-1"][n], rtol=0, atol=1e-15)
+    out = tmp_path / "m.safetensors"
+    reg.apply('"f64-0"', str(reg.root) + "/../f64-base.safetensors", out)
+    assert load_file(out)["layer03.weight"].dtype == torch.float64
+
+
+def test_stream_buffers_can_be_recycled(many_tensors):
+    reg, raw = many_tensors
+    comp = reg.resolve('"f32-0" + "f32-1"')
+    seen = 0
+    for name, tensor, buf in comp.stream():
+        torch.testing.assert_close(tensor, raw["f32-0"][name] + raw["f32-1"][name], rtol=0, atol=0)
+        comp.recycle(buf)  # the next names may reuse it
+        seen += 1
+    assert seen == 30
