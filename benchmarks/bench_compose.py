@@ -199,8 +199,11 @@ def main() -> None:
         params = build(work, args.k, args.width, args.model)
         setup = time.perf_counter() - t0
         model_mb = os.path.getsize(f"{work}/base.safetensors") / 1e6
-        results = {op: [run_child(op, work, args.k, f"{work}/{op}.safetensors", args.device)
-                        for _ in range(args.repeats)] for op in ("naive", "tvreg")}
+        results: dict[str, list[dict]] = {"naive": [], "tvreg": []}
+        for _ in range(args.repeats):  # interleaved, so drift of a shared machine hits both alike
+            for op in results:
+                results[op].append(run_child(op, work, args.k, f"{work}/{op}.safetensors",
+                                             args.device))
         from safetensors.torch import load_file
         import torch
 

@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .taskvector import TaskVector
 
 SHOW = 5
-#: how many bytes of names (accumulators and operand buffers) task arithmetic sums ahead
-AHEAD_BYTES = 512 << 20
+#: bounds on the bytes of names (accumulators and operand buffers) task arithmetic sums at
+#: once: a quarter of the composed vector's size, clamped to this range (one name at least)
+AHEAD_BYTES_MIN, AHEAD_BYTES_MAX = 64 << 20, 512 << 20
 
 
 class BaseMismatchWarning(UserWarning):
@@ -264,8 +265,9 @@ class Composition:
                          ) -> Iterator[tuple[str, "torch.Tensor", "torch.Tensor"]]:
         """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several names are summed at
         once on the registry's "names" pool (so the workers never wait for the caller at the
-        end of a name, and the additions run in parallel too), up to ``AHEAD_BYTES`` of them;
-        without, one name at a time."""
+        end of a name, and the additions run in parallel too), as many as fit in a quarter of
+        the vector's size (within ``AHEAD_BYTES_MIN`` .. ``AHEAD_BYTES_MAX``); without, one
+        name at a time."""
         from collections import deque
 
         from .encoding import default_workers
@@ -273,13 +275,15 @@ class Composition:
         pool = self._registry.executor("names")
         window = min(len(self.operands), default_workers())
         size = {e.name: e.nbytes * (1 + window) for e in self.entries}  # accumulator + buffers
+        budget = min(max(sum(e.nbytes for e in self.entries) // 4, AHEAD_BYTES_MIN),
+                     AHEAD_BYTES_MAX)
         limit = default_workers() if ahead else 1
         queue: deque = deque()
         held, i = 0, 0
         try:
             while i < len(names) or queue:
                 while i < len(names) and (not queue or (len(queue) < limit
-                                                        and held + size[names[i]] <= AHEAD_BYTES)):
+                                                        and held + size[names[i]] <= budget)):
                     queue.append((names[i], pool.submit(self._sum_name, names[i])))
                     held += size[names[i]]
                     i += 1
