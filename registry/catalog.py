@@ -185,14 +185,20 @@ class Catalog:
                 con.execute(f"DELETE FROM {table}")
             self._insert(con, records, manifests)
             _insert_rows(con, "tags", [_tag_row(t) for t in tags])
+            from .similarity import prune
+
+            prune(con)  # similarities of vectors still stored are kept (they are derived data)
 
     def forget_vectors(self, vector_ids: Iterable[str]) -> None:
         ids = sorted(set(vector_ids))
         if not ids:
             return
+        from .similarity import forget
+
         with self.writer() as con:
             for table in ("tensors", "vectors"):
                 con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [ids])
+            forget(con, ids)
 
     # --- reads -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .composition import Composition
+    from .similarity import SimilarityMatrix
     from .taskvector import TaskVector
 
 # torch and the modules that need it are imported where tensors are touched, so commands that
@@ -38,6 +39,16 @@ CATALOG_FILE = "catalog.duckdb"
 CONFIG_FILE = "config.json"
 SCRATCH_DIR = "tmp"
 _LAYOUT_DIRS = {"objects", "refs", "tags", SCRATCH_DIR}
+
+
+class SimilarityWarning(UserWarning):
+    """A version was stored but its similarities could not be computed (run `tvreg similarities`)."""
+
+
+def _is_vector_id(text: str) -> bool:
+    from .digest import is_hex_digest
+
+    return is_hex_digest(text)
 
 
 def default_root() -> str:
@@ -130,14 +141,16 @@ class Registry:
     def create(self, name: str, base: str | os.PathLike, finetuned: str | os.PathLike, *,
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
-               allow_nonfinite: bool = False, level: int = 3,
+               allow_nonfinite: bool = False, level: int = 3, similarities: bool = True,
                on_progress: Callable[[int], None] | None = None) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``.
 
         Everything the user can get wrong is checked before the registry is touched; a failure
         later (NaN found mid-way, I/O error) discards the staged objects and leaves the registry
         as it was. If an existing version of ``name`` has the same content and metadata, no new
-        version is made and ``created`` is False.
+        version is made and ``created`` is False. With ``similarities`` (the default) the new
+        vector's statistics and its similarities with the stored vectors of its base are
+        computed right after (docs/similarity.md).
         """
         from .build import build_task_vector, check_pair
         from .checkpoints import open_checkpoint
@@ -159,7 +172,20 @@ class Registry:
         record, created = self._claim_version(name, manifest, vector_id, metadata)
         if created:
             self._index_new(record, manifest)
+            if similarities:
+                self._similarities_after_insert(record)
         return CreateResult(record, created, new_objects, manifest)
+
+    def _similarities_after_insert(self, record: VersionRecord) -> None:
+        """The version is stored and indexed; similarities are derived data, so a failure here
+        is a warning that says how to finish, not an error."""
+        import warnings
+
+        try:
+            self.update_similarities([record.vector_id])
+        except TvregError as e:
+            warnings.warn(f"{record.ref} is stored, but its similarities were not computed ({e}); "
+                          "run `tvreg similarities`", SimilarityWarning, stacklevel=3)
 
     def _write_vector(self, produce: Callable[[Callable[[bytes], str]], Manifest]
                       ) -> tuple[Manifest, str, int]:
@@ -349,7 +375,7 @@ class Registry:
 
     def save_composition(self, name: str, comp: "Composition", *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,
-                         level: int = 3) -> CreateResult:
+                         level: int = 3, similarities: bool = True) -> CreateResult:
         """Store a composition as a version of ``name``; its record keeps the recipe (expression,
         method, parameters, operand refs and vector ids) and the operands as parents."""
         import torch
@@ -382,6 +408,8 @@ class Registry:
                                               tuple(comp.parents), comp.recipe)
         if created:
             self._index_new(record, manifest)
+            if similarities:
+                self._similarities_after_insert(record)
         return CreateResult(record, created, new_objects, manifest)
 
     def apply(self, comp: "Composition | str", base: str | os.PathLike,
@@ -422,6 +450,45 @@ class Registry:
                     for n, t in base_sd.items()}
 
         return search(make, evaluate, grid)
+
+    # --- similarities ----------------------------------------------------------------------------
+
+    def similar(self, ref: str, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` versions of ``ref``'s base most similar to it, best first: dicts with ref,
+        name, version, vector_id, cosine, sign_conflict_rate and exact (False: a sketch
+        estimate). Versions holding ``ref``'s own vector are left out."""
+        from .similarity import similar
+
+        self._require()
+        return similar(self, ref, k)
+
+    def similarity_matrix(self, refs: list[str] | None = None) -> "SimilarityMatrix":
+        """Cosines between ``refs`` (default: the newest version of every name), with labels;
+        refs of another base than the first are skipped and listed in ``skipped``."""
+        from .similarity import similarity_matrix
+
+        self._require()
+        return similarity_matrix(self, refs)
+
+    def update_similarities(self, refs: list[str] | None = None, *,
+                            on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Compute the statistics and pairs that are missing, for the bases of ``refs`` (refs
+        or vector ids; default every base). Idempotent."""
+        from .similarity import update
+
+        self._require()
+        ids = None if refs is None else [r if _is_vector_id(r) else self.resolve_ref(r)[1]
+                                         for r in refs]
+        return update(self, ids, on_vector=on_vector)
+
+    def rebuild_similarities(self, *, on_vector: Callable[[str], None] | None = None
+                             ) -> dict[str, int]:
+        """Recompute every statistic and pair from the stored vectors."""
+        from .similarity import clear, update
+
+        self._require()
+        clear(self)
+        return update(self, None, on_vector=on_vector)
 
     # --- tags ------------------------------------------------------------------------------------
 

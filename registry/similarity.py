@@ -1,0 +1,490 @@
+"""Precomputed similarities between task vectors of the same base (docs/similarity.md).
+
+Per vector (one pass): its L2 norm and each tensor's, each tensor's *materiality threshold*
+(the 80th percentile of |value|, so the top 20 % of a tensor's parameters are "material"), and a
+CountSketch of :data:`SKETCH_DIM` numbers for approximate similarity at scale.
+
+Per pair of vectors of the same base and architecture (one pass over both): the exact dot
+product (products exact in float64, float64 sums) and so the cosine, per tensor and in all, and
+the sign-conflict rate: among parameters material in both, the fraction whose signs differ.
+
+A pass takes one vector X and decodes each of its tensors once, then the same tensor of each
+partner on the registry's operand pool; memory is one tensor of X (in float64) plus one tensor
+per worker. Results do not depend on which vector of a pair is X, nor on insertion order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
+
+from .errors import InvalidInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .manifest import Manifest, TensorEntry
+    from .registry import Registry
+
+#: dimensions of the per-vector CountSketch (a format constant: sketches of any registry compare)
+SKETCH_DIM = 4096
+_SKETCH_BITS = 12  # log2(SKETCH_DIM)
+#: a parameter is material in a tensor if |value| is in the top this fraction of the tensor
+MATERIAL_FRACTION = 0.2
+#: tensors larger than this estimate their threshold from a seeded sample of this many values
+THRESHOLD_SAMPLE = 1 << 16
+#: pairs are computed exactly for bases of at most this many vectors; beyond, new vectors get
+#: their statistics and sketch only, and queries estimate their cosines from the sketches
+EXACT_LIMIT = 256
+_CHUNK = 1 << 16
+_U64 = np.uint64
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+# --- per tensor --------------------------------------------------------------------------------
+
+
+def _hash_parameters(name: str) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64]:
+    """Multipliers and offsets of the multiply-shift hashes of tensor ``name`` (format-fixed)."""
+    d = hashlib.sha256(b"tvreg-countsketch-v1\0" + name.encode("utf-8")).digest()
+    a, b, c, e = (int.from_bytes(d[i:i + 8], "little") for i in range(0, 32, 8))
+    return _U64(a | 1), _U64(b), _U64(c | 1), _U64(e)
+
+
+def sketch_add(sketch: np.ndarray, name: str, values: np.ndarray) -> None:
+    """Add the CountSketch of one flattened tensor to ``sketch`` (float64, SKETCH_DIM):
+    parameter j goes to bucket h(j) with sign s(j), both multiply-shift hashes of j seeded by
+    the tensor's name."""
+    a, b, c, e = _hash_parameters(name)
+    shift, top = _U64(64 - _SKETCH_BITS), _U64(63)
+    with np.errstate(over="ignore"):
+        for i in range(0, values.size, _CHUNK):
+            part = values[i:i + _CHUNK]
+            j = np.arange(i, i + part.size, dtype=np.uint64)
+            bucket = ((j * a + b) >> shift).astype(np.intp)
+            w = part.astype(np.float64)
+            w[((j * c + e) >> top).astype(bool)] *= -1.0
+            sketch += np.bincount(bucket, weights=w, minlength=SKETCH_DIM)
+
+
+def material_threshold(values: np.ndarray) -> float:
+    """The 80th percentile of |value| (exact up to THRESHOLD_SAMPLE values, else of a sample
+    drawn with a seed fixed by the size, so every vector of a base uses the same positions)."""
+    if values.size == 0:
+        return 0.0
+    if values.size > THRESHOLD_SAMPLE:
+        rng = np.random.default_rng(values.size)
+        values = values[rng.integers(0, values.size, THRESHOLD_SAMPLE)]
+    mags = np.abs(values.astype(np.float64))
+    k = min(mags.size - 1, int(mags.size * (1.0 - MATERIAL_FRACTION)))
+    return float(np.partition(mags, k)[k])
+
+
+def _material(values: np.ndarray, threshold: float) -> np.ndarray:
+    mags = np.abs(values)
+    return (mags >= threshold) & (mags > 0)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ a_i b_i: float32 products are exact in float64; numpy's pairwise sums, in chunks, in an
+    order that does not depend on which argument is which."""
+    total = 0.0
+    for i in range(0, a.size, _CHUNK):
+        total += float(np.sum(a[i:i + _CHUNK].astype(np.float64) * b[i:i + _CHUNK]))
+    return total
+
+
+@dataclass
+class TensorStats:
+    name: str
+    norm: float
+    threshold: float
+    n_material: int
+
+
+@dataclass
+class VectorStats:
+    vector_id: str
+    norm: float
+    n_params: int
+    n_material: int
+    sketch: np.ndarray
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+
+
+def _flat(tensor: Any) -> np.ndarray:
+    return tensor.reshape(-1).numpy()
+
+
+# --- passes ------------------------------------------------------------------------------------
+
+
+def vector_stats(reg: "Registry", vector_id: str) -> VectorStats:
+    """Norms, thresholds and sketch of one vector: one pass, a tensor at a time."""
+    manifest = reg.manifest(vector_id)
+    sketch = np.zeros(SKETCH_DIM)
+    tensors: dict[str, TensorStats] = {}
+    for entry, tensor in _decoded(reg, [entry for entry in manifest.tensors]):
+        v = _flat(tensor)
+        threshold = material_threshold(v)
+        tensors[entry.name] = TensorStats(entry.name, math.sqrt(_dot(v, v)), threshold,
+                                          int(np.count_nonzero(_material(v, threshold))))
+        sketch_add(sketch, entry.name, v)
+        del tensor, v
+    norm = math.sqrt(math.fsum(t.norm ** 2 for t in tensors.values()))
+    return VectorStats(vector_id, norm, manifest.n_params,
+                       sum(t.n_material for t in tensors.values()), sketch, tensors)
+
+
+def _decoded(reg: "Registry", entries: list["TensorEntry"]):
+    """(entry, tensor) in order, the next tensors decoded ahead on the operand pool."""
+    from .encoding import default_workers
+
+    pool = reg.executor("operands")
+    ahead = default_workers()
+    queue = deque((e, pool.submit(reg.load_tensor, e)) for e in entries[:ahead])
+    i = ahead
+    try:
+        while queue:
+            entry, future = queue.popleft()
+            if i < len(entries):
+                queue.append((entries[i], pool.submit(reg.load_tensor, entries[i])))
+                i += 1
+            yield entry, future.result()
+    finally:
+        for _, f in queue:
+            f.cancel()
+
+
+@dataclass
+class _PairTotals:
+    dot: float = 0.0
+    both: int = 0
+    conflicts: int = 0
+    tensors: list[tuple] = field(default_factory=list)
+
+
+def pair_pass(reg: "Registry", x: str, partners: list[str],
+              stats: dict[str, VectorStats]) -> dict[str, _PairTotals]:
+    """Dot products and sign conflicts of vector ``x`` with each partner, per tensor: each of
+    x's tensors is decoded once and prepared (float64 copy, its material positions and their
+    signs); the partners' tensors are decoded and compared on the operand pool."""
+    from .encoding import default_workers
+
+    pool = reg.executor("operands")
+    manifests = {v: reg.manifest(v) for v in [x, *partners]}
+    totals = {p: _PairTotals() for p in partners}
+    window = 2 * default_workers()
+
+    def compare(name: str, xv: np.ndarray, where: np.ndarray, negative: np.ndarray,
+                partner: str) -> tuple[str, float, int, int]:
+        pv = _flat(reg.load_tensor(manifests[partner].tensor(name)))
+        dot = _dot(xv, pv)
+        picked = pv[where]
+        material = _material(picked, stats[partner].tensors[name].threshold)
+        both = int(np.count_nonzero(material))
+        conflicts = int(np.count_nonzero(material & ((picked < 0) != negative)))
+        return partner, dot, both, conflicts
+
+    for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
+        xv = _flat(tensor)
+        where = np.flatnonzero(_material(xv, stats[x].tensors[entry.name].threshold))
+        negative = xv[where] < 0
+        jobs: deque = deque()
+        todo = list(partners)
+        while todo or jobs:
+            while todo and len(jobs) < window:
+                jobs.append(pool.submit(compare, entry.name, xv, where, negative, todo.pop(0)))
+            partner, dot, both, conflicts = jobs.popleft().result()
+            t = totals[partner]
+            t.dot += dot
+            t.both += both
+            t.conflicts += conflicts
+            t.tensors.append((entry.name, dot, both, conflicts))
+        del tensor, xv
+    return totals
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+def _cosine(dot: float, na: float, nb: float) -> float | None:
+    if na == 0.0 or nb == 0.0:
+        return None
+    return max(-1.0, min(1.0, dot / (na * nb)))
+
+
+def _rate(conflicts: int, both: int) -> float | None:
+    return conflicts / both if both else None
+
+
+def _store_stats(con, s: VectorStats, m: "Manifest") -> None:
+    con.execute("DELETE FROM vector_stats WHERE vector_id = ?", [s.vector_id])
+    con.execute("DELETE FROM tensor_stats WHERE vector_id = ?", [s.vector_id])
+    con.execute("INSERT INTO vector_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [s.vector_id, m.base_hash, m.arch_fingerprint, s.norm, s.n_params, s.n_material,
+                 s.sketch.astype(np.float32).tolist(), _now()])
+    from .catalog import _insert_rows
+
+    _insert_rows(con, "tensor_stats", [(s.vector_id, t.name, t.norm, t.threshold, t.n_material)
+                                       for t in s.tensors.values()])
+
+
+def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
+    if not ids:
+        return {}
+    out: dict[str, VectorStats] = {}
+    for vid, norm, n_params, n_material in con.execute(
+            "SELECT vector_id, norm, n_params, n_material FROM vector_stats "
+            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall():
+        out[vid] = VectorStats(vid, norm, n_params, n_material, np.zeros(0))
+    for vid, tensor, norm, threshold, n_material in con.execute(
+            "SELECT vector_id, tensor, norm, threshold, n_material FROM tensor_stats "
+            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall():
+        out[vid].tensors[tensor] = TensorStats(tensor, norm, threshold, n_material)
+    return out
+
+
+def _store_pairs(con, x: str, totals: dict[str, _PairTotals],
+                 stats: dict[str, VectorStats]) -> None:
+    from .catalog import _insert_rows
+
+    now = _now()
+    rows, tensor_rows = [], []
+    for partner, t in totals.items():
+        a, b = sorted((x, partner))
+        na, nb = stats[a].norm, stats[b].norm
+        con.execute("DELETE FROM similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
+        con.execute("DELETE FROM tensor_similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
+        rows.append((a, b, t.dot, na, nb, _cosine(t.dot, na, nb), t.both, t.conflicts,
+                     _rate(t.conflicts, t.both), now))
+        for name, dot, both, conflicts in t.tensors:
+            cos = _cosine(dot, stats[a].tensors[name].norm, stats[b].tensors[name].norm)
+            tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both)))
+    _insert_rows(con, "similarities", rows)
+    _insert_rows(con, "tensor_similarities", tensor_rows)
+
+
+def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list[str]]:
+    """Vector ids of the catalog by (base hash, architecture), limited to the groups of
+    ``vector_ids`` if given."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for vid, base, arch in con.execute("SELECT vector_id, base_hash, arch_fingerprint FROM vectors "
+                                       "ORDER BY vector_id").fetchall():
+        groups.setdefault((base, arch), []).append(vid)
+    if vector_ids is not None:
+        wanted = set(vector_ids)
+        groups = {k: v for k, v in groups.items() if wanted & set(v)}
+    return groups
+
+
+def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
+           exact_limit: int = EXACT_LIMIT,
+           on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
+    statistics of vectors that have none, then every missing pair (for bases of at most
+    ``exact_limit`` vectors). Idempotent: a second call computes nothing. Each pass is stored
+    in its own transaction, so an interrupted update keeps what it finished."""
+    done = {"vectors": 0, "pairs": 0}
+    with reg.catalog.reader() as con:
+        groups = _groups(con, vector_ids)
+        everything = [v for ids in groups.values() for v in ids]
+        have = {r[0] for r in con.execute(
+            "SELECT vector_id FROM vector_stats WHERE vector_id IN (SELECT unnest(?))",
+            [everything]).fetchall()}
+        stored = {(a, b) for a, b in con.execute(
+            "SELECT vector_a, vector_b FROM similarities WHERE vector_a IN (SELECT unnest(?))",
+            [everything]).fetchall()}
+        stats = _load_stats(con, everything)
+    for ids in groups.values():
+        fresh = [vid for vid in ids if vid not in have]
+        pending: list[tuple[VectorStats, "Manifest"]] = []
+        for vid in fresh:
+            stats[vid] = vector_stats(reg, vid)
+            pending.append((stats[vid], reg.manifest(vid)))
+            done["vectors"] += 1
+            if on_vector:
+                on_vector(vid)
+        missing = set()
+        if len(ids) <= exact_limit:
+            missing = {(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]} - stored
+        if not missing and pending:
+            with reg.catalog.writer() as con:
+                for s, m in pending:
+                    _store_stats(con, s, m)
+        while missing:
+            # the vector in most missing pairs goes first: a new vector is read once, each
+            # stored vector once
+            count: dict[str, int] = {}
+            for a, b in missing:
+                count[a] = count.get(a, 0) + 1
+                count[b] = count.get(b, 0) + 1
+            x = min(count, key=lambda v: (-count[v], v))
+            partners = sorted(b if a == x else a for a, b in missing if x in (a, b))
+            totals = pair_pass(reg, x, partners, stats)
+            with reg.catalog.writer() as con:
+                for s, m in pending:  # the new vectors' statistics go in with their first pairs
+                    _store_stats(con, s, m)
+                _store_pairs(con, x, totals, stats)
+            pending = []
+            missing -= {tuple(sorted((x, p))) for p in partners}
+            done["pairs"] += len(partners)
+    return done
+
+
+def forget(con, vector_ids: list[str]) -> None:
+    """Delete the rows of these vectors (inside a catalog transaction)."""
+    for table in ("vector_stats", "tensor_stats"):
+        con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [vector_ids])
+    for table in ("similarities", "tensor_similarities"):
+        con.execute(f"DELETE FROM {table} WHERE vector_a IN (SELECT unnest(?)) "
+                    f"OR vector_b IN (SELECT unnest(?))", [vector_ids, vector_ids])
+
+
+def clear(reg: "Registry") -> None:
+    with reg.catalog.writer() as con:
+        for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
+            con.execute(f"DELETE FROM {table}")
+
+
+def prune(con) -> None:
+    """Delete rows of vectors the catalog no longer lists (after a rebuild of the index)."""
+    gone = [r[0] for r in con.execute(
+        "SELECT vector_id FROM vector_stats WHERE vector_id NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_a FROM similarities WHERE vector_a NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_b FROM similarities WHERE vector_b NOT IN (SELECT vector_id FROM vectors)"
+    ).fetchall()]
+    if gone:
+        forget(con, gone)
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def _sketches(reg: "Registry", ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
+    with reg.catalog.reader() as con:
+        rows = con.execute("SELECT vector_id, norm, sketch FROM vector_stats "
+                           "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall()
+    return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
+
+
+def similar(reg: "Registry", ref: str, k: int = 10) -> list[dict[str, Any]]:
+    """The versions most similar to ``ref`` among those of its base, best first: exact cosines
+    where the pair is stored, sketch estimates otherwise (``exact`` says which)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInput(f"invalid --top {k!r}: a positive integer")
+    record, vid = reg.resolve_ref(ref)
+    m = reg.manifest(vid)
+    rows = reg.catalog.rows(
+        "SELECT v.name, v.version, v.vector_id, s.cosine, s.sign_conflict_rate, s.dot "
+        "FROM versions v LEFT JOIN similarities s ON "
+        "  (s.vector_a = ? AND s.vector_b = v.vector_id) OR (s.vector_b = ? AND s.vector_a = v.vector_id) "
+        "WHERE v.base_hash = ? AND v.arch_fingerprint = ? AND v.vector_id <> ?",
+        [vid, vid, m.base_hash, m.arch_fingerprint, vid])
+    exact_ids = {r["vector_b"] if r["vector_a"] == vid else r["vector_a"]
+                 for r in reg.catalog.rows("SELECT vector_a, vector_b FROM similarities "
+                                           "WHERE vector_a = ? OR vector_b = ?", [vid, vid])}
+    estimate_ids = sorted({r["vector_id"] for r in rows} - exact_ids)
+    estimates: dict[str, float | None] = {}
+    if estimate_ids:
+        sk = _sketches(reg, [vid, *estimate_ids])
+        if vid in sk:
+            n0, s0 = sk[vid]
+            for other in estimate_ids:
+                if other in sk:
+                    n1, s1 = sk[other]
+                    estimates[other] = _cosine(float(s0 @ s1), n0, n1)
+    out = []
+    for r in rows:
+        exact = r["vector_id"] in exact_ids
+        cosine = r["cosine"] if exact else estimates.get(r["vector_id"])
+        out.append({"ref": f"{r['name']}@{r['version']}", "name": r["name"],
+                    "version": r["version"], "vector_id": r["vector_id"],
+                    "cosine": _finite(cosine),
+                    "sign_conflict_rate": _finite(r["sign_conflict_rate"]) if exact else None,
+                    "exact": exact})
+    out.sort(key=lambda row: (row["cosine"] is None, -(row["cosine"] or 0.0), row["ref"]))
+    return out[:k]
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+@dataclass
+class SimilarityMatrix:
+    """Cosines between versions of one base: ``values[i, j]`` (NaN where undefined)."""
+
+    labels: list[str]
+    vector_ids: list[str]
+    values: np.ndarray
+    exact: np.ndarray
+    skipped: list[dict[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": self.labels, "vector_ids": self.vector_ids,
+                "matrix": [[None if not math.isfinite(v) else float(v) for v in row]
+                           for row in self.values],
+                "exact": self.exact.tolist(), "skipped": self.skipped}
+
+
+def similarity_matrix(reg: "Registry", refs: list[str] | None = None) -> SimilarityMatrix:
+    """Cosines between ``refs`` (default: the newest version of every name, if they share one
+    base). Refs of another base than the first are skipped, with the reason."""
+    if refs is None:
+        latest = reg.catalog.rows("SELECT name, version, base_hash, arch_fingerprint FROM latest "
+                                  "ORDER BY name")
+        bases = {(r["base_hash"], r["arch_fingerprint"]) for r in latest}
+        if len(bases) > 1:
+            raise InvalidInput(f"the registry holds vectors of {len(bases)} bases; name the refs "
+                               "to compare (e.g. `tvreg similar --matrix a b c`)")
+        refs = [f"{r['name']}@{r['version']}" for r in latest]
+    labels, ids, skipped = [], [], []
+    first = None
+    for ref in refs:
+        record, vid = reg.resolve_ref(ref)
+        m = reg.manifest(vid)
+        key = (m.base_hash, m.arch_fingerprint)
+        label = record.ref if record else vid[:12]
+        if first is None:
+            first = (label, key)
+        elif key != first[1]:
+            why = "another architecture" if key[1] != first[1][1] else "another base model"
+            skipped.append({"ref": label, "reason": f"{why} than {first[0]} "
+                                                    f"(base {key[0][:12]} vs {first[1][0][:12]})"})
+            continue
+        labels.append(label)
+        ids.append(vid)
+    n = len(ids)
+    values = np.full((n, n), np.nan)
+    exact = np.zeros((n, n), dtype=bool)
+    uniq = sorted(set(ids))
+    pair = {}
+    if uniq:
+        for r in reg.catalog.rows("SELECT vector_a, vector_b, cosine FROM similarities "
+                                  "WHERE vector_a IN (SELECT unnest(?)) AND vector_b IN (SELECT unnest(?))",
+                                  [uniq, uniq]):
+            pair[(r["vector_a"], r["vector_b"])] = r["cosine"]
+    sketches = _sketches(reg, uniq) if uniq else {}
+    norms = {v: sk[0] for v, sk in sketches.items()}
+    for i, a in enumerate(ids):
+        for j, b in enumerate(ids):
+            if a == b:
+                if norms.get(a, 0.0) > 0:
+                    values[i, j], exact[i, j] = 1.0, True
+                continue
+            key = tuple(sorted((a, b)))
+            if key in pair:
+                values[i, j] = np.nan if pair[key] is None else pair[key]
+                exact[i, j] = True
+            elif a in sketches and b in sketches:
+                c = _cosine(float(sketches[a][1] @ sketches[b][1]), norms[a], norms[b])
+                values[i, j] = np.nan if c is None else c
+    return SimilarityMatrix(labels, ids, values, exact, skipped)
