@@ -20,3 +20,19 @@ def test_python_md_examples_run(tmp_path, zoo):
                               raise_on_error=False, verbose=False)
     assert result.attempted > 20
     assert result.failed == 0
+
+
+def test_sql_md_examples_run(filled):
+    """Every statement in docs/sql.md's examples runs on a real registry (with similarities)."""
+    text = (DOCS / "sql.md").read_text()
+    block = text[text.index("## Examples"):]
+    start = block.index("```sql") + len("```sql")
+    block = block[start:block.index("```", start)]
+    statements = ["\n".join(line for line in part.splitlines() if not line.startswith("--"))
+                  for part in block.split(";")]
+    statements = [s.strip() for s in statements if s.strip()]
+    assert len(statements) >= 10
+    for statement in statements:
+        filled.sql(statement)  # raises SQLError if it does not run
+    best = filled.sql(statements[-5])  # the 5 versions most similar to sentiment@1
+    assert [r["other_name"] for r in best] == [r["name"] for r in filled.similar("sentiment@1", k=5)]
