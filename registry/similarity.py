@@ -193,9 +193,19 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
         conflicts = int(np.count_nonzero(material & ((picked < 0) != negative)))
         return partner, dot, both, conflicts
 
+    own = None
+    if x not in stats:  # x's own statistics in the same pass (a new vector is read once)
+        own = VectorStats(x, 0.0, manifests[x].n_params, 0, np.zeros(SKETCH_DIM))
     for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
         xv = _flat(tensor)
-        where = np.flatnonzero(_material(xv, stats[x].tensors[entry.name].threshold))
+        if own is not None:
+            threshold = material_threshold(xv)
+            own.tensors[entry.name] = TensorStats(
+                entry.name, math.sqrt(_dot(xv, xv)), threshold,
+                int(np.count_nonzero(_material(xv, threshold))))
+            sketch_add(own.sketch, entry.name, xv)
+        threshold = (own or stats[x]).tensors[entry.name].threshold
+        where = np.flatnonzero(_material(xv, threshold))
         negative = xv[where] < 0
         jobs: deque = deque()
         todo = list(partners)
@@ -209,6 +219,10 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
             t.conflicts += conflicts
             t.tensors.append((entry.name, dot, both, conflicts))
         del tensor, xv
+    if own is not None:
+        own.norm = math.sqrt(math.fsum(t.norm ** 2 for t in own.tensors.values()))
+        own.n_material = sum(t.n_material for t in own.tensors.values())
+        stats[x] = own
     return totals
 
 
@@ -305,16 +319,18 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
         stats = _load_stats(con, everything)
     for ids in groups.values():
         fresh = [vid for vid in ids if vid not in have]
-        pending: list[tuple[VectorStats, "Manifest"]] = []
-        for vid in fresh:
-            stats[vid] = vector_stats(reg, vid)
-            pending.append((stats[vid], reg.manifest(vid)))
-            done["vectors"] += 1
-            if on_vector:
-                on_vector(vid)
         missing = set()
         if len(ids) <= exact_limit:
             missing = {(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]} - stored
+        first = _most_missing(missing) if missing else None
+        pending: list[tuple[VectorStats, "Manifest"]] = []
+        for vid in fresh:
+            if vid != first:  # the first pass computes its x's statistics itself
+                stats[vid] = vector_stats(reg, vid)
+                pending.append((stats[vid], reg.manifest(vid)))
+            done["vectors"] += 1
+            if on_vector:
+                on_vector(vid)
         if not missing and pending:
             with reg.catalog.writer() as con:
                 for s, m in pending:
@@ -322,13 +338,12 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
         while missing:
             # the vector in most missing pairs goes first: a new vector is read once, each
             # stored vector once
-            count: dict[str, int] = {}
-            for a, b in missing:
-                count[a] = count.get(a, 0) + 1
-                count[b] = count.get(b, 0) + 1
-            x = min(count, key=lambda v: (-count[v], v))
+            x = _most_missing(missing)
             partners = sorted(b if a == x else a for a, b in missing if x in (a, b))
+            computed_x = x not in stats
             totals = pair_pass(reg, x, partners, stats)
+            if computed_x:
+                pending.append((stats[x], reg.manifest(x)))
             with reg.catalog.writer() as con:
                 for s, m in pending:  # the new vectors' statistics go in with their first pairs
                     _store_stats(con, s, m)
@@ -337,6 +352,14 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
             missing -= {tuple(sorted((x, p))) for p in partners}
             done["pairs"] += len(partners)
     return done
+
+
+def _most_missing(missing: set[tuple[str, str]]) -> str:
+    count: dict[str, int] = {}
+    for a, b in missing:
+        count[a] = count.get(a, 0) + 1
+        count[b] = count.get(b, 0) + 1
+    return min(count, key=lambda v: (-count[v], v))
 
 
 def forget(con, vector_ids: list[str]) -> None:
