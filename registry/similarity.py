@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manifest import Manifest, TensorEntry
@@ -405,6 +405,9 @@ def similar(reg: "Registry", ref: str, k: int = 10) -> list[dict[str, Any]]:
         raise InvalidInput(f"invalid --top {k!r}: a positive integer")
     record, vid = reg.resolve_ref(ref)
     m = reg.manifest(vid)
+    if not reg.catalog.rows("SELECT 1 FROM vector_stats WHERE vector_id = ?", [vid]):
+        raise NotFound(f"no similarities computed for {record.ref if record else vid[:12]} "
+                       "yet; run `tvreg similarities`")
     rows = reg.catalog.rows(
         "SELECT v.name, v.version, v.vector_id, s.cosine, s.sign_conflict_rate, s.dot "
         "FROM versions v LEFT JOIN similarities s ON "

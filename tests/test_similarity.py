@@ -169,6 +169,8 @@ def test_no_similarities_on_create_then_update(zoo, tmp_path):
     for task in zoo.finetuned:
         reg.create(task, zoo.base, zoo.finetuned[task], similarities=False)
     assert not reg.sql("SELECT * FROM similarities") and not reg.sql("SELECT * FROM vector_stats")
+    with pytest.raises(NotFound, match="tvreg similarities"):
+        reg.similar("topic")
     assert reg.update_similarities(["topic"]) == {"vectors": 3, "pairs": 3}
     assert len(reg.sql("SELECT * FROM similarities")) == 3
 
