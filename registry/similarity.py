@@ -398,46 +398,51 @@ def _sketches(reg: "Registry", ids: list[str]) -> dict[str, tuple[float, np.ndar
     return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
 
 
+_SIMILAR_SQL = """
+WITH exact AS (
+    SELECT CASE WHEN vector_a = $vid THEN vector_b ELSE vector_a END AS vector_id,
+           cosine, sign_conflict_rate, true AS exact
+    FROM similarities WHERE vector_a = $vid OR vector_b = $vid
+), query AS (
+    SELECT sketch, norm FROM vector_stats WHERE vector_id = $vid
+), estimated AS (
+    SELECT s.vector_id,
+           greatest(-1.0, least(1.0, array_inner_product(s.sketch, q.sketch) / (s.norm * q.norm)))
+               AS cosine,
+           NULL::DOUBLE AS sign_conflict_rate, false AS exact
+    FROM vector_stats s, query q
+    WHERE s.base_hash = $base AND s.arch_fingerprint = $arch AND s.vector_id <> $vid
+      AND s.norm > 0 AND q.norm > 0
+      AND s.vector_id NOT IN (SELECT vector_id FROM exact)
+), candidates AS (
+    SELECT * FROM exact UNION ALL SELECT * FROM estimated
+)
+SELECT v.name, v.version, v.vector_id, c.cosine, c.sign_conflict_rate,
+       coalesce(c.exact, false) AS exact
+FROM versions v LEFT JOIN candidates c USING (vector_id)
+WHERE v.base_hash = $base AND v.arch_fingerprint = $arch AND v.vector_id <> $vid
+ORDER BY c.cosine DESC NULLS LAST, v.name, v.version
+LIMIT $k
+"""
+
+
 def similar(reg: "Registry", ref: str, k: int = 10) -> list[dict[str, Any]]:
     """The versions most similar to ``ref`` among those of its base, best first: exact cosines
-    where the pair is stored, sketch estimates otherwise (``exact`` says which)."""
+    where the pair is stored, sketch estimates otherwise (``exact`` says which). One query:
+    DuckDB ranks the sketch estimates itself."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput(f"invalid --top {k!r}: a positive integer")
     record, vid = reg.resolve_ref(ref)
     m = reg.manifest(vid)
-    if not reg.catalog.rows("SELECT 1 FROM vector_stats WHERE vector_id = ?", [vid]):
-        raise NotFound(f"no similarities computed for {record.ref if record else vid[:12]} "
-                       "yet; run `tvreg similarities`")
-    rows = reg.catalog.rows(
-        "SELECT v.name, v.version, v.vector_id, s.cosine, s.sign_conflict_rate, s.dot "
-        "FROM versions v LEFT JOIN similarities s ON "
-        "  (s.vector_a = ? AND s.vector_b = v.vector_id) OR (s.vector_b = ? AND s.vector_a = v.vector_id) "
-        "WHERE v.base_hash = ? AND v.arch_fingerprint = ? AND v.vector_id <> ?",
-        [vid, vid, m.base_hash, m.arch_fingerprint, vid])
-    exact_ids = {r["vector_b"] if r["vector_a"] == vid else r["vector_a"]
-                 for r in reg.catalog.rows("SELECT vector_a, vector_b FROM similarities "
-                                           "WHERE vector_a = ? OR vector_b = ?", [vid, vid])}
-    estimate_ids = sorted({r["vector_id"] for r in rows} - exact_ids)
-    estimates: dict[str, float | None] = {}
-    if estimate_ids:
-        sk = _sketches(reg, [vid, *estimate_ids])
-        if vid in sk:
-            n0, s0 = sk[vid]
-            for other in estimate_ids:
-                if other in sk:
-                    n1, s1 = sk[other]
-                    estimates[other] = _cosine(float(s0 @ s1), n0, n1)
-    out = []
-    for r in rows:
-        exact = r["vector_id"] in exact_ids
-        cosine = r["cosine"] if exact else estimates.get(r["vector_id"])
-        out.append({"ref": f"{r['name']}@{r['version']}", "name": r["name"],
-                    "version": r["version"], "vector_id": r["vector_id"],
-                    "cosine": _finite(cosine),
-                    "sign_conflict_rate": _finite(r["sign_conflict_rate"]) if exact else None,
-                    "exact": exact})
-    out.sort(key=lambda row: (row["cosine"] is None, -(row["cosine"] or 0.0), row["ref"]))
-    return out[:k]
+    with reg.catalog.reader() as con:
+        if not con.execute("SELECT 1 FROM vector_stats WHERE vector_id = ?", [vid]).fetchall():
+            raise NotFound(f"no similarities computed for {record.ref if record else vid[:12]} "
+                           "yet; run `tvreg similarities`")
+        rows = con.execute(_SIMILAR_SQL, {"vid": vid, "base": m.base_hash,
+                                          "arch": m.arch_fingerprint, "k": k}).fetchall()
+    return [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
+             "cosine": _finite(cosine), "sign_conflict_rate": _finite(rate), "exact": bool(exact)}
+            for name, version, other, cosine, rate, exact in rows]
 
 
 def _finite(x: float | None) -> float | None:
