@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import click
 
 from .options import json_option, parse_meta
-from .output import emit_json, human_bytes, message
+from .output import emit_json, human_bytes, message, warnings_to_stderr
 
 METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 
@@ -43,27 +40,18 @@ def _resolve(reg, expression, kw):
                        allow_base_mismatch=kw["allow_base_mismatch"])
 
 
-@contextlib.contextmanager
-def _warnings_to_stderr():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                message(f"tvreg: warning: {w.message}")
-
-
 @click.command()
 @click.argument("expression")
 @click.option("-o", "--output", metavar="F.safetensors", help="Write the composed vector here.")
 @click.option("--save", "save_as", metavar="NAME", help="Store it as a new version of NAME.")
 @click.option("--task", help="Task label of the saved version.")
 @click.option("--meta", multiple=True, metavar="K=V", help="Free metadata of the saved version.")
+@click.option("--no-similarities", is_flag=True,
+              help="With --save: skip computing its similarities (`tvreg similarities` later).")
 @merge_options
 @json_option
 @click.pass_obj
-def compose(reg, expression, output, save_as, task, meta, as_json, **kw):
+def compose(reg, expression, output, save_as, task, meta, no_similarities, as_json, **kw):
     """Compose stored vectors: EXPRESSION like '0.5*sentiment + topic@2 - toxicity@prod'."""
     from tvreg.apply import check_output_path
     from tvreg.errors import InvalidInput
@@ -73,13 +61,14 @@ def compose(reg, expression, output, save_as, task, meta, as_json, **kw):
     if output:
         check_output_path(output)
     meta_values = parse_meta(meta)
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
         message(f"composing {comp.expression} ({kw['method']}, lambda {comp.lam:g}, "
                 f"{len(comp.operands)} vector(s), {len(comp.entries)} tensor(s))")
         result = None
         if save_as:
-            result = reg.save_composition(save_as, comp, task=task, meta=meta_values)
+            result = reg.save_composition(save_as, comp, task=task, meta=meta_values,
+                                          similarities=not no_similarities)
             state = "saved" if result.created else "unchanged: already stored as"
             message(f"{state} {result.ref} (vector {result.record.vector_id[:12]})")
         if output:
@@ -103,7 +92,7 @@ def compose(reg, expression, output, save_as, task, meta, as_json, **kw):
 @click.pass_obj
 def apply(reg, expression, base, output, dtype, **kw):
     """Write base + composed vector as model weights (same keys as the base)."""
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
         n = reg.apply(comp, base, output, dtype=dtype,
                       allow_base_mismatch=kw["allow_base_mismatch"])

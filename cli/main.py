@@ -46,9 +46,9 @@ def cli(ctx: click.Context, registry_path: str | None) -> None:
 
 
 def _register() -> None:
-    from . import compose, maintenance, query, vectors
+    from . import compose, maintenance, query, similar, vectors
 
-    for module in (vectors, compose, query, maintenance):
+    for module in (vectors, compose, query, similar, maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)
 

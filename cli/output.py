@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import warnings
 from typing import Any, Iterable, Sequence
 
 import click
@@ -72,3 +74,15 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     click.echo(line(columns))
     for r in text:
         click.echo(line(r))
+
+
+@contextlib.contextmanager
+def warnings_to_stderr():
+    """Warnings raised inside print as one `tvreg: warning: …` line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                message(f"tvreg: warning: {w.message}")

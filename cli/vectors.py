@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import json_option, parse_meta
-from .output import emit_json, human_bytes, message, table
+from .output import emit_json, human_bytes, message, table, warnings_to_stderr
 
 
 def _ratio(raw: int, stored: int) -> str:
@@ -22,16 +22,22 @@ def _ratio(raw: int, stored: int) -> str:
 @click.option("--steps", type=int, help="Training steps.")
 @click.option("--meta", multiple=True, metavar="K=V", help="Free metadata (repeatable).")
 @click.option("--allow-nonfinite", is_flag=True, help="Store NaN/Inf values instead of refusing.")
+@click.option("--no-similarities", is_flag=True,
+              help="Skip computing similarities with the stored vectors (`tvreg similarities` "
+                   "does it later).")
 @json_option
 @click.pass_obj
-def create(reg, name, base, finetuned, task, dataset, lr, steps, meta, allow_nonfinite, as_json):
+def create(reg, name, base, finetuned, task, dataset, lr, steps, meta, allow_nonfinite,
+           no_similarities, as_json):
     """Store the task vector FINETUNED − BASE as a new version of NAME.
 
     P is a .safetensors file, a folder of safetensors shards with its index JSON, or a PyTorch
     state dict (.pt/.bin, loaded with weights_only=True).
     """
-    result = reg.create(name, base, finetuned, task=task, dataset=dataset, lr=lr, steps=steps,
-                        meta=parse_meta(meta), allow_nonfinite=allow_nonfinite)
+    with warnings_to_stderr():
+        result = reg.create(name, base, finetuned, task=task, dataset=dataset, lr=lr,
+                            steps=steps, meta=parse_meta(meta), allow_nonfinite=allow_nonfinite,
+                            similarities=not no_similarities)
     m, rec = result.manifest, result.record
     if result.created:
         message(f"created {rec.ref}: vector {rec.vector_id[:12]}, {m.n_params:,} params, "

@@ -5,8 +5,9 @@
 3. lists, tags, shows, logs and queries them with SQL;
 4. exports a vector, checks it equals fine-tuned − base bit for bit, and shows that
    base + exported vector has the fine-tuned model's accuracy;
-5. composes two vectors into a saved multi-task vector (with its recipe) and applies it;
-6. verifies every stored byte.
+5. shows how the vectors relate: cosines and sign conflicts computed when they were stored;
+6. composes two vectors into a saved multi-task vector (with its recipe) and applies it;
+7. verifies every stored byte.
 
 Run with `make demo` (or `python examples/demo.py [--workdir DIR]`). Every command it runs is
 printed before its output, so it doubles as a tour of the CLI.
@@ -108,7 +109,15 @@ def main() -> None:
     if not exact:
         raise SystemExit("demo failed: exported vector differs")
 
-    print("\n== 5. compose: one model good at two tasks (task arithmetic), with lineage")
+    print("\n== 5. how the vectors relate: cosines and sign conflicts, computed on insert")
+    run("similar", "sentiment@prod", env=env)
+    run("similar", "--matrix", env=env)
+    run("sql", "SELECT name, other_name, round(cosine, 4) AS cosine, "
+        "round(sign_conflict_rate, 3) AS sign_conflicts FROM similar_versions "
+        "WHERE name < other_name AND version = 1 AND other_version = 1 ORDER BY cosine DESC",
+        env=env)
+
+    print("\n== 6. compose: one model good at two tasks (task arithmetic), with lineage")
     run("compose", "sentiment@prod + topic", "--save", "multi", "--task", "sentiment+topic",
         env=env)
     run("sql", "SELECT name, version, recipe->>'expression' AS expression, "
@@ -123,7 +132,7 @@ def main() -> None:
               f"{accuracy(models[task], task):.3f}, base + 0.8·(τ_sentiment + τ_topic) "
               f"{accuracy(merged, task):.3f}")
 
-    print("\n== 6. verify every stored byte")
+    print("\n== 7. verify every stored byte")
     run("verify", env=env)
     print(f"\ndone in {time.perf_counter() - t0:.1f}s; registry at {registry} "
           f"(try: TVREG_HOME={registry} tvreg ls)")

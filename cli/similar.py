@@ -1,0 +1,98 @@
+"""Similarities: `tvreg similar` (ranking, matrix, heatmap) and `tvreg similarities` (upkeep)."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from tvreg import progress
+from tvreg.errors import InvalidInput
+
+from .options import json_option
+from .output import emit_json, message, table
+
+
+def _number(v: float | None, digits: int) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+@click.command()
+@click.argument("refs", nargs=-1, metavar="REF | --matrix [REF...]")
+@click.option("--top", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many versions to list.")
+@click.option("--matrix", is_flag=True, help="Cosines between REFs (default: the newest "
+                                             "version of every name) as a matrix.")
+@click.option("--plot", "plot_path", metavar="PNG", type=click.Path(dir_okay=False),
+              help="With --matrix: also draw it as a heatmap (needs matplotlib).")
+@json_option
+@click.pass_obj
+def similar(reg, refs, k, matrix, plot_path, as_json):
+    """Versions most similar to REF (cosine of the task vectors, sign-conflict rate).
+
+    Values were computed when the vectors were stored (docs/similarity.md); `~` marks a cosine
+    estimated from sketches (bases with very many vectors).
+    """
+    if plot_path and not matrix:
+        raise InvalidInput("--plot needs --matrix")
+    if matrix:
+        _matrix(reg, list(refs) or None, plot_path, as_json)
+        return
+    if len(refs) != 1:
+        raise InvalidInput(f"give one REF (got {len(refs)}), or --matrix [REF...]")
+    rows = reg.similar(refs[0], k)
+    if as_json:
+        emit_json(rows)
+        return
+    table(["ref", "vector", "cosine", "sign_conflicts"],
+          [(r["ref"], r["vector_id"][:12],
+            ("" if r["exact"] or r["cosine"] is None else "~") + _number(r["cosine"], 6),
+            _number(r["sign_conflict_rate"], 3)) for r in rows])
+    if any(not r["exact"] for r in rows):
+        message("~: estimated from sketches (no exact value stored for that pair)")
+
+
+def _matrix(reg, refs, plot_path, as_json) -> None:
+    if plot_path:
+        _require_matplotlib()
+    m = reg.similarity_matrix(refs)
+    for s in m.skipped:
+        message(f"skipped {s['ref']}: {s['reason']}")
+    if as_json:
+        emit_json(m.to_json())
+    else:
+        table(["", *m.labels], [(label, *(_number(v, 3) for v in row))
+                                for label, row in zip(m.labels, m.values)])
+    if plot_path:
+        from tvreg.plot import heatmap
+
+        heatmap(m, plot_path)
+        message(f"wrote {plot_path}")
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InvalidInput("--plot needs matplotlib: pip install 'tvreg[plot]'") from None
+
+
+@click.command()
+@click.argument("refs", nargs=-1, metavar="[REF...]")
+@click.option("--rebuild", is_flag=True, help="Recompute everything, not only what is missing.")
+@json_option
+@click.pass_obj
+def similarities(reg, refs, rebuild, as_json):
+    """Compute missing similarity statistics and pairs (for the bases of REFs, default all)."""
+    if rebuild and refs:
+        raise InvalidInput("--rebuild recomputes every base; give no REF")
+    with progress.bar(None, "similarities", unit="vector") as bar:
+        tick = lambda _vid: bar.update(1)  # noqa: E731
+        counts = (reg.rebuild_similarities(on_vector=tick) if rebuild
+                  else reg.update_similarities(list(refs) or None, on_vector=tick))
+    if as_json:
+        emit_json(counts)
+    message(f"computed statistics of {counts['vectors']} vector(s) and {counts['pairs']} pair(s)")
+
+
+COMMANDS = [similar, similarities]

@@ -1,0 +1,113 @@
+"""`tvreg similar` and `tvreg similarities` on real registries."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import tvreg
+from tvreg.cli.main import cli
+from tvreg.testing import make_toy_zoo
+
+
+@pytest.fixture
+def run(reg_path):
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, ["--registry", str(reg_path), *args], catch_exceptions=False)
+        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def three(run, zoo, reg_path):
+    for task in ("sentiment", "topic", "toxicity"):
+        run("create", task, "--base", str(zoo.base), "--finetuned", str(zoo.finetuned[task]))
+    return reg_path
+
+
+def test_similar_table_and_json_match_the_library(run, three):
+    with tvreg.open(three) as reg:
+        want = reg.similar("topic", k=10)
+    rows = json.loads(run("similar", "topic", "--json").stdout)
+    assert rows == want and len(rows) == 2
+    text = run("similar", "topic").stdout.splitlines()
+    assert text[0].split() == ["ref", "vector", "cosine", "sign_conflicts"]
+    assert [line.split()[0] for line in text[1:]] == [r["ref"] for r in want]
+    assert text[1].split()[2] == f"{want[0]['cosine']:.6f}"
+    assert len(json.loads(run("similar", "topic", "--top", "1", "--json").stdout)) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("similar", "topic", "--top", "0"), "--top"),
+    (("similar", "nope"), "nope"),
+    (("similar",), "give one REF"),
+    (("similar", "topic", "sentiment"), "give one REF"),
+    (("similar", "topic", "--plot", "x.png"), "--plot needs --matrix"),
+    (("similarities", "topic", "--rebuild"), "give no REF"),
+])
+def test_bad_input_exits_2(run, three, args, needle):
+    r = run(*args, code=2)
+    assert needle in r.stderr
+
+
+def test_matrix_table_json_and_skipped_refs(run, three, tmp_path):
+    data = json.loads(run("similar", "--matrix", "--json").stdout)
+    assert data["labels"] == ["sentiment@1", "topic@1", "toxicity@1"]
+    assert data["matrix"][0][0] == 1.0 and data["matrix"][0][1] == data["matrix"][1][0]
+    table = run("similar", "--matrix", "topic", "sentiment").stdout.splitlines()
+    assert table[0].split() == ["topic@1", "sentiment@1"]
+    other = make_toy_zoo(tmp_path / "other", tasks=("topic",), seed=1)
+    run("create", "other", "--base", str(other.base), "--finetuned", str(other.finetuned["topic"]))
+    r = run("similar", "--matrix", "topic", "other", "sentiment")
+    assert "skipped other@1: another base model than topic@1" in r.stderr
+    assert "other@1" not in r.stdout
+    r = run("similar", "--matrix", code=2)  # newest of every name spans two bases
+    assert "2 bases" in r.stderr
+
+
+def test_matrix_plot_writes_a_png(run, three, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    out = tmp_path / "heat.png"
+    r = run("similar", "--matrix", "--plot", str(out))
+    assert f"wrote {out}" in r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(str(out))
+    assert img.ndim == 3 and img.shape[0] >= 200 and img.shape[1] >= 200
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(run, three, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    r = run("similar", "--matrix", "--plot", str(tmp_path / "x.png"), code=2)
+    assert "pip install 'tvreg[plot]'" in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_no_similarities_then_similarities_and_rebuild(run, zoo):
+    for task in ("sentiment", "topic"):
+        run("create", task, "--base", str(zoo.base), "--finetuned", str(zoo.finetuned[task]),
+            "--no-similarities")
+    assert json.loads(run("sql", "SELECT count(*) AS n FROM similarities", "--json").stdout)[0]["n"] == 0
+    r = run("similar", "topic", code=2)
+    assert "tvreg similarities" in r.stderr
+    counts = json.loads(run("similarities", "--json").stdout)
+    assert counts == {"vectors": 2, "pairs": 1}
+    assert json.loads(run("similarities", "--json").stdout) == {"vectors": 0, "pairs": 0}
+    r = run("similarities", "--rebuild")
+    assert "2 vector(s) and 1 pair(s)" in r.stderr
+    assert len(json.loads(run("similar", "topic", "--json").stdout)) == 1
