@@ -295,7 +295,17 @@ def _synthesize(reg, vid: str, size: int, seed: float = 0.42) -> float:
         con.execute("INSERT INTO vector_stats SELECT vid, ?, ?, "
                     "sqrt(list_sum(list_transform(sketch::FLOAT[], lambda x: x::DOUBLE * x))), "
                     "1000000, 200000, sketch, now()::TIMESTAMP FROM syn", keys)
+        got = con.execute("SELECT s.vid, v.norm, s.sketch FROM syn s JOIN vector_stats v "
+                          "ON v.vector_id = s.vid ORDER BY s.i").fetchnumpy()
         con.execute("DROP TABLE syn")
+    # the base's sketch file, as update_similarities appends to it after each commit
+    import numpy as np
+
+    from tvreg import sketch_index
+
+    sketch_index.append(reg.root, *keys, [(v, float(n), np.asarray(sk, dtype=np.float32))
+                                          for v, n, sk in zip(got["vid"], got["norm"],
+                                                              got["sketch"])])
     return time.perf_counter() - t0
 
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
+from . import sketch_index
 from .errors import InvalidInput, NotFound
+from .sketch_index import SKETCH_DIM
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manifest import Manifest, TensorEntry
     from .registry import Registry
 
-#: dimensions of the per-vector CountSketch (a format constant: sketches of any registry compare)
-SKETCH_DIM = 4096
 _SKETCH_BITS = 12  # log2(SKETCH_DIM)
 #: a parameter is material in a tensor if |value| is in the top this fraction of the tensor
 MATERIAL_FRACTION = 0.2
@@ -335,6 +335,7 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
             with reg.catalog.writer() as con:
                 for s, m in pending:
                     _store_stats(con, s, m)
+            _index_sketches(reg, pending)
         while missing:
             # the vector in most missing pairs goes first: a new vector is read once, each
             # stored vector once
@@ -348,10 +349,25 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
                 for s, m in pending:  # the new vectors' statistics go in with their first pairs
                     _store_stats(con, s, m)
                 _store_pairs(con, x, totals, stats)
+            _index_sketches(reg, pending)
             pending = []
             missing -= {tuple(sorted((x, p))) for p in partners}
             done["pairs"] += len(partners)
     return done
+
+
+def _index_sketches(reg: "Registry", stored: list[tuple[VectorStats, "Manifest"]]) -> None:
+    """Append committed sketches to their base's sketch file (a cache: failures are ignored,
+    queries then read the catalog)."""
+    by_base: dict[tuple[str, str], list] = {}
+    for s, m in stored:
+        by_base.setdefault((m.base_hash, m.arch_fingerprint), []).append(
+            (s.vector_id, s.norm, s.sketch))
+    for (base, arch), rows in by_base.items():
+        try:
+            sketch_index.append(reg.root, base, arch, rows)
+        except OSError:
+            pass
 
 
 def _most_missing(missing: set[tuple[str, str]]) -> str:
@@ -372,6 +388,7 @@ def forget(con, vector_ids: list[str]) -> None:
 
 
 def clear(reg: "Registry") -> None:
+    sketch_index.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
             con.execute(f"DELETE FROM {table}")
@@ -398,51 +415,77 @@ def _sketches(reg: "Registry", ids: list[str]) -> dict[str, tuple[float, np.ndar
     return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
 
 
-_SIMILAR_SQL = """
-WITH exact AS (
-    SELECT CASE WHEN vector_a = $vid THEN vector_b ELSE vector_a END AS vector_id,
-           cosine, sign_conflict_rate, true AS exact
-    FROM similarities WHERE vector_a = $vid OR vector_b = $vid
-), query AS (
-    SELECT sketch, norm FROM vector_stats WHERE vector_id = $vid
-), estimated AS (
-    SELECT s.vector_id,
-           greatest(-1.0, least(1.0, array_inner_product(s.sketch, q.sketch) / (s.norm * q.norm)))
-               AS cosine,
-           NULL::DOUBLE AS sign_conflict_rate, false AS exact
-    FROM vector_stats s, query q
-    WHERE s.base_hash = $base AND s.arch_fingerprint = $arch AND s.vector_id <> $vid
-      AND s.norm > 0 AND q.norm > 0
-      AND s.vector_id NOT IN (SELECT vector_id FROM exact)
-), candidates AS (
-    SELECT * FROM exact UNION ALL SELECT * FROM estimated
-)
-SELECT v.name, v.version, v.vector_id, c.cosine, c.sign_conflict_rate,
-       coalesce(c.exact, false) AS exact
-FROM versions v LEFT JOIN candidates c USING (vector_id)
-WHERE v.base_hash = $base AND v.arch_fingerprint = $arch AND v.vector_id <> $vid
-ORDER BY c.cosine DESC NULLS LAST, v.name, v.version
-LIMIT $k
-"""
-
-
 def similar(reg: "Registry", ref: str, k: int = 10) -> list[dict[str, Any]]:
     """The versions most similar to ``ref`` among those of its base, best first: exact cosines
-    where the pair is stored, sketch estimates otherwise (``exact`` says which). One query:
-    DuckDB ranks the sketch estimates itself."""
+    where the pair is stored, sketch estimates otherwise (``exact`` says which). Estimates are
+    ranked from the base's sketch file (milliseconds for 10,000 vectors), or from the catalog
+    for vectors the file lacks."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput(f"invalid --top {k!r}: a positive integer")
     record, vid = reg.resolve_ref(ref)
     m = reg.manifest(vid)
+    base, arch = m.base_hash, m.arch_fingerprint
     with reg.catalog.reader() as con:
-        if not con.execute("SELECT 1 FROM vector_stats WHERE vector_id = ?", [vid]).fetchall():
+        row = con.execute("SELECT norm FROM vector_stats WHERE vector_id = ?", [vid]).fetchone()
+        if row is None:
             raise NotFound(f"no similarities computed for {record.ref if record else vid[:12]} "
                            "yet; run `tvreg similarities`")
-        rows = con.execute(_SIMILAR_SQL, {"vid": vid, "base": m.base_hash,
-                                          "arch": m.arch_fingerprint, "k": k}).fetchall()
-    return [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
-             "cosine": _finite(cosine), "sign_conflict_rate": _finite(rate), "exact": bool(exact)}
-            for name, version, other, cosine, rate, exact in rows]
+        qnorm = row[0]
+        values: dict[str, tuple[float | None, float | None, bool]] = {
+            other: (cos, rate, True) for other, cos, rate in con.execute(
+                "SELECT CASE WHEN vector_a = $v THEN vector_b ELSE vector_a END, cosine, "
+                "sign_conflict_rate FROM similarities WHERE vector_a = $v OR vector_b = $v",
+                {"v": vid}).fetchall()}
+        others = [r[0] for r in con.execute(
+            "SELECT vector_id FROM vectors WHERE base_hash = ? AND arch_fingerprint = ? "
+            "AND vector_id <> ?", [base, arch, vid]).fetchall()]
+        want = [o for o in others if o not in values]
+        estimates, missing = _estimates_from_file(reg.root, base, arch, vid, qnorm, want)
+        if missing:
+            estimates.update(_estimates_from_catalog(con, vid, missing))
+        for other in want:
+            values[other] = (estimates.get(other), None, False)
+        ranked = sorted(others, key=lambda o: (values[o][0] is None, -(values[o][0] or 0.0), o))
+        top = ranked[:k]  # every vector has at least one version
+        versions = con.execute("SELECT name, version, vector_id FROM versions "
+                               "WHERE vector_id IN (SELECT unnest(?))", [top]).fetchall()
+    rows = [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
+             "cosine": _finite(values[other][0]), "sign_conflict_rate": _finite(values[other][1]),
+             "exact": values[other][2]} for name, version, other in versions]
+    rows.sort(key=lambda r: (r["cosine"] is None, -(r["cosine"] or 0.0), r["name"], r["version"]))
+    return rows[:k]
+
+
+def _estimates_from_file(root: str, base: str, arch: str, vid: str, qnorm: float,
+                         want: list[str]) -> tuple[dict[str, float | None], list[str]]:
+    """Sketch estimates of the cosines of ``vid`` with ``want`` from the base's sketch file,
+    and the ids it has no record of."""
+    table = sketch_index.load(root, base, arch) if want else None
+    if table is None:
+        return {}, want
+    ids = np.array(table["vector_id"])  # plain copies: indexing a memmap per item is slow
+    norms = np.array(table["norm"])
+    where = np.flatnonzero(ids == vid.encode("ascii"))
+    if not where.size:
+        return {}, want
+    query = np.asarray(table["sketch"][where[0]], dtype=np.float32)
+    dots = table["sketch"] @ query  # every record at once: one pass over the mapped file
+    picked = np.flatnonzero(np.isin(ids, np.array(want, dtype="S64")))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.clip(dots[picked].astype(np.float64) / (norms[picked] * qnorm), -1.0, 1.0)
+    defined = (norms[picked] > 0) & (qnorm > 0)
+    out: dict[str, float | None] = {
+        i.decode("ascii"): (float(c) if ok else None)
+        for i, c, ok in zip(ids[picked].tolist(), cos.tolist(), defined.tolist())}
+    return out, [w for w in want if w not in out]
+
+
+def _estimates_from_catalog(con, vid: str, ids: list[str]) -> dict[str, float | None]:
+    rows = con.execute(
+        "SELECT s.vector_id, array_inner_product(s.sketch, q.sketch), s.norm, q.norm "
+        "FROM vector_stats s, (SELECT sketch, norm FROM vector_stats WHERE vector_id = ?) q "
+        "WHERE s.vector_id IN (SELECT unnest(?))", [vid, ids]).fetchall()
+    return {other: _cosine(dot, na, nb) for other, dot, na, nb in rows}
 
 
 def _finite(x: float | None) -> float | None:

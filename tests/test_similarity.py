@@ -244,3 +244,48 @@ def test_sketch_is_linear_and_matches_a_direct_count_sketch():
     check = np.zeros(similarity.SKETCH_DIM)
     similarity.sketch_add(check, "w", sparse)
     assert np.allclose(check, direct, atol=1e-6)
+
+
+# --- the sketch file ---------------------------------------------------------------------------
+
+
+def test_sketch_file_and_catalog_give_the_same_estimates(zoo, tmp_path):
+    import shutil
+
+    from tvreg import sketch_index
+
+    reg = tvreg.open(tmp_path / "r")
+    for task in zoo.finetuned:
+        reg.create(task, zoo.base, zoo.finetuned[task], similarities=False)
+    assert similarity.update(reg, None, exact_limit=0) == {"vectors": 3, "pairs": 0}
+    m = reg.manifest(reg.get("topic").vector_id)
+    table = sketch_index.load(reg.root, m.base_hash, m.arch_fingerprint)
+    assert len(table) == 3 and sorted(table["vector_id"].astype(str)) == sorted(
+        r["vector_id"] for r in reg.sql("SELECT vector_id FROM vector_stats"))
+    from_file = reg.similar("topic")
+    shutil.rmtree(tmp_path / "r" / "sketches")  # a cache: queries fall back to the catalog
+    from_catalog = reg.similar("topic")
+    assert [r["ref"] for r in from_file] == [r["ref"] for r in from_catalog]
+    for a, b in zip(from_file, from_catalog):
+        assert not a["exact"] and abs(a["cosine"] - b["cosine"]) < 1e-5
+    reg.rebuild_similarities()  # exact pairs again; the rebuild rewrites the sketch file
+    assert len(sketch_index.load(reg.root, m.base_hash, m.arch_fingerprint)) == 3
+    assert all(r["exact"] for r in reg.similar("topic"))
+
+
+def test_sketch_file_drops_a_torn_record_before_appending(tmp_path):
+    from tvreg import sketch_index
+
+    rng = np.random.default_rng(1)
+    rows = [(f"{i:064x}", float(i), rng.standard_normal(similarity.SKETCH_DIM)) for i in range(3)]
+    sketch_index.append(str(tmp_path), "b" * 64, "a" * 64, rows[:2])
+    file = sketch_index.path(str(tmp_path), "b" * 64, "a" * 64)
+    with open(file, "ab") as f:  # an append interrupted half-way
+        f.write(b"\x01" * 1000)
+    assert len(sketch_index.load(str(tmp_path), "b" * 64, "a" * 64)) == 2
+    sketch_index.append(str(tmp_path), "b" * 64, "a" * 64, rows[2:])
+    table = sketch_index.load(str(tmp_path), "b" * 64, "a" * 64)
+    assert [v.decode() for v in table["vector_id"]] == [r[0] for r in rows]
+    assert np.allclose(table["sketch"][2], rows[2][2].astype(np.float32))
+    assert table["norm"].tolist() == [0.0, 1.0, 2.0]
+    assert sketch_index.load(str(tmp_path), "c" * 64, "a" * 64) is None
