@@ -17,6 +17,17 @@ def _number(v: float | None, digits: int) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _cosine(v: float | None, exact: bool, digits: int) -> str:
+    """`-` when undefined; `~` before a value estimated from sketches."""
+    text = _number(v, digits)
+    return text if exact or text == "-" else "~" + text
+
+
+def _footnote(estimated: bool) -> None:
+    if estimated:
+        message("~: estimated from sketches (no exact value stored for that pair)")
+
+
 @click.command()
 @click.argument("refs", nargs=-1, metavar="REF | --matrix [REF...]")
 @click.option("--top", "k", type=click.IntRange(min=1), default=10, show_default=True,
@@ -45,11 +56,9 @@ def similar(reg, refs, k, matrix, plot_path, as_json):
         emit_json(rows)
         return
     table(["ref", "vector", "cosine", "sign_conflicts"],
-          [(r["ref"], r["vector_id"][:12],
-            ("" if r["exact"] or r["cosine"] is None else "~") + _number(r["cosine"], 6),
+          [(r["ref"], r["vector_id"][:12], _cosine(r["cosine"], r["exact"], 6),
             _number(r["sign_conflict_rate"], 3)) for r in rows])
-    if any(not r["exact"] for r in rows):
-        message("~: estimated from sketches (no exact value stored for that pair)")
+    _footnote(any(not r["exact"] and r["cosine"] is not None for r in rows))
 
 
 def _matrix(reg, refs, plot_path, as_json) -> None:
@@ -58,16 +67,27 @@ def _matrix(reg, refs, plot_path, as_json) -> None:
     m = reg.similarity_matrix(refs)
     for s in m.skipped:
         message(f"skipped {s['ref']}: {s['reason']}")
+    if plot_path and not m.labels:
+        raise InvalidInput("nothing to plot: no vectors to compare")
     if as_json:
         emit_json(m.to_json())
+    elif not m.labels:
+        message("no vectors to compare")
     else:
-        table(["", *m.labels], [(label, *(_number(v, 3) for v in row))
-                                for label, row in zip(m.labels, m.values)])
+        _matrix_table(m)
     if plot_path:
         from tvreg.plot import heatmap
 
         heatmap(m, plot_path)
         message(f"wrote {plot_path}")
+
+
+def _matrix_table(m) -> None:
+    import numpy as np  # not at import time: every command would pay for it
+
+    table(["", *m.labels], [(label, *(_cosine(v, e, 3) for v, e in zip(row, exact)))
+                            for label, row, exact in zip(m.labels, m.values, m.exact)])
+    _footnote(bool((~m.exact & np.isfinite(m.values)).any()))
 
 
 def _require_matplotlib() -> None:

@@ -14,8 +14,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def heatmap(m: "SimilarityMatrix", path: str | os.PathLike) -> None:
-    """Write ``m`` as a PNG: one square cell per pair, its value written in it, blank where
-    undefined, a diverging colour scale centred on 0 (−1 … 1)."""
+    """Write ``m`` as a PNG: one square cell per pair, its value written in it (``~`` before an
+    estimate from sketches), blank where undefined, a diverging colour scale centred on 0
+    (−1 … 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +35,8 @@ def heatmap(m: "SimilarityMatrix", path: str | os.PathLike) -> None:
             for j in range(n):
                 v = float(m.values[i, j])
                 if math.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    mark = "" if m.exact[i, j] else "~"  # estimated from sketches
+                    ax.text(j, i, f"{mark}{v:.2f}", ha="center", va="center", fontsize=8,
                             color="white" if abs(v) > 0.6 else "black")
         ax.set_title("cosine similarity of task vectors")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

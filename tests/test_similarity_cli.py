@@ -63,6 +63,9 @@ def test_matrix_table_json_and_skipped_refs(run, three, tmp_path):
     assert data["matrix"][0][0] == 1.0 and data["matrix"][0][1] == data["matrix"][1][0]
     table = run("similar", "--matrix", "topic", "sentiment").stdout.splitlines()
     assert table[0].split() == ["topic@1", "sentiment@1"]
+    assert table[1].split() == ["topic@1", "1.000", f"{data['matrix'][1][0]:.3f}"]
+    with tvreg.open(three) as reg:
+        assert data == reg.similarity_matrix().to_json()
     other = make_toy_zoo(tmp_path / "other", tasks=("topic",), seed=1)
     run("create", "other", "--base", str(other.base), "--finetuned", str(other.finetuned["topic"]))
     r = run("similar", "--matrix", "topic", "other", "sentiment")
@@ -81,7 +84,8 @@ def test_matrix_plot_writes_a_png(run, three, tmp_path):
     assert f"wrote {out}" in r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = matplotlib.image.imread(str(out))
-    assert img.ndim == 3 and img.shape[0] >= 200 and img.shape[1] >= 200
+    # 3 labels: a 4.8 x 3.8 inch figure (cells plus the colorbar) at 100 dpi
+    assert img.shape == (380, 480, 4)
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(run, three, tmp_path, monkeypatch):
@@ -111,3 +115,85 @@ def test_no_similarities_then_similarities_and_rebuild(run, zoo):
     r = run("similarities", "--rebuild")
     assert "2 vector(s) and 1 pair(s)" in r.stderr
     assert len(json.loads(run("similar", "topic", "--json").stdout)) == 1
+
+
+def test_rebuild_is_idempotent_and_keeps_the_values(run, three):
+    before = run("similar", "--matrix", "--json").stdout
+    for _ in range(2):
+        counts = json.loads(run("similarities", "--rebuild", "--json").stdout)
+        assert counts == {"vectors": 3, "pairs": 3}
+        assert run("similar", "--matrix", "--json").stdout == before
+    assert json.loads(run("similarities", "--json").stdout) == {"vectors": 0, "pairs": 0}
+
+
+def test_similarities_for_refs_covers_only_their_base(run, zoo, tmp_path):
+    other = make_toy_zoo(tmp_path / "other", tasks=("topic",), seed=1)
+    for task in ("sentiment", "topic"):
+        run("create", task, "--base", str(zoo.base), "--finetuned", str(zoo.finetuned[task]),
+            "--no-similarities")
+    run("create", "other", "--base", str(other.base), "--finetuned", str(other.finetuned["topic"]),
+        "--no-similarities")
+    r = run("similarities", "topic")
+    assert "computed statistics of 2 vector(s) and 1 pair(s)" in r.stderr
+    run("similar", "other", code=2)  # its base was not covered
+    assert json.loads(run("similarities", "--json").stdout) == {"vectors": 1, "pairs": 0}
+    assert json.loads(run("similar", "other", "--json").stdout) == []
+
+
+def test_compose_save_no_similarities(run, three):
+    run("compose", "sentiment + topic", "--save", "multi", "--no-similarities")
+    pairs = "SELECT count(*) AS n FROM similarities"
+    assert json.loads(run("sql", pairs, "--json").stdout)[0]["n"] == 3
+    run("similar", "multi", code=2)
+    assert json.loads(run("similarities", "--json").stdout) == {"vectors": 1, "pairs": 3}
+    rows = json.loads(run("similar", "multi", "--json").stdout)
+    assert [r["ref"] for r in rows][:2] in (["sentiment@1", "topic@1"], ["topic@1", "sentiment@1"])
+    run("compose", "sentiment - topic", "--save", "diff")  # computed on save by default
+    assert json.loads(run("sql", pairs, "--json").stdout)[0]["n"] == 10
+
+
+def test_undefined_values_print_as_dash_and_null(run, zoo):
+    run("create", "sentiment", "--base", str(zoo.base),
+        "--finetuned", str(zoo.finetuned["sentiment"]))
+    run("create", "zero", "--base", str(zoo.base), "--finetuned", str(zoo.base))  # a zero vector
+    assert run("similar", "zero").stdout.splitlines()[1].split()[2:] == ["-", "-"]
+    rows = json.loads(run("similar", "zero", "--json").stdout)
+    assert rows[0]["cosine"] is None and rows[0]["sign_conflict_rate"] is None
+    table = run("similar", "--matrix").stdout.splitlines()
+    assert table[1].split() == ["sentiment@1", "1.000", "-"]
+    assert table[2].split() == ["zero@1", "-", "-"]
+    data = json.loads(run("similar", "--matrix", "--json").stdout)
+    assert data["matrix"][0][1] is None and data["matrix"][1][1] is None
+
+
+def test_estimates_are_marked(run, zoo, reg_path):
+    for task in ("sentiment", "topic", "toxicity"):
+        run("create", task, "--base", str(zoo.base), "--finetuned", str(zoo.finetuned[task]),
+            "--no-similarities")
+    from tvreg import similarity
+
+    with tvreg.open(reg_path) as reg:  # statistics and sketches only, no exact pair
+        assert similarity.update(reg, exact_limit=1) == {"vectors": 3, "pairs": 0}
+        want = reg.similar("topic")
+    assert want and not any(r["exact"] for r in want)
+    r = run("similar", "topic")
+    assert [line.split()[2] for line in r.stdout.splitlines()[1:]] == [
+        f"~{w['cosine']:.6f}" for w in want]
+    assert "~: estimated from sketches" in r.stderr
+    first_row = json.loads(run("similar", "--matrix", "--json").stdout)["matrix"][0]
+    r = run("similar", "--matrix")
+    assert r.stdout.splitlines()[1].split()[1:] == ["1.000", *(f"~{v:.3f}" for v in first_row[1:])]
+    assert "~: estimated from sketches" in r.stderr
+    # a base this small is within the exact limit: `tvreg similarities` computes the pairs
+    assert json.loads(run("similarities", "--json").stdout) == {"vectors": 0, "pairs": 3}
+    r = run("similar", "topic")
+    assert "~" not in r.stdout and "estimated" not in r.stderr
+
+
+def test_empty_registry_matrix(run, tmp_path):
+    run("init")
+    r = run("similar", "--matrix")
+    assert r.stdout == "" and "no vectors to compare" in r.stderr
+    assert json.loads(run("similar", "--matrix", "--json").stdout)["labels"] == []
+    r = run("similar", "--matrix", "--plot", str(tmp_path / "e.png"), code=2)
+    assert "nothing to plot" in r.stderr and not (tmp_path / "e.png").exists()
