@@ -226,6 +226,68 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
     return totals
 
 
+#: the all-pairs pass holds one tensor of every vector of a base (plus its material positions)
+ALL_PAIRS_BYTES = 1 << 30
+
+
+def _fits_all_pairs(reg: "Registry", ids: list[str]) -> bool:
+    largest = max(e.nbytes for e in reg.manifest(ids[0]).tensors) if ids else 0
+    return len(ids) * largest * 3 <= ALL_PAIRS_BYTES
+
+
+def all_pairs_pass(reg: "Registry", ids: list[str], pairs: set[tuple[str, str]],
+                   stats: dict[str, VectorStats]) -> dict[tuple[str, str], _PairTotals]:
+    """The ``pairs`` among ``ids`` (and the statistics of those of ``ids`` not in ``stats``,
+    added to it), one tensor name at a time: each vector's tensor is decoded once and compared
+    with every other's, on the operand pool. The same numbers as :func:`pair_pass`."""
+    pool = reg.executor("operands")
+    manifests = {v: reg.manifest(v) for v in ids}
+    own = {v: VectorStats(v, 0.0, manifests[v].n_params, 0, np.zeros(SKETCH_DIM))
+           for v in ids if v not in stats}
+    order = sorted(pairs)
+    totals = {p: _PairTotals() for p in order}
+    involved = sorted({v for p in pairs for v in p} | set(own))
+    for entry in manifests[ids[0]].tensors:
+        name = entry.name
+
+        def prepare(v: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+            values = _flat(reg.load_tensor(manifests[v].tensor(name)))
+            if v in own:
+                threshold = material_threshold(values)
+                own[v].tensors[name] = TensorStats(
+                    name, math.sqrt(_dot(values, values)), threshold,
+                    int(np.count_nonzero(_material(values, threshold))))
+                sketch_add(own[v].sketch, name, values)
+            else:
+                threshold = stats[v].tensors[name].threshold
+            where = np.flatnonzero(_material(values, threshold))
+            return values, threshold, where, values[where] < 0
+
+        prepared = dict(zip(involved, pool.map(prepare, involved)))
+
+        def compare(pair: tuple[str, str]) -> tuple[float, int, int]:
+            a, b = pair
+            va, _, where, negative = prepared[a]
+            vb, threshold_b, _, _ = prepared[b]
+            picked = vb[where]
+            material = _material(picked, threshold_b)
+            return (_dot(va, vb), int(np.count_nonzero(material)),
+                    int(np.count_nonzero(material & ((picked < 0) != negative))))
+
+        for pair, (dot, both, conflicts) in zip(order, pool.map(compare, order)):
+            t = totals[pair]
+            t.dot += dot
+            t.both += both
+            t.conflicts += conflicts
+            t.tensors.append((name, dot, both, conflicts))
+        del prepared
+    for v, st in own.items():
+        st.norm = math.sqrt(math.fsum(t.norm ** 2 for t in st.tensors.values()))
+        st.n_material = sum(t.n_material for t in st.tensors.values())
+        stats[v] = st
+    return totals
+
+
 # --- catalog -----------------------------------------------------------------------------------
 
 
@@ -266,14 +328,14 @@ def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
     return out
 
 
-def _store_pairs(con, x: str, totals: dict[str, _PairTotals],
+def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
                  stats: dict[str, VectorStats]) -> None:
+    """Rows of pairs keyed ``(a, b)`` with ``a < b``."""
     from .catalog import _insert_rows
 
     now = _now()
     rows, tensor_rows = [], []
-    for partner, t in totals.items():
-        a, b = sorted((x, partner))
+    for (a, b), t in totals.items():
         na, nb = stats[a].norm, stats[b].norm
         con.execute("DELETE FROM similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
         con.execute("DELETE FROM tensor_similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
@@ -322,6 +384,23 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
         missing = set()
         if len(ids) <= exact_limit:
             missing = {(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]} - stored
+        if len(missing) > len(ids) - 1 and _fits_all_pairs(reg, ids):
+            # many vectors' pairs (a rebuild, an import): one tensor name of every vector at a
+            # time, so each vector is read once, instead of a pass per vector
+            first_stats = dict(stats)
+            totals = all_pairs_pass(reg, ids, missing, stats)
+            pending = [(stats[v], reg.manifest(v)) for v in ids if v not in first_stats]
+            with reg.catalog.writer() as con:
+                for st, m in pending:
+                    _store_stats(con, st, m)
+                _store_pairs(con, totals, stats)
+            _index_sketches(reg, pending)
+            for vid in fresh:
+                done["vectors"] += 1
+                if on_vector:
+                    on_vector(vid)
+            done["pairs"] += len(missing)
+            continue
         first = _most_missing(missing) if missing else None
         pending: list[tuple[VectorStats, "Manifest"]] = []
         for vid in fresh:
@@ -348,7 +427,7 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
             with reg.catalog.writer() as con:
                 for s, m in pending:  # the new vectors' statistics go in with their first pairs
                     _store_stats(con, s, m)
-                _store_pairs(con, x, totals, stats)
+                _store_pairs(con, {tuple(sorted((x, p))): t for p, t in totals.items()}, stats)
             _index_sketches(reg, pending)
             pending = []
             missing -= {tuple(sorted((x, p))) for p in partners}
