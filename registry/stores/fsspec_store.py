@@ -1,0 +1,170 @@
+"""FsspecStore: the store contract over any fsspec filesystem (memory, S3, GCS, Azure, HTTP).
+
+Each key is one object at ``ROOT/KEY``. A value is written with a single put of the whole
+bytes (``pipe_file``), which object stores apply atomically; exclusive create opens the path in
+mode ``"xb"`` (fsspec's exclusive create; s3fs sends a conditional put with ``If-None-Match``).
+A local directory is better served by :class:`~tvreg.stores.LocalStore` (fsync, link(2)).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import posixpath
+from typing import Any, Iterator
+
+from .base import MissingKey, Store, check_key
+
+#: names the store never lists: temporary or hidden entries some tools leave next to objects
+_HIDDEN_PREFIXES = (".", "_$folder$")
+
+
+def _timestamp(info: dict[str, Any]) -> float | None:
+    for field in ("mtime", "LastModified", "last_modified", "created", "updated"):
+        v = info.get(field)
+        if v is None:
+            continue
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, _dt.datetime):
+            return (v if v.tzinfo else v.replace(tzinfo=_dt.timezone.utc)).timestamp()
+        if isinstance(v, str):
+            try:
+                parsed = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)).timestamp()
+    return None
+
+
+class FsspecStore(Store):
+    def __init__(self, fs: Any, root: str, *, writable: bool = True) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.writable = writable
+
+    @classmethod
+    def from_url(cls, url: str, **storage_options: Any) -> "FsspecStore":
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        writable = fs.protocol not in ("http", "https") and not (
+            isinstance(fs.protocol, tuple) and set(fs.protocol) & {"http", "https"})
+        return cls(fs, root, writable=writable)
+
+    def __repr__(self) -> str:
+        return f"<FsspecStore {self.fs.protocol}:{self.root}>"
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            from ..errors import InvalidInput
+
+            raise InvalidInput(f"{self!r} is read-only")
+
+    def _is_file(self, path: str) -> bool:
+        try:
+            return self.fs.isfile(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            if not self._is_file(path):
+                raise FileNotFoundError(path)
+            return bytes(self.fs.cat_file(path))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise MissingKey(f"no such key {key!r} in {self!r}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._is_file(self._path(key))
+
+    def _info(self, key: str) -> dict[str, Any]:
+        path = self._path(key)
+        try:
+            info = self.fs.info(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingKey(f"no such key {key!r} in {self!r}") from None
+        if info.get("type") != "file":
+            raise MissingKey(f"no such key {key!r} in {self!r}")
+        return info
+
+    def size(self, key: str) -> int:
+        return int(self._info(key)["size"])
+
+    def mtime(self, key: str) -> float:
+        t = _timestamp(self._info(key))
+        if t is None:  # a backend that reports no time: the safe side for gc is "just now"
+            import time
+
+            return time.time()
+        return t
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root if not prefix else self._path(prefix)
+        try:
+            found = self.fs.find(base, withdirs=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return iter(())
+        root = self.root.lstrip("/")
+        keys = []
+        for path in found:
+            rel = posixpath.relpath(path.lstrip("/"), root)
+            if rel.startswith("..") or any(part.startswith(_HIDDEN_PREFIXES)
+                                           for part in rel.split("/")):
+                continue
+            if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
+                continue
+            keys.append(rel)
+        return iter(keys)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self._check_writable()
+        self.fs.pipe_file(path, bytes(data))
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        self._check_writable()
+        try:
+            with self.fs.open(path, "xb") as f:
+                f.write(bytes(data))
+        except FileExistsError:
+            return False
+        return True
+
+    def write_file(self, key: str, path: str) -> bool:
+        target = self._path(key)  # validate before consuming the source
+        self._check_writable()
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            return self.write_new(key, data) if target else False
+        finally:
+            os.unlink(path)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        self._check_writable()
+        try:
+            if self._is_file(path):
+                self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def touch(self, key: str) -> None:
+        path = self._path(key)
+        self._check_writable()
+        if not self._is_file(path):
+            raise MissingKey(f"no such key {key!r} in {self!r}")
+        try:
+            self.fs.touch(path, truncate=False)
+        except (NotImplementedError, ValueError, TypeError):
+            self.fs.pipe_file(path, bytes(self.fs.cat_file(path)))  # rewrite: a new time
