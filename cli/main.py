@@ -46,9 +46,9 @@ def cli(ctx: click.Context, registry_path: str | None) -> None:
 
 
 def _register() -> None:
-    from . import compose, maintenance, query, similar, vectors
+    from . import compose, maintenance, query, remote, similar, vectors
 
-    for module in (vectors, compose, query, similar, maintenance):
+    for module in (vectors, compose, query, similar, remote, maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .composition import Composition
+    from .remotes import Remote
     from .similarity import SimilarityMatrix
     from .taskvector import TaskVector
 
@@ -450,6 +451,28 @@ class Registry:
                     for n, t in base_sd.items()}
 
         return search(make, evaluate, grid)
+
+    # --- remotes ---------------------------------------------------------------------------------
+
+    def remotes(self) -> dict[str, "Remote"]:
+        """The named remotes of ``config.json`` (docs/format.md §9)."""
+        from .remotes import load
+
+        self._require()
+        return load(self)
+
+    def add_remote(self, name: str, url: str, options: dict[str, Any] | None = None) -> "Remote":
+        """Add a remote: a URL (a path, ``file://``, ``s3://``, ``memory://``, ``http(s)://``…)
+        and fsspec storage options without credentials."""
+        from .remotes import add
+
+        return add(self, name, url, options)
+
+    def remove_remote(self, name: str) -> "Remote":
+        from .remotes import remove
+
+        self._require()
+        return remove(self, name)
 
     # --- similarities ----------------------------------------------------------------------------
 

@@ -1,0 +1,87 @@
+"""Remote configuration: `tvreg remote add|ls|rm` and `reg.remotes()`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+import tvreg
+from tvreg.cli.main import cli
+from tvreg.errors import InvalidInput, InvalidName, NotFound
+
+
+@pytest.fixture
+def run(reg_path):
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, ["--registry", str(reg_path), *args], catch_exceptions=False)
+        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
+        return result
+
+    return invoke
+
+
+def test_add_ls_rm(run, reg_path, tmp_path):
+    run("remote", "add", "origin", "s3://bucket/team", "--option", "endpoint_url=http://127.0.0.1:9000",
+        "--option", "anon=false")
+    r = run("remote", "add", "web", "https://example.org/registry")
+    assert "read-only" in r.stderr
+    run("remote", "add", "shared", str(tmp_path / "shared"))
+    listed = json.loads(run("remote", "ls", "--json").stdout)
+    assert [x["name"] for x in listed] == ["origin", "shared", "web"]
+    assert listed[0]["options"] == {"endpoint_url": "http://127.0.0.1:9000", "anon": False}
+    assert listed[1]["url"] == f"file://{tmp_path / 'shared'}" and listed[1]["writable"]
+    assert not listed[2]["writable"]
+    table = run("remote", "ls").stdout
+    assert "anon=false endpoint_url=http://127.0.0.1:9000" in table
+    config = json.loads((reg_path / "config.json").read_text())
+    assert set(config["remotes"]) == {"origin", "shared", "web"}
+    assert "removed remote web" in run("remote", "rm", "web").stderr
+    assert "no remote 'web'" in run("remote", "rm", "web", code=2).stderr
+    with tvreg.open(reg_path) as reg:
+        assert set(reg.remotes()) == {"origin", "shared"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("Origin", "s3://b"), "invalid remote name"),
+    (("a b", "s3://b"), "invalid remote name"),
+    (("x", "s3://b", "--option", "secret=abc"), "looks like a credential"),
+    (("x", "s3://b", "--option", "key=abc"), "looks like a credential"),
+    (("x", "s3://b", "--option", "aws_session_token=abc"), "looks like a credential"),
+    (("x", "s3://b", "--option", "novalue"), "expected KEY=VALUE"),
+    (("x", "https://user:pw@host/r"), "must not carry credentials"),
+    (("x", "nope://host/r"), "unknown remote URL scheme"),
+])
+def test_bad_remotes_exit_2_and_change_nothing(run, reg_path, args, needle):
+    run("remote", "add", "origin", "memory://x")
+    before = (reg_path / "config.json").read_bytes()
+    r = run("remote", "add", *args, code=2)
+    assert needle in r.stderr and "\n" not in r.stderr.strip()
+    assert (reg_path / "config.json").read_bytes() == before
+
+
+def test_duplicate_name_is_refused(run):
+    run("remote", "add", "origin", "memory://x")
+    assert "already exists" in run("remote", "add", "origin", "memory://y", code=2).stderr
+
+
+def test_remote_stores_round_trip(reg_path, tmp_path):
+    reg = tvreg.open(reg_path)
+    mem = reg.add_remote("mem", f"memory://tvreg-{uuid.uuid4().hex}/r")
+    local = reg.add_remote("dir", str(tmp_path / "d"))
+    for remote in (mem, local):
+        store = remote.store()
+        store.write("refs/a/1.json", b"{}")
+        assert store.read("refs/a/1.json") == b"{}" and list(store.list("refs")) == ["refs/a/1.json"]
+    web = reg.add_remote("web", "https://example.org/registry")
+    assert not web.writable and not web.store().writable
+    with pytest.raises(InvalidInput):
+        reg.add_remote("bad", "s3://b", {"secret_access_key": "x"})
+    with pytest.raises(InvalidName):
+        reg.add_remote("Bad", "s3://b")
+    with pytest.raises(NotFound):
+        reg.remove_remote("nope")
