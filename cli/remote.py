@@ -1,4 +1,4 @@
-"""`tvreg remote add|ls|rm`: named remotes (fsspec URLs) kept in config.json."""
+"""`tvreg remote add|ls|rm` (named remotes, fsspec URLs kept in config.json) and `tvreg push`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import click
 
 from .options import json_option
-from .output import emit_json, message, table
+from .output import emit_json, human_bytes, message, table
 
 
 @click.group()
@@ -55,4 +55,30 @@ def rm(reg, name):
     message(f"removed remote {r.name} ({r.url}); nothing was deleted there")
 
 
-COMMANDS = [remote]
+
+@click.command()
+@click.argument("args", nargs=-1, metavar="[REMOTE] [REF...]")
+@json_option
+@click.pass_obj
+def push(reg, args, as_json):
+    """Copy versions (default: all) to REMOTE (default: origin): blobs, manifests, records, tags.
+
+    A bare NAME pushes all its versions; NAME@N or NAME@TAG one. Only objects the remote lacks
+    are sent; a version number another pusher took goes to the next free one (reported).
+    """
+    from tvreg import progress
+
+    args = list(args)
+    name = args.pop(0) if args and args[0] in reg.remotes() else "origin"
+    with progress.bar(None, f"push {name}") as bar:
+        rep = reg.push(name, args or None, on_bytes=bar.update)
+    if as_json:
+        emit_json(rep.to_json())
+    for local, remote_ref in rep.renumbered.items():
+        message(f"{local} is {remote_ref} on {name} (another version held {local} there)")
+    message(f"pushed to {name}: {rep.objects_sent} object(s), {human_bytes(rep.bytes_sent)} sent, "
+            f"{rep.objects_skipped} already there; {rep.versions_sent} version(s), "
+            f"{rep.versions_skipped} already there; {rep.tags_sent} tag(s)")
+
+
+COMMANDS = [remote, push]

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .composition import Composition
+    from .push import PushReport
     from .remotes import Remote
     from .similarity import SimilarityMatrix
     from .taskvector import TaskVector
@@ -473,6 +474,15 @@ class Registry:
 
         self._require()
         return remove(self, name)
+
+    def push(self, remote: str = "origin", refs: list[str] | None = None, *,
+             on_bytes: Callable[[int], None] | None = None) -> "PushReport":
+        """Copy versions (default: all) with their objects and tags to a remote; see
+        :mod:`tvreg.push` for the order and the numbering rules."""
+        from .push import push
+
+        self._require()
+        return push(self, remote, refs, on_bytes=on_bytes)
 
     # --- similarities ----------------------------------------------------------------------------
 

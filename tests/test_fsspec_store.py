@@ -44,33 +44,6 @@ def test_read_only_store_refuses_writes():
 # --- a real S3 endpoint on loopback: moto's server, through s3fs ---------------------------------
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    import os
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def s3_store(endpoint: str) -> FsspecStore:
     import s3fs
 

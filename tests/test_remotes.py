@@ -85,3 +85,64 @@ def test_remote_stores_round_trip(reg_path, tmp_path):
         reg.add_remote("Bad", "s3://b")
     with pytest.raises(NotFound):
         reg.remove_remote("nope")
+
+
+# --- push ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["dir", "memory", "s3"])
+def remote_url(request, tmp_path):
+    """A remote of each kind: (URL, storage options)."""
+    if request.param == "dir":
+        return str(tmp_path / "remote"), {}
+    if request.param == "memory":
+        return f"memory://tvreg-{uuid.uuid4().hex}/r", {}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    import s3fs
+
+    bucket = f"tvreg-{uuid.uuid4().hex[:20]}"
+    s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}/team", {"endpoint_url": endpoint, "skip_instance_cache": True,
+                                   "use_listings_cache": False}
+
+
+def test_push_sends_everything_once_in_order_and_renumbers_conflicts(zoo, tmp_path, remote_url):
+    from tvreg.objects import object_key
+
+    url, options = remote_url
+    reg = tvreg.open(tmp_path / "a")
+    for task in zoo.finetuned:
+        reg.create(task, zoo.base, zoo.finetuned[task], similarities=False)
+    reg.tag("topic", "prod")
+    reg.add_remote("origin", url, options)
+    store = reg.remotes()["origin"].store()
+    first = reg.push()
+    local_objects = set(reg.objects.ids())
+    assert first.objects_sent == len(local_objects) and first.versions_sent == 3
+    assert first.tags_sent == 1 and not first.renumbered
+    assert {k for k in store.list("objects")} == {object_key(o) for o in local_objects}
+    for rec in reg.all_records():
+        assert store.read(rec.key) == reg.store.read(rec.key)  # the same sealed record
+    again = reg.push()  # idempotent: nothing sent
+    assert (again.objects_sent, again.versions_sent, again.tags_sent) == (0, 0, 0)
+    assert again.objects_skipped == len(local_objects) and again.versions_skipped == 3
+    # another registry took sentiment@1 there with other content: ours goes to @2
+    other = tvreg.open(tmp_path / "b")
+    other.create("sentiment", zoo.base, zoo.finetuned["topic"], similarities=False)
+    other.add_remote("origin", url, options)
+    rep = other.push(refs=["sentiment"])
+    assert rep.renumbered == {"sentiment@1": "sentiment@2"}
+    assert rep.objects_sent == 0  # topic's content: its blobs and manifest are there already
+    assert sorted(store.list("refs/sentiment")) == ["refs/sentiment/1.json", "refs/sentiment/2.json"]
+
+
+def test_push_cli_and_bad_input(run, zoo, reg_path, tmp_path):
+    run("create", "topic", "--base", str(zoo.base), "--finetuned", str(zoo.finetuned["topic"]),
+        "--no-similarities")
+    run("remote", "add", "shared", str(tmp_path / "shared"))
+    r = run("push", "shared", "topic@1", "--json")
+    assert json.loads(r.stdout)["versions_sent"] == 1 and "pushed to shared" in r.stderr
+    assert "no remote 'origin'" in run("push", code=2).stderr
+    run("remote", "add", "web", "https://example.org/registry")
+    assert "read-only" in run("push", "web", code=2).stderr
+    assert "nope" in run("push", "shared", "nope", code=2).stderr
