@@ -36,6 +36,24 @@ def reg_path(tmp_path) -> pathlib.Path:
 
 
 @pytest.fixture
+def run(reg_path):
+    """``run(*args, code=0)``: the CLI on the registry at ``reg_path`` (click's CliRunner),
+    asserting its exit code; returns the result (stdout and stderr apart)."""
+    from click.testing import CliRunner
+
+    from tvreg.cli.main import cli
+
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, ["--registry", str(reg_path), *args], catch_exceptions=False)
+        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
+        return result
+
+    return invoke
+
+
+@pytest.fixture
 def reg(reg_path):
     with tvreg.open(reg_path) as r:
         yield r

@@ -16,18 +16,6 @@ from helpers import snapshot
 from tvreg.cli.main import cli
 
 
-@pytest.fixture
-def run(reg_path):
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, ["--registry", str(reg_path), *args], catch_exceptions=False)
-        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
-        return result
-
-    return invoke
-
-
 def _create(run, zoo, task, *extra, code=0):
     return run("create", task, "--base", str(zoo.base), "--finetuned", str(zoo.finetuned[task]),
                "--task", task, *extra, code=code)

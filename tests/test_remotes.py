@@ -6,23 +6,10 @@ import json
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
 import tvreg
 from tvreg.cli.main import cli
 from tvreg.errors import InvalidInput, InvalidName, NotFound
-
-
-@pytest.fixture
-def run(reg_path):
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, ["--registry", str(reg_path), *args], catch_exceptions=False)
-        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
-        return result
-
-    return invoke
 
 
 def test_add_ls_rm(run, reg_path, tmp_path):

@@ -6,23 +6,9 @@ import builtins
 import json
 
 import pytest
-from click.testing import CliRunner
 
 import tvreg
-from tvreg.cli.main import cli
 from tvreg.testing import make_toy_zoo
-
-
-@pytest.fixture
-def run(reg_path):
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, ["--registry", str(reg_path), *args], catch_exceptions=False)
-        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
-        return result
-
-    return invoke
 
 
 @pytest.fixture
