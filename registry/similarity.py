@@ -101,6 +101,16 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return total
 
 
+def _compare(a: np.ndarray, where: np.ndarray, negative: np.ndarray, b: np.ndarray,
+             threshold_b: float) -> tuple[float, int, int]:
+    """(dot, parameters material in both, of those with opposite signs) of one tensor of a pair;
+    ``where``/``negative``: a's material positions and their signs."""
+    picked = b[where]
+    material = _material(picked, threshold_b)
+    return (_dot(a, b), int(np.count_nonzero(material)),
+            int(np.count_nonzero(material & ((picked < 0) != negative))))
+
+
 @dataclass
 class TensorStats:
     name: str
@@ -119,6 +129,14 @@ class VectorStats:
     tensors: dict[str, TensorStats] = field(default_factory=dict)
 
 
+def _tensor_stats(name: str, values: np.ndarray, sketch: np.ndarray) -> TensorStats:
+    """One tensor's norm, threshold and material count; its CountSketch added to ``sketch``."""
+    threshold = material_threshold(values)
+    sketch_add(sketch, name, values)
+    return TensorStats(name, math.sqrt(_dot(values, values)), threshold,
+                       int(np.count_nonzero(_material(values, threshold))))
+
+
 def _flat(tensor: Any) -> np.ndarray:
     return tensor.reshape(-1).numpy()
 
@@ -133,10 +151,7 @@ def vector_stats(reg: "Registry", vector_id: str) -> VectorStats:
     tensors: dict[str, TensorStats] = {}
     for entry, tensor in _decoded(reg, [entry for entry in manifest.tensors]):
         v = _flat(tensor)
-        threshold = material_threshold(v)
-        tensors[entry.name] = TensorStats(entry.name, math.sqrt(_dot(v, v)), threshold,
-                                          int(np.count_nonzero(_material(v, threshold))))
-        sketch_add(sketch, entry.name, v)
+        tensors[entry.name] = _tensor_stats(entry.name, v, sketch)
         del tensor, v
     norm = math.sqrt(math.fsum(t.norm ** 2 for t in tensors.values()))
     return VectorStats(vector_id, norm, manifest.n_params,
@@ -186,12 +201,8 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
     def compare(name: str, xv: np.ndarray, where: np.ndarray, negative: np.ndarray,
                 partner: str) -> tuple[str, float, int, int]:
         pv = _flat(reg.load_tensor(manifests[partner].tensor(name)))
-        dot = _dot(xv, pv)
-        picked = pv[where]
-        material = _material(picked, stats[partner].tensors[name].threshold)
-        both = int(np.count_nonzero(material))
-        conflicts = int(np.count_nonzero(material & ((picked < 0) != negative)))
-        return partner, dot, both, conflicts
+        return (partner, *_compare(xv, where, negative, pv,
+                                   stats[partner].tensors[name].threshold))
 
     own = None
     if x not in stats:  # x's own statistics in the same pass (a new vector is read once)
@@ -199,11 +210,7 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
     for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
         xv = _flat(tensor)
         if own is not None:
-            threshold = material_threshold(xv)
-            own.tensors[entry.name] = TensorStats(
-                entry.name, math.sqrt(_dot(xv, xv)), threshold,
-                int(np.count_nonzero(_material(xv, threshold))))
-            sketch_add(own.sketch, entry.name, xv)
+            own.tensors[entry.name] = _tensor_stats(entry.name, xv, own.sketch)
         threshold = (own or stats[x]).tensors[entry.name].threshold
         where = np.flatnonzero(_material(xv, threshold))
         negative = xv[where] < 0
@@ -253,11 +260,8 @@ def all_pairs_pass(reg: "Registry", ids: list[str], pairs: set[tuple[str, str]],
         def prepare(v: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
             values = _flat(reg.load_tensor(manifests[v].tensor(name)))
             if v in own:
-                threshold = material_threshold(values)
-                own[v].tensors[name] = TensorStats(
-                    name, math.sqrt(_dot(values, values)), threshold,
-                    int(np.count_nonzero(_material(values, threshold))))
-                sketch_add(own[v].sketch, name, values)
+                own[v].tensors[name] = _tensor_stats(name, values, own[v].sketch)
+                threshold = own[v].tensors[name].threshold
             else:
                 threshold = stats[v].tensors[name].threshold
             where = np.flatnonzero(_material(values, threshold))
@@ -269,10 +273,7 @@ def all_pairs_pass(reg: "Registry", ids: list[str], pairs: set[tuple[str, str]],
             a, b = pair
             va, _, where, negative = prepared[a]
             vb, threshold_b, _, _ = prepared[b]
-            picked = vb[where]
-            material = _material(picked, threshold_b)
-            return (_dot(va, vb), int(np.count_nonzero(material)),
-                    int(np.count_nonzero(material & ((picked < 0) != negative))))
+            return _compare(va, where, negative, vb, threshold_b)
 
         for pair, (dot, both, conflicts) in zip(order, pool.map(compare, order)):
             t = totals[pair]
