@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 
@@ -176,11 +176,18 @@ class Catalog:
             con.execute("DELETE FROM tags WHERE name = ? AND tag = ?", [tag.name, tag.tag])
             _insert_rows(con, "tags", [_tag_row(tag)])
 
-    def rebuild(self, records: Iterable[VersionRecord], manifests: dict[str, Manifest],
-                tags: Iterable[TagRecord]) -> None:
-        """Replace the whole index in one transaction (readers see the old or the new one)."""
-        records, tags = list(records), list(tags)
+    def rebuild(self, load: Callable[[], tuple[Iterable[VersionRecord], dict[str, Manifest],
+                                               Iterable[TagRecord]]]) -> None:
+        """Replace the whole index in one transaction (readers see the old or the new one).
+
+        ``load`` lists the store and runs while this process holds the write lock: every writer
+        indexes its version under that lock after storing it, so a version stored before the
+        listing is in it, and one stored after is indexed by its writer once the rebuild is done.
+        Listing first and locking after would drop a version indexed in between.
+        """
         with self.writer() as con:
+            records, manifests, tags = load()
+            records, tags = list(records), list(tags)
             for table in ("tags", "versions", "tensors", "vectors"):
                 con.execute(f"DELETE FROM {table}")
             self._insert(con, records, manifests)

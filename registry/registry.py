@@ -636,30 +636,36 @@ class Registry:
         if not self.exists:
             raise NotFound(f"no tvreg registry at {self.root}")
         problems: list[str] = []
-        records: list[VersionRecord] = []
-        manifests: dict[str, Manifest] = {}
-        broken: dict[str, str] = {}
-        for rec in self._readable("refs", self._read_record, problems):
-            vid = rec.vector_id
-            if vid not in manifests and vid not in broken:
-                try:
-                    manifests[vid] = self.manifest(vid)
-                except TvregError as e:
-                    broken[vid] = str(e)
-            if vid in broken:
-                problems.append(f"{rec.key}: manifest {vid[:12]}: {broken[vid]}")
-            else:
-                records.append(rec)
-        versions = {(r.name, r.version, r.vector_id) for r in records}
-        tags = []
-        for tag in self._readable("tags", self._read_tag, problems):
-            if (tag.name, tag.version, tag.vector_id) in versions:
-                tags.append(tag)
-            else:
-                problems.append(f"{tag.key}: points at a version that is missing or unreadable")
-        self.catalog.rebuild(records, manifests, tags)
-        return {"versions": len(records), "vectors": len(manifests), "tags": len(tags),
-                "problems": problems}
+        counts: dict[str, int] = {}
+
+        def load():
+            problems.clear()
+            records: list[VersionRecord] = []
+            manifests: dict[str, Manifest] = {}
+            broken: dict[str, str] = {}
+            for rec in self._readable("refs", self._read_record, problems):
+                vid = rec.vector_id
+                if vid not in manifests and vid not in broken:
+                    try:
+                        manifests[vid] = self.manifest(vid)
+                    except TvregError as e:
+                        broken[vid] = str(e)
+                if vid in broken:
+                    problems.append(f"{rec.key}: manifest {vid[:12]}: {broken[vid]}")
+                else:
+                    records.append(rec)
+            versions = {(r.name, r.version, r.vector_id) for r in records}
+            tags = []
+            for tag in self._readable("tags", self._read_tag, problems):
+                if (tag.name, tag.version, tag.vector_id) in versions:
+                    tags.append(tag)
+                else:
+                    problems.append(f"{tag.key}: points at a version that is missing or unreadable")
+            counts.update(versions=len(records), vectors=len(manifests), tags=len(tags))
+            return records, manifests, tags
+
+        self.catalog.rebuild(load)  # load runs under the catalog's write lock
+        return {**counts, "problems": problems}
 
     def verify(self, *, deep: bool = False, on_progress: Callable[[int], None] | None = None):
         """Check the whole registry (see docs/format.md §12); ``deep`` also decodes every

@@ -834,3 +834,55 @@ def test_concurrent_creates_from_two_processes(reg, reg_path, zoo, tmp_path, ini
     rep = reg.verify()
     assert rep.ok, rep.problems
     assert not list(pathlib.Path(reg.scratch).iterdir())
+
+
+_SLOW_REINDEX = textwrap.dedent("""
+    import os, sys, time
+    import tvreg
+    from tvreg.registry import Registry
+    root, listed, proceed = sys.argv[1:4]
+    readable = Registry._readable
+
+    def paused(self, prefix, read, problems):
+        yield from readable(self, prefix, read, problems)
+        if prefix == "refs":  # the store is listed; hold the rebuild open until told to go on
+            open(listed, "w").close()
+            deadline = time.time() + 60
+            while not os.path.exists(proceed) and time.time() < deadline:
+                time.sleep(0.005)
+
+    Registry._readable = paused
+    with tvreg.open(root) as reg:
+        print(reg.reindex()["versions"])
+""")
+
+
+def test_a_version_indexed_during_a_reindex_is_not_lost(filled, reg_path, zoo, tmp_path):
+    """reindex lists the store under the catalog's write lock: a version created while it runs
+    waits for the rebuild and is indexed after it, instead of being indexed and then wiped."""
+    import threading
+
+    listed, proceed = tmp_path / "listed", tmp_path / "proceed"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_REINDEX, str(reg_path), str(listed),
+                             str(proceed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not listed.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+            time.sleep(0.005)
+        made = []
+        creator = threading.Thread(target=lambda: made.append(
+            filled.create("late", zoo.base, zoo.finetuned["topic"]).ref))
+        creator.start()
+        creator.join(timeout=2.0)  # blocks on the catalog lock while the rebuild holds it
+        proceed.touch()
+        out, err = proc.communicate(timeout=120)
+        creator.join(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.split() == ["3"] and made == ["late@1"]
+    names = [r["name"] for r in filled.sql("SELECT name FROM versions ORDER BY name")]
+    assert names == ["late", "sentiment", "topic", "toxicity"]
