@@ -1,4 +1,4 @@
-"""`tvreg remote add|ls|rm` (named remotes, fsspec URLs kept in config.json) and `tvreg push`."""
+"""`tvreg remote add|ls|rm` (named remotes, fsspec URLs kept in config.json), `push` and `pull`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ def rm(reg, name):
 
 
 
+def _split(reg, args: tuple[str, ...]) -> tuple[str, list[str] | None]:
+    """``[REMOTE] [REF...]``: the first word is a remote if one has that name."""
+    args_ = list(args)
+    name = args_.pop(0) if args_ and args_[0] in reg.remotes() else "origin"
+    return name, args_ or None
+
+
+def _renumbered(pairs: dict[str, str], where: str) -> None:
+    for before, after in pairs.items():
+        message(f"{before} is {after} {where} (another version held {before} there)")
+
+
 @click.command()
 @click.argument("args", nargs=-1, metavar="[REMOTE] [REF...]")
 @json_option
@@ -66,19 +78,44 @@ def push(reg, args, as_json):
     A bare NAME pushes all its versions; NAME@N or NAME@TAG one. Only objects the remote lacks
     are sent; a version number another pusher took goes to the next free one (reported).
     """
-    from tvreg import progress
+    from tvreg.progress import Transfer
 
-    args = list(args)
-    name = args.pop(0) if args and args[0] in reg.remotes() else "origin"
-    with progress.bar(None, f"push {name}") as bar:
-        rep = reg.push(name, args or None, on_bytes=bar.update)
+    name, refs = _split(reg, args)
+    with Transfer(f"push {name}") as progress:
+        rep = reg.push(name, refs, progress=progress)
     if as_json:
         emit_json(rep.to_json())
-    for local, remote_ref in rep.renumbered.items():
-        message(f"{local} is {remote_ref} on {name} (another version held {local} there)")
+    _renumbered(rep.renumbered, f"on {name}")
     message(f"pushed to {name}: {rep.objects_sent} object(s), {human_bytes(rep.bytes_sent)} sent, "
             f"{rep.objects_skipped} already there; {rep.versions_sent} version(s), "
             f"{rep.versions_skipped} already there; {rep.tags_sent} tag(s)")
 
 
-COMMANDS = [remote, push]
+@click.command()
+@click.argument("args", nargs=-1, metavar="[REMOTE] [REF...]")
+@click.option("--no-similarities", "no_similarities", is_flag=True,
+              help="Do not compute the similarities of the pulled vectors now.")
+@json_option
+@click.pass_obj
+def pull(reg, args, no_similarities, as_json):
+    """Copy versions (default: all) from REMOTE (default: origin) into this registry.
+
+    A bare NAME pulls all its versions; NAME@N or NAME@TAG one. Only missing objects are
+    fetched, each checked against its hash before it is stored; a corrupted one stops the pull
+    and no version is added. A local number held by other content goes to the next free one.
+    """
+    from tvreg.progress import Transfer
+
+    name, refs = _split(reg, args)
+    with Transfer(f"pull {name}") as progress:
+        rep = reg.pull(name, refs, progress=progress, similarities=not no_similarities)
+    if as_json:
+        emit_json(rep.to_json())
+    _renumbered(rep.renumbered, "here")
+    message(f"pulled from {name}: {rep.objects_fetched} object(s), "
+            f"{human_bytes(rep.bytes_fetched)} fetched, {rep.objects_skipped} already here; "
+            f"{rep.versions_fetched} version(s), {rep.versions_skipped} already here; "
+            f"{rep.tags_set} tag(s)")
+
+
+COMMANDS = [remote, push, pull]

@@ -56,11 +56,14 @@ def create(reg, name, base, finetuned, task, dataset, lr, steps, meta, allow_non
 
 @click.command(name="ls")
 @click.option("--all", "all_versions", is_flag=True, help="Every version, not only the latest.")
+@click.option("--remote", metavar="NAME", help="List what remote NAME holds (from its index; "
+              "no tensors are read).")
 @json_option
 @click.pass_obj
-def ls(reg, all_versions, as_json):
+def ls(reg, all_versions, remote, as_json):
     """List vectors (latest version of each name)."""
-    rows = reg.ls(all_versions=all_versions)
+    rows = (reg.remote_ls(remote, all_versions=all_versions) if remote
+            else reg.ls(all_versions=all_versions))
     if as_json:
         emit_json(rows)
         return

@@ -165,16 +165,16 @@ class Catalog:
             known = {row[0] for row in con.execute(
                 "SELECT vector_id FROM vectors WHERE vector_id IN (SELECT unnest(?))", [vids]).fetchall()}
         new = [v for v in vids if v not in known]
-        _insert_rows(con, "vectors", [_vector_row(v, manifests[v]) for v in new])
-        _insert_rows(con, "tensors", [row for v in new for row in _tensor_rows(v, manifests[v])])
+        insert_rows(con, "vectors", [_vector_row(v, manifests[v]) for v in new])
+        insert_rows(con, "tensors", [row for v in new for row in _tensor_rows(v, manifests[v])])
         for r in records:
             con.execute("DELETE FROM versions WHERE name = ? AND version = ?", [r.name, r.version])
-        _insert_rows(con, "versions", [_version_row(r, manifests[r.vector_id]) for r in records])
+        insert_rows(con, "versions", [version_row(r, manifests[r.vector_id]) for r in records])
 
     def set_tag(self, tag: TagRecord) -> None:
         with self.writer() as con:
             con.execute("DELETE FROM tags WHERE name = ? AND tag = ?", [tag.name, tag.tag])
-            _insert_rows(con, "tags", [_tag_row(tag)])
+            insert_rows(con, "tags", [tag_row(tag)])
 
     def rebuild(self, load: Callable[[], tuple[Iterable[VersionRecord], dict[str, Manifest],
                                                Iterable[TagRecord]]]) -> None:
@@ -191,7 +191,7 @@ class Catalog:
             for table in ("tags", "versions", "tensors", "vectors"):
                 con.execute(f"DELETE FROM {table}")
             self._insert(con, records, manifests)
-            _insert_rows(con, "tags", [_tag_row(t) for t in tags])
+            insert_rows(con, "tags", [tag_row(t) for t in tags])
             from .similarity import prune
 
             prune(con)  # similarities of vectors still stored are kept (they are derived data)
@@ -219,36 +219,47 @@ class Catalog:
         """Run one read-only statement for a user: SELECT (incl. DESCRIBE/SHOW) or EXPLAIN only,
         on a connection that can neither write the catalog nor touch any other file."""
         with self.reader(sandboxed=True) as con:
-            try:
-                statements = con.extract_statements(query)
-            except duckdb.Error as e:
-                raise SQLError(_one_line(e)) from None
-            if len(statements) != 1:
-                raise SQLError(f"expected one SQL statement, got {len(statements)}")
-            kind = statements[0].type.name
-            if kind not in _ALLOWED_SQL:
-                raise SQLError(f"tvreg sql is read-only: {kind} statements are not allowed")
-            try:
-                cur = con.execute(query)
-                if not cur.description:
-                    return [], []
-                cols = [d[0] for d in cur.description]
-                rows = cur.fetchall()
-            except duckdb.Error as e:
-                raise SQLError(_one_line(e)) from None
-            # JSON columns (meta, parents, recipe, skipped, …) come back as values, not as text
-            as_json = [i for i, d in enumerate(cur.description) if str(d[1]) == "JSON"]
-            if as_json:
-                rows = [tuple(json.loads(v) if i in as_json and isinstance(v, str) else v
-                              for i, v in enumerate(row)) for row in rows]
-            return cols, rows
+            return user_query(con, query)
+
+
+def sandbox(con: duckdb.DuckDBPyConnection) -> None:
+    """No file or network access from here on, and no way to turn it back on."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def user_query(con: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], list[tuple]]:
+    """One user statement on a sandboxed connection: SELECT (incl. DESCRIBE/SHOW) or EXPLAIN.
+    JSON columns (meta, parents, recipe, …) come back as values, not as text."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as e:
+        raise SQLError(_one_line(e)) from None
+    if len(statements) != 1:
+        raise SQLError(f"expected one SQL statement, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in _ALLOWED_SQL:
+        raise SQLError(f"tvreg sql is read-only: {kind} statements are not allowed")
+    try:
+        cur = con.execute(query)
+        if not cur.description:
+            return [], []
+        cols = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+    except duckdb.Error as e:
+        raise SQLError(_one_line(e)) from None
+    as_json = [i for i, d in enumerate(cur.description) if str(d[1]) == "JSON"]
+    if as_json:
+        rows = [tuple(json.loads(v) if i in as_json and isinstance(v, str) else v
+                      for i, v in enumerate(row)) for row in rows]
+    return cols, rows
 
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def _insert_rows(con, table: str, rows: list[tuple]) -> None:
+def insert_rows(con, table: str, rows: list[tuple]) -> None:
     """Multi-row INSERT in batches (much faster than executemany in DuckDB)."""
     if not rows:
         return
@@ -270,7 +281,7 @@ def _tensor_rows(vid: str, m: Manifest) -> list[tuple]:
              t.stored_nbytes, len(t.chunks), t.codecs.label, t.sha256) for t in m.tensors]
 
 
-def _version_row(r: VersionRecord, m: Manifest) -> tuple:
+def version_row(r: VersionRecord, m: Manifest) -> tuple:
     md = r.metadata
     return (r.name, r.version, r.vector_id, r.base_hash, r.arch_fingerprint, md.task, md.dataset,
             md.lr, md.steps, json.dumps(md.meta, sort_keys=True), m.n_params, m.raw_bytes,
@@ -278,5 +289,5 @@ def _version_row(r: VersionRecord, m: Manifest) -> tuple:
             None if r.recipe is None else json.dumps(r.recipe, sort_keys=True))
 
 
-def _tag_row(t: TagRecord) -> tuple:
+def tag_row(t: TagRecord) -> tuple:
     return (t.name, t.tag, t.version, t.vector_id, _timestamp(t.updated_at))

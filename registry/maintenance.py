@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from .errors import CorruptObject, FormatError, TvregError
-from .manifest import Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import Registry

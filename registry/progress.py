@@ -35,3 +35,34 @@ def bar(total: int | None, desc: str, unit: str = "B") -> Any:
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
                 leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+class Transfer:
+    """Progress of a push or pull: bytes on the bar, objects in its caption.
+
+    The library calls :meth:`start` once with the totals, then :meth:`advance` per object.
+    """
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.objects = self.total_objects = 0
+        self._bar: Any = _Null()
+
+    def start(self, objects: int, nbytes: int) -> None:
+        self.total_objects = objects
+        self._bar = bar(nbytes, self.desc)
+
+    def advance(self, nbytes: int) -> None:
+        self.objects += 1
+        self._bar.update(nbytes)
+        if hasattr(self._bar, "set_postfix_str"):
+            self._bar.set_postfix_str(f"{self.objects}/{self.total_objects} objects", refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> "Transfer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

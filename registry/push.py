@@ -6,20 +6,25 @@ listing of its ``objects/`` (not one request per object); only the missing ones 
 thread pool. A version number is claimed on the remote with an exclusive create; if another
 pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
 mapping is reported. Nothing on the remote is overwritten except tags (which move by design).
-Re-running an interrupted push completes it.
+Re-running an interrupted push completes it. Last, the remote index (index/*.parquet) is
+rebuilt from the remote's records and tags.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from .documents import read_tag
 from .errors import CorruptObject, FormatError, InvalidInput
-from .objects import PREFIX, object_key
-from .records import TagRecord, VersionRecord, record_key, tag_key, utc_now
+from .manifest import Manifest
+from .objects import PREFIX, ObjectDB, object_key
+from .records import TagRecord, VersionRecord, tag_key, utc_now
+from .stores import MissingKey
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .progress import Transfer
     from .registry import Registry
     from .stores import Store
 
@@ -69,22 +74,10 @@ def _remote_ids(store: "Store") -> set[str]:
     return out
 
 
-def _remote_versions(store: "Store", name: str) -> dict[int, VersionRecord]:
-    out = {}
-    for key in store.list(f"refs/{name}"):
-        rest = key[len(f"refs/{name}/"):]
-        if "/" in rest or not rest.endswith(".json"):
-            continue  # documents of longer names (NAME/sub)
-        try:
-            rec = VersionRecord.from_bytes(store.read(key), key)
-        except (FormatError, CorruptObject):
-            continue  # a damaged remote record is never ours to replace
-        out[rec.version] = rec
-    return out
-
-
 def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
-         workers: int = 8, on_bytes: Callable[[int], None] | None = None) -> PushReport:
+         workers: int = 8, progress: "Transfer | None" = None) -> PushReport:
+    from .documents import claim, versions_in
+    from .remote_index import refresh
     from .remotes import get
 
     remote = get(reg, remote_name)
@@ -98,61 +91,54 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     manifests = {r.vector_id: reg.manifest(r.vector_id) for r in records}
     blobs = sorted({b for m in manifests.values() for b in m.blob_ids()})
     have = _remote_ids(store)
+    todo = {"blobs": [b for b in blobs if b not in have],
+            "manifests": [v for v in sorted(manifests) if v not in have]}
+    report.objects_skipped = len(blobs) + len(manifests) - sum(map(len, todo.values()))
+    if progress:
+        progress.start(sum(map(len, todo.values())),
+                       sum(reg.objects.size(o) for batch in todo.values() for o in batch))
 
     def send(oid: str) -> int:
         data = reg.objects.get(oid)  # checked against its hash before it leaves
         store.write_new(object_key(oid), data)
+        if progress:
+            progress.advance(len(data))
         return len(data)
 
-    for batch in (blobs, sorted(manifests)):
-        todo = [oid for oid in batch if oid not in have]
-        report.objects_skipped += len(batch) - len(todo)
+    for batch in todo.values():  # every blob is there before the first manifest
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="tvreg-push") as pool:
-            for n in pool.map(send, todo):
+            for n in pool.map(send, batch):
                 report.objects_sent += 1
                 report.bytes_sent += n
-                if on_bytes:
-                    on_bytes(n)
-        have.update(todo)
     # records: claim numbers by exclusive create, never overwrite
     mapping: dict[tuple[str, int], int] = {}
-    remote_versions: dict[str, dict[int, VersionRecord]] = {}
+    theirs: dict[str, dict[int, VersionRecord]] = {}
     for rec in records:
-        theirs = remote_versions.setdefault(rec.name, _remote_versions(store, rec.name))
-        same = next((v for v, r in sorted(theirs.items()) if r.same_content(rec)), None)
-        if same is not None:
-            mapping[(rec.name, rec.version)] = same
+        known = theirs.setdefault(rec.name, versions_in(store, rec.name, skip_damaged=True))
+        held, created = claim(store, rec, known)
+        mapping[(rec.name, rec.version)] = held.version
+        if not created:
             report.versions_skipped += 1
             continue
-        number = rec.version
-        while True:
-            if number not in theirs:
-                claim = VersionRecord(rec.name, number, rec.vector_id, rec.base_hash,
-                                      rec.arch_fingerprint, rec.metadata, rec.created_at,
-                                      rec.parents, rec.recipe)
-                if store.write_new(record_key(rec.name, number), claim.to_bytes()):
-                    theirs[number] = claim
-                    break
-                theirs.update(_remote_versions(store, rec.name))  # someone was faster
-                continue
-            number = max(theirs) + 1
-        mapping[(rec.name, rec.version)] = number
         report.versions_sent += 1
-        if number != rec.version:
-            report.renumbered[rec.ref] = f"{rec.name}@{number}"
+        if held.version != rec.version:
+            report.renumbered[rec.ref] = held.ref
     # tags of the pushed versions, pointing at their remote numbers
     for tag in reg.all_tags():
         target = mapping.get((tag.name, tag.version))
         if target is None:
             continue
-        moved = TagRecord(tag.name, tag.tag, target, tag.vector_id, utc_now())
         key = tag_key(tag.name, tag.tag)
         try:
-            current = TagRecord.from_bytes(store.read(key), key)
+            current = read_tag(store, key)
             if (current.version, current.vector_id) == (target, tag.vector_id):
                 continue
-        except Exception:  # noqa: BLE001 - missing or unreadable: write ours
-            pass
-        store.write(key, moved.to_bytes())
+        except (MissingKey, FormatError, CorruptObject):
+            pass  # missing or unreadable: write ours
+        store.write(key, TagRecord(tag.name, tag.tag, target, tag.vector_id, utc_now()).to_bytes())
         report.tags_sent += 1
+    # the index says what the remote holds (for ls/sql --remote and HTTP readers)
+    remote_objects = ObjectDB(store)
+    refresh(store, lambda vid: manifests[vid] if vid in manifests
+            else Manifest.from_bytes(remote_objects.get(vid)))
     return report

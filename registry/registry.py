@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .composition import Composition
+    from .progress import Transfer
+    from .pull import PullReport
     from .push import PushReport
     from .remotes import Remote
     from .similarity import SimilarityMatrix
@@ -78,6 +80,16 @@ class CreateResult:
     @property
     def ref(self) -> str:
         return self.record.ref
+
+
+def _ls_query(all_versions: bool) -> str:
+    """``ls``'s query; it runs on the catalog and on a remote's index alike."""
+    return f"""
+        SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.n_params,
+               v.raw_bytes, v.stored_bytes, v.codec, v.created_at,
+               coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
+                         WHERE t.name = v.name AND t.version = v.version), []) AS tags
+        FROM {"versions" if all_versions else "latest"} v ORDER BY v.name, v.version"""
 
 
 class Registry:
@@ -178,16 +190,18 @@ class Registry:
                 self._similarities_after_insert(record)
         return CreateResult(record, created, new_objects, manifest)
 
-    def _similarities_after_insert(self, record: VersionRecord) -> None:
-        """The version is stored and indexed; similarities are derived data, so a failure here
-        is a warning that says how to finish, not an error."""
+    def _similarities_after_insert(self, *records: VersionRecord) -> None:
+        """The versions are stored and indexed; similarities are derived data, so a failure
+        here is a warning that says how to finish, not an error."""
         import warnings
 
         try:
-            self.update_similarities([record.vector_id])
+            self.update_similarities([r.vector_id for r in records])
         except TvregError as e:
-            warnings.warn(f"{record.ref} is stored, but its similarities were not computed ({e}); "
-                          "run `tvreg similarities`", SimilarityWarning, stacklevel=3)
+            refs = ", ".join(r.ref for r in records)
+            warnings.warn(f"{refs} {'is' if len(records) == 1 else 'are'} stored, but the "
+                          f"similarities were not computed ({e}); run `tvreg similarities`",
+                          SimilarityWarning, stacklevel=3)
 
     def _write_vector(self, produce: Callable[[Callable[[bytes], str]], Manifest]
                       ) -> tuple[Manifest, str, int]:
@@ -220,41 +234,25 @@ class Registry:
     def _claim_version(self, name: str, manifest: Manifest, vector_id: str, metadata: Metadata,
                        parents: tuple[str, ...] = (), recipe: dict[str, Any] | None = None
                        ) -> tuple[VersionRecord, bool]:
-        existing = self.versions(name)
-        number = max((r.version for r in existing), default=0) + 1
-        while True:
-            record = VersionRecord(name, number, vector_id, manifest.base_hash,
-                                   manifest.arch_fingerprint, metadata, utc_now(), parents, recipe)
-            for r in existing:
-                if r.same_content(record):
-                    return r, False
-            if self.store.write_new(record.key, record.to_bytes()):
-                return record, True
-            number += 1  # another writer claimed this number first: take the next one
+        from .documents import claim, versions_in
+
+        existing = versions_in(self.store, name)
+        record = VersionRecord(name, max(existing, default=0) + 1, vector_id, manifest.base_hash,
+                               manifest.arch_fingerprint, metadata, utc_now(), parents, recipe)
+        return claim(self.store, record, existing)
 
     # --- records ---------------------------------------------------------------------------------
 
-    def _documents_of(self, folder: str) -> list[str]:
-        """Keys of the ``*.json`` files directly in ``folder`` (not in sub-folders, which hold
-        the documents of longer names such as ``NAME/sub``)."""
-        prefix = folder + "/"
-        try:
-            keys = list(self.store.list(folder))
-        except InvalidInput:  # not a valid key: no such documents
-            return []
-        return [k for k in keys if "/" not in k[len(prefix):] and k.endswith(".json")]
-
     def versions(self, name: str) -> list[VersionRecord]:
         """All version records of ``name`` from the store, oldest first."""
-        records = [self._read_record(k) for k in self._documents_of(f"refs/{name}")
-                   if k.rsplit("/", 1)[1][:-5].isdigit()]
-        return sorted(records, key=lambda r: r.version)
+        from .documents import versions_in
+
+        return [r for _, r in sorted(versions_in(self.store, name).items())]
 
     def _read_record(self, key: str) -> VersionRecord:
-        record = VersionRecord.from_bytes(self.store.read(key), key)
-        if record.key != key:
-            raise FormatError(f"{key}: record names {record.key}")
-        return record
+        from .documents import read_record
+
+        return read_record(self.store, key)
 
     def record(self, name: str, version: int) -> VersionRecord:
         try:
@@ -269,22 +267,26 @@ class Registry:
             raise NotFound(f"no tag {name}@{tag}") from None
 
     def _read_tag(self, key: str) -> TagRecord:
-        tag = TagRecord.from_bytes(self.store.read(key), key)
-        if tag.key != key:
-            raise FormatError(f"{key}: tag names {tag.key}")
-        return tag
+        from .documents import read_tag
+
+        return read_tag(self.store, key)
 
     def all_records(self) -> list[VersionRecord]:
-        keys = [k for k in self.store.list("refs") if k.endswith(".json")]
-        return [self._read_record(k) for k in keys]
+        from .documents import read_many, record_keys
+
+        return read_many(self._read_record, record_keys(self.store))
 
     def tags_of(self, record: VersionRecord) -> list[str]:
         """Names of the tags that point at ``record`` (read from ``tags/NAME/``)."""
-        tags = [self._read_tag(k) for k in self._documents_of(f"tags/{record.name}")]
+        from .documents import tag_keys
+
+        tags = [self._read_tag(k) for k in tag_keys(self.store, record.name)]
         return sorted(t.tag for t in tags if t.version == record.version)
 
     def all_tags(self) -> list[TagRecord]:
-        return [self._read_tag(k) for k in self.store.list("tags") if k.endswith(".json")]
+        from .documents import read_many, tag_keys
+
+        return read_many(self._read_tag, tag_keys(self.store))
 
     def manifest(self, vector_id: str) -> Manifest:
         return Manifest.from_bytes(self.objects.get(vector_id))
@@ -476,13 +478,46 @@ class Registry:
         return remove(self, name)
 
     def push(self, remote: str = "origin", refs: list[str] | None = None, *,
-             on_bytes: Callable[[int], None] | None = None) -> "PushReport":
+             progress: "Transfer | None" = None) -> "PushReport":
         """Copy versions (default: all) with their objects and tags to a remote; see
         :mod:`tvreg.push` for the order and the numbering rules."""
         from .push import push
 
         self._require()
-        return push(self, remote, refs, on_bytes=on_bytes)
+        return push(self, remote, refs, progress=progress)
+
+    def pull(self, remote: str = "origin", refs: list[str] | None = None, *,
+             progress: "Transfer | None" = None, similarities: bool = True) -> "PullReport":
+        """Copy versions (default: all) of a remote here, every object checked against its
+        hash first; see :mod:`tvreg.pull`."""
+        from .pull import pull
+
+        self._require()
+        return pull(self, remote, refs, progress=progress, similarities=similarities)
+
+    def remote_ls(self, remote: str = "origin", *, all_versions: bool = False
+                  ) -> list[dict[str, Any]]:
+        """What a remote holds, like :meth:`ls`, from its index (no tensors are read)."""
+        from .remote_index import remote_sql
+
+        cols, rows = remote_sql(self.remote(remote), _ls_query(all_versions))
+        return [dict(zip(cols, row)) for row in rows]
+
+    def remote_sql(self, remote: str, query: str) -> list[dict[str, Any]]:
+        """A read-only query on a remote's index (tables ``versions``, ``tags``, view
+        ``latest``), without pulling."""
+        cols, rows = self.remote_sql_table(remote, query)
+        return [dict(zip(cols, row)) for row in rows]
+
+    def remote_sql_table(self, remote: str, query: str) -> tuple[list[str], list[tuple]]:
+        from .remote_index import remote_sql
+
+        return remote_sql(self.remote(remote), query)
+
+    def remote(self, name: str) -> "Remote":
+        from .remotes import get
+
+        return get(self, name)
 
     # --- similarities ----------------------------------------------------------------------------
 
@@ -546,13 +581,7 @@ class Registry:
     def ls(self, *, all_versions: bool = False) -> list[dict[str, Any]]:
         """One row per name (its latest version), or per version with ``all_versions``."""
         self._require()
-        table = "versions" if all_versions else "latest"
-        return self.catalog.rows(f"""
-            SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.n_params,
-                   v.raw_bytes, v.stored_bytes, v.codec, v.created_at,
-                   coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
-                             WHERE t.name = v.name AND t.version = v.version), []) AS tags
-            FROM {table} v ORDER BY v.name, v.version""")
+        return self.catalog.rows(_ls_query(all_versions))
 
     def log(self, name: str) -> list[dict[str, Any]]:
         """Every version of ``name``, newest first, with its tags."""

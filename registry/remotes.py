@@ -43,8 +43,21 @@ class Remote:
     def writable(self) -> bool:
         return self.protocol not in READ_ONLY_PROTOCOLS
 
+    @property
+    def listable(self) -> bool:
+        """Whether its keys can be listed (HTTP cannot: its index says what it holds)."""
+        return self.protocol not in READ_ONLY_PROTOCOLS
+
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "options": dict(self.options)}
+
+    def reader(self) -> "Store":
+        """The store to read from: :meth:`store`, listed through the remote index where the
+        backend cannot list (HTTP)."""
+        from .remote_index import IndexListedStore
+
+        store = self.store()
+        return store if self.listable else IndexListedStore(store)
 
     def store(self) -> "Store":
         """The remote's object layout as a store (a local directory gets :class:`LocalStore`)."""

@@ -308,9 +308,9 @@ def _store_stats(con, s: VectorStats, m: "Manifest") -> None:
     con.execute("INSERT INTO vector_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [s.vector_id, m.base_hash, m.arch_fingerprint, s.norm, s.n_params, s.n_material,
                  s.sketch.astype(np.float32).tolist(), _now()])
-    from .catalog import _insert_rows
+    from .catalog import insert_rows
 
-    _insert_rows(con, "tensor_stats", [(s.vector_id, t.name, t.norm, t.threshold, t.n_material)
+    insert_rows(con, "tensor_stats", [(s.vector_id, t.name, t.norm, t.threshold, t.n_material)
                                        for t in s.tensors.values()])
 
 
@@ -332,7 +332,7 @@ def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
 def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
                  stats: dict[str, VectorStats]) -> None:
     """Rows of pairs keyed ``(a, b)`` with ``a < b``."""
-    from .catalog import _insert_rows
+    from .catalog import insert_rows
 
     now = _now()
     rows, tensor_rows = [], []
@@ -345,8 +345,8 @@ def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
         for name, dot, both, conflicts in t.tensors:
             cos = _cosine(dot, stats[a].tensors[name].norm, stats[b].tensors[name].norm)
             tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both)))
-    _insert_rows(con, "similarities", rows)
-    _insert_rows(con, "tensor_similarities", tensor_rows)
+    insert_rows(con, "similarities", rows)
+    insert_rows(con, "tensor_similarities", tensor_rows)
 
 
 def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list[str]]:

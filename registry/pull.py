@@ -1,0 +1,213 @@
+"""Pull: copy versions (their blobs, manifests, records and tags) from a remote.
+
+Same order as push: the objects of a vector are fetched into a staging folder, every one checked
+against its sha256 before it enters the local store, and committed vector by vector (so a rerun
+of an interrupted pull does not fetch them again); version records are written only once every
+object of every requested version is in, then the catalog, the tags and the similarities. A
+corrupted remote object stops the pull with its name and no record is written. A version number
+already held locally by other content goes to the next free number (reported).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .digest import sha256_hex
+from .documents import (claim, read_many, read_record, read_tag, record_keys, tag_keys,
+                        versions_in)
+from .errors import CorruptObject, FormatError, InvalidInput, NotFound, TvregError
+from .manifest import Manifest
+from .names import parse_ref
+from .objects import Staging, object_key
+from .records import TagRecord, VersionRecord, record_key, tag_key, utc_now
+from .stores import MissingKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .progress import Transfer
+    from .registry import Registry
+    from .stores import Store
+
+
+@dataclass
+class PullReport:
+    remote: str
+    objects_fetched: int = 0
+    bytes_fetched: int = 0
+    objects_skipped: int = 0
+    versions_fetched: int = 0
+    versions_skipped: int = 0
+    tags_set: int = 0
+    renumbered: dict[str, str] = field(default_factory=dict)  # remote ref -> local ref
+    pulled: list[str] = field(default_factory=list)          # local refs of the new versions
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _remote_error(remote: str, e: Exception) -> TvregError:
+    return CorruptObject(f"remote {remote}: {e}")
+
+
+def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[VersionRecord]:
+    """The remote's versions named by ``refs`` (default all): a bare NAME is all its versions,
+    NAME@N and NAME@TAG one. Every record is read and its seal checked."""
+    def read(key: str) -> VersionRecord:
+        try:
+            return read_record(store, key)
+        except (FormatError, CorruptObject) as e:
+            raise _remote_error(remote, e) from None
+
+    if not refs:
+        return read_many(read, record_keys(store))
+    chosen: dict[tuple[str, int], VersionRecord] = {}
+    for ref in refs:
+        r = parse_ref(ref)
+        if r.name is None:
+            raise InvalidInput(f"{ref}: pull takes names and versions, not vector ids")
+        if r.version is not None:
+            keys = [record_key(r.name, r.version)]
+        elif r.tag is not None:
+            try:
+                tag = read_tag(store, tag_key(r.name, r.tag))
+            except MissingKey:
+                raise NotFound(f"no tag {r.name}@{r.tag} on remote {remote}") from None
+            except (FormatError, CorruptObject) as e:
+                raise _remote_error(remote, e) from None
+            keys = [record_key(r.name, tag.version)]
+        else:
+            keys = record_keys(store, r.name)
+            if not keys:
+                raise NotFound(f"no vector named {r.name!r} on remote {remote}")
+        try:
+            for rec in read_many(read, keys):
+                chosen[(rec.name, rec.version)] = rec
+        except MissingKey:
+            raise NotFound(f"{ref} does not exist on remote {remote}") from None
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
+         workers: int = 8, progress: "Transfer | None" = None,
+         similarities: bool = True) -> PullReport:
+    from .remotes import get
+
+    remote = get(reg, remote_name)
+    src = remote.reader()
+    report = PullReport(remote.name)
+    records = select_remote(src, refs, remote.name)
+
+    def fetch(oid: str) -> bytes:
+        try:
+            return src.read(object_key(oid))
+        except MissingKey:
+            raise CorruptObject(f"remote {remote.name}: object {object_key(oid)} is missing") \
+                from None
+
+    # manifests first (small): they say which blobs to fetch
+    vids = sorted({r.vector_id for r in records})
+    local = {v for v in vids if reg.objects.exists(v)}
+    manifests: dict[str, Manifest] = {v: reg.manifest(v) for v in local}
+    fetched: dict[str, bytes] = {}
+    for vid, data in zip([v for v in vids if v not in local],
+                         read_many(fetch, [v for v in vids if v not in local], workers=workers)):
+        if sha256_hex(data) != vid:
+            raise CorruptObject(f"remote {remote.name}: object {object_key(vid)} is corrupted "
+                                "(its sha256 does not match its name); nothing was pulled")
+        try:
+            manifests[vid] = Manifest.from_bytes(data)
+        except FormatError as e:
+            raise _remote_error(remote.name, f"manifest {vid[:12]}: {e}") from None
+        fetched[vid] = data
+    for rec in records:
+        m = manifests[rec.vector_id]
+        if (m.base_hash, m.arch_fingerprint) != (rec.base_hash, rec.arch_fingerprint):
+            raise CorruptObject(f"remote {remote.name}: {rec.key} does not match its manifest "
+                                f"{rec.vector_id[:12]} (base or architecture differ)")
+    needed = {v: sorted(manifests[v].blob_ids()) for v in vids}
+    missing = {v: [b for b in blobs if not reg.objects.exists(b)] for v, blobs in needed.items()}
+    todo = sorted({b for blobs in missing.values() for b in blobs})
+    report.objects_skipped = len({b for blobs in needed.values() for b in blobs}) - len(todo) \
+        + len(local)
+    if progress:
+        progress.start(len(todo) + len(fetched),
+                       sum(_blob_sizes(manifests).get(b, 0) for b in todo)
+                       + sum(map(len, fetched.values())))
+        for data in fetched.values():
+            progress.advance(len(data))
+    done: set[str] = set()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="tvreg-pull") as pool:
+        for vid in vids:  # vector by vector: a rerun keeps what an interrupted pull finished
+            wanted = [b for b in missing[vid] if b not in done]
+            with Staging(reg.objects, reg.scratch) as staging:
+                def stage(oid: str) -> int:
+                    data = fetch(oid)
+                    if staging.put(data) != oid:
+                        raise CorruptObject(f"remote {remote.name}: object {object_key(oid)} is "
+                                            "corrupted (its sha256 does not match its name); "
+                                            "no version was pulled")
+                    if progress:
+                        progress.advance(len(data))
+                    return len(data)
+
+                for n in pool.map(stage, wanted):
+                    report.objects_fetched += 1
+                    report.bytes_fetched += n
+                staging.commit()
+            done.update(wanted)
+            if vid in fetched:
+                reg.objects.put(fetched[vid])
+                report.objects_fetched += 1
+                report.bytes_fetched += len(fetched[vid])
+    # records, then the catalog, tags and similarities
+    mapping: dict[tuple[str, int], VersionRecord] = {}
+    ours: dict[str, dict[int, VersionRecord]] = {}
+    new: list[VersionRecord] = []
+    for rec in records:
+        known = ours.setdefault(rec.name, versions_in(reg.store, rec.name))
+        held, created = claim(reg.store, rec, known)
+        mapping[(rec.name, rec.version)] = held
+        if not created:
+            report.versions_skipped += 1
+            continue
+        new.append(held)
+        report.versions_fetched += 1
+        report.pulled.append(held.ref)
+        if held.version != rec.version:
+            report.renumbered[rec.ref] = held.ref
+    if new:
+        reg.catalog.index(new, {r.vector_id: manifests[r.vector_id] for r in new})
+    for tag in _remote_tags(src, {r.name for r in records}):
+        target = mapping.get((tag.name, tag.version))
+        if target is None or target.vector_id != tag.vector_id:
+            continue
+        try:
+            current = reg.tag_record(tag.name, tag.tag)
+            if (current.version, current.vector_id) == (target.version, target.vector_id):
+                continue
+        except NotFound:
+            pass
+        moved = TagRecord(tag.name, tag.tag, target.version, target.vector_id, utc_now())
+        reg.store.write(moved.key, moved.to_bytes())
+        reg.catalog.set_tag(moved)
+        report.tags_set += 1
+    if new and similarities:
+        reg._similarities_after_insert(*new)
+    return report
+
+
+def _remote_tags(store: "Store", names: set[str]) -> list[TagRecord]:
+    def read(key: str) -> TagRecord | None:
+        try:
+            return read_tag(store, key)
+        except (FormatError, CorruptObject, MissingKey):
+            return None  # a damaged remote tag is not pulled
+
+    keys = [k for name in sorted(names) for k in tag_keys(store, name)]
+    return [t for t in read_many(read, keys) if t is not None]
+
+
+def _blob_sizes(manifests: dict[str, Manifest]) -> dict[str, int]:
+    return {c.blob: c.stored_nbytes for m in manifests.values() for t in m.tensors
+            for c in t.chunks}
