@@ -35,13 +35,22 @@ class TvregGroup(click.Group):
 
 
 @click.group(cls=TvregGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--registry", "registry_path", metavar="PATH", envvar="TVREG_HOME",
-              help="Registry folder (default: $TVREG_HOME, else ~/.tvreg).")
+@click.option("--registry", "registry_path", metavar="PATH|URL", envvar="TVREG_HOME",
+              help="Registry folder (default: $TVREG_HOME, else ~/.tvreg), or a remote's URL "
+                   "(s3://…, https://…, file://…) to read it without pulling.")
+@click.option("--registry-option", "registry_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option for a --registry URL (e.g. endpoint_url=…), repeatable.")
 @click.version_option(tvreg.__version__, prog_name="tvreg")
 @click.pass_context
-def cli(ctx: click.Context, registry_path: str | None) -> None:
+def cli(ctx: click.Context, registry_path: str | None, registry_options: tuple[str, ...]) -> None:
     """tvreg: a registry of task vectors (fine-tuned minus pre-trained weights)."""
-    ctx.obj = tvreg.open(registry_path)
+    from tvreg.remotes import parse_options
+
+    try:
+        ctx.obj = tvreg.open(registry_path, options=parse_options(registry_options) or None)
+    except TvregError as e:
+        message(f"tvreg: error: {e}")
+        ctx.exit(e.exit_code)
     ctx.call_on_close(ctx.obj.close)
 
 

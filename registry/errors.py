@@ -51,6 +51,10 @@ class NonFiniteValues(InvalidInput):
     """A task vector with NaN or Inf values (allowed only on request)."""
 
 
+class ReadOnlyRegistry(InvalidInput):
+    """A write on a registry opened read-only (a remote opened by URL)."""
+
+
 class SQLError(InvalidInput):
     """A query that fails, or that tries to write through the read-only SQL interface."""
 

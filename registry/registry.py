@@ -60,14 +60,27 @@ def default_root() -> str:
 
 
 def open(path: str | os.PathLike | None = None, *,  # noqa: A001 - the API name
-         check_tensors: bool = False) -> "Registry":
+         check_tensors: bool = False, options: dict[str, Any] | None = None,
+         cache: str | os.PathLike | None = None) -> "Registry":
     """Open the registry at ``path`` (default ``$TVREG_HOME``, else ``~/.tvreg``).
 
     Nothing is created until the first write; reads of a registry that does not exist raise
     :class:`NotFound`. Every blob read is checked against its sha256 (its name); with
     ``check_tensors`` every decoded tensor is also checked against the sha256 in its manifest.
+
+    A URL (``s3://bucket/team``, ``https://host/tvreg``, ``memory://x``, ``file:///srv/tvreg``)
+    opens that remote read-only, with fsspec storage ``options`` and objects cached
+    under ``cache`` (default ``$TVREG_CACHE``, else ``~/.cache/tvreg``); see
+    :mod:`tvreg.remote_registry`.
     """
-    return Registry(path if path is not None else default_root(), check_tensors=check_tensors)
+    path = path if path is not None else default_root()
+    from .remote_registry import RemoteRegistry, is_url
+
+    if is_url(path):
+        return RemoteRegistry(path, options=options, cache=cache, check_tensors=check_tensors)
+    if options or cache is not None:
+        raise InvalidInput("options and cache are for registries opened by URL")
+    return Registry(path, check_tensors=check_tensors)
 
 
 @dataclass(frozen=True)
@@ -646,15 +659,25 @@ class Registry:
 
     # --- maintenance -----------------------------------------------------------------------------
 
-    def _readable(self, prefix: str, read: Callable[[str], Any], problems: list[str]):
-        """The documents under ``prefix`` that ``read`` accepts; the others go to ``problems``."""
-        for key in self.store.list(prefix):
-            if not key.endswith(".json"):
-                continue
+    def _readable(self, prefix: str, read: Callable[[str], Any], problems: list[str]) -> list:
+        """The documents under ``prefix`` that ``read`` accepts (read on a thread pool: a
+        remote's reads are round trips); the others go to ``problems``."""
+        from .documents import read_many
+
+        def attempt(key: str) -> Any:
             try:
-                yield read(key)
+                return read(key)
             except TvregError as e:
-                problems.append(f"{key}: {e}")
+                return e
+
+        keys = [k for k in self.store.list(prefix) if k.endswith(".json")]
+        out = []
+        for key, got in zip(keys, read_many(attempt, keys)):
+            if isinstance(got, TvregError):
+                problems.append(f"{key}: {got}")
+            else:
+                out.append(got)
+        return out
 
     def reindex(self) -> dict[str, Any]:
         """Rebuild the catalog from the object store (every record and manifest re-verified).
@@ -664,6 +687,8 @@ class Registry:
         """
         if not self.exists:
             raise NotFound(f"no tvreg registry at {self.root}")
+        from .documents import read_many
+
         problems: list[str] = []
         counts: dict[str, int] = {}
 
@@ -672,13 +697,22 @@ class Registry:
             records: list[VersionRecord] = []
             manifests: dict[str, Manifest] = {}
             broken: dict[str, str] = {}
-            for rec in self._readable("refs", self._read_record, problems):
+            found = self._readable("refs", self._read_record, problems)
+
+            def manifest(vid: str) -> Manifest | TvregError:
+                try:
+                    return self.manifest(vid)
+                except TvregError as e:
+                    return e
+
+            vids = sorted({rec.vector_id for rec in found})
+            for vid, got in zip(vids, read_many(manifest, vids)):
+                if isinstance(got, TvregError):
+                    broken[vid] = str(got)
+                else:
+                    manifests[vid] = got
+            for rec in found:
                 vid = rec.vector_id
-                if vid not in manifests and vid not in broken:
-                    try:
-                        manifests[vid] = self.manifest(vid)
-                    except TvregError as e:
-                        broken[vid] = str(e)
                 if vid in broken:
                     problems.append(f"{rec.key}: manifest {vid[:12]}: {broken[vid]}")
                 else:

@@ -844,12 +844,13 @@ _SLOW_REINDEX = textwrap.dedent("""
     readable = Registry._readable
 
     def paused(self, prefix, read, problems):
-        yield from readable(self, prefix, read, problems)
+        found = readable(self, prefix, read, problems)
         if prefix == "refs":  # the store is listed; hold the rebuild open until told to go on
             open(listed, "w").close()
             deadline = time.time() + 60
             while not os.path.exists(proceed) and time.time() < deadline:
                 time.sleep(0.005)
+        return found
 
     Registry._readable = paused
     with tvreg.open(root) as reg:
