@@ -74,5 +74,9 @@ class CatalogBusy(TvregError):
     """Another process held the catalog's write lock for longer than the timeout."""
 
 
+class RemoteError(TvregError):
+    """A remote's backend failed: unreachable endpoint, access denied, missing bucket…"""
+
+
 class RegistryError(TvregError):
     """Any other failure of the registry (unexpected state on disk)."""

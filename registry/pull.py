@@ -93,8 +93,11 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
          similarities: bool = True) -> PullReport:
     from .remotes import get
 
+    from .remote_index import require_content
+
     remote = get(reg, remote_name)
     src = remote.reader()
+    require_content(remote, remote.store())
     report = PullReport(remote.name)
     records = select_remote(src, refs, remote.name)
 

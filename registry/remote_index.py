@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import duckdb
 
 from .documents import read_many, read_record, read_tag, record_keys, tag_keys
-from .errors import CorruptObject, FormatError, InvalidInput, TvregError
+from .errors import CorruptObject, FormatError, InvalidInput, NotFound, TvregError
 from .records import record_key, tag_key
 from .stores import MissingKey, Store
 
@@ -167,6 +167,14 @@ def refresh(store: Store, manifest_of: Callable[[str], "Manifest"], *, workers: 
     return index
 
 
+def require_content(remote: "Remote", store: Store) -> None:
+    """A remote that holds nothing of tvreg's is most often a wrong URL or bucket: say so."""
+    if store.exists(VERSIONS_KEY) or (remote.listable and record_keys(store)):
+        return
+    raise NotFound(f"remote {remote.name} ({remote.url}) holds no tvreg data: nothing was pushed "
+                   "there, or the URL, bucket or endpoint is wrong")
+
+
 def remote_sql(remote: "Remote", query: str) -> tuple[list[str], list[tuple]]:
     """A user query on a remote's index (``versions``, ``tags``, ``latest``), in a sandboxed
     in-memory database. A listable remote without an index (never pushed to by this tvreg)
@@ -175,6 +183,7 @@ def remote_sql(remote: "Remote", query: str) -> tuple[list[str], list[tuple]]:
     from .objects import ObjectDB
 
     store = remote.store()
+    require_content(remote, store)
     con = duckdb.connect()
     try:
         if not load_into(con, store):

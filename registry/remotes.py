@@ -67,8 +67,9 @@ class Remote:
             return LocalStore(self.url.removeprefix("file://"))
         try:
             return FsspecStore.from_url(self.url, **self.options)
-        except (ImportError, ValueError) as e:
-            raise InvalidInput(f"remote {self.name}: cannot open {self.url}: {e}") from None
+        except (ImportError, ValueError, TypeError) as e:
+            raise InvalidInput(f"remote {self.name}: cannot open {self.url}: "
+                               f"{' '.join(str(e).split())[:300]}") from None
 
 
 def validate_remote_name(name: str) -> str:

@@ -15,6 +15,7 @@ from tvreg.testing import make_toy_zoo
 def _isolated_env(monkeypatch, tmp_path):
     """No test touches ~/.tvreg or shows progress bars; lock waits stay short."""
     monkeypatch.setenv("TVREG_HOME", str(tmp_path / "default-registry"))
+    monkeypatch.setenv("TVREG_CACHE", str(tmp_path / "default-cache"))
     monkeypatch.setenv("TVREG_NO_PROGRESS", "1")
     monkeypatch.setenv("TVREG_LOCK_TIMEOUT", os.environ.get("TVREG_TEST_LOCK_TIMEOUT", "60"))
 
@@ -93,3 +94,30 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def serve_http():
+    """``serve_http(folder) -> URL``: a real HTTP server (the standard library's) on loopback
+    serving ``folder`` read-only, stopped after the test."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def serve(folder) -> str:
+        handler = functools.partial(Quiet, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

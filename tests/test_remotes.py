@@ -133,3 +133,96 @@ def test_push_cli_and_bad_input(run, zoo, reg_path, tmp_path):
     run("remote", "add", "web", "https://example.org/registry")
     assert "read-only" in run("push", "web", code=2).stderr
     assert "nope" in run("push", "shared", "nope", code=2).stderr
+
+
+# --- faults: one line, exit 1 or 2, the local registry unchanged ---------------------------------
+
+
+@pytest.fixture
+def filled_cli(run, zoo, reg_path):
+    run("create", "topic", "--base", str(zoo.base), "--finetuned", str(zoo.finetuned["topic"]),
+        "--no-similarities")
+    return reg_path
+
+
+def _fault(run, reg_path, url, options, needle, *, code=1):
+    from helpers import snapshot
+
+    opts = [a for k, v in options.items() for a in ("--option", f"{k}={v}")]
+    run("remote", "add", "bad", url, *opts)
+    before = snapshot(reg_path)
+    for command in (("push", "bad"), ("pull", "bad"), ("ls", "--remote", "bad"),
+                    ("sql", "--remote", "bad", "SELECT 1")):
+        r = run(*command, code=code)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (command, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert snapshot(reg_path) == before
+
+
+def test_unreachable_endpoint(run, filled_cli, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    _fault(run, filled_cli, "s3://bucket/team", {"endpoint_url": f"http://127.0.0.1:{dead}"},
+           "Could not connect")
+
+
+def test_missing_bucket(run, filled_cli, s3_endpoint):
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/team"
+    run("remote", "add", "bad", url, "--option", f"endpoint_url={s3_endpoint}")
+    r = run("push", "bad", code=1)
+    assert "bucket does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for command in (("pull", "bad"), ("ls", "--remote", "bad")):
+        r = run(*command, code=2)
+        assert "holds no tvreg data" in r.stderr
+
+
+def test_wrong_credentials(run, filled_cli, s3_endpoint, monkeypatch):
+    import moto.settings
+    import s3fs
+
+    bucket = f"tvreg-{uuid.uuid4().hex[:20]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys now
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+    _fault(run, filled_cli, f"s3://{bucket}/team",
+           {"endpoint_url": s3_endpoint, "skip_instance_cache": "true"}, "access denied")
+
+
+def test_pull_from_http_needs_the_index(run, filled_cli, tmp_path, serve_http):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    run("remote", "add", "web", serve_http(folder))
+    r = run("pull", "web", code=2)
+    assert "holds no tvreg data" in r.stderr
+
+
+def test_push_and_pull_report_progress_in_objects_and_bytes(zoo, tmp_path):
+    class Recorder:
+        def __init__(self):
+            self.total, self.seen = None, []
+
+        def start(self, objects, nbytes):
+            self.total = (objects, nbytes)
+
+        def advance(self, nbytes):
+            self.seen.append(nbytes)
+
+    reg = tvreg.open(tmp_path / "a")
+    reg.create("topic", zoo.base, zoo.finetuned["topic"], similarities=False)
+    reg.add_remote("origin", str(tmp_path / "remote"))
+    pushed = Recorder()
+    rep = reg.push(progress=pushed)
+    assert pushed.total == (rep.objects_sent, rep.bytes_sent) == (len(pushed.seen), sum(pushed.seen))
+    clone = tvreg.open(tmp_path / "b")
+    clone.add_remote("origin", str(tmp_path / "remote"))
+    pulled = Recorder()
+    rep = clone.pull(progress=pulled)
+    assert pulled.total == (rep.objects_fetched, rep.bytes_fetched) == \
+        (len(pulled.seen), sum(pulled.seen))

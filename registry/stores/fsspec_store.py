@@ -13,6 +13,7 @@ import os
 import posixpath
 from typing import Any, Iterator
 
+from ..errors import RemoteError, TvregError
 from .base import MissingKey, Store, check_key
 
 #: names the store never lists: temporary or hidden entries some tools leave next to objects
@@ -35,6 +36,37 @@ def _timestamp(info: dict[str, Any]) -> float | None:
                 continue
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)).timestamp()
     return None
+
+
+def _backend_failure(e: BaseException) -> bool:
+    """Errors of the storage backend (network, auth, service), as opposed to tvreg's own or a
+    programming error: OSError (what fsspec maps most failures to) and the exceptions of the
+    HTTP/cloud client libraries underneath (botocore, aiohttp, requests, azure, google)."""
+    if isinstance(e, TvregError):
+        return False
+    if isinstance(e, (OSError, TimeoutError, ConnectionError)):
+        return True
+    module = type(e).__module__.split(".", 1)[0]
+    return module in {"botocore", "aiobotocore", "aiohttp", "requests", "urllib3", "azure",
+                      "google", "gcsfs", "adlfs"}
+
+
+def _translated(method):
+    """Backend failures become one-line :class:`RemoteError`s that name the store."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - filtered just below
+            if not _backend_failure(e):
+                raise
+            text = " ".join(str(e).split())[:300] or type(e).__name__
+            if isinstance(e, PermissionError):
+                text = f"access denied ({text}); check the backend's credentials"
+            raise RemoteError(f"{self!r}: {text}") from None
+    return wrapper
 
 
 class FsspecStore(Store):
@@ -72,6 +104,7 @@ class FsspecStore(Store):
 
     # --- reads -----------------------------------------------------------------------------------
 
+    @_translated
     def read(self, key: str) -> bytes:
         path = self._path(key)
         try:
@@ -81,9 +114,11 @@ class FsspecStore(Store):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise MissingKey(f"no such key {key!r} in {self!r}") from None
 
+    @_translated
     def exists(self, key: str) -> bool:
         return self._is_file(self._path(key))
 
+    @_translated
     def _info(self, key: str) -> dict[str, Any]:
         path = self._path(key)
         try:
@@ -105,6 +140,7 @@ class FsspecStore(Store):
             return time.time()
         return t
 
+    @_translated
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root if not prefix else self._path(prefix)
         try:
@@ -125,11 +161,13 @@ class FsspecStore(Store):
 
     # --- writes ----------------------------------------------------------------------------------
 
+    @_translated
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         self._check_writable()
         self.fs.pipe_file(path, bytes(data))
 
+    @_translated
     def write_new(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         self._check_writable()
@@ -150,6 +188,7 @@ class FsspecStore(Store):
         finally:
             os.unlink(path)
 
+    @_translated
     def delete(self, key: str) -> None:
         path = self._path(key)
         self._check_writable()
@@ -159,6 +198,7 @@ class FsspecStore(Store):
         except FileNotFoundError:
             pass
 
+    @_translated
     def touch(self, key: str) -> None:
         path = self._path(key)
         self._check_writable()
