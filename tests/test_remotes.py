@@ -8,7 +8,6 @@ import uuid
 import pytest
 
 import tvreg
-from tvreg.cli.main import cli
 from tvreg.errors import InvalidInput, InvalidName, NotFound
 
 
