@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .documents import read_tag
-from .errors import CorruptObject, FormatError, InvalidInput
+from .errors import CorruptObject, FormatError, InvalidInput, TvregError
 from .manifest import Manifest
 from .objects import PREFIX, ObjectDB, object_key
 from .records import TagRecord, VersionRecord, tag_key, utc_now
@@ -74,9 +74,41 @@ def _remote_ids(store: "Store") -> set[str]:
     return out
 
 
+def _remote_versions(store: "Store", names: set[str]) -> dict[str, dict[int, VersionRecord]]:
+    """The remote's versions of ``names``: one listing of ``refs/``; records the remote index
+    describes are taken from it (a re-push of an unchanged registry reads no record), the
+    others are read in parallel. A damaged record is left out but still holds its number
+    (:func:`~tvreg.documents.claim` never writes over a key that exists)."""
+    from .documents import read_many, read_record, record_keys
+    from .remote_index import read as read_index, records_of
+
+    def read(key: str) -> VersionRecord | None:
+        try:
+            return read_record(store, key)
+        except (FormatError, CorruptObject, MissingKey):
+            return None
+
+    try:
+        index = read_index(store)
+    except TvregError:
+        index = None  # unreadable index: read every record
+    hints = records_of(index) if index else {}
+    keys = [k for k in record_keys(store) if k[len("refs/"):k.rindex("/")] in names]
+    out: dict[str, dict[int, VersionRecord]] = {name: {} for name in names}
+    for key in keys:
+        if key in hints:
+            rec = hints[key]
+            out[rec.name][rec.version] = rec
+    unread = [k for k in keys if k not in hints]
+    for rec in read_many(read, unread):
+        if rec is not None:
+            out[rec.name][rec.version] = rec
+    return out
+
+
 def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
          workers: int = 8, progress: "Transfer | None" = None) -> PushReport:
-    from .documents import claim, versions_in
+    from .documents import claim
     from .remote_index import refresh
     from .remotes import get
 
@@ -112,10 +144,9 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                 report.bytes_sent += n
     # records: claim numbers by exclusive create, never overwrite
     mapping: dict[tuple[str, int], int] = {}
-    theirs: dict[str, dict[int, VersionRecord]] = {}
+    theirs = _remote_versions(store, {r.name for r in records})
     for rec in records:
-        known = theirs.setdefault(rec.name, versions_in(store, rec.name, skip_damaged=True))
-        held, created = claim(store, rec, known)
+        held, created = claim(store, rec, theirs[rec.name])
         mapping[(rec.name, rec.version)] = held.version
         if not created:
             report.versions_skipped += 1

@@ -26,6 +26,7 @@ from .stores import MissingKey, Store
 from .manifest import Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .records import VersionRecord
     from .remotes import Remote
 
 VERSIONS_KEY = "index/versions.parquet"
@@ -51,6 +52,32 @@ class Index:
 
     def tag_keys(self) -> list[str]:
         return [tag_key(row[0], row[1]) for row in self.tags]
+
+
+def records_of(index: Index) -> dict[str, "VersionRecord"]:
+    """The version records an index describes, by key. They are what a push of those records
+    wrote, but unverified (no seal): use them as hints, e.g. to skip re-reading records that
+    an unchanged push would only compare with its own (docs/format.md §9.2)."""
+    import datetime as _dt
+    import json
+
+    from .records import Metadata, VersionRecord
+
+    out = {}
+    for row in index.versions:
+        (name, version, vid, base, arch, task, dataset, lr, steps, meta, _n, _raw, _stored,
+         _codec, created, parents, recipe) = row
+        try:
+            if isinstance(created, _dt.datetime):
+                created = created.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            rec = VersionRecord(name, version, vid, base, arch,
+                                Metadata(task, dataset, lr, steps, json.loads(meta)), created,
+                                tuple(json.loads(parents)),
+                                None if recipe is None else json.loads(recipe))
+        except (TypeError, ValueError, TvregError):
+            continue  # a row that is not a valid record is no hint
+        out[rec.key] = rec
+    return out
 
 
 def _parse_record_key(key: str) -> tuple[str, int]:

@@ -225,3 +225,29 @@ def test_push_and_pull_report_progress_in_objects_and_bytes(zoo, tmp_path):
     rep = clone.pull(progress=pulled)
     assert pulled.total == (rep.objects_fetched, rep.bytes_fetched) == \
         (len(pulled.seen), sum(pulled.seen))
+
+
+def test_the_remote_index_is_derived_data(zoo, tmp_path):
+    """A missing or damaged index: listable remotes answer from their records, push rewrites
+    it, and a re-push still recognises every version (it reads the records instead)."""
+    from tvreg.errors import FormatError
+    from tvreg.remote_index import TAGS_KEY, VERSIONS_KEY
+
+    reg = tvreg.open(tmp_path / "a")
+    for task in ("sentiment", "topic"):
+        reg.create(task, zoo.base, zoo.finetuned[task], similarities=False)
+    reg.tag("topic", "prod")
+    reg.add_remote("origin", str(tmp_path / "remote"))
+    reg.push()
+    expected = reg.remote_ls(all_versions=True)
+    assert expected == reg.ls(all_versions=True)
+    store = reg.remote("origin").store()
+    for key in (VERSIONS_KEY, TAGS_KEY):
+        store.delete(key)
+    assert reg.remote_ls(all_versions=True) == expected  # built from the records
+    store.write(VERSIONS_KEY, b"not parquet")
+    with pytest.raises(FormatError, match="push again"):
+        reg.remote_ls()
+    rep = reg.push()
+    assert (rep.objects_sent, rep.versions_sent, rep.versions_skipped) == (0, 0, 2)
+    assert reg.remote_ls(all_versions=True) == expected  # rewritten

@@ -107,9 +107,8 @@ class FsspecStore(Store):
     @_translated
     def read(self, key: str) -> bytes:
         path = self._path(key)
-        try:
-            if not self._is_file(path):
-                raise FileNotFoundError(path)
+        try:  # one request: a key that is a folder fails like a missing one (or, over HTTP,
+            # returns a listing page, which no reader accepts as a record or an object)
             return bytes(self.fs.cat_file(path))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise MissingKey(f"no such key {key!r} in {self!r}") from None
