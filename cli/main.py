@@ -47,7 +47,10 @@ def cli(ctx: click.Context, registry_path: str | None, registry_options: tuple[s
     from tvreg.remotes import parse_options
 
     try:
-        ctx.obj = tvreg.open(registry_path, options=parse_options(registry_options) or None)
+        options = parse_options(registry_options, "--registry-option") or None
+        if options and not (registry_path and "://" in registry_path):
+            raise tvreg.InvalidInput("--registry-option needs a --registry URL")
+        ctx.obj = tvreg.open(registry_path, options=options)
     except TvregError as e:
         message(f"tvreg: error: {e}")
         ctx.exit(e.exit_code)

@@ -79,19 +79,19 @@ def validate_remote_name(name: str) -> str:
     return name
 
 
-def parse_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+def parse_options(items: tuple[str, ...] | list[str], flag: str = "--option") -> dict[str, Any]:
     """``KEY=VALUE`` items into storage options; values are JSON scalars if they parse as one."""
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not _OPTION.fullmatch(key):
-            raise InvalidInput(f"invalid --option {item!r}: expected KEY=VALUE")
+            raise InvalidInput(f"invalid {flag} {item!r}: expected KEY=VALUE")
         if _SECRET.search(key) and key not in _ALLOWED_SECRET_LOOKALIKES:
-            raise InvalidInput(f"--option {key} looks like a credential; tvreg never stores "
+            raise InvalidInput(f"{flag} {key} looks like a credential; tvreg never stores "
                                "credentials: use the backend's own sources (for S3: "
                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
         if key in options:
-            raise InvalidInput(f"--option {key} given twice")
+            raise InvalidInput(f"{flag} {key} given twice")
         try:
             parsed = json.loads(value)
             options[key] = parsed if isinstance(parsed, (bool, int, float, str)) or parsed is None \
