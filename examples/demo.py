@@ -7,7 +7,9 @@
    base + exported vector has the fine-tuned model's accuracy;
 5. shows how the vectors relate: cosines and sign conflicts computed when they were stored;
 6. composes two vectors into a saved multi-task vector (with its recipe) and applies it;
-7. verifies every stored byte.
+7. shares them: pushes to a directory remote, lists and queries it without pulling, reads it
+   by URL, and pulls part of it into a teammate's registry (every object checked on the way);
+8. verifies every stored byte.
 
 Run with `make demo` (or `python examples/demo.py [--workdir DIR]`). Every command it runs is
 printed before its output, so it doubles as a tour of the CLI.
@@ -132,8 +134,23 @@ def main() -> None:
               f"{accuracy(models[task], task):.3f}, base + 0.8·(τ_sentiment + τ_topic) "
               f"{accuracy(merged, task):.3f}")
 
-    print("\n== 7. verify every stored byte")
+    print("\n== 7. share: push to a directory remote, read it without pulling, pull into another registry")
+    shared, teammate = work / "shared-remote", work / "teammate-registry"
+    run("remote", "add", "origin", str(shared), env=env)
+    run("push", env=env)
+    run("push", env=env)  # nothing left to send
+    mate = {**env, "TVREG_HOME": str(teammate), "TVREG_CACHE": str(work / "cache")}
+    run("remote", "add", "origin", str(shared), env=mate)
+    run("ls", "--remote", "origin", env=mate)
+    run("sql", "--remote", "origin", "SELECT name, version, task, lr FROM versions "
+        "WHERE lr <= 5e-3", env=mate)
+    run("--registry", f"file://{shared}", "show", "multi", env=mate)
+    run("pull", "origin", "sentiment@prod", "multi", env=mate)
+    run("ls", env=mate)
+
+    print("\n== 8. verify every stored byte")
     run("verify", env=env)
+    run("verify", env=mate)
     print(f"\ndone in {time.perf_counter() - t0:.1f}s; registry at {registry} "
           f"(try: TVREG_HOME={registry} tvreg ls)")
 
