@@ -139,30 +139,44 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                        + sum(map(len, fetched.values())))
         for data in fetched.values():
             progress.advance(len(data))
-    done: set[str] = set()
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="tvreg-pull") as pool:
-        for vid in vids:  # vector by vector: a rerun keeps what an interrupted pull finished
-            wanted = [b for b in missing[vid] if b not in done]
-            with Staging(reg.objects, reg.scratch) as staging:
-                def stage(oid: str) -> int:
-                    data = fetch(oid)
-                    if staging.put(data) != oid:
-                        raise CorruptObject(f"remote {remote.name}: object {object_key(oid)} is "
-                                            "corrupted (its sha256 does not match its name); "
-                                            "no version was pulled")
-                    if progress:
-                        progress.advance(len(data))
-                    return len(data)
+    # every missing blob is fetched on one pool (so large and small objects of all vectors
+    # overlap), staged per vector; a vector's blobs are committed, then its manifest, as soon as
+    # they are all in and the vectors before it are committed (a rerun keeps what is done)
+    owner: dict[str, str] = {}
+    for vid in vids:
+        for b in missing[vid]:
+            owner.setdefault(b, vid)
+    stagings = {vid: Staging(reg.objects, reg.scratch) for vid in vids}
+    try:
+        def stage(oid: str) -> int:
+            data = fetch(oid)
+            if stagings[owner[oid]].put(data) != oid:
+                raise CorruptObject(f"remote {remote.name}: object {object_key(oid)} is corrupted "
+                                    "(its sha256 does not match its name); no version was pulled")
+            if progress:
+                progress.advance(len(data))
+            return len(data)
 
-                for n in pool.map(stage, wanted):
-                    report.objects_fetched += 1
-                    report.bytes_fetched += n
-                staging.commit()
-            done.update(wanted)
-            if vid in fetched:
-                reg.objects.put(fetched[vid])
-                report.objects_fetched += 1
-                report.bytes_fetched += len(fetched[vid])
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="tvreg-pull") as pool:
+            futures = {vid: [pool.submit(stage, b) for b in missing[vid] if owner[b] == vid]
+                       for vid in vids}
+            try:
+                for vid in vids:
+                    for f in futures[vid]:
+                        report.bytes_fetched += f.result()
+                        report.objects_fetched += 1
+                    stagings[vid].commit()
+                    if vid in fetched:
+                        reg.objects.put(fetched[vid])
+                        report.objects_fetched += 1
+                        report.bytes_fetched += len(fetched[vid])
+            except BaseException:
+                for f in (f for fs in futures.values() for f in fs):
+                    f.cancel()
+                raise
+    finally:
+        for staging in stagings.values():
+            staging.close()
     # records, then the catalog, tags and similarities
     mapping: dict[tuple[str, int], VersionRecord] = {}
     ours: dict[str, dict[int, VersionRecord]] = {}

@@ -20,11 +20,12 @@ from .documents import read_tag
 from .errors import CorruptObject, FormatError, InvalidInput, TvregError
 from .manifest import Manifest
 from .objects import PREFIX, ObjectDB, object_key
-from .records import TagRecord, VersionRecord, tag_key, utc_now
+from .records import TagRecord, VersionRecord, utc_now
 from .stores import MissingKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from .progress import Transfer
+    from .remote_index import Index
     from .registry import Registry
     from .stores import Store
 
@@ -74,11 +75,13 @@ def _remote_ids(store: "Store") -> set[str]:
     return out
 
 
-def _remote_versions(store: "Store", names: set[str]) -> dict[str, dict[int, VersionRecord]]:
+def _remote_versions(store: "Store", names: set[str]
+                     ) -> tuple[dict[str, dict[int, VersionRecord]], "Index | None", list[str]]:
     """The remote's versions of ``names``: one listing of ``refs/``; records the remote index
     describes are taken from it (a re-push of an unchanged registry reads no record), the
     others are read in parallel. A damaged record is left out but still holds its number
-    (:func:`~tvreg.documents.claim` never writes over a key that exists)."""
+    (:func:`~tvreg.documents.claim` never writes over a key that exists). Also returns the
+    index and the listing, for the index refresh at the end."""
     from .documents import read_many, read_record, record_keys
     from .remote_index import read as read_index, records_of
 
@@ -93,7 +96,8 @@ def _remote_versions(store: "Store", names: set[str]) -> dict[str, dict[int, Ver
     except TvregError:
         index = None  # unreadable index: read every record
     hints = records_of(index) if index else {}
-    keys = [k for k in record_keys(store) if k[len("refs/"):k.rindex("/")] in names]
+    listed = record_keys(store)
+    keys = [k for k in listed if k[len("refs/"):k.rindex("/")] in names]
     out: dict[str, dict[int, VersionRecord]] = {name: {} for name in names}
     for key in keys:
         if key in hints:
@@ -103,7 +107,7 @@ def _remote_versions(store: "Store", names: set[str]) -> dict[str, dict[int, Ver
     for rec in read_many(read, unread):
         if rec is not None:
             out[rec.name][rec.version] = rec
-    return out
+    return out, index, listed
 
 
 def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
@@ -144,7 +148,7 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                 report.bytes_sent += n
     # records: claim numbers by exclusive create, never overwrite
     mapping: dict[tuple[str, int], int] = {}
-    theirs = _remote_versions(store, {r.name for r in records})
+    theirs, index, listed = _remote_versions(store, {r.name for r in records})
     for rec in records:
         held, created = claim(store, rec, theirs[rec.name])
         mapping[(rec.name, rec.version)] = held.version
@@ -154,22 +158,26 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
         report.versions_sent += 1
         if held.version != rec.version:
             report.renumbered[rec.ref] = held.ref
-    # tags of the pushed versions, pointing at their remote numbers
-    for tag in reg.all_tags():
-        target = mapping.get((tag.name, tag.version))
-        if target is None:
-            continue
-        key = tag_key(tag.name, tag.tag)
+    # tags of the pushed versions, pointing at their remote numbers (read there in parallel)
+    from .documents import read_many
+
+    def current(key: str):
         try:
-            current = read_tag(store, key)
-            if (current.version, current.vector_id) == (target, tag.vector_id):
-                continue
+            return read_tag(store, key)
         except (MissingKey, FormatError, CorruptObject):
-            pass  # missing or unreadable: write ours
-        store.write(key, TagRecord(tag.name, tag.tag, target, tag.vector_id, utc_now()).to_bytes())
+            return None  # missing or unreadable: write ours
+
+    wanted = [(tag, mapping[(tag.name, tag.version)]) for tag in reg.all_tags()
+              if (tag.name, tag.version) in mapping]
+    for (tag, target), there in zip(wanted, read_many(current, [t.key for t, _ in wanted])):
+        if there is not None and (there.version, there.vector_id) == (target, tag.vector_id):
+            continue
+        store.write(tag.key, TagRecord(tag.name, tag.tag, target, tag.vector_id,
+                                       utc_now()).to_bytes())
         report.tags_sent += 1
     # the index says what the remote holds (for ls/sql --remote and HTTP readers)
     remote_objects = ObjectDB(store)
     refresh(store, lambda vid: manifests[vid] if vid in manifests
-            else Manifest.from_bytes(remote_objects.get(vid)))
+            else Manifest.from_bytes(remote_objects.get(vid)),
+            previous=index, keys=None if report.versions_sent else listed)
     return report

@@ -152,12 +152,14 @@ def _or_none(read_one: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
-          previous: Index | None = None, workers: int = 16) -> Index:
-    """The index of what ``store`` holds now. Rows of ``previous`` are reused for the records
-    it has (records never change); only new records and their manifests are read."""
+          previous: Index | None = None, keys: list[str] | None = None,
+          workers: int = 16) -> Index:
+    """The index of what ``store`` holds now (``keys``: its record keys, if just listed). Rows
+    of ``previous`` are reused for the records it has (records never change); only new records
+    and their manifests are read."""
     from .catalog import tag_row, version_row
 
-    keys = record_keys(store)
+    keys = record_keys(store) if keys is None else keys
     known = {(row[0], row[1]): row for row in (previous.versions if previous else [])}
     rows = [known[nv] for nv in map(_parse_record_key, keys) if nv in known]
     fresh = [k for k in keys if _parse_record_key(k) not in known]
@@ -176,18 +178,24 @@ def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
                  frozenset(keys))
 
 
-def refresh(store: Store, manifest_of: Callable[[str], "Manifest"], *, workers: int = 16,
-            rounds: int = 3) -> Index:
-    """Rebuild and write the index after a push. If records appeared while it was written (a
-    concurrent push), it is rebuilt again, up to ``rounds`` times, so the last writer's index
-    holds what both pushed."""
-    try:
-        previous = read(store)
-    except TvregError:
-        previous = None  # unreadable: rebuilt from the records
+def refresh(store: Store, manifest_of: Callable[[str], "Manifest"], *,
+            previous: Index | None | bool = True, keys: list[str] | None = None,
+            workers: int = 16, rounds: int = 3) -> Index:
+    """Rebuild the index after a push and write it if it changed. ``previous``: the index as
+    read before (True: read it now); ``keys``: the record keys, if listed since the last write.
+    If records appeared while it was written (a concurrent push), it is rebuilt again, up to
+    ``rounds`` times, so the last writer's index holds what both pushed."""
+    if previous is True:
+        try:
+            previous = read(store)
+        except TvregError:
+            previous = None  # unreadable: rebuilt from the records
     for _ in range(max(1, rounds)):
-        index = build(store, manifest_of, previous=previous, workers=workers)
+        index = build(store, manifest_of, previous=previous or None, keys=keys, workers=workers)
+        if previous and (index.versions, index.tags) == (previous.versions, previous.tags):
+            return index  # unchanged: nothing to write
         write(store, index)
+        keys = None
         if set(record_keys(store)) == index.listed:
             break
         previous = index

@@ -251,3 +251,11 @@ def test_the_remote_index_is_derived_data(zoo, tmp_path):
     rep = reg.push()
     assert (rep.objects_sent, rep.versions_sent, rep.versions_skipped) == (0, 0, 2)
     assert reg.remote_ls(all_versions=True) == expected  # rewritten
+    index_file = tmp_path / "remote" / VERSIONS_KEY
+    before = index_file.stat().st_mtime_ns
+    assert reg.push().versions_skipped == 2
+    assert index_file.stat().st_mtime_ns == before  # an unchanged push writes no index
+    reg.tag("sentiment", "prod")
+    assert reg.push().tags_sent == 1  # a moved tag is a change: the index follows
+    assert [r["name"] for r in reg.remote_sql("origin", "SELECT name FROM tags")] == \
+        ["sentiment", "topic"]
