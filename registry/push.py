@@ -1,9 +1,10 @@
 """Push: copy versions (their blobs, manifests, records and tags) to a remote.
 
 Order: blobs, then manifests, then version records, then tags, so a reader of the remote never
-sees a record whose objects are missing. Which objects the remote has is learned from one
-listing of its ``objects/`` (not one request per object); only the missing ones are sent, on a
-thread pool. A version number is claimed on the remote with an exclusive create; if another
+sees a record whose objects are missing. Versions the remote already holds need nothing sent
+(their objects are there: that order); for the others, which objects the remote has is learned
+from one listing of its ``objects/`` (not one request per object); only the missing ones are
+sent, on a thread pool. A version number is claimed on the remote with an exclusive create; if another
 pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
 mapping is reported. Nothing on the remote is overwritten except tags (which move by design).
 Re-running an interrupted push completes it. Last, the remote index (index/*.parquet) is
@@ -123,13 +124,18 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     store = remote.store()
     records = select_records(reg, refs)
     report = PushReport(remote.name)
-    # what the versions need, manifests last
+    # versions the remote already holds (same content under some number) need nothing sent:
+    # a record on a remote is only ever written after all of its objects (§9.2)
+    theirs, index, listed = _remote_versions(store, {r.name for r in records})
+    held = [r for r in records if any(t.same_content(r) for t in theirs[r.name].values())]
     manifests = {r.vector_id: reg.manifest(r.vector_id) for r in records}
-    blobs = sorted({b for m in manifests.values() for b in m.blob_ids()})
-    have = _remote_ids(store)
+    needed = {r.vector_id for r in records} - {r.vector_id for r in held}
+    blobs = sorted({b for v in needed for b in manifests[v].blob_ids()})
+    have = _remote_ids(store) if needed else set()  # one listing, only if anything may be sent
     todo = {"blobs": [b for b in blobs if b not in have],
-            "manifests": [v for v in sorted(manifests) if v not in have]}
-    report.objects_skipped = len(blobs) + len(manifests) - sum(map(len, todo.values()))
+            "manifests": [v for v in sorted(needed) if v not in have]}
+    report.objects_skipped = len({b for m in manifests.values() for b in m.blob_ids()}) \
+        + len(manifests) - sum(map(len, todo.values()))
     if progress:
         progress.start(sum(map(len, todo.values())),
                        sum(reg.objects.size(o) for batch in todo.values() for o in batch))
@@ -148,7 +154,6 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                 report.bytes_sent += n
     # records: claim numbers by exclusive create, never overwrite
     mapping: dict[tuple[str, int], int] = {}
-    theirs, index, listed = _remote_versions(store, {r.name for r in records})
     for rec in records:
         held, created = claim(store, rec, theirs[rec.name])
         mapping[(rec.name, rec.version)] = held.version
