@@ -82,21 +82,22 @@ def versions_in(store: "Store", name: str, *, skip_damaged: bool = False) -> dic
     return out
 
 
-def claim(store: "Store", rec: VersionRecord, known: dict[int, VersionRecord]
-          ) -> tuple[VersionRecord, bool]:
+def claim(store: "Store", rec: VersionRecord, known: dict[int, VersionRecord],
+          taken: set[int] = frozenset()) -> tuple[VersionRecord, bool]:
     """Store ``rec`` (its content, metadata and creation time) as a version of its name.
 
-    ``known`` holds the versions of the name already in ``store`` (kept up to date). A version
-    with the same content is reused: ``(that record, False)``. Otherwise ``rec``'s own number
-    is tried, then the next free one, each by exclusive create: ``(the new record, True)``.
+    ``known`` holds the versions of the name already in ``store`` that could have ``rec``'s
+    content (kept up to date), ``taken`` the numbers of the others. A version with the same
+    content is reused: ``(that record, False)``. Otherwise ``rec``'s own number is tried, then
+    the next free one, each by exclusive create: ``(the new record, True)``.
     """
     for _, r in sorted(known.items()):
         if r.same_content(rec):
             return r, False
     number = rec.version
     while True:
-        if number in known:
-            number = max(known) + 1
+        if number in known or number in taken:
+            number = max(max(known, default=0), max(taken, default=0)) + 1
             continue
         new = VersionRecord(rec.name, number, rec.vector_id, rec.base_hash, rec.arch_fingerprint,
                             rec.metadata, rec.created_at, rec.parents, rec.recipe)

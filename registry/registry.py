@@ -43,6 +43,8 @@ CATALOG_FILE = "catalog.duckdb"
 CONFIG_FILE = "config.json"
 SCRATCH_DIR = "tmp"
 _LAYOUT_DIRS = {"objects", "refs", "tags", SCRATCH_DIR}
+#: a name with at most this many versions has them all read on create (cheaper than a query)
+_READ_ALL_VERSIONS = 32
 
 
 class SimilarityWarning(UserWarning):
@@ -247,12 +249,25 @@ class Registry:
     def _claim_version(self, name: str, manifest: Manifest, vector_id: str, metadata: Metadata,
                        parents: tuple[str, ...] = (), recipe: dict[str, Any] | None = None
                        ) -> tuple[VersionRecord, bool]:
-        from .documents import claim, versions_in
+        """Claim the next number of ``name`` unless a version holds the same content. Only
+        versions that can hold it are read: with many versions, those the catalog does not
+        show under another vector (records never change, so its rows are exact)."""
+        from .documents import claim, read_many, record_keys
 
-        existing = versions_in(self.store, name)
-        record = VersionRecord(name, max(existing, default=0) + 1, vector_id, manifest.base_hash,
+        keys = {int(k.rsplit("/", 1)[1][:-5]): k for k in record_keys(self.store, name)}
+        other: dict[int, str] = {}
+        if len(keys) > _READ_ALL_VERSIONS and os.path.exists(self.catalog.path):
+            try:
+                other = {r["version"]: r["vector_id"] for r in self.catalog.rows(
+                    "SELECT version, vector_id FROM versions WHERE name = ? AND vector_id <> ?",
+                    [name, vector_id])}
+            except TvregError:
+                other = {}  # no usable catalog: read them all
+        candidates = [k for n, k in sorted(keys.items()) if n not in other]
+        existing = {r.version: r for r in read_many(self._read_record, candidates)}
+        record = VersionRecord(name, max(keys, default=0) + 1, vector_id, manifest.base_hash,
                                manifest.arch_fingerprint, metadata, utc_now(), parents, recipe)
-        return claim(self.store, record, existing)
+        return claim(self.store, record, existing, taken=set(keys))
 
     # --- records ---------------------------------------------------------------------------------
 

@@ -887,3 +887,28 @@ def test_a_version_indexed_during_a_reindex_is_not_lost(filled, reg_path, zoo, t
     assert out.split() == ["3"] and made == ["late@1"]
     names = [r["name"] for r in filled.sql("SELECT name FROM versions ORDER BY name")]
     assert names == ["late", "sentiment", "topic", "toxicity"]
+
+
+def test_create_with_many_versions_reads_only_candidates(reg, zoo, monkeypatch):
+    """Past a few dozen versions, create reads only the versions the catalog does not show
+    under another vector; the dedup rule and the numbering are unchanged."""
+    from tvreg.registry import _READ_ALL_VERSIONS, Registry
+
+    tasks = list(zoo.finetuned)
+    n = _READ_ALL_VERSIONS + 6
+    for i in range(n):
+        task = tasks[i % 3]
+        reg.create("many", zoo.base, zoo.finetuned[task], steps=i, similarities=False)
+    read = []
+    real = Registry._read_record
+    monkeypatch.setattr(Registry, "_read_record", lambda self, key: read.append(key) or real(self, key))
+    again = reg.create("many", zoo.base, zoo.finetuned[tasks[1]], steps=4, similarities=False)
+    assert (again.created, again.record.version) == (False, 5)  # the same content exists as @5
+    assert len(read) == len([i for i in range(n) if i % 3 == 1])  # only topic's versions
+    read.clear()
+    new = reg.create("many", zoo.base, zoo.finetuned[tasks[1]], steps=999, similarities=False)
+    assert (new.created, new.record.version) == (True, n + 1)
+    os.remove(reg.catalog.path)  # no catalog: every version is read
+    read.clear()
+    assert reg.create("many", zoo.base, zoo.finetuned[tasks[2]], steps=5,
+                      similarities=False).record.version == 6
