@@ -117,6 +117,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def run_header(software: str) -> list[tuple[str, str]]:
+    """The first lines of every benchmark's report: date, machine, software, command."""
+    return [
+        ("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("machine", f"{_cpu_model()}, {_usable_cpus()} usable CPUs (os.cpu_count()="
+                    f"{os.cpu_count()}), {platform.platform()}"),
+        ("software", f"python {platform.python_version()}, {software}"),
+        ("command", "python " + shlex.join(sys.argv)),
+    ]
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -367,16 +378,10 @@ def run(args: argparse.Namespace) -> None:
         cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:-1])]
         return "  ".join(cells + [r[-1]]).rstrip()
 
-    cmd = "python " + shlex.join(sys.argv)
-    info = [
-        ("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        ("machine", f"{_cpu_model()}, {_usable_cpus()} usable CPUs (os.cpu_count()={os.cpu_count()}), "
-                    f"{platform.platform()}"),
-        ("software", f"python {platform.python_version()}, torch {torch.__version__}, "
-                     f"zstandard {zstandard.__version__} (libzstd {'.'.join(map(str, zstandard.ZSTD_VERSION))}), "
-                     f"numpy {np.__version__}, tvreg encode workers {default_workers()}, "
-                     f"torch threads {torch.get_num_threads()}"),
-        ("command", cmd),
+    info = run_header(
+        f"torch {torch.__version__}, zstandard {zstandard.__version__} (libzstd "
+        f"{'.'.join(map(str, zstandard.ZSTD_VERSION))}), numpy {np.__version__}, tvreg encode "
+        f"workers {default_workers()}, torch threads {torch.get_num_threads()}") + [
         ("model", f"toy width {args.width}: {params:,} parameters, {args.dtype} checkpoints, "
                   f"{len(manifest.tensors)} floating tensors (largest {_g(largest / MB)} MB), "
                   f"{len(manifest.skipped)} skipped"),

@@ -34,10 +34,8 @@ process would. Sizes are in MB = 10**6 bytes.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import logging
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -52,8 +50,8 @@ os.environ.setdefault("TVREG_NO_PROGRESS", "1")  # no progress bars inside timed
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_core import (DEFAULT_WIDTH, _cpu_model, _dir_bytes, _g, _load_line,  # noqa: E402
-                        _loadavg, _usable_cpus)
+from bench_core import (DEFAULT_WIDTH, _dir_bytes, _g, _load_line, _loadavg,  # noqa: E402
+                        run_header)
 
 MB = 1_000_000
 TASKS = ("sentiment", "topic", "toxicity")
@@ -523,15 +521,9 @@ def run(args) -> None:
         if own and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    info = [
-        ("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        ("machine", f"{_cpu_model()}, {_usable_cpus()} usable CPUs (os.cpu_count()="
-                    f"{os.cpu_count()}), {platform.platform()}"),
-        ("software", f"python {platform.python_version()}, torch {torch.__version__}, "
-                     f"s3fs {s3fs.__version__}, fsspec {fsspec.__version__}, moto "
-                     f"{moto.__version__} (ThreadedMotoServer in this process)"),
-        ("command", "python " + shlex.join(sys.argv)),
-    ]
+    info = run_header(f"torch {torch.__version__}, s3fs {s3fs.__version__}, fsspec "
+                      f"{fsspec.__version__}, moto {moto.__version__} (ThreadedMotoServer in "
+                      "this process)")
     if big:
         info.append(("vectors", f"3 x toy width {args.width} ({big['params']:,} parameters "
                                 f"each, fp32 delta {_g(4 * big['params'] / MB)} MB each); stored "

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -45,8 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_compose import _deep_mlp, _train  # noqa: E402  (the same model and fine-tunes)
-from bench_core import (_RssSampler, _cpu_model, _load_line, _loadavg,  # noqa: E402
-                        _maxrss_bytes, _proc_status, _usable_cpus)
+from bench_core import (_RssSampler, _load_line, _loadavg, _maxrss_bytes,  # noqa: E402
+                        _proc_status, run_header)
 
 MB = 1_000_000
 QUERY = "query"
@@ -483,15 +481,9 @@ def report(args: argparse.Namespace, ins: dict | None, qry: dict | None, started
     from tvreg.encoding import default_workers
 
     workers = default_workers()
-    info = [
-        ("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        ("machine", f"{_cpu_model()}, {_usable_cpus()} usable CPUs (os.cpu_count()={os.cpu_count()}), "
-                    f"{platform.platform()}"),
-        ("software", f"python {platform.python_version()}, torch {torch.__version__}, "
-                     f"numpy {np.__version__}, duckdb {duckdb.__version__}, "
-                     f"zstandard {zstandard.__version__}, tvreg workers {workers}"),
-        ("command", "python " + shlex.join(sys.argv)),
-    ]
+    info = run_header(f"torch {torch.__version__}, numpy {np.__version__}, duckdb "
+                      f"{duckdb.__version__}, zstandard {zstandard.__version__}, tvreg workers "
+                      f"{workers}")
     if ins:
         info.append(("vectors", f"N = {ins['n']} of {ins['params']:,} params ({args.depth} residual "
                                 f"{args.params_width}-wide blocks, {ins['n_tensors']} tensors, "
