@@ -194,7 +194,11 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
         if held.version != rec.version:
             report.renumbered[rec.ref] = held.ref
     if new:
-        reg.catalog.index(new, {r.vector_id: manifests[r.vector_id] for r in new})
+        try:
+            reg.catalog.index(new, {r.vector_id: manifests[r.vector_id] for r in new})
+        except TvregError as e:
+            raise type(e)(f"{', '.join(r.ref for r in new)} pulled, but the catalog was not "
+                          f"updated ({e}); run `tvreg reindex`") from None
     for tag in _remote_tags(src, {r.name for r in records}):
         target = mapping.get((tag.name, tag.version))
         if target is None or target.vector_id != tag.vector_id:

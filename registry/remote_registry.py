@@ -17,7 +17,7 @@ import os
 from typing import Any, NoReturn
 
 from .digest import sha256_hex
-from .errors import CorruptObject, ReadOnlyRegistry
+from .errors import CorruptObject, InvalidInput, ReadOnlyRegistry
 from .objects import ObjectDB, object_key
 from .registry import CONFIG_FORMAT, Registry
 from .remote_index import VERSIONS_KEY
@@ -103,7 +103,7 @@ class RemoteRegistry(Registry):
             return True
         try:
             return next(iter(self.store.list("refs")), None) is not None
-        except Exception:  # noqa: BLE001 - a backend that cannot list: no index, nothing to read
+        except InvalidInput:  # cannot list (HTTP) and has no index: nothing to read
             return False
 
     def _check_config(self) -> dict[str, Any]:

@@ -259,3 +259,17 @@ def test_the_remote_index_is_derived_data(zoo, tmp_path):
     assert reg.push().tags_sent == 1  # a moved tag is a change: the index follows
     assert [r["name"] for r in reg.remote_sql("origin", "SELECT name FROM tags")] == \
         ["sentiment", "topic"]
+
+
+def test_open_url_on_an_unreachable_endpoint_says_so(run, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    r = run("--registry", "s3://bucket/team", "--registry-option",
+            f"endpoint_url=http://127.0.0.1:{dead}", "ls", code=1)
+    assert "Could not connect" in r.stderr and len(r.stderr.strip().splitlines()) == 1
