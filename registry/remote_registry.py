@@ -79,11 +79,9 @@ class CachedObjectDB(ObjectDB):
 class RemoteRegistry(Registry):
     def __init__(self, url: str, *, options: dict[str, Any] | None = None,
                  cache: str | os.PathLike | None = None, check_tensors: bool = False) -> None:
-        from .remotes import Remote, check_url
+        from .remotes import Remote, check_url, normalize_url
 
-        from .remotes import _normalize
-
-        self.url = _normalize(check_url(url))
+        self.url = normalize_url(check_url(url))
         self.options = dict(options or {})
         self.cache = os.path.abspath(os.fspath(cache if cache is not None else default_cache()))
         key = hashlib.sha256(json.dumps([self.url, self.options], sort_keys=True).encode())

@@ -115,7 +115,7 @@ def check_url(url: str) -> str:
     return url
 
 
-def _normalize(url: str) -> str:
+def normalize_url(url: str) -> str:
     """Plain paths become absolute ``file://`` URLs (so a remote means the same from anywhere)."""
     import os
 
@@ -151,7 +151,7 @@ def _save(reg: "Registry", remotes: dict[str, Remote]) -> None:
 
 def add(reg: "Registry", name: str, url: str, options: dict[str, Any] | None = None) -> Remote:
     validate_remote_name(name)
-    remote = Remote(name, _normalize(check_url(url)), dict(options or {}))
+    remote = Remote(name, normalize_url(check_url(url)), dict(options or {}))
     for key in remote.options:
         if _SECRET.search(key) and key not in _ALLOWED_SECRET_LOOKALIKES:
             raise InvalidInput(f"option {key} looks like a credential; tvreg never stores it")

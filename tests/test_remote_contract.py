@@ -175,7 +175,7 @@ def test_pull_renumbers_a_local_conflict(origin, tmp_path, backend, zoo):
 
 def test_corrupted_remote_object_is_refused_naming_it(origin, tmp_path, backend, run):
     blob = sorted(origin.get("toxicity").manifest.blob_ids())[0]
-    writer = tvreg.remotes.Remote("w", tvreg.remotes._normalize(backend.push_url),
+    writer = tvreg.remotes.Remote("w", tvreg.remotes.normalize_url(backend.push_url),
                                   backend.options).store()
     data = bytearray(writer.read(object_key(blob)))
     data[len(data) // 2] ^= 0xFF
