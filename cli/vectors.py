@@ -15,7 +15,9 @@ def _ratio(raw: int, stored: int) -> str:
 @click.command()
 @click.argument("name")
 @click.option("--base", required=True, metavar="P", help="Pre-trained checkpoint.")
-@click.option("--finetuned", required=True, metavar="P", help="Fine-tuned checkpoint.")
+@click.option("--finetuned", metavar="P", help="Fine-tuned checkpoint.")
+@click.option("--lora", metavar="DIR", help="A PEFT LoRA adapter directory instead of --finetuned: "
+              "the vector is scale·B·A on the adapted tensors.")
 @click.option("--task", help="Task the model was fine-tuned for.")
 @click.option("--dataset", help="Dataset it was fine-tuned on.")
 @click.option("--lr", type=float, help="Learning rate.")
@@ -27,15 +29,19 @@ def _ratio(raw: int, stored: int) -> str:
                    "does it later).")
 @json_option
 @click.pass_obj
-def create(reg, name, base, finetuned, task, dataset, lr, steps, meta, allow_nonfinite,
+def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, allow_nonfinite,
            no_similarities, as_json):
     """Store the task vector FINETUNED − BASE as a new version of NAME.
 
     P is a .safetensors file, a folder of safetensors shards with its index JSON, or a PyTorch
-    state dict (.pt/.bin, loaded with weights_only=True).
+    state dict (.pt/.bin, loaded with weights_only=True). With --lora DIR (adapter_config.json
+    + adapter_model.safetensors, as PEFT saves them) instead of --finetuned, the vector is
+    scale·B·A per adapted linear layer and zero elsewhere.
     """
+    if (finetuned is None) == (lora is None):
+        raise click.UsageError("give --finetuned P or --lora DIR (one of them)")
     with warnings_to_stderr():
-        result = reg.create(name, base, finetuned, task=task, dataset=dataset, lr=lr,
+        result = reg.create(name, base, finetuned, lora=lora, task=task, dataset=dataset, lr=lr,
                             steps=steps, meta=parse_meta(meta), allow_nonfinite=allow_nonfinite,
                             similarities=not no_similarities)
     m, rec = result.manifest, result.record

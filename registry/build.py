@@ -48,12 +48,17 @@ def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
     return [a[n] for n in sorted(a)]
 
 
-def build_task_vector(base: Checkpoint, finetuned: Checkpoint, infos: list[TensorInfo],
+def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: list[TensorInfo],
                       put: Callable[[bytes], str], *, allow_nonfinite: bool = False,
                       level: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       workers: int | None = None,
-                      on_tensor: Callable[[int], None] | None = None) -> Manifest:
-    """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id."""
+                      on_tensor: Callable[[int], None] | None = None,
+                      delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None
+                      ) -> Manifest:
+    """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
+
+    ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
+    tensor's delta in its delta dtype (a LoRA adapter's B·A, say)."""
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
     futures = []
@@ -64,14 +69,18 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint, infos: list[Tenso
                 skipped.append(SkippedTensor(info.name, info.dtype, info.shape))
                 continue
             hasher.update(info.name, info.dtype, info.shape, tensor_bytes(tb))
-            tf = finetuned.tensor(info.name)
-            work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
-            if tf.dtype == work:
-                delta = tf - tb
-            else:  # widen into a fresh tensor and subtract in place: one full-size copy less
-                delta = tf.to(work)
-                delta.sub_(tb)
-            del tb, tf
+            if delta_of is not None:
+                delta = delta_of(info, tb)
+            else:
+                tf = finetuned.tensor(info.name)
+                work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
+                if tf.dtype == work:
+                    delta = tf - tb
+                else:  # widen into a fresh tensor and subtract in place: one full-size copy less
+                    delta = tf.to(work)
+                    delta.sub_(tb)
+                del tf
+            del tb
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
             pipeline = default_pipeline(delta.element_size(), level)

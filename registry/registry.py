@@ -167,12 +167,16 @@ class Registry:
 
     # --- create ----------------------------------------------------------------------------------
 
-    def create(self, name: str, base: str | os.PathLike, finetuned: str | os.PathLike, *,
+    def create(self, name: str, base: str | os.PathLike,
+               finetuned: str | os.PathLike | None = None, *, lora: str | os.PathLike | None = None,
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
                allow_nonfinite: bool = False, level: int = 3, similarities: bool = True,
                on_progress: Callable[[int], None] | None = None) -> CreateResult:
-        """Store τ = finetuned − base as a new version of ``name``.
+        """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
+        LoRA adapter directory) instead of ``finetuned``, τ = scale · B·A on the adapted
+        tensors and 0 elsewhere (:mod:`tvreg.lora`; its rank, alpha and rsLoRA flag go into the
+        metadata as ``lora.*`` unless ``meta`` sets them).
 
         Everything the user can get wrong is checked before the registry is touched; a failure
         later (NaN found mid-way, I/O error) discards the staged objects and leaves the registry
@@ -181,13 +185,32 @@ class Registry:
         vector's statistics and its similarities with the stored vectors of its base are
         computed right after (docs/similarity.md).
         """
+        import contextlib
+
         from .build import build_task_vector, check_pair
         from .checkpoints import open_checkpoint
 
         validate_name(name)
+        if (finetuned is None) == (lora is None):
+            raise InvalidInput("give either a fine-tuned checkpoint or a LoRA adapter")
+        delta_of = adapter = None
+        if lora is not None:
+            from .lora import read_adapter
+
+            adapter = read_adapter(lora)
+            meta = {**adapter.summary(), **dict(meta or {})}
         metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps, meta=dict(meta or {}))
-        with open_checkpoint(base) as cb, open_checkpoint(finetuned) as cf:
-            infos = check_pair(cb, cf)
+        with contextlib.ExitStack() as stack:
+            cb = stack.enter_context(open_checkpoint(base))
+            cf = None
+            if adapter is None:
+                cf = stack.enter_context(open_checkpoint(finetuned))
+                infos = check_pair(cb, cf)
+            else:
+                from .lora import delta_source
+
+                infos = sorted(cb.infos(), key=lambda i: i.name)
+                delta_of = delta_source(adapter, infos)
             total = sum(i.numel for i in infos)
             with progress.bar(total * 4, f"create {name}") as bar:
                 def tick(n: int) -> None:
@@ -197,7 +220,7 @@ class Registry:
                 manifest, vector_id, new_objects = self._write_vector(
                     lambda put: build_task_vector(cb, cf, infos, put,
                                                   allow_nonfinite=allow_nonfinite, level=level,
-                                                  on_tensor=tick))
+                                                  on_tensor=tick, delta_of=delta_of))
         record, created = self._claim_version(name, manifest, vector_id, metadata)
         if created:
             self._index_new(record, manifest)

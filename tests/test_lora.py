@@ -1,0 +1,131 @@
+"""LoRA import: a real PEFT adapter, trained on a real toy task, stored as a task vector; base +
+vector equals PEFT's own merge_and_unload()."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import tvreg
+from helpers import snapshot
+from tvreg.errors import CheckpointError, IncompatibleCheckpoints
+from tvreg.testing import toy
+
+peft = pytest.importorskip("peft")
+
+
+def _train_adapter(base_model, out_dir, *, use_rslora=False, fan_in_fan_out=False, **config):
+    """LoRA on the MLP (rank and alpha per module through the patterns), 8 real Adam steps."""
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["fc1", "fc2"], lora_dropout=0.0,
+                          rank_pattern={"fc2": 2}, alpha_pattern={"fc2": 3},
+                          use_rslora=use_rslora, fan_in_fan_out=fan_in_fan_out, **config)
+    model = peft.get_peft_model(copy.deepcopy(base_model), cfg)
+    with toy._controlled(1):
+        toy._train(model, "topic", 8, 1e-2, 32, toy._generator("lora", "topic"))
+    model.save_pretrained(out_dir)
+    return model
+
+
+@pytest.fixture(scope="module")
+def lora_zoo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lora")
+    base_model = toy.pretrain(width=32, steps=5)
+    base = toy.save_safetensors(base_model, d / "base.safetensors")
+    plain = _train_adapter(base_model, d / "adapter")
+    rs = _train_adapter(base_model, d / "adapter-rslora", use_rslora=True)
+    merged = {k: v.clone() for k, v in plain.merge_and_unload().state_dict().items()}
+    merged_rs = {k: v.clone() for k, v in rs.merge_and_unload().state_dict().items()}
+    return d, base, base_model, merged, merged_rs
+
+
+@pytest.mark.parametrize("adapter, which", [("adapter", 3), ("adapter-rslora", 4)])
+def test_base_plus_imported_vector_equals_peft_merge(reg, lora_zoo, adapter, which):
+    d, base, base_model, *merges = lora_zoo
+    merged = merges[which - 3]
+    res = reg.create("lora", base, lora=d / adapter, task="topic", similarities=False)
+    vec = reg.get(res.ref).tensors()
+    base_sd = base_model.state_dict()
+    changed = set()
+    for name in vec.keys():
+        delta = vec[name]
+        if not bool((delta == 0).all()):
+            changed.add(name)
+        # PEFT merges in fp32 (B@A then scale); tvreg rounds the float64 product once
+        assert torch.allclose(base_sd[name] + delta, merged[name], rtol=0, atol=2e-6), name
+    assert changed == {"mlp.fc1.weight", "mlp.fc2.weight"}
+    meta = res.record.metadata.meta
+    assert meta["lora.r"] == "2,4" and meta["lora.alpha"] == 8.0 and meta["lora.modules"] == 2
+    assert meta["lora.rslora"] is (adapter == "adapter-rslora")
+    # applied to the model, it behaves as PEFT's merged model
+    model = copy.deepcopy(base_model)
+    reg.resolve("lora").apply_to(model)
+    tokens, _ = toy.make_dataset("topic", 64)
+    reference = copy.deepcopy(base_model)
+    reference.load_state_dict(merged)
+    assert torch.allclose(model(tokens), reference(tokens), atol=1e-5)
+
+
+def test_cli_create_lora(run, lora_zoo):
+    d, base, *_ = lora_zoo
+    r = run("create", "lora", "--base", str(base), "--lora", str(d / "adapter"), "--json",
+            "--no-similarities")
+    assert json.loads(r.stdout)["metadata"]["meta"]["lora.modules"] == 2
+    assert "give --finetuned P or --lora DIR" in run("create", "x", "--base", str(base),
+                                                     code=2).stderr
+    assert "give --finetuned P or --lora DIR" in run(
+        "create", "x", "--base", str(base), "--lora", str(d / "adapter"), "--finetuned",
+        str(base), code=2).stderr
+
+
+def _copy_adapter(src, dst, *, config=None, tensors=None):
+    dst.mkdir()
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    cfg.update(config or {})
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    weights = load_file(src / "adapter_model.safetensors")
+    if tensors is not None:
+        weights = tensors(weights)
+    save_file(weights, dst / "adapter_model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize("case, error, needle", [
+    ("dora", CheckpointError, "DoRA"),
+    ("other-peft", CheckpointError, "only LoRA adapters"),
+    ("bias", CheckpointError, "cannot import"),
+    ("a-only", CheckpointError, "lora_A only"),
+    ("rank-mismatch", CheckpointError, "the config says"),
+    ("no-weights", CheckpointError, "no adapter_model.safetensors"),
+    ("other-base", IncompatibleCheckpoints, "does not fit this base"),
+])
+def test_bad_adapters_are_refused_and_change_nothing(reg, reg_path, lora_zoo, tmp_path, case,
+                                                    error, needle):
+    d, base, *_ = lora_zoo
+    src = d / "adapter"
+    bad = tmp_path / case
+    if case == "dora":
+        _copy_adapter(src, bad, config={"use_dora": True})
+    elif case == "other-peft":
+        _copy_adapter(src, bad, config={"peft_type": "IA3"})
+    elif case == "bias":
+        _copy_adapter(src, bad, tensors=lambda w: {**w, "base_model.model.mlp.fc1.bias":
+                                                   torch.zeros(128)})
+    elif case == "a-only":
+        _copy_adapter(src, bad, tensors=lambda w: {k: v for k, v in w.items()
+                                                   if "fc2.lora_B" not in k})
+    elif case == "rank-mismatch":
+        _copy_adapter(src, bad, config={"rank_pattern": {}})
+    elif case == "no-weights":
+        bad.mkdir()
+        (bad / "adapter_config.json").write_text((src / "adapter_config.json").read_text())
+    else:  # an adapter trained on a wider model
+        _train_adapter(toy.pretrain(width=48, steps=1), bad)
+    reg.init()
+    before = snapshot(reg_path)
+    with pytest.raises(error, match=needle):
+        reg.create("lora", base, lora=bad, similarities=False)
+    assert snapshot(reg_path) == before
