@@ -129,3 +129,21 @@ def test_bad_adapters_are_refused_and_change_nothing(reg, reg_path, lora_zoo, tm
     with pytest.raises(error, match=needle):
         reg.create("lora", base, lora=bad, similarities=False)
     assert snapshot(reg_path) == before
+
+
+def test_fan_in_fan_out_adapters_transpose(reg, tmp_path):
+    """GPT-2-style Conv1D weights are stored (in, out): PEFT sets fan_in_fan_out and merges
+    (B·A)ᵀ. Checked against that formula on a hand-made adapter."""
+    g = torch.Generator().manual_seed(0)
+    save_file({"h.attn.weight": torch.randn(6, 5, generator=g)}, tmp_path / "base.safetensors")
+    a, b = torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "fan_in_fan_out": True,
+         "target_modules": ["attn"]}))
+    save_file({"base_model.model.h.attn.lora_A.weight": a,
+               "base_model.model.h.attn.lora_B.weight": b}, adapter / "adapter_model.safetensors")
+    res = reg.create("gpt", tmp_path / "base.safetensors", lora=adapter, similarities=False)
+    expected = ((b.double() @ a.double()).T * 2.0).float()
+    assert torch.equal(reg.get(res.ref).tensors()["h.attn.weight"], expected)
