@@ -7,19 +7,28 @@ once; at most a few tensors are in memory at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from . import dtypes
 from .checkpoints import Checkpoint, TensorInfo
-from .codecs import default_pipeline
+from .codecs import CodecPipeline, default_pipeline
 from .digest import BaseHasher, arch_fingerprint, tensor_bytes
 from .encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
 from .errors import IncompatibleCheckpoints, NonFiniteValues
 from .manifest import Manifest, SkippedTensor
 
 SHOW = 5
+
+
+@dataclass(frozen=True)
+class Factored:
+    """A delta given as the encoding of a size-changing first step (``lowrank`` factors)."""
+
+    pipeline: "CodecPipeline"
+    payload: bytes
 
 
 def _describe(names: list[str]) -> str:
@@ -58,7 +67,8 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
     """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
 
     ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
-    tensor's delta in its delta dtype (a LoRA adapter's B·A, say)."""
+    tensor's delta in its delta dtype, or a :class:`Factored` float32 delta (a LoRA adapter's
+    factors, stored as they are)."""
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
     futures = []
@@ -71,6 +81,13 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
             hasher.update(info.name, info.dtype, info.shape, tensor_bytes(tb))
             if delta_of is not None:
                 delta = delta_of(info, tb)
+                if isinstance(delta, Factored):
+                    del tb
+                    futures.append(encoder.submit_factored(info.name, info.shape, info.dtype,
+                                                           delta.pipeline, delta.payload))
+                    if on_tensor:
+                        on_tensor(info.numel * 4)
+                    continue
             else:
                 tf = finetuned.tensor(info.name)
                 work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))

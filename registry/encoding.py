@@ -9,6 +9,7 @@ decodes chunks into one preallocated tensor (optionally checking the tensor's sh
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,6 +94,23 @@ class TensorEncoder:
         for f in (*parts, digest):
             f.add_done_callback(finish)
         return done
+
+    def submit_factored(self, name: str, shape: tuple[int, ...], source_dtype: str,
+                        pipeline: CodecPipeline, payload: bytes) -> Future:
+        """A float32 tensor stored as the output of ``pipeline``'s first step (``lowrank``):
+        ``payload`` is that step's encoding (the factors); the rest of the pipeline encodes it.
+        One chunk; the tensor's sha256 is that of the decoded bytes (decoded once here, which
+        also proves the entry decodes)."""
+        nbytes = math.prod(shape) * 4
+
+        def work() -> TensorEntry:
+            data = CodecPipeline(pipeline.codecs[1:]).encode(payload)
+            dense = pipeline.decode(data, nbytes)
+            chunk = Chunk(self.put(data), nbytes, len(data))
+            return TensorEntry(name, "float32", source_dtype, tuple(shape), pipeline, (chunk,),
+                               hashlib.sha256(dense).hexdigest())
+
+        return self.pool.submit(work)
 
     def _encode_chunk(self, pipeline: CodecPipeline, raw: memoryview) -> Chunk:
         data = pipeline.encode(raw)

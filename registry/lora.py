@@ -8,8 +8,9 @@ tensor ``MODULE.weight`` is ``scale · (B @ A)`` (transposed when ``fan_in_fan_o
 that ends in ``K`` after a dot, as a regex). Other tensors of the base get a zero delta. What
 PEFT adapters can hold beyond that (DoRA magnitudes, embedding or convolution LoRA, trained
 biases, ``modules_to_save`` copies, other PEFT methods) is refused, naming it: the imported
-vector would otherwise differ from the merged model. The product is computed in float64 and
-rounded once to the delta dtype.
+vector would otherwise differ from the merged model. The adapted tensors are stored as their
+factors (the ``lowrank`` codec, which decodes them the same on every machine: float64 sums in a
+fixed order, rounded once).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .errors import CheckpointError, IncompatibleCheckpoints
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from .codecs import LowRank
 
     from .checkpoints import TensorInfo
 
@@ -178,30 +181,65 @@ def check_against_base(adapter: LoraAdapter, infos: list["TensorInfo"]) -> dict[
     return targets
 
 
-def delta_weight(adapter: LoraAdapter, module: str, dtype: "torch.dtype") -> "torch.Tensor":
-    """scale · B @ A (transposed for fan_in_fan_out), in float64, rounded once to ``dtype``."""
+def lowrank_codec(adapter: LoraAdapter, module: str) -> "LowRank":
+    from .codecs import LowRank
+
+    a, b = adapter.modules[module]
+    return LowRank(b.shape[0], a.shape[1], a.shape[0], adapter.scale(module),
+                   adapter.fan_in_fan_out)
+
+
+def _factors(adapter: LoraAdapter, module: str):
     import torch
 
     a, b = adapter.modules[module]
-    delta = b.to(torch.float64) @ a.to(torch.float64)
-    if adapter.fan_in_fan_out:
-        delta = delta.T
-    return (delta * adapter.scale(module)).to(dtype).contiguous()
+    return a.to(torch.float32).numpy(), b.to(torch.float32).numpy()
 
 
-def delta_source(adapter: LoraAdapter, infos: list["TensorInfo"]):
-    """``delta_of(info, base_tensor)`` for :func:`tvreg.build.build_task_vector`: B·A on the
-    adapted tensors, zeros elsewhere (checked against the base first)."""
+def delta_weight(adapter: LoraAdapter, module: str, dtype: "torch.dtype") -> "torch.Tensor":
+    """scale · B @ A (transposed for fan_in_fan_out), summed exactly as the ``lowrank`` codec
+    decodes it (float64, in rank order), rounded once to ``dtype``."""
+    import numpy as np
+    import torch
+
+    a, b = _factors(adapter, module)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    return torch.from_numpy(lowrank_codec(adapter, module).product(a, b, np_dtype)).to(dtype)
+
+
+def delta_source(adapter: LoraAdapter, infos: list["TensorInfo"], *,
+                 allow_nonfinite: bool = False):
+    """``delta_of(info, base_tensor)`` for :func:`tvreg.build.build_task_vector`: the factors
+    of each adapted float32-delta tensor as they are (``lowrank`` codec), B·A computed for a
+    float64 one, zeros elsewhere; checked against the base first."""
+    import numpy as np
     import torch
 
     from . import dtypes
+    from .build import Factored
+    from .codecs import ByteGroup, CodecPipeline, Zstd
+    from .errors import NonFiniteValues
 
     targets = check_against_base(adapter, infos)
+    if not allow_nonfinite:
+        for module in sorted(set(targets.values())):
+            a, b = _factors(adapter, module)
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                raise NonFiniteValues(f"LoRA factors of {module!r} have NaN/Inf values")
+            bound = abs(adapter.scale(module)) * a.shape[0] * float(np.abs(a).max(initial=0)) \
+                * float(np.abs(b).max(initial=0))
+            if not bound < float(np.finfo(np.float32).max):
+                raise NonFiniteValues(f"LoRA delta of {module!r} may overflow float32")
 
-    def delta_of(info: "TensorInfo", base_tensor: "torch.Tensor") -> "torch.Tensor":
+    def delta_of(info: "TensorInfo", base_tensor: "torch.Tensor"):
         work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
-        if info.name in targets:
-            return delta_weight(adapter, targets[info.name], work)
-        return torch.zeros(tuple(info.shape), dtype=work)
+        module = targets.get(info.name)
+        if module is None:
+            return torch.zeros(tuple(info.shape), dtype=work)
+        if work != torch.float32:
+            return delta_weight(adapter, module, work)
+        codec = lowrank_codec(adapter, module)
+        return Factored(CodecPipeline((codec, ByteGroup(4), Zstd(3))),
+                        codec.payload(*_factors(adapter, module)))
 
     return delta_of

@@ -210,7 +210,7 @@ class Registry:
                 from .lora import delta_source
 
                 infos = sorted(cb.infos(), key=lambda i: i.name)
-                delta_of = delta_source(adapter, infos)
+                delta_of = delta_source(adapter, infos, allow_nonfinite=allow_nonfinite)
             total = sum(i.numel for i in infos)
             with progress.bar(total * 4, f"create {name}") as bar:
                 def tick(n: int) -> None:

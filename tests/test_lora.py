@@ -57,6 +57,13 @@ def test_base_plus_imported_vector_equals_peft_merge(reg, lora_zoo, adapter, whi
         # PEFT merges in fp32 (B@A then scale); tvreg rounds the float64 product once
         assert torch.allclose(base_sd[name] + delta, merged[name], rtol=0, atol=2e-6), name
     assert changed == {"mlp.fc1.weight", "mlp.fc2.weight"}
+    # the adapted tensors are stored as their factors, and decode bit-exactly (sha256 checked)
+    labels = {t.name: t.codecs.label for t in res.manifest.tensors}
+    assert labels["mlp.fc1.weight"] == "lowrank4+bytegroup4+zstd3"
+    assert labels["mlp.fc2.weight"] == "lowrank2+bytegroup4+zstd3"
+    fc1 = res.manifest.tensor("mlp.fc1.weight")
+    assert fc1.stored_nbytes < fc1.nbytes / 4
+    assert reg.verify(deep=True).ok
     meta = res.record.metadata.meta
     assert meta["lora.r"] == "2,4" and meta["lora.alpha"] == 8.0 and meta["lora.modules"] == 2
     assert meta["lora.rslora"] is (adapter == "adapter-rslora")
@@ -147,3 +154,64 @@ def test_fan_in_fan_out_adapters_transpose(reg, tmp_path):
     res = reg.create("gpt", tmp_path / "base.safetensors", lora=adapter, similarities=False)
     expected = ((b.double() @ a.double()).T * 2.0).float()
     assert torch.equal(reg.get(res.ref).tensors()["h.attn.weight"], expected)
+
+
+def test_lowrank_codec_sums_in_a_fixed_order(tmp_path):
+    """The decoded matrix is the float64 sum over k in order of exact products, times scale,
+    rounded once: checked against plain Python floats (which are float64)."""
+    import numpy as np
+
+    from tvreg.codecs import ByteGroup, CodecPipeline, LowRank, Zstd
+    from tvreg.errors import CorruptObject, FormatError
+    from tvreg.manifest import FORMAT, Manifest
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 7)).astype(np.float32)
+    b = rng.standard_normal((5, 3)).astype(np.float32)
+    codec = LowRank(5, 7, 3, 0.37, True)
+    pipeline = CodecPipeline((codec, ByteGroup(4), Zstd(3)))
+    blob = CodecPipeline((ByteGroup(4), Zstd(3))).encode(codec.payload(a, b))
+    got = np.frombuffer(pipeline.decode(blob, 5 * 7 * 4), dtype=np.float32).reshape(7, 5)
+    want = np.empty((5, 7), dtype=np.float32)
+    for i in range(5):
+        for j in range(7):
+            acc = 0.0
+            for k in range(3):
+                acc += float(b[i, k]) * float(a[k, j])
+            want[i, j] = np.float32(acc * 0.37)
+    assert np.array_equal(got, want.T)
+    dest = np.empty(5 * 7 * 4, dtype=np.uint8)
+    pipeline.decode_into(blob, dest)
+    assert np.array_equal(dest.view(np.float32).reshape(7, 5), got)
+    with pytest.raises(CorruptObject):  # factors of another size
+        pipeline.decode(blob, 6 * 7 * 4)
+    with pytest.raises(tvreg.InvalidInput):
+        codec.encode(b"dense bytes")
+    for i, conf in enumerate(({"rows": 1, "cols": 1, "rank": 1, "scale": 1.0},  # the good one
+                              {"rows": 0, "cols": 1, "rank": 1, "scale": 1.0},
+                              {"rows": 1, "cols": 1, "rank": 1, "scale": float("nan")},
+                              {"rows": 1, "cols": 1, "rank": 1 << 20, "scale": 1.0})):
+        doc = {"format": FORMAT, "base_hash": "0" * 64, "arch_fingerprint": "0" * 64, "skipped": [],
+               "tensors": [{"name": "w", "dtype": "float32", "source_dtype": "float32",
+                            "shape": [1, 1], "sha256": "0" * 64,
+                            "codecs": [{"name": "lowrank", "configuration": conf},
+                                       {"name": "zstd", "configuration": {"level": 3}}],
+                            "chunks": [{"blob": "0" * 64, "nbytes": 4, "stored_nbytes": 9}]}]}
+        if i == 0:
+            assert Manifest.from_json(doc).tensors[0].codecs.label == "lowrank1+zstd3"
+            continue
+        with pytest.raises(FormatError, match="lowrank"):
+            Manifest.from_json(doc)
+
+
+def test_lora_manifest_follows_the_json_schema(reg, lora_zoo):
+    import importlib.resources
+
+    jsonschema = pytest.importorskip("jsonschema")
+    d, base, *_ = lora_zoo
+    res = reg.create("lora", base, lora=d / "adapter", similarities=False)
+    path = importlib.resources.files("tvreg.schema") / "json" / "manifest.schema.json"
+    validator = jsonschema.Draft202012Validator(json.loads(path.read_text()))
+    doc = json.loads(reg.objects.get(res.record.vector_id))
+    validator.validate(doc)
+    assert any(c["name"] == "lowrank" for t in doc["tensors"] for c in t["codecs"])

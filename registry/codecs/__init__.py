@@ -7,7 +7,8 @@ dataclasses, deterministic (same input, same output) so identical tensors dedupl
 
 from .base import Codec, CodecPipeline, codec_from_spec, register_codec, default_pipeline
 from .bytegroup import ByteGroup
+from .lowrank import LowRank
 from .zstd import Zstd
 
 __all__ = ["Codec", "CodecPipeline", "codec_from_spec", "register_codec", "default_pipeline",
-           "ByteGroup", "Zstd"]
+           "ByteGroup", "LowRank", "Zstd"]

@@ -20,6 +20,8 @@ class Codec(abc.ABC):
     name: ClassVar[str]
     #: whether decode(encode(x)) == x bit for bit
     lossless: ClassVar[bool] = True
+    #: whether the encoding has the size of the input when the step is not the last
+    keeps_size: ClassVar[bool] = True
 
     @abc.abstractmethod
     def encode(self, data: bytes | memoryview) -> bytes: ...
@@ -31,6 +33,12 @@ class Codec(abc.ABC):
     def label(self) -> str:
         """Short human name used in listings, e.g. ``zstd3``."""
         return self.name
+
+    def encoded_nbytes(self, nbytes: int) -> int:
+        """Size of the encoding of ``nbytes`` bytes, for steps that are not the last of a
+        pipeline (those must know it: the last one, an entropy coder, need not). Most steps
+        keep the size; a step that changes it (``lowrank``) says so here."""
+        return nbytes
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "configuration": dataclasses.asdict(self)}
@@ -85,18 +93,34 @@ class CodecPipeline:
             out = c.encode(out)
         return bytes(out)
 
+    def sizes(self, nbytes: int) -> list[int]:
+        """The size of the data entering each step when ``nbytes`` bytes are encoded."""
+        out = [nbytes]
+        for c in self.codecs[:-1]:
+            out.append(c.encoded_nbytes(out[-1]))
+        return out
+
+    @property
+    def keeps_size(self) -> bool:
+        return all(c.keeps_size for c in self.codecs[:-1])
+
     def decode(self, data: bytes, nbytes: int) -> bytes:
-        """Every step before the last keeps the byte size, so each decodes to ``nbytes``."""
+        """Step i decodes to the size that entered it (:meth:`sizes`)."""
+        sizes = self.sizes(nbytes)
         out: bytes | memoryview = data
-        for c in reversed(self.codecs):
-            out = c.decode(out, nbytes)
+        for c, size in zip(reversed(self.codecs), reversed(sizes)):
+            out = c.decode(out, size)
         return out if isinstance(out, bytes) else bytes(out)
 
     def decode_into(self, data: bytes, dest: "np.ndarray") -> None:
         """Decode into ``dest`` (a writable uint8 array of the decoded size). Steps that can
         write into a buffer do: the last step (zstd) into this thread's scratch buffer, the first
-        (byte grouping) from there into ``dest``; a one-step pipeline straight into ``dest``."""
+        (byte grouping) from there into ``dest``; a one-step pipeline straight into ``dest``.
+        A pipeline with a size-changing step decodes whole, then copies."""
         steps = self.codecs
+        if not self.keeps_size:
+            dest[:] = np.frombuffer(self.decode(data, dest.size), dtype=np.uint8)
+            return
         if len(steps) == 1 and hasattr(steps[0], "decode_into"):
             steps[0].decode_into(data, dest)
             return
