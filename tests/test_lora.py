@@ -215,3 +215,21 @@ def test_lora_manifest_follows_the_json_schema(reg, lora_zoo):
     doc = json.loads(reg.objects.get(res.record.vector_id))
     validator.validate(doc)
     assert any(c["name"] == "lowrank" for t in doc["tensors"] for c in t["codecs"])
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_lowrank_blocks_do_not_change_the_sums(transpose):
+    """Row blocks (here 2 of them, uneven) give exactly the unblocked rank-order sums."""
+    import numpy as np
+
+    from tvreg.codecs import LowRank
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((5, 200)).astype(np.float32)
+    b = rng.standard_normal((300, 5)).astype(np.float32)
+    acc = np.zeros((300, 200))
+    for k in range(5):
+        acc += np.multiply.outer(b[:, k].astype(np.float64), a[k].astype(np.float64))
+    want = (acc * 1.5).astype(np.float32)
+    got = LowRank(300, 200, 5, 1.5, transpose).product(a, b)
+    assert np.array_equal(got, want.T if transpose else want)

@@ -20,6 +20,7 @@ from ..errors import CorruptObject, InvalidInput
 from .base import Codec, register_codec
 
 MAX_RANK = 1 << 16
+_BLOCK_ELEMENTS = 1 << 15  # float64 elements of the accumulator per row block (256 KiB)
 
 
 @register_codec
@@ -69,16 +70,24 @@ class LowRank(Codec):
 
     def product(self, a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """``scale · (b @ a)`` (transposed if set), summed as the module says, rounded once to
-        ``dtype`` (float32: what decoding gives)."""
-        acc = np.zeros((self.rows, self.cols), dtype=np.float64)
+        ``dtype`` (float32: what decoding gives). Rows are done a block at a time so the float64
+        accumulator stays in cache; each element still sums its products in rank order."""
+        out = np.empty((self.rows, self.cols), dtype=dtype)
+        a64 = a.astype(np.float64)
+        step = max(1, _BLOCK_ELEMENTS // self.cols)
+        acc = np.empty((min(step, self.rows), self.cols), dtype=np.float64)
         term = np.empty_like(acc)
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        for k in range(self.rank):
-            np.multiply(b64[:, k:k + 1], a64[k:k + 1, :], out=term)
-            acc += term
-        acc *= float(self.scale)
-        out = acc.T if self.transpose else acc
-        return np.ascontiguousarray(out, dtype=dtype)
+        for i0 in range(0, self.rows, step):
+            i1 = min(self.rows, i0 + step)
+            acc_i, term_i = acc[:i1 - i0], term[:i1 - i0]
+            b64 = b[i0:i1].astype(np.float64)
+            acc_i.fill(0.0)
+            for k in range(self.rank):
+                np.multiply(b64[:, k:k + 1], a64[k:k + 1, :], out=term_i)
+                acc_i += term_i
+            acc_i *= float(self.scale)
+            out[i0:i1] = acc_i  # rounds once to dtype
+        return np.ascontiguousarray(out.T) if self.transpose else out
 
     def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
         expected = self.encoded_nbytes(nbytes)
