@@ -549,10 +549,7 @@ class Registry:
     def remote_ls(self, remote: str = "origin", *, all_versions: bool = False
                   ) -> list[dict[str, Any]]:
         """What a remote holds, like :meth:`ls`, from its index (no tensors are read)."""
-        from .remote_index import remote_sql
-
-        cols, rows = remote_sql(self.remote(remote), _ls_query(all_versions))
-        return [dict(zip(cols, row)) for row in rows]
+        return self.remote_sql(remote, _ls_query(all_versions))
 
     def remote_sql(self, remote: str, query: str) -> list[dict[str, Any]]:
         """A read-only query on a remote's index (tables ``versions``, ``tags``, view
