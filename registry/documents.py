@@ -32,6 +32,23 @@ def read_tag(store: "Store", key: str) -> TagRecord:
     return tag
 
 
+def or_none(read: Callable[[str], T]) -> Callable[[str], T | None]:
+    """``read``, but None for a document that is missing or does not read (damaged)."""
+    from .stores import MissingKey
+
+    def safe(key: str) -> T | None:
+        try:
+            return read(key)
+        except (FormatError, CorruptObject, MissingKey):
+            return None
+    return safe
+
+
+def parse_record_key(key: str) -> tuple[str, int]:
+    """``refs/NAME/N.json`` -> ``(NAME, N)`` (a key :func:`record_keys` listed)."""
+    return key[len("refs/"):key.rindex("/")], int(key.rsplit("/", 1)[1][:-len(".json")])
+
+
 def documents_of(store: "Store", folder: str) -> list[str]:
     """Keys of the ``*.json`` files directly in ``folder`` (not in sub-folders, which hold the
     documents of longer names such as ``NAME/sub``)."""

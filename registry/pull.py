@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .digest import sha256_hex
-from .documents import (claim, read_many, read_record, read_tag, record_keys, tag_keys,
+from .documents import (claim, or_none, read_many, read_record, read_tag, record_keys, tag_keys,
                         versions_in)
 from .errors import CorruptObject, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest
@@ -219,13 +219,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
 
 
 def _remote_tags(store: "Store", names: set[str]) -> list[TagRecord]:
-    def read(key: str) -> TagRecord | None:
-        try:
-            return read_tag(store, key)
-        except (FormatError, CorruptObject, MissingKey):
-            return None  # a damaged remote tag is not pulled
-
     keys = [k for name in sorted(names) for k in tag_keys(store, name)]
+    read = or_none(lambda key: read_tag(store, key))  # a damaged remote tag is not pulled
     return [t for t in read_many(read, keys) if t is not None]
 
 

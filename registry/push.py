@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .documents import read_tag
-from .errors import CorruptObject, FormatError, InvalidInput, TvregError
+from .errors import InvalidInput, TvregError
 from .manifest import Manifest
 from .objects import PREFIX, ObjectDB, object_key
 from .records import TagRecord, VersionRecord, utc_now
-from .stores import MissingKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from .progress import Transfer
@@ -83,14 +82,8 @@ def _remote_versions(store: "Store", names: set[str]
     others are read in parallel. A damaged record is left out but still holds its number
     (:func:`~tvreg.documents.claim` never writes over a key that exists). Also returns the
     index and the listing, for the index refresh at the end."""
-    from .documents import read_many, read_record, record_keys
+    from .documents import or_none, parse_record_key, read_many, read_record, record_keys
     from .remote_index import read as read_index, records_of
-
-    def read(key: str) -> VersionRecord | None:
-        try:
-            return read_record(store, key)
-        except (FormatError, CorruptObject, MissingKey):
-            return None
 
     try:
         index = read_index(store)
@@ -98,14 +91,14 @@ def _remote_versions(store: "Store", names: set[str]
         index = None  # unreadable index: read every record
     hints = records_of(index) if index else {}
     listed = record_keys(store)
-    keys = [k for k in listed if k[len("refs/"):k.rindex("/")] in names]
+    keys = [k for k in listed if parse_record_key(k)[0] in names]
     out: dict[str, dict[int, VersionRecord]] = {name: {} for name in names}
     for key in keys:
         if key in hints:
             rec = hints[key]
             out[rec.name][rec.version] = rec
     unread = [k for k in keys if k not in hints]
-    for rec in read_many(read, unread):
+    for rec in read_many(or_none(lambda k: read_record(store, k)), unread):
         if rec is not None:
             out[rec.name][rec.version] = rec
     return out, index, listed
@@ -164,14 +157,9 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
         if held.version != rec.version:
             report.renumbered[rec.ref] = held.ref
     # tags of the pushed versions, pointing at their remote numbers (read there in parallel)
-    from .documents import read_many
+    from .documents import or_none, read_many
 
-    def current(key: str):
-        try:
-            return read_tag(store, key)
-        except (MissingKey, FormatError, CorruptObject):
-            return None  # missing or unreadable: write ours
-
+    current = or_none(lambda key: read_tag(store, key))  # missing or unreadable: write ours
     wanted = [(tag, mapping[(tag.name, tag.version)]) for tag in reg.all_tags()
               if (tag.name, tag.version) in mapping]
     for (tag, target), there in zip(wanted, read_many(current, [t.key for t, _ in wanted])):

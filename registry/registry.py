@@ -275,9 +275,9 @@ class Registry:
         """Claim the next number of ``name`` unless a version holds the same content. Only
         versions that can hold it are read: with many versions, those the catalog does not
         show under another vector (records never change, so its rows are exact)."""
-        from .documents import claim, read_many, record_keys
+        from .documents import claim, parse_record_key, read_many, record_keys
 
-        keys = {int(k.rsplit("/", 1)[1][:-5]): k for k in record_keys(self.store, name)}
+        keys = {parse_record_key(k)[1]: k for k in record_keys(self.store, name)}
         other: dict[int, str] = {}
         if len(keys) > _READ_ALL_VERSIONS and os.path.exists(self.catalog.path):
             try:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import duckdb
 
-from .documents import read_many, read_record, read_tag, record_keys, tag_keys
-from .errors import CorruptObject, FormatError, InvalidInput, NotFound, TvregError
+from .documents import (or_none, parse_record_key, read_many, read_record, read_tag,
+                        record_keys, tag_keys)
+from .errors import FormatError, InvalidInput, NotFound, TvregError
+from .manifest import Manifest
 from .records import record_key, tag_key
 from .stores import MissingKey, Store
-
-from .manifest import Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .records import VersionRecord
@@ -78,10 +78,6 @@ def records_of(index: Index) -> dict[str, "VersionRecord"]:
             continue  # a row that is not a valid record is no hint
         out[rec.key] = rec
     return out
-
-
-def _parse_record_key(key: str) -> tuple[str, int]:
-    return key[len("refs/"):key.rindex("/")], int(key.rsplit("/", 1)[1][:-len(".json")])
 
 
 def load_into(con: duckdb.DuckDBPyConnection, store: Store) -> bool:
@@ -142,15 +138,6 @@ def write(store: Store, index: Index) -> None:
         con.close()
 
 
-def _or_none(read_one: Callable[[str], Any]) -> Callable[[str], Any]:
-    def safe(key: str) -> Any:
-        try:
-            return read_one(key)
-        except (FormatError, CorruptObject, MissingKey):
-            return None  # damaged or gone: not indexed (`tvreg pull` names it if asked for it)
-    return safe
-
-
 def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
           previous: Index | None = None, keys: list[str] | None = None,
           workers: int = 16) -> Index:
@@ -161,16 +148,16 @@ def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
 
     keys = record_keys(store) if keys is None else keys
     known = {(row[0], row[1]): row for row in (previous.versions if previous else [])}
-    rows = [known[nv] for nv in map(_parse_record_key, keys) if nv in known]
-    fresh = [k for k in keys if _parse_record_key(k) not in known]
-    records = [r for r in read_many(_or_none(lambda k: read_record(store, k)), fresh,
+    rows = [known[nv] for nv in map(parse_record_key, keys) if nv in known]
+    fresh = [k for k in keys if parse_record_key(k) not in known]
+    records = [r for r in read_many(or_none(lambda k: read_record(store, k)), fresh,
                                     workers=workers) if r is not None]
     vids = sorted({r.vector_id for r in records})
-    manifests = dict(zip(vids, read_many(_or_none(manifest_of), vids, workers=workers)))
+    manifests = dict(zip(vids, read_many(or_none(manifest_of), vids, workers=workers)))
     rows += [version_row(r, manifests[r.vector_id]) for r in records
              if manifests[r.vector_id] is not None]
     held = {(row[0], row[1], row[2]) for row in rows}
-    tags = [t for t in read_many(_or_none(lambda k: read_tag(store, k)), tag_keys(store),
+    tags = [t for t in read_many(or_none(lambda k: read_tag(store, k)), tag_keys(store),
                                  workers=workers)
             if t is not None and (t.name, t.version, t.vector_id) in held]
     return Index(sorted(rows, key=lambda row: (row[0], row[1])),
