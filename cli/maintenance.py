@@ -32,6 +32,9 @@ def verify(reg, deep, as_json):
     for p in rep.problems:
         message(f"problem: {p}")
     decoded = f", decoded {rep.tensors} tensors" if deep else ""
+    if rep.without_base:
+        decoded += (f" ({rep.without_base} exact-mode tensor(s) not decoded: their base is not "
+                    "stored)")
     message(f"checked {rep.objects} objects ({human_bytes(rep.bytes)}), {rep.versions} versions, "
             f"{rep.tags} tags{decoded}: " + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
     if not rep.ok:

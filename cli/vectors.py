@@ -24,13 +24,16 @@ def _ratio(raw: int, stored: int) -> str:
 @click.option("--steps", type=int, help="Training steps.")
 @click.option("--meta", multiple=True, metavar="K=V", help="Free metadata (repeatable).")
 @click.option("--allow-nonfinite", is_flag=True, help="Store NaN/Inf values instead of refusing.")
+@click.option("--exact", is_flag=True,
+              help="Exact mode: store the bit differences of FINETUNED over BASE, so that "
+                   "`tvreg apply NAME` rebuilds FINETUNED bit for bit (the base is stored too).")
 @click.option("--no-similarities", is_flag=True,
               help="Skip computing similarities with the stored vectors (`tvreg similarities` "
                    "does it later).")
 @json_option
 @click.pass_obj
 def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, allow_nonfinite,
-           no_similarities, as_json):
+           exact, no_similarities, as_json):
     """Store the task vector FINETUNED − BASE as a new version of NAME.
 
     P is a .safetensors file, a folder of safetensors shards with its index JSON, or a PyTorch
@@ -43,7 +46,7 @@ def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, all
     with warnings_to_stderr():
         result = reg.create(name, base, finetuned, lora=lora, task=task, dataset=dataset, lr=lr,
                             steps=steps, meta=parse_meta(meta), allow_nonfinite=allow_nonfinite,
-                            similarities=not no_similarities)
+                            similarities=not no_similarities, exact=exact)
     m, rec = result.manifest, result.record
     if result.created:
         message(f"created {rec.ref}: vector {rec.vector_id[:12]}, {m.n_params:,} params, "

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .checkpoints import Checkpoint, TensorInfo
     from .composition import Composition
+    from .manifest import TensorEntry
 
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -37,8 +38,10 @@ def check_output_path(path: str) -> str:
     return path
 
 
-def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bool) -> list["TensorInfo"]:
-    """The checkpoint's infos, if it is a base the composition applies to."""
+def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bool
+               ) -> tuple[list["TensorInfo"], bool]:
+    """The checkpoint's infos, if it is a base the composition applies to, and whether it is
+    the vectors' very base (same base hash; else a mismatch was allowed)."""
     from .digest import BaseHasher, arch_fingerprint, tensor_bytes
 
     infos = ck.infos()
@@ -70,15 +73,33 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
         if not allow_base_mismatch:
             raise IncompatibleCheckpoints(message + "; pass --allow-base-mismatch to apply anyway")
         warnings.warn(message, BaseMismatchWarning, stacklevel=3)
-    return infos
+        return infos, False
+    return infos, True
+
+
+def exact_entries(comp: "Composition") -> dict[str, "TensorEntry"]:
+    """The exact-mode entries whose fine-tuned tensors ``comp`` applies as they are: a single
+    vector at weight 1 by task arithmetic (``tvreg apply NAME``), tensor by tensor."""
+    from .encoding import exact_codec
+
+    if len(comp.operands) != 1 or comp.params.method != "task_arithmetic" \
+            or comp.operands[0].coef * comp.lam != 1.0:
+        return {}
+    return {e.name: e for e in comp.entries if exact_codec(e) is not None}
 
 
 def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
-                   out_dtype: str | None) -> Iterator[tuple[str, "torch.Tensor"]]:
+                   out_dtype: str | None, *, restore: bool = True
+                   ) -> Iterator[tuple[str, "torch.Tensor"]]:
     """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order.
 
     Each tensor is used once (written) before the next is asked for, so the buffers of the
-    merged tensors and of the base tensors are recycled."""
+    merged tensors and of the base tensors are recycled. With ``restore`` (``ck`` is the
+    vectors' very base), an exact-mode vector at weight 1 rebuilds the fine-tuned tensors."""
+    exact = exact_entries(comp) if restore else {}
+    if exact:
+        yield from _restored_weights(comp, ck, infos, out_dtype, exact)
+        return
     import numpy as np
 
     from .buffers import BufferPool
@@ -111,6 +132,22 @@ def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInf
         raise IncompatibleCheckpoints(f"tensor {pending[0]!r} of the composition is not in the base")
 
 
+def _restored_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
+                      out_dtype: str | None, exact: dict[str, "TensorEntry"]
+                      ) -> Iterator[tuple[str, "torch.Tensor"]]:
+    """θ_ft rebuilt bit for bit from the base's bits and the stored bit differences (exact
+    mode at weight 1), tensor by tensor; tensors the composition leaves out stay the base's."""
+    registry = comp._registry
+    for info in infos:
+        t = ck.tensor(info.name)
+        if info.name in exact:
+            t = registry.finetuned_tensor(exact[info.name], t)
+        if dtypes.is_floating(info.dtype):
+            t = t.to(dtypes.torch_dtype(out_dtype or info.dtype))
+        yield info.name, t
+        del t
+
+
 def apply_to_checkpoint(comp: "Composition", base: str, output: str, *, dtype: str | None = None,
                         allow_base_mismatch: bool = False) -> int:
     from .checkpoints import open_checkpoint
@@ -120,9 +157,15 @@ def apply_to_checkpoint(comp: "Composition", base: str, output: str, *, dtype: s
         raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
     output = check_output_path(output)
     with open_checkpoint(base) as ck:
-        infos = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
+        infos, same_base = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
                  for i in infos]
         metadata = {"tvreg.expression": comp.expression, "tvreg.base_hash": comp.base_hash,
                     "tvreg.method": comp.params.method, "tvreg.lambda": repr(comp.lam)}
-        return write_safetensors(output, specs, merged_weights(comp, ck, infos, dtype), metadata)
+        if not same_base:  # exact-mode deltas then come from the stored base, if any
+            return write_safetensors(output, specs,
+                                     merged_weights(comp, ck, infos, dtype, restore=False),
+                                     metadata)
+        with comp._registry.using_base(ck, comp.base_hash):
+            return write_safetensors(output, specs, merged_weights(comp, ck, infos, dtype),
+                                     metadata)

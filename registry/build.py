@@ -7,6 +7,7 @@ once; at most a few tensors are in memory at a time.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +18,7 @@ from .checkpoints import Checkpoint, TensorInfo
 from .codecs import CodecPipeline, default_pipeline
 from .digest import BaseHasher, arch_fingerprint, tensor_bytes
 from .encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
-from .errors import IncompatibleCheckpoints, NonFiniteValues
+from .errors import IncompatibleCheckpoints, InvalidInput, NonFiniteValues
 from .manifest import Manifest, SkippedTensor
 
 SHOW = 5
@@ -62,13 +63,19 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                       level: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       workers: int | None = None,
                       on_tensor: Callable[[int], None] | None = None,
-                      delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None
-                      ) -> Manifest:
+                      delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None,
+                      exact: bool = False) -> Manifest:
     """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
 
     ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
     tensor's delta in its delta dtype, or a :class:`Factored` float32 delta (a LoRA adapter's
-    factors, stored as they are)."""
+    factors, stored as they are).
+
+    ``exact`` (exact mode) stores each floating tensor as the bit differences of the fine-tuned
+    tensor over the base's (``bitdiff``, :mod:`tvreg.codecs.bitdiff`), from which the fine-tuned
+    tensor is rebuilt bit for bit; the entry still describes (and hashes) the float delta."""
+    if exact and finetuned is None:
+        raise InvalidInput("exact mode needs a fine-tuned checkpoint (not a LoRA adapter)")
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
     futures = []
@@ -96,17 +103,39 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                 else:  # widen into a fresh tensor and subtract in place: one full-size copy less
                     delta = tf.to(work)
                     delta.sub_(tb)
-                del tf
-            del tb
+                if not exact:
+                    del tf
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
-            pipeline = default_pipeline(delta.element_size(), level)
-            futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
+            if exact:
+                pipeline = exact_pipeline(info.dtype, _PENDING_BASE, level)
+                futures.append(encoder.submit_exact(info.name, delta, info.dtype, pipeline,
+                                                    tf, tb))
+                del tf
+            else:
+                pipeline = default_pipeline(delta.element_size(), level)
+                futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
+            del tb
             if on_tensor:
                 on_tensor(delta.numel() * delta.element_size())
         tensors = tuple(f.result() for f in futures)
+    base_hash = hasher.hexdigest()
+    if exact:  # the base hash is known only now; the blobs do not depend on it
+        tensors = tuple(dataclasses.replace(t, codecs=exact_pipeline(t.source_dtype, base_hash,
+                                                                     level)) for t in tensors)
     fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)
-    return Manifest(hasher.hexdigest(), fingerprint, tensors, tuple(skipped))
+    return Manifest(base_hash, fingerprint, tensors, tuple(skipped))
+
+
+_PENDING_BASE = "0" * 64
+
+
+def exact_pipeline(source_dtype: str, base_hash: str, level: int = 3) -> CodecPipeline:
+    """``bitdiff`` against the base ``base_hash``, then the lossless steps for its integers."""
+    from .codecs.bitdiff import BitDiff
+
+    rest = default_pipeline(dtypes.itemsize(source_dtype), level)
+    return CodecPipeline((BitDiff(source_dtype, base_hash),) + rest.codecs)
 
 
 def _check_finite(name: str, delta: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -21,8 +21,11 @@ import torch
 from . import dtypes
 from .codecs import CodecPipeline
 from .digest import tensor_bytes
-from .errors import CorruptObject
+from .errors import CorruptObject, InvalidInput
 from .manifest import Chunk, TensorEntry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .codecs.bitdiff import BitDiff
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 _MIB = 1 << 20
@@ -72,6 +75,13 @@ class TensorEncoder:
         step = max(item, self.chunk_bytes // item * item)
         parts = [self.pool.submit(self._encode_chunk, pipeline, raw[o:o + step])
                  for o in range(0, len(raw), step)]
+        return self._entry(name, tensor, source_dtype, pipeline, raw, parts, held)
+
+    def _entry(self, name: str, tensor: torch.Tensor, source_dtype: str,
+               pipeline: CodecPipeline, raw: memoryview, parts: list[Future], held: int
+               ) -> Future:
+        """A future of the entry once ``parts`` (futures of the chunks) and the hash of ``raw``
+        are done; then the ``held`` bytes of the budget are released."""
         digest = self.pool.submit(lambda: hashlib.sha256(raw).hexdigest())
         done: Future = Future()
         pending = [len(parts) + 1]
@@ -112,6 +122,30 @@ class TensorEncoder:
 
         return self.pool.submit(work)
 
+    def submit_exact(self, name: str, delta: torch.Tensor, source_dtype: str,
+                     pipeline: CodecPipeline, finetuned: torch.Tensor, base: torch.Tensor
+                     ) -> Future:
+        """A delta stored in exact mode (``pipeline`` starts with ``bitdiff``): chunk ``k``
+        covers the same elements of ``delta``, ``finetuned`` and ``base``; its blob is the rest
+        of the pipeline applied to the bit differences of those elements. The tensor's sha256
+        is that of ``delta``'s bytes, as for any delta."""
+        first, rest = pipeline.codecs[0], CodecPipeline(pipeline.codecs[1:])
+        delta = delta.detach().contiguous()
+        raw = tensor_bytes(delta)
+        ft = np.frombuffer(tensor_bytes(finetuned.contiguous()), dtype=np.uint8)
+        tb = np.frombuffer(tensor_bytes(base.contiguous()), dtype=np.uint8)
+        wide, narrow = delta.element_size(), finetuned.element_size()
+        per_chunk = max(1, self.chunk_bytes // wide)
+        held = self.budget.acquire(len(raw) + ft.size + tb.size)
+
+        def chunk(a: int, b: int) -> Chunk:
+            data = rest.encode(first.payload(ft[a * narrow:b * narrow], tb[a * narrow:b * narrow]))
+            return Chunk(self.put(data), (b - a) * wide, len(data))
+
+        n = delta.numel()
+        parts = [self.pool.submit(chunk, a, min(n, a + per_chunk)) for a in range(0, n, per_chunk)]
+        return self._entry(name, delta, source_dtype, pipeline, raw, parts, held)
+
     def _encode_chunk(self, pipeline: CodecPipeline, raw: memoryview) -> Chunk:
         data = pipeline.encode(raw)
         return Chunk(self.put(data), len(raw), len(data))
@@ -128,15 +162,24 @@ class TensorEncoder:
 
 def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
                   pool: ThreadPoolExecutor | None = None, *, out: torch.Tensor | None = None,
-                  check_tensor: bool = False) -> torch.Tensor:
+                  check_tensor: bool = False,
+                  base: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """The tensor of ``entry``; raises :class:`CorruptObject`.
 
     ``get`` returns a blob after checking its sha256, which pins the blob's content and so the
     decoded bytes; ``check_tensor`` also checks the decoded bytes against the tensor's sha256
     (which catches a faulty decoder, at the cost of hashing every byte once more). ``out``, a
     contiguous tensor of the entry's dtype and size, is decoded into instead of a new one.
+    An exact-mode entry (``bitdiff``) needs ``base()``, the base model's tensor of that name;
+    without it, :class:`~tvreg.codecs.bitdiff.BaseRequired`.
     """
     dtype = dtypes.torch_dtype(entry.dtype)
+    exact = exact_codec(entry)
+    if exact is not None:
+        decode_chunk = _exact_decoder(entry, exact, base)
+    else:
+        def decode_chunk(blob: bytes, dest: np.ndarray, _offset: int) -> None:
+            entry.codecs.decode_into(blob, dest)
     if out is None:
         out = torch.empty(entry.shape, dtype=dtype)
     elif out.dtype != dtype or out.numel() != entry.numel or not out.is_contiguous():
@@ -148,7 +191,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     offsets = np.cumsum([0] + [c.nbytes for c in entry.chunks]).tolist()
 
     def fill(i: int) -> None:
-        entry.codecs.decode_into(get(entry.chunks[i].blob), buf[offsets[i]:offsets[i + 1]])
+        decode_chunk(get(entry.chunks[i].blob), buf[offsets[i]:offsets[i + 1]], offsets[i])
 
     if pool is not None and len(entry.chunks) > 1:
         list(pool.map(fill, range(len(entry.chunks))))
@@ -158,4 +201,67 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     if check_tensor and hashlib.sha256(tensor_bytes(out)).hexdigest() != entry.sha256:
         raise CorruptObject(f"tensor {entry.name!r} decodes to bytes whose sha256 does not match "
                             "its manifest")
+    return out
+
+
+def exact_codec(entry: TensorEntry) -> "BitDiff | None":
+    """The ``bitdiff`` step of an exact-mode entry, else None."""
+    from .codecs.bitdiff import BitDiff
+
+    first = entry.codecs.codecs[0]
+    return first if isinstance(first, BitDiff) else None
+
+
+def _exact_decoder(entry: TensorEntry, first: "BitDiff", base: Callable[[], torch.Tensor] | None
+                   ) -> Callable[[bytes, np.ndarray, int], None]:
+    """Decodes one chunk of an exact-mode entry into its slice of the delta (given with the
+    slice's byte offset in the delta): the rest of the pipeline gives the bit differences, the
+    base's elements of the same range give the fine-tuned ones, and their difference the delta."""
+    if base is None:
+        first.decode(b"", 0)  # raises BaseRequired, naming the base
+    tb = base()
+    if tuple(tb.shape) != tuple(entry.shape) or dtypes.dtype_name(tb.dtype) != first.dtype:
+        raise CorruptObject(f"tensor {entry.name!r}: the base's tensor is {tb.dtype}"
+                            f"{list(tb.shape)}, the exact-mode entry wants {first.dtype}"
+                            f"{list(entry.shape)}")
+    base_bytes = np.frombuffer(tensor_bytes(tb.contiguous()), dtype=np.uint8)
+    rest = CodecPipeline(entry.codecs.codecs[1:])
+    wide, narrow = dtypes.itemsize(entry.dtype), first.width
+
+    def decode(blob: bytes, dest: np.ndarray, offset: int) -> None:
+        a, n = offset // wide, dest.size // wide
+        diff = rest.decode(blob, n * narrow)
+        first.delta_into(diff, base_bytes[a * narrow:(a + n) * narrow], dest)
+
+    return decode
+
+
+def restore_finetuned(entry: TensorEntry, get: Callable[[str], bytes], base: torch.Tensor,
+                      pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+    """The fine-tuned tensor (source dtype) an exact-mode entry rebuilds bit for bit over
+    ``base``, the base model's tensor of that name."""
+    first = exact_codec(entry)
+    if first is None:
+        raise InvalidInput(f"tensor {entry.name!r} is not stored in exact mode")
+    if tuple(base.shape) != tuple(entry.shape) or dtypes.dtype_name(base.dtype) != first.dtype:
+        raise CorruptObject(f"tensor {entry.name!r}: the base's tensor is {base.dtype}"
+                            f"{list(base.shape)}, the exact-mode entry wants {first.dtype}"
+                            f"{list(entry.shape)}")
+    rest = CodecPipeline(entry.codecs.codecs[1:])
+    out = torch.empty(entry.shape, dtype=base.dtype)
+    dest = out.view(-1).view(torch.uint8).numpy() if entry.numel else None
+    tb = np.frombuffer(tensor_bytes(base.contiguous()), dtype=np.uint8)
+    wide, narrow = dtypes.itemsize(entry.dtype), first.width
+    starts = np.cumsum([0] + [c.nbytes // wide for c in entry.chunks]).tolist()
+
+    def fill(i: int) -> None:
+        a, b = starts[i] * narrow, starts[i + 1] * narrow
+        diff = rest.decode(get(entry.chunks[i].blob), b - a)
+        dest[a:b] = first.restore(diff, tb[a:b])
+
+    if pool is not None and len(entry.chunks) > 1:
+        list(pool.map(fill, range(len(entry.chunks))))
+    else:
+        for i in range(len(entry.chunks)):
+            fill(i)
     return out

@@ -21,6 +21,7 @@ class VerifyReport:
     versions: int = 0
     tags: int = 0
     tensors: int = 0  # decoded and checked (deep verification only)
+    without_base: int = 0  # exact-mode tensors not decoded: their base is not stored
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -30,7 +31,7 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {"ok": self.ok, "objects": self.objects, "bytes": self.bytes,
                 "versions": self.versions, "tags": self.tags, "tensors": self.tensors,
-                "problems": self.problems}
+                "without_base": self.without_base, "problems": self.problems}
 
 
 def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
@@ -103,14 +104,22 @@ def _check_vector(reg: "Registry", vector_id: str, bad: set[str], problems: list
 
 
 def _decode_vector(reg: "Registry", vector_id: str, rep: VerifyReport) -> bool:
-    from .encoding import decode_tensor
+    from .codecs.bitdiff import BaseRequired
+    from .encoding import decode_tensor, exact_codec
 
     ok = True
     for entry in reg.manifest(vector_id).tensors:
-        rep.tensors += 1
+        exact = exact_codec(entry)
+        base = None if exact is None else \
+            (lambda e=entry, h=exact.base: reg.base_tensor(h, e.name))
         try:
-            decode_tensor(entry, reg.objects.get, reg.executor("chunks"), check_tensor=True)
+            decode_tensor(entry, reg.objects.get, reg.executor("chunks"), check_tensor=True,
+                          base=base)
+            rep.tensors += 1
+        except BaseRequired:
+            rep.without_base += 1
         except CorruptObject as e:
+            rep.tensors += 1
             rep.problems.append(f"vector {vector_id[:12]}: {e}")
             ok = False
     return ok

@@ -134,6 +134,8 @@ class Manifest:
         skipped = tuple(_skipped(s) for s in doc["skipped"])
         names = [t.name for t in tensors]
         _expect(names == sorted(set(names)), "manifest: tensor names not sorted and unique")
+        for t in tensors:
+            _check_exact(t, doc["base_hash"])
         return cls(doc["base_hash"], doc["arch_fingerprint"], tensors, skipped)
 
 
@@ -184,6 +186,21 @@ def _tensor(doc: Any) -> TensorEntry:
     item = dtypes.itemsize(entry.dtype)
     _expect(all(c.nbytes % item == 0 for c in chunks), f"{what}: chunk not item-aligned")
     return entry
+
+
+def _check_exact(entry: TensorEntry, base_hash: str) -> None:
+    """An exact-mode entry (``bitdiff``, §5.7) is a delta of its source dtype over this base."""
+    steps = entry.codecs.codecs
+    where = [i for i, c in enumerate(steps) if c.name == "bitdiff"]
+    if not where:
+        return
+    what = f"manifest tensor {entry.name!r}"
+    _expect(where == [0], f"{what}: bitdiff must be the first codec")
+    first = steps[0]
+    _expect(first.dtype == entry.source_dtype
+            and entry.dtype == dtypes.delta_dtype(entry.source_dtype),
+            f"{what}: bitdiff of {first.dtype} does not match the entry's dtypes")
+    _expect(first.base == base_hash, f"{what}: bitdiff names another base than the manifest")
 
 
 def _skipped(doc: Any) -> SkippedTensor:

@@ -6,13 +6,14 @@ truth; the catalog is an index that :meth:`Registry.reindex` rebuilds from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import progress
 from .catalog import Catalog
@@ -116,6 +117,7 @@ class Registry:
         self.catalog = Catalog(os.path.join(self.root, CATALOG_FILE))
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
+        self._base_sources: dict[str, Any] = {}  # base hash -> open Checkpoint (exact mode)
 
     def __repr__(self) -> str:
         return f"<tvreg.Registry {self.root}>"
@@ -172,7 +174,8 @@ class Registry:
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
                allow_nonfinite: bool = False, level: int = 3, similarities: bool = True,
-               on_progress: Callable[[int], None] | None = None) -> CreateResult:
+               exact: bool = False, on_progress: Callable[[int], None] | None = None
+               ) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
         LoRA adapter directory) instead of ``finetuned``, τ = scale · B·A on the adapted
         tensors and 0 elsewhere (:mod:`tvreg.lora`; its rank, alpha and rsLoRA flag go into the
@@ -184,6 +187,11 @@ class Registry:
         version is made and ``created`` is False. With ``similarities`` (the default) the new
         vector's statistics and its similarities with the stored vectors of its base are
         computed right after (docs/similarity.md).
+
+        ``exact`` (exact mode) stores each tensor as the bit differences of the fine-tuned
+        tensor over the base's, so that applying the vector at weight 1 rebuilds the fine-tuned
+        checkpoint bit for bit; reading it needs the base, so the base is stored too
+        (:meth:`add_base`, deduplicated) unless it already is.
         """
         import contextlib
 
@@ -193,6 +201,9 @@ class Registry:
         validate_name(name)
         if (finetuned is None) == (lora is None):
             raise InvalidInput("give either a fine-tuned checkpoint or a LoRA adapter")
+        if exact and lora is not None:
+            raise InvalidInput("exact mode rebuilds a fine-tuned checkpoint: it does not apply "
+                               "to a LoRA adapter (stored exactly as its factors anyway)")
         delta_of = adapter = None
         if lora is not None:
             from .lora import read_adapter
@@ -220,7 +231,10 @@ class Registry:
                 manifest, vector_id, new_objects = self._write_vector(
                     lambda put: build_task_vector(cb, cf, infos, put,
                                                   allow_nonfinite=allow_nonfinite, level=level,
-                                                  on_tensor=tick, delta_of=delta_of))
+                                                  on_tensor=tick, delta_of=delta_of,
+                                                  exact=exact))
+            if exact:  # before the version exists: a reader never sees it without its base
+                self._ensure_base(cb, manifest.base_hash)
         record, created = self._claim_version(name, manifest, vector_id, metadata)
         if created:
             self._index_new(record, manifest)
@@ -387,11 +401,55 @@ class Registry:
         return TaskVector(self, self.manifest(vector_id), record, vector_id)
 
     def load_tensor(self, entry: TensorEntry, out: "torch.Tensor | None" = None) -> "torch.Tensor":
-        """Decode one tensor of a manifest (into ``out`` if given), its blobs checked."""
-        from .encoding import decode_tensor
+        """Decode one tensor of a manifest (into ``out`` if given), its blobs checked. An
+        exact-mode tensor reads the base's tensor of its name too (:meth:`base_tensor`)."""
+        from .encoding import decode_tensor, exact_codec
 
+        exact = exact_codec(entry)
+        base = None if exact is None else (lambda: self.base_tensor(exact.base, entry.name))
         return decode_tensor(entry, self.objects.get, self.executor("chunks"), out=out,
-                             check_tensor=self.check_tensors)
+                             check_tensor=self.check_tensors, base=base)
+
+    def finetuned_tensor(self, entry: TensorEntry, base: "torch.Tensor") -> "torch.Tensor":
+        """The fine-tuned tensor an exact-mode entry rebuilds, bit for bit, over ``base`` (the
+        base model's tensor of its name, in its dtype)."""
+        from .encoding import restore_finetuned
+
+        return restore_finetuned(entry, self.objects.get, base, self.executor("chunks"))
+
+    def base_tensor(self, base_hash: str, name: str) -> "torch.Tensor":
+        """Tensor ``name`` of the base model ``base_hash``: from a checkpoint being applied to
+        (:meth:`using_base`) or from the stored base; else :class:`BaseRequired`."""
+        from .codecs.bitdiff import BaseRequired
+
+        source = self._base_sources.get(base_hash)
+        if source is None:
+            source = self._stored_base_checkpoint(base_hash)
+        if source is None:
+            raise BaseRequired(f"an exact-mode vector needs its base model (hash "
+                               f"{base_hash[:12]}) to be read: store it with `tvreg base add "
+                               "BASE`, or give it with --base")
+        return source.tensor(name)
+
+    def _stored_base_checkpoint(self, base_hash: str) -> Any:
+        return None  # TODO(merge): stored bases
+
+    def _ensure_base(self, checkpoint: Any, base_hash: str) -> None:
+        pass  # TODO(merge): stored bases
+
+    @contextlib.contextmanager
+    def using_base(self, checkpoint: Any, base_hash: str) -> Iterator[None]:
+        """Within the block, exact-mode tensors of base ``base_hash`` read their base from
+        ``checkpoint`` (whose hash the caller has checked)."""
+        previous = self._base_sources.get(base_hash)
+        self._base_sources[base_hash] = checkpoint
+        try:
+            yield
+        finally:
+            if previous is None:
+                self._base_sources.pop(base_hash, None)
+            else:
+                self._base_sources[base_hash] = previous
 
     def executor(self, kind: str) -> ThreadPoolExecutor:
         """The registry's thread pool for one kind of work ("chunks": decoding a tensor's chunks;

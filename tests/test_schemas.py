@@ -54,6 +54,7 @@ def _fill(reg, zoo, zoo_bf16) -> dict[str, list[dict]]:
                task="sentiment", dataset="toy-sentiment", lr=1e-5, steps=20,
                meta={"seed": 0, "note": "bf16 run", "warmup": 0.1, "frozen": False, "parent": None})
     reg.create("topic", zoo.base, zoo.finetuned["toxicity"])   # topic@2 = toxicity@1's vector
+    reg.create("exact", zoo.base, zoo.finetuned["sentiment"], exact=True, similarities=False)
     reg.tag("sentiment@1", "prod")
     reg.tag("topic@1", "prod")
     reg.tag("topic@2", "prod")
@@ -93,8 +94,9 @@ def test_real_documents_validate(validators, docs, kind):
 
 
 def test_real_documents_cover_the_interesting_cases(docs):
-    assert len(docs["version"]) == 7 and len(docs["tag"]) == 3
-    assert len(docs["manifest"]) == len({r["vector_id"] for r in docs["version"]}) == 6
+    assert len(docs["version"]) == 8 and len(docs["tag"]) == 3
+    assert len(docs["manifest"]) == len({r["vector_id"] for r in docs["version"]}) == 7
+    assert any(t["codecs"][0]["name"] == "bitdiff" for m in docs["manifest"] for t in m["tensors"])
     assert sum(r["recipe"] is not None for r in docs["version"]) == 2
     assert {t["source_dtype"] for m in docs["manifest"] for t in m["tensors"]} == \
         {"float32", "bfloat16"}

@@ -6,9 +6,10 @@ dataclasses, deterministic (same input, same output) so identical tensors dedupl
 """
 
 from .base import Codec, CodecPipeline, codec_from_spec, register_codec, default_pipeline
+from .bitdiff import BitDiff
 from .bytegroup import ByteGroup
 from .lowrank import LowRank
 from .zstd import Zstd
 
 __all__ = ["Codec", "CodecPipeline", "codec_from_spec", "register_codec", "default_pipeline",
-           "ByteGroup", "LowRank", "Zstd"]
+           "BitDiff", "ByteGroup", "LowRank", "Zstd"]
