@@ -41,6 +41,8 @@ class PullReport:
     tags_set: int = 0
     renumbered: dict[str, str] = field(default_factory=dict)  # remote ref -> local ref
     pulled: list[str] = field(default_factory=list)          # local refs of the new versions
+    bases_fetched: int = 0      # with_base: stored bases added here
+    base_names_set: int = 0     # with_base: base names set (or moved) here
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -90,7 +92,8 @@ def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[V
 
 def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
          workers: int = 8, progress: "Transfer | None" = None,
-         similarities: bool = True) -> PullReport:
+         similarities: bool = True, with_base: bool = False) -> PullReport:
+    from .base_transfer import check_manifests, plan_pull, pull_records
     from .remotes import get
 
     from .remote_index import require_content
@@ -100,6 +103,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     require_content(remote, remote.store())
     report = PullReport(remote.name)
     records = select_remote(src, refs, remote.name)
+    # with_base: the versions' stored bases, each found on the remote before anything is written
+    bases = plan_pull(reg, src, records, remote.name) if with_base else None
 
     def fetch(oid: str) -> bytes:
         try:
@@ -109,7 +114,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                 from None
 
     # manifests first (small): they say which blobs to fetch
-    vids = sorted({r.vector_id for r in records})
+    vids = sorted({r.vector_id for r in records}
+                  | ({b.manifest for b in bases.records.values()} if bases else set()))
     local = {v for v in vids if reg.objects.exists(v)}
     manifests: dict[str, Manifest] = {v: reg.manifest(v) for v in local}
     fetched: dict[str, bytes] = {}
@@ -128,6 +134,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
         if (m.base_hash, m.arch_fingerprint) != (rec.base_hash, rec.arch_fingerprint):
             raise CorruptObject(f"remote {remote.name}: {rec.key} does not match its manifest "
                                 f"{rec.vector_id[:12]} (base or architecture differ)")
+    if bases:
+        check_manifests(bases, manifests, remote.name)
     needed = {v: sorted(manifests[v].blob_ids()) for v in vids}
     missing = {v: [b for b in blobs if not reg.objects.exists(b)] for v, blobs in needed.items()}
     todo = sorted({b for blobs in missing.values() for b in blobs})
@@ -177,6 +185,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     finally:
         for staging in stagings.values():
             staging.close()
+    if bases:  # their objects are all in: the base records, then their names
+        report.bases_fetched, report.base_names_set = pull_records(reg, bases)
     # records, then the catalog, tags and similarities
     mapping: dict[tuple[str, int], VersionRecord] = {}
     ours: dict[str, dict[int, VersionRecord]] = {}
