@@ -5,7 +5,9 @@ against its sha256 before it enters the local store, and committed vector by vec
 of an interrupted pull does not fetch them again); version records are written only once every
 object of every requested version is in, then the catalog, the tags and the similarities. A
 corrupted remote object stops the pull with its name and no record is written. A version number
-already held locally by other content goes to the next free number (reported).
+already held locally by other content goes to the next free number (reported). With
+``with_base`` the versions' stored bases come too (:mod:`tvreg.base_transfer`): their objects
+with the vectors', their records and names before the version records.
 """
 
 from __future__ import annotations

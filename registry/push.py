@@ -8,7 +8,9 @@ sent, on a thread pool. A version number is claimed on the remote with an exclus
 pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
 mapping is reported. Nothing on the remote is overwritten except tags (which move by design).
 Re-running an interrupted push completes it. Last, the remote index (index/*.parquet) is
-rebuilt from the remote's records and tags.
+rebuilt from the remote's records and tags. With ``with_base`` the versions' stored bases go
+too (:mod:`tvreg.base_transfer`): their objects with the vectors', their records and names
+before the version records.
 """
 
 from __future__ import annotations

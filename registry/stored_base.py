@@ -57,6 +57,8 @@ class StoredBase(Checkpoint):
         return self._entry(name)
 
     def tensor(self, name: str, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+        """Decode ``name`` (into ``out`` if given). A tensor of several chunks is decoded on
+        the registry's "chunks" pool: call this from any thread but that pool's."""
         from .encoding import decode_tensor
 
         entry = self._entry(name)
