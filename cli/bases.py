@@ -44,7 +44,8 @@ def add(reg, path, name, as_json):
                 f"{human_bytes(rec.stored_bytes)} ({_ratio(rec.raw_bytes, rec.stored_bytes)}), "
                 f"{result.new_objects} new object(s){named}")
     else:
-        repaired = f"; {result.new_objects} missing object(s) restored" if result.new_objects else ""
+        repaired = (f"; {result.new_objects} missing object(s) restored"
+                    if result.new_objects else "")
         message(f"unchanged: base {rec.base_hash[:12]} is already stored, nothing written"
                 f"{repaired}{named}")
     if as_json:

@@ -387,7 +387,8 @@ def test_documents_follow_their_schemas_and_broken_ones_are_refused(based):
     assert {t["dtype"] for t in manifest["tensors"]} == {"float32", "int64"}
     body = {k: v for k, v in rec.items() if k != "checksum"}
     broken = {"extra key": {**body, "names": ["toy"]}, "bad format": {**body, "format": "x"},
-              "bad hash": {**body, "base_hash": "F" * 64}, "negative size": {**body, "n_params": -1},
+              "bad hash": {**body, "base_hash": "F" * 64},
+              "negative size": {**body, "n_params": -1},
               "bool size": {**body, "raw_bytes": True}, "bad time": {**body, "created_at": "now"}}
     for label, doc in broken.items():
         with pytest.raises(FormatError):
