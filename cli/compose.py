@@ -84,20 +84,25 @@ def compose(reg, expression, output, save_as, task, meta, no_similarities, as_js
 
 @click.command()
 @click.argument("expression")
-@click.option("--base", required=True, metavar="P", help="Base checkpoint to apply to.")
+@click.option("--base", metavar="P", help="Base checkpoint to apply to, or a stored base's name "
+              "or hash prefix (default: the stored base of the vectors' base hash).")
 @click.option("-o", "--output", required=True, metavar="F.safetensors", help="Merged weights.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="dtype of floating tensors in the output (default: the base's).")
 @merge_options
 @click.pass_obj
 def apply(reg, expression, base, output, dtype, **kw):
-    """Write base + composed vector as model weights (same keys as the base)."""
+    """Write base + composed vector as model weights (same keys as the base).
+
+    Without --base, the base is the stored base (`tvreg base add`) of the vectors' base hash.
+    """
     with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
         n = reg.apply(comp, base, output, dtype=dtype,
                       allow_base_mismatch=kw["allow_base_mismatch"])
     scale = "" if comp.lam == 1.0 else f"{comp.lam:g}·"
-    message(f"wrote {output} ({human_bytes(n)}): {base} + {scale}[{comp.expression}] "
+    message(f"wrote {output} ({human_bytes(n)}): "
+            f"{base or 'stored base ' + comp.base_hash[:12]} + {scale}[{comp.expression}] "
             f"({kw['method']})")
 
 

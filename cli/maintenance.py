@@ -35,8 +35,10 @@ def verify(reg, deep, as_json):
     if rep.without_base:
         decoded += (f" ({rep.without_base} exact-mode tensor(s) not decoded: their base is not "
                     "stored)")
+    bases = f", {rep.bases} bases" if rep.bases or rep.base_names else ""
     message(f"checked {rep.objects} objects ({human_bytes(rep.bytes)}), {rep.versions} versions, "
-            f"{rep.tags} tags{decoded}: " + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
+            f"{rep.tags} tags{bases}{decoded}: "
+            + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
     if not rep.ok:
         raise SystemExit(1)
 
@@ -48,7 +50,7 @@ def verify(reg, deep, as_json):
 @json_option
 @click.pass_obj
 def gc(reg, grace, dry_run, as_json):
-    """Delete objects that no version references."""
+    """Delete objects that no version or stored base references."""
     if grace < 0:
         raise click.BadParameter("must be >= 0", param_hint="--grace")
     rep = reg.gc(grace_seconds=grace, dry_run=dry_run)
@@ -67,9 +69,12 @@ def reindex(reg):
     counts = reg.reindex()
     for p in counts["problems"]:
         message(f"skipped: {p}")
+    bases = (f", {counts['bases']} bases, {counts['base_names']} base names"
+             if counts.get("bases") or counts.get("base_names") else "")
     message(f"reindexed {counts['versions']} versions, {counts['vectors']} vectors, "
-            f"{counts['tags']} tags" + (f"; {len(counts['problems'])} skipped, run `tvreg verify`"
-                                        if counts["problems"] else ""))
+            f"{counts['tags']} tags{bases}"
+            + (f"; {len(counts['problems'])} skipped, run `tvreg verify`"
+               if counts["problems"] else ""))
     if counts["problems"]:
         raise SystemExit(1)
 

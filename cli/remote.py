@@ -68,11 +68,22 @@ def _renumbered(pairs: dict[str, str], where: str) -> None:
         message(f"{before} is {after} {where} (another version held {before} there)")
 
 
+def _bases(report, sent: str, named: str, where: str) -> str:
+    n, names = getattr(report, sent), getattr(report, named)
+    return f"; {n} base(s), {names} base name(s) {where}" if n or names else ""
+
+
+with_base_option = click.option(
+    "--with-base", is_flag=True,
+    help="Also copy the stored bases of these versions (`tvreg base add`) and their names.")
+
+
 @click.command()
 @click.argument("args", nargs=-1, metavar="[REMOTE] [REF...]")
+@with_base_option
 @json_option
 @click.pass_obj
-def push(reg, args, as_json):
+def push(reg, args, with_base, as_json):
     """Copy versions (default: all) to REMOTE (default: origin): blobs, manifests, records, tags.
 
     A bare NAME pushes all its versions; NAME@N or NAME@TAG one. Only objects the remote lacks
@@ -82,22 +93,24 @@ def push(reg, args, as_json):
 
     name, refs = _split(reg, args)
     with Transfer(f"push {name}") as progress:
-        rep = reg.push(name, refs, progress=progress)
+        rep = reg.push(name, refs, progress=progress, with_base=with_base)
     if as_json:
         emit_json(rep.to_json())
     _renumbered(rep.renumbered, f"on {name}")
     message(f"pushed to {name}: {rep.objects_sent} object(s), {human_bytes(rep.bytes_sent)} sent, "
             f"{rep.objects_skipped} already there; {rep.versions_sent} version(s), "
-            f"{rep.versions_skipped} already there; {rep.tags_sent} tag(s)")
+            f"{rep.versions_skipped} already there; {rep.tags_sent} tag(s)"
+            + _bases(rep, "bases_sent", "base_names_sent", "sent"))
 
 
 @click.command()
 @click.argument("args", nargs=-1, metavar="[REMOTE] [REF...]")
 @click.option("--no-similarities", "no_similarities", is_flag=True,
               help="Do not compute the similarities of the pulled vectors now.")
+@with_base_option
 @json_option
 @click.pass_obj
-def pull(reg, args, no_similarities, as_json):
+def pull(reg, args, no_similarities, with_base, as_json):
     """Copy versions (default: all) from REMOTE (default: origin) into this registry.
 
     A bare NAME pulls all its versions; NAME@N or NAME@TAG one. Only missing objects are
@@ -108,14 +121,15 @@ def pull(reg, args, no_similarities, as_json):
 
     name, refs = _split(reg, args)
     with Transfer(f"pull {name}") as progress:
-        rep = reg.pull(name, refs, progress=progress, similarities=not no_similarities)
+        rep = reg.pull(name, refs, progress=progress, similarities=not no_similarities,
+                       with_base=with_base)
     if as_json:
         emit_json(rep.to_json())
     _renumbered(rep.renumbered, "here")
     message(f"pulled from {name}: {rep.objects_fetched} object(s), "
             f"{human_bytes(rep.bytes_fetched)} fetched, {rep.objects_skipped} already here; "
             f"{rep.versions_fetched} version(s), {rep.versions_skipped} already here; "
-            f"{rep.tags_set} tag(s)")
+            f"{rep.tags_set} tag(s)" + _bases(rep, "bases_fetched", "base_names_set", "set"))
 
 
 COMMANDS = [remote, push, pull]

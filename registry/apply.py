@@ -59,17 +59,20 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
                                       f"{len(diffs)} tensor(s) differ: {_listing(diffs)}")
     from .buffers import BufferPool
 
-    hasher, buffers = BaseHasher(), BufferPool(keep=1)
-    for info in infos:
-        if dtypes.is_floating(info.dtype):
-            buf, view = buffers.take(dtypes.torch_dtype(info.dtype), info.shape)
-            hasher.update(info.name, info.dtype, info.shape,
-                          tensor_bytes(ck.tensor(info.name, out=view)))
-            del view
-            buffers.give(buf)
-    if hasher.hexdigest() != comp.base_hash:
+    base_hash = ck.known_base_hash()
+    if base_hash is None:
+        hasher, buffers = BaseHasher(), BufferPool(keep=1)
+        for info in infos:
+            if dtypes.is_floating(info.dtype):
+                buf, view = buffers.take(dtypes.torch_dtype(info.dtype), info.shape)
+                hasher.update(info.name, info.dtype, info.shape,
+                              tensor_bytes(ck.tensor(info.name, out=view)))
+                del view
+                buffers.give(buf)
+        base_hash = hasher.hexdigest()
+    if base_hash != comp.base_hash:
         message = (f"{ck.path} is not the vectors' base model (its hash "
-                   f"{hasher.hexdigest()[:12]} vs {comp.base_hash[:12]})")
+                   f"{base_hash[:12]} vs {comp.base_hash[:12]})")
         if not allow_base_mismatch:
             raise IncompatibleCheckpoints(message + "; pass --allow-base-mismatch to apply anyway")
         warnings.warn(message, BaseMismatchWarning, stacklevel=3)
@@ -148,15 +151,17 @@ def _restored_weights(comp: "Composition", ck: "Checkpoint", infos: list["Tensor
         del t
 
 
-def apply_to_checkpoint(comp: "Composition", base: str, output: str, *, dtype: str | None = None,
-                        allow_base_mismatch: bool = False) -> int:
-    from .checkpoints import open_checkpoint
+def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: str, *,
+                        dtype: str | None = None, allow_base_mismatch: bool = False) -> int:
+    """``base`` is a checkpoint's path, or an open :class:`Checkpoint` (e.g. a stored base),
+    closed when done."""
+    from .checkpoints import Checkpoint, open_checkpoint
     from .safetensors_io import write_safetensors
 
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
     output = check_output_path(output)
-    with open_checkpoint(base) as ck:
+    with (base if isinstance(base, Checkpoint) else open_checkpoint(base)) as ck:
         infos, same_base = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
                  for i in infos]

@@ -177,13 +177,15 @@ class Catalog:
             insert_rows(con, "tags", [tag_row(tag)])
 
     def rebuild(self, load: Callable[[], tuple[Iterable[VersionRecord], dict[str, Manifest],
-                                               Iterable[TagRecord]]]) -> None:
+                                               Iterable[TagRecord]]],
+                also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
         """Replace the whole index in one transaction (readers see the old or the new one).
 
         ``load`` lists the store and runs while this process holds the write lock: every writer
         indexes its version under that lock after storing it, so a version stored before the
         listing is in it, and one stored after is indexed by its writer once the rebuild is done.
-        Listing first and locking after would drop a version indexed in between.
+        Listing first and locking after would drop a version indexed in between. ``also``
+        rebuilds other tables (the stored bases) in the same transaction.
         """
         with self.writer() as con:
             records, manifests, tags = load()
@@ -195,6 +197,8 @@ class Catalog:
             from .similarity import prune
 
             prune(con)  # similarities of vectors still stored are kept (they are derived data)
+            if also is not None:
+                also(con)
 
     def forget_vectors(self, vector_ids: Iterable[str]) -> None:
         ids = sorted(set(vector_ids))

@@ -81,6 +81,11 @@ class Checkpoint(abc.ABC):
     def close(self) -> None:
         """Release open files; the checkpoint is unusable afterwards."""
 
+    def known_base_hash(self) -> str | None:
+        """A base hash this checkpoint vouches for without its tensors being read (a stored
+        base: the one it was stored under), or None: hash the tensors to know it."""
+        return None
+
     def __enter__(self) -> Checkpoint:
         return self
 

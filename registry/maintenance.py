@@ -22,6 +22,8 @@ class VerifyReport:
     tags: int = 0
     tensors: int = 0  # decoded and checked (deep verification only)
     without_base: int = 0  # exact-mode tensors not decoded: their base is not stored
+    bases: int = 0    # base records that parsed
+    base_names: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -30,7 +32,8 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "objects": self.objects, "bytes": self.bytes,
-                "versions": self.versions, "tags": self.tags, "tensors": self.tensors,
+                "versions": self.versions, "tags": self.tags, "bases": self.bases,
+                "base_names": self.base_names, "tensors": self.tensors,
                 "without_base": self.without_base, "problems": self.problems}
 
 
@@ -82,6 +85,9 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
     if indexed != stored:
         rep.problems.append(f"catalog is out of date ({len(stored - indexed)} version(s) missing, "
                             f"{len(indexed - stored)} extra); run `tvreg reindex`")
+    from .base_maintenance import verify_bases
+
+    verify_bases(reg, rep, bad, deep=deep)
     return rep
 
 
@@ -139,8 +145,11 @@ class GcReport:
 
 
 def reachable_objects(reg: "Registry") -> set[str]:
-    """Ids of every manifest a version record references, and of their blobs."""
-    keep: set[str] = set()
+    """Ids of every manifest a version record or a base record references, and of their
+    blobs."""
+    from .base_maintenance import base_objects
+
+    keep: set[str] = base_objects(reg)
     for rec in reg.all_records():
         if rec.vector_id in keep:
             continue

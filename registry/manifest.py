@@ -100,6 +100,11 @@ class Manifest:
         return sum(t.stored_nbytes for t in self.tensors)
 
     @property
+    def exact(self) -> bool:
+        """Whether the vector is stored in exact mode (read with its base, §5.7)."""
+        return any(t.codecs.codecs[0].name == "bitdiff" for t in self.tensors)
+
+    @property
     def codec_label(self) -> str:
         labels = sorted({t.codecs.label for t in self.tensors})
         return ",".join(labels) if labels else ""

@@ -5,7 +5,9 @@ against its sha256 before it enters the local store, and committed vector by vec
 of an interrupted pull does not fetch them again); version records are written only once every
 object of every requested version is in, then the catalog, the tags and the similarities. A
 corrupted remote object stops the pull with its name and no record is written. A version number
-already held locally by other content goes to the next free number (reported).
+already held locally by other content goes to the next free number (reported). With
+``with_base`` the versions' stored bases come too (:mod:`tvreg.base_transfer`): their objects
+with the vectors', their records and names before the version records.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class PullReport:
     tags_set: int = 0
     renumbered: dict[str, str] = field(default_factory=dict)  # remote ref -> local ref
     pulled: list[str] = field(default_factory=list)          # local refs of the new versions
+    bases_fetched: int = 0      # with_base: stored bases added here
+    base_names_set: int = 0     # with_base: base names set (or moved) here
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -90,7 +94,8 @@ def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[V
 
 def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
          workers: int = 8, progress: "Transfer | None" = None,
-         similarities: bool = True) -> PullReport:
+         similarities: bool = True, with_base: bool = False) -> PullReport:
+    from .base_transfer import check_manifests, plan_pull, pull_records
     from .remotes import get
 
     from .remote_index import require_content
@@ -100,6 +105,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     require_content(remote, remote.store())
     report = PullReport(remote.name)
     records = select_remote(src, refs, remote.name)
+    # with_base: the versions' stored bases, each found on the remote before anything is written
+    bases = plan_pull(reg, src, records, remote.name) if with_base else None
 
     def fetch(oid: str) -> bytes:
         try:
@@ -109,25 +116,42 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                 from None
 
     # manifests first (small): they say which blobs to fetch
-    vids = sorted({r.vector_id for r in records})
-    local = {v for v in vids if reg.objects.exists(v)}
-    manifests: dict[str, Manifest] = {v: reg.manifest(v) for v in local}
+    manifests: dict[str, Manifest] = {}
     fetched: dict[str, bytes] = {}
-    for vid, data in zip([v for v in vids if v not in local],
-                         read_many(fetch, [v for v in vids if v not in local], workers=workers)):
-        if sha256_hex(data) != vid:
-            raise CorruptObject(f"remote {remote.name}: object {object_key(vid)} is corrupted "
-                                "(its sha256 does not match its name); nothing was pulled")
-        try:
-            manifests[vid] = Manifest.from_bytes(data)
-        except FormatError as e:
-            raise _remote_error(remote.name, f"manifest {vid[:12]}: {e}") from None
-        fetched[vid] = data
+    local: set[str] = set()
+
+    def get_manifests(ids: list[str]) -> None:
+        here = {v for v in ids if reg.objects.exists(v)}
+        local.update(here)
+        manifests.update({v: reg.manifest(v) for v in here})
+        todo = [v for v in ids if v not in here]
+        for vid, data in zip(todo, read_many(fetch, todo, workers=workers)):
+            if sha256_hex(data) != vid:
+                raise CorruptObject(f"remote {remote.name}: object {object_key(vid)} is "
+                                    "corrupted (its sha256 does not match its name); nothing "
+                                    "was pulled")
+            try:
+                manifests[vid] = Manifest.from_bytes(data)
+            except FormatError as e:
+                raise _remote_error(remote.name, f"manifest {vid[:12]}: {e}") from None
+            fetched[vid] = data
+
+    vids = sorted({r.vector_id for r in records}
+                  | ({b.manifest for b in bases.records.values()} if bases else set()))
+    get_manifests(vids)
     for rec in records:
         m = manifests[rec.vector_id]
         if (m.base_hash, m.arch_fingerprint) != (rec.base_hash, rec.arch_fingerprint):
             raise CorruptObject(f"remote {remote.name}: {rec.key} does not match its manifest "
                                 f"{rec.vector_id[:12]} (base or architecture differ)")
+    exact = [r for r in records if manifests[r.vector_id].exact]
+    if bases is None and exact:  # exact-mode versions are read with their base: it comes too
+        bases = plan_pull(reg, src, exact, remote.name, exact_only=True)
+        more = sorted({b.manifest for b in bases.records.values()} - set(vids))
+        get_manifests(more)
+        vids = sorted(set(vids) | set(more))
+    if bases:
+        check_manifests(bases, manifests, remote.name)
     needed = {v: sorted(manifests[v].blob_ids()) for v in vids}
     missing = {v: [b for b in blobs if not reg.objects.exists(b)] for v, blobs in needed.items()}
     todo = sorted({b for blobs in missing.values() for b in blobs})
@@ -177,6 +201,8 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     finally:
         for staging in stagings.values():
             staging.close()
+    if bases:  # their objects are all in: the base records, then their names
+        report.bases_fetched, report.base_names_set = pull_records(reg, bases)
     # records, then the catalog, tags and similarities
     mapping: dict[tuple[str, int], VersionRecord] = {}
     ours: dict[str, dict[int, VersionRecord]] = {}

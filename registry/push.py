@@ -8,7 +8,9 @@ sent, on a thread pool. A version number is claimed on the remote with an exclus
 pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
 mapping is reported. Nothing on the remote is overwritten except tags (which move by design).
 Re-running an interrupted push completes it. Last, the remote index (index/*.parquet) is
-rebuilt from the remote's records and tags.
+rebuilt from the remote's records and tags. With ``with_base`` the versions' stored bases go
+too (:mod:`tvreg.base_transfer`): their objects with the vectors', their records and names
+before the version records.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class PushReport:
     versions_skipped: int = 0
     tags_sent: int = 0
     renumbered: dict[str, str] = field(default_factory=dict)  # local ref -> remote ref
+    bases_sent: int = 0        # with_base: base records written there
+    base_names_sent: int = 0   # with_base: base names written (or moved) there
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -105,7 +109,9 @@ def _remote_versions(store: "Store", names: set[str]
 
 
 def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
-         workers: int = 8, progress: "Transfer | None" = None) -> PushReport:
+         workers: int = 8, progress: "Transfer | None" = None,
+         with_base: bool = False) -> PushReport:
+    from .base_transfer import plan_push, push_records
     from .documents import claim
     from .remote_index import refresh
     from .remotes import get
@@ -117,18 +123,26 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     store = remote.store()
     records = select_records(reg, refs)
     report = PushReport(remote.name)
+    # with_base: the versions' stored bases, all checked here before anything is sent
+    # exact-mode versions are read with their base: theirs goes too
+    carried = records if with_base else [r for r in records if reg.manifest(r.vector_id).exact]
+    bases = plan_push(reg, carried, store, exact_only=not with_base) if carried else None
+    base_blobs = bases.blob_ids() if bases else set()
+    base_manifests = set(bases.manifests) if bases else set()
     # versions the remote already holds (same content under some number) need nothing sent:
     # a record on a remote is only ever written after all of its objects (§9.2)
     theirs, index, listed = _remote_versions(store, {r.name for r in records})
     held = [r for r in records if any(t.same_content(r) for t in theirs[r.name].values())]
     manifests = {r.vector_id: reg.manifest(r.vector_id) for r in records}
     needed = {r.vector_id for r in records} - {r.vector_id for r in held}
-    blobs = sorted({b for v in needed for b in manifests[v].blob_ids()})
-    have = _remote_ids(store) if needed else set()  # one listing, only if anything may be sent
+    blobs = sorted({b for v in needed for b in manifests[v].blob_ids()} | base_blobs)
+    # one listing, only if anything may be sent
+    have = _remote_ids(store) if needed or base_manifests else set()
     todo = {"blobs": [b for b in blobs if b not in have],
-            "manifests": [v for v in sorted(needed) if v not in have]}
-    report.objects_skipped = len({b for m in manifests.values() for b in m.blob_ids()}) \
-        + len(manifests) - sum(map(len, todo.values()))
+            "manifests": [v for v in sorted(needed | base_manifests) if v not in have]}
+    report.objects_skipped = len({b for m in manifests.values() for b in m.blob_ids()}
+                                 | base_blobs) + len(set(manifests) | base_manifests) \
+        - sum(map(len, todo.values()))
     if progress:
         progress.start(sum(map(len, todo.values())),
                        sum(reg.objects.size(o) for batch in todo.values() for o in batch))
@@ -145,6 +159,8 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
             for n in pool.map(send, batch):
                 report.objects_sent += 1
                 report.bytes_sent += n
+    if bases:  # their objects are all there now
+        report.bases_sent, report.base_names_sent = push_records(store, bases)
     # records: claim numbers by exclusive create, never overwrite
     mapping: dict[tuple[str, int], int] = {}
     for rec in records:

@@ -28,8 +28,11 @@ from .stores.local import TMP_PREFIX
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .base_records import BaseName, BaseRecord
+    from .bases import AddBaseResult
     from .composition import Composition
     from .progress import Transfer
+    from .stored_base import StoredBase
     from .pull import PullReport
     from .push import PushReport
     from .remotes import Remote
@@ -118,6 +121,7 @@ class Registry:
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
         self._base_sources: dict[str, Any] = {}  # base hash -> open Checkpoint (exact mode)
+        self._stored_bases: dict[str, Any] = {}  # base hash -> StoredBase, once opened
 
     def __repr__(self) -> str:
         return f"<tvreg.Registry {self.root}>"
@@ -432,10 +436,19 @@ class Registry:
         return source.tensor(name)
 
     def _stored_base_checkpoint(self, base_hash: str) -> Any:
-        return None  # TODO(merge): stored bases
+        found = self._stored_bases.get(base_hash)
+        if found is None:  # not cached: absent ones are looked up again (a base may be added)
+            found = self.stored_base(base_hash)
+            if found is not None:
+                self._stored_bases[base_hash] = found
+        return found
 
     def _ensure_base(self, checkpoint: Any, base_hash: str) -> None:
-        pass  # TODO(merge): stored bases
+        """Store the base ``checkpoint`` (of hash ``base_hash``) unless it is stored."""
+        from .bases import base_record
+
+        if base_record(self, base_hash) is None:
+            self.add_base(checkpoint.path)
 
     @contextlib.contextmanager
     def using_base(self, checkpoint: Any, base_hash: str) -> Iterator[None]:
@@ -525,35 +538,44 @@ class Registry:
                 self._similarities_after_insert(record)
         return CreateResult(record, created, new_objects, manifest)
 
-    def apply(self, comp: "Composition | str", base: str | os.PathLike,
-              output: str | os.PathLike, *, dtype: str | None = None,
+    def apply(self, comp: "Composition | str", base: "str | os.PathLike | None" = None,
+              output: str | os.PathLike | None = None, *, dtype: str | None = None,
               allow_base_mismatch: bool | None = None) -> int:
-        """Write θ_base + merged for the base checkpoint ``base`` into a safetensors file."""
-        from .apply import apply_to_checkpoint
+        """Write θ_base + merged into a safetensors file. ``base`` is a checkpoint path, a
+        stored base's name or hash prefix, or None: the stored base of the composition's base
+        hash (:meth:`add_base`)."""
+        from .apply import apply_to_checkpoint, check_output_path
+        from .bases import open_base
 
+        if output is None:
+            raise InvalidInput("apply needs an output file")
+        check_output_path(os.fspath(output))
         if isinstance(comp, str):
             comp = self.resolve(comp, allow_base_mismatch=bool(allow_base_mismatch))
         if allow_base_mismatch is None:
             allow_base_mismatch = comp.allow_base_mismatch
-        return apply_to_checkpoint(comp, os.fspath(base), os.fspath(output), dtype=dtype,
+        return apply_to_checkpoint(comp, open_base(self, base, comp.base_hash),
+                                   os.fspath(output), dtype=dtype,
                                    allow_base_mismatch=allow_base_mismatch)
 
     def search_coefficients(self, expression: str, evaluate: Callable[[dict], float],
-                            grid: Any, *, base: Any, **params: Any) -> dict[str, Any]:
+                            grid: Any, *, base: Any = None, **params: Any) -> dict[str, Any]:
         """Pick λ the way the paper does: for each λ in ``grid``, build θ_base + λ·merged as a
         state dict, call ``evaluate(state_dict) -> score`` (e.g. validation accuracy) and return
         ``{"rows": [{"lambda", "score"}], "best_lambda", "best_score"}``.
 
-        ``base`` is a checkpoint path or a state dict; the merged vector is computed once.
+        ``base`` is a checkpoint path, a stored base (its name or hash prefix; None: the
+        expression's), or a state dict; the merged vector is computed once.
         """
-        from .checkpoints import open_checkpoint
         from .composition import scale_grid, search
+
+        from .bases import open_base
 
         grid = scale_grid(grid)
         comp = self.resolve(expression, **params)
         merged = comp.state_dict()
-        if isinstance(base, (str, os.PathLike)):
-            with open_checkpoint(base) as ck:
+        if base is None or isinstance(base, (str, os.PathLike)):
+            with open_base(self, base, comp.base_hash) as ck:
                 base_sd = {n: ck.tensor(n) for n in ck.names()}
         else:
             base_sd = dict(base)
@@ -563,6 +585,59 @@ class Registry:
                     for n, t in base_sd.items()}
 
         return search(make, evaluate, grid)
+
+    # --- stored bases (tvreg.bases) ---------------------------------------------------------------
+
+    def add_base(self, path: str | os.PathLike, name: str | None = None, *, level: int = 3,
+                 on_progress: Callable[[int], None] | None = None) -> "AddBaseResult":
+        """Store every tensor of the base checkpoint at ``path`` (floating and not) under its
+        base hash, and point base name ``name`` at it if given. A base already stored is not
+        stored again (``created`` False, no object written)."""
+        from .bases import add
+
+        return add(self, path, name, level=level, on_progress=on_progress)
+
+    def stored_base(self, base_hash: str) -> "StoredBase | None":
+        """The stored base of ``base_hash`` as a checkpoint (tensors decoded on demand, blobs
+        verified), or None if none is stored."""
+        from .bases import stored_base
+
+        return stored_base(self, base_hash)
+
+    def base(self, ref: str) -> "BaseRecord":
+        """The record of the stored base a name or a hash prefix (>= 8 hex digits) names."""
+        from .bases import resolve
+
+        return resolve(self, ref)
+
+    def bases(self) -> list[dict[str, Any]]:
+        """One row per stored base (from the catalog), oldest first, with its names."""
+        from .bases import LS_QUERY
+
+        self._require()
+        return self.catalog.rows(LS_QUERY)
+
+    def show_base(self, ref: str, *, tensors: bool = False) -> dict[str, Any]:
+        from .bases import show
+
+        self._require()
+        return show(self, ref, tensors=tensors)
+
+    def name_base(self, ref: str, name: str) -> tuple["BaseName", str | None]:
+        """Point base name ``name`` at the stored base ``ref``; returns the name and the hash it
+        pointed at before (None if new or unchanged)."""
+        from .bases import set_name
+
+        validate_name(name)
+        self._require()
+        return set_name(self, name, self.base(ref).base_hash)
+
+    def export_base(self, ref: str, path: str | os.PathLike) -> int:
+        """Write a stored base to a safetensors file (its tensors bit for bit as stored)."""
+        from .bases import export
+
+        self._require()
+        return export(self, ref, path)
 
     # --- remotes ---------------------------------------------------------------------------------
 
@@ -587,22 +662,26 @@ class Registry:
         return remove(self, name)
 
     def push(self, remote: str = "origin", refs: list[str] | None = None, *,
-             progress: "Transfer | None" = None) -> "PushReport":
+             progress: "Transfer | None" = None, with_base: bool = False) -> "PushReport":
         """Copy versions (default: all) with their objects and tags to a remote; see
-        :mod:`tvreg.push` for the order and the numbering rules."""
+        :mod:`tvreg.push` for the order and the numbering rules. ``with_base`` also copies
+        the stored bases of those versions (and their names)."""
         from .push import push
 
         self._require()
-        return push(self, remote, refs, progress=progress)
+        return push(self, remote, refs, progress=progress, with_base=with_base)
 
     def pull(self, remote: str = "origin", refs: list[str] | None = None, *,
-             progress: "Transfer | None" = None, similarities: bool = True) -> "PullReport":
+             progress: "Transfer | None" = None, similarities: bool = True,
+             with_base: bool = False) -> "PullReport":
         """Copy versions (default: all) of a remote here, every object checked against its
-        hash first; see :mod:`tvreg.pull`."""
+        hash first; see :mod:`tvreg.pull`. ``with_base`` also copies the stored bases of
+        those versions (and their names)."""
         from .pull import pull
 
         self._require()
-        return pull(self, remote, refs, progress=progress, similarities=similarities)
+        return pull(self, remote, refs, progress=progress, similarities=similarities,
+                    with_base=with_base)
 
     def remote_ls(self, remote: str = "origin", *, all_versions: bool = False
                   ) -> list[dict[str, Any]]:
@@ -820,7 +899,12 @@ class Registry:
             counts.update(versions=len(records), vectors=len(manifests), tags=len(tags))
             return records, manifests, tags
 
-        self.catalog.rebuild(load)  # load runs under the catalog's write lock
+        def bases(con) -> None:
+            from .bases import reindex_into
+
+            counts.update(reindex_into(self, con, problems))
+
+        self.catalog.rebuild(load, also=bases)  # load runs under the catalog's write lock
         return {**counts, "problems": problems}
 
     def verify(self, *, deep: bool = False, on_progress: Callable[[int], None] | None = None):

@@ -165,3 +165,49 @@ def test_cli_create_exact_and_apply(run, zoo, tmp_path):
     shown = run("show", "s", "--json")
     assert "bitdiff" in shown.stdout
     assert tvreg  # the package imports cleanly with the codec registered
+
+
+# --- with the stored base ---------------------------------------------------------------------
+
+
+def test_create_exact_stores_the_base_once_and_reads_with_it(reg, zoo, tmp_path):
+    r1 = reg.create("s", zoo.base, zoo.finetuned["sentiment"], exact=True)
+    r2 = reg.create("t", zoo.base, zoo.finetuned["topic"], exact=True)
+    assert reg.stored_base(r1.manifest.base_hash) is not None
+    assert r2.manifest.base_hash == r1.manifest.base_hash
+    assert len(reg.sql("SELECT * FROM bases")) == 1
+    with open_checkpoint(zoo.base) as cb, open_checkpoint(zoo.finetuned["sentiment"]) as cf:
+        want = {n: cf.tensor(n) - cb.tensor(n) for n in reg.get("s").names()}
+    assert _identical(reg.get("s").state_dict(), want)  # no checkpoint given: the stored base
+    assert reg.similar("s")  # similarities were computed at create, through the stored base
+    reg.apply("s", None, tmp_path / "ft.safetensors")
+    assert _identical(load_file(tmp_path / "ft.safetensors"), load_file(zoo.finetuned["sentiment"]))
+    rep = reg.verify(deep=True)
+    assert rep.ok and rep.without_base == 0 and rep.tensors > 0
+
+
+def test_push_and_pull_carry_the_base_of_exact_versions(reg, zoo, tmp_path):
+    reg.create("s", zoo.base, zoo.finetuned["sentiment"], exact=True)
+    reg.add_remote("origin", str(tmp_path / "remote"))
+    reg.push("origin")  # no --with-base: an exact version needs its base, so it goes along
+    with tvreg.open(tmp_path / "other") as other:
+        other.add_remote("origin", str(tmp_path / "remote"))
+        other.pull("origin")
+        other.apply("s", None, tmp_path / "ft.safetensors")
+        assert other.verify(deep=True).ok
+    assert _identical(load_file(tmp_path / "ft.safetensors"), load_file(zoo.finetuned["sentiment"]))
+
+
+def test_without_its_base_an_exact_vector_says_what_is_missing(run, reg_path, zoo, tmp_path):
+    run("create", "s", "--base", str(zoo.base), "--finetuned", str(zoo.finetuned["sentiment"]),
+        "--exact")
+    for record in (reg_path / "bases").glob("*.json"):  # a registry that lost its base record
+        record.unlink()
+    run("reindex")
+    r = run("export", "s", "-o", str(tmp_path / "tau.safetensors"), code=2)
+    assert "needs its base model" in r.stderr and "tvreg base add" in r.stderr
+    out = run("verify", "--deep", "--json")
+    assert '"without_base": ' in out.stdout and "not decoded: their base is not stored" in out.stderr
+    # given the base explicitly, apply still rebuilds the fine-tuned checkpoint
+    run("apply", "s", "--base", str(zoo.base), "-o", str(tmp_path / "ft.safetensors"))
+    assert _identical(load_file(tmp_path / "ft.safetensors"), load_file(zoo.finetuned["sentiment"]))
