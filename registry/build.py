@@ -7,6 +7,7 @@ once; at most a few tensors are in memory at a time.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,13 +63,16 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                       level: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       workers: int | None = None,
                       on_tensor: Callable[[int], None] | None = None,
-                      delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None
-                      ) -> Manifest:
+                      delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None,
+                      encode: Callable[[TensorEncoder, str, torch.Tensor, str], Future] | None
+                      = None) -> Manifest:
     """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
 
     ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
     tensor's delta in its delta dtype, or a :class:`Factored` float32 delta (a LoRA adapter's
-    factors, stored as they are)."""
+    factors, stored as they are). ``encode(encoder, name, delta, source_dtype)``, when given,
+    encodes a delta instead of the default lossless pipeline (a lossy codec,
+    :class:`tvreg.lossy.LossyEncoder`) and returns a future of its manifest entry."""
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
     futures = []
@@ -100,8 +104,11 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
             del tb
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
-            pipeline = default_pipeline(delta.element_size(), level)
-            futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
+            if encode is not None:
+                futures.append(encode(encoder, info.name, delta, info.dtype))
+            else:
+                pipeline = default_pipeline(delta.element_size(), level)
+                futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
             if on_tensor:
                 on_tensor(delta.numel() * delta.element_size())
         tensors = tuple(f.result() for f in futures)
