@@ -46,12 +46,14 @@ def _error(exact: dict, got: dict) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def coded(tmp_path_factory, zoo):
-    """A registry with the exact sentiment vector (exact@1) and one version per spec."""
+    """A registry with the exact sentiment vector (exact@1), one version per spec, and
+    exact@1 recoded to int8 (exact-int8@1: the same vector as the int8 version)."""
     reg = tvreg.open(tmp_path_factory.mktemp("lossy") / "reg")
     reg.create("exact", zoo.base, zoo.finetuned["sentiment"], **zoo.meta["sentiment"])
     refs = {spec: reg.create(f"s{i}", zoo.base, zoo.finetuned["sentiment"], codec=spec,
                              similarities=False).ref
             for i, spec in enumerate(SPECS)}
+    reg.recode("exact", "int8", name="exact-int8", similarities=False)
     yield reg, refs
     reg.close()
 
@@ -300,7 +302,8 @@ def test_verify_deep_passes_on_lossy_vectors(coded):
     reg, _ = coded
     report = reg.verify(deep=True)
     assert report.ok, report.problems
-    assert report.tensors == 12 * (1 + len(SPECS))
+    assert report.versions == 2 + len(SPECS)
+    assert report.tensors == 12 * (1 + len(SPECS))  # exact-int8@1 holds s2@1's vector
 
 
 # --- recode ------------------------------------------------------------------------------------
@@ -342,13 +345,14 @@ def test_recode_lineage_and_error_relative_to_source(run, reg, zoo):
     # recoding again is the same content: no new version
     r = run("recode", "sent@1", "--codec", "int8")
     assert r.stdout.strip() == "sent@2" and "unchanged" in r.stderr
+    assert json.loads(run("verify", "--deep", "--json").stdout)["ok"]
 
 
 def test_catalog_columns_come_back_after_reindex(coded):
     reg, _ = coded
     query = "SELECT name, version, codec_spec, rel_l2, cosine_to_exact FROM versions ORDER BY ALL"
     before = reg.sql(query)
-    assert sum(r["codec_spec"] is not None for r in before) == len(SPECS)
+    assert sum(r["codec_spec"] is not None for r in before) == len(SPECS) + 1
     pathlib.Path(reg.catalog.path).unlink()
     assert reg.reindex()["problems"] == []
     assert reg.sql(query) == before
@@ -464,3 +468,56 @@ def test_values_a_codec_cannot_hold_fail_before_the_version(run, zoo, reg_path, 
     assert snapshot(reg_path) == before
     run("create", "b", "--base", str(zoo.base), "--finetuned", str(tmp_path / "big.safetensors"),
         "--codec", "bf16", "--no-similarities")
+
+
+# --- JSON schemas ------------------------------------------------------------------------------
+
+
+def test_lossy_documents_validate_against_the_schemas(coded):
+    """Manifests with every lossy codec and records with create/recode recipes validate
+    (schema/json); broken codec configurations and recipes do not."""
+    import copy
+
+    import jsonschema
+
+    from test_schemas import load_schema
+
+    reg, refs = coded
+    manifest_v = jsonschema.Draft202012Validator(load_schema("manifest"))
+    record_v = jsonschema.Draft202012Validator(load_schema("version"))
+    root = pathlib.Path(reg.root)
+    records = [json.loads(p.read_bytes()) for p in sorted((root / "refs").rglob("*.json"))]
+    names = set()
+    for r in records:
+        assert list(record_v.iter_errors(r)) == [], r
+        m = json.loads((root / "objects" / r["vector_id"][:2] / r["vector_id"][2:]).read_bytes())
+        assert list(manifest_v.iter_errors(m)) == [], r["name"]
+        names |= {t["codecs"][0]["name"] for t in m["tensors"]}
+    assert names >= {"cast", "int8", "topk", "ternary", "lowrank", "bytegroup"}
+    assert {r["recipe"]["op"] for r in records if r["recipe"]} == {"create", "recode"}
+    recoded = next(r for r in records if r["recipe"] and r["recipe"]["op"] == "recode")
+    created = next(r for r in records if r["recipe"] and r["recipe"]["op"] == "create")
+    bad_records = {
+        "recode without source": (recoded, lambda x: x.pop("source")),
+        "create with a source": (created, lambda x: x.update(source=recoded["recipe"]["source"])),
+        "unknown op": (created, lambda x: x.update(op="squash")),
+        "error without cosine": (created, lambda x: x["error"].pop("cosine")),
+        "negative rel_l2": (created, lambda x: x["error"].update(rel_l2=-1.0)),
+        "extra key": (created, lambda x: x.update(seed=1)),
+    }
+    for label, (r, change) in bad_records.items():
+        doc = copy.deepcopy(r)
+        change(doc["recipe"])
+        assert list(record_v.iter_errors(doc)), label
+    m = json.loads((root / "objects" / created["vector_id"][:2] / created["vector_id"][2:])
+                   .read_bytes())
+    from tvreg.errors import FormatError
+    from tvreg.manifest import Manifest
+
+    for conf in ({"dtype": "float64"}, {"cols": 0}, {"k": -1}, {"k": True}, {}):
+        for name in ("cast", "int8", "topk", "ternary"):
+            doc = copy.deepcopy(m)
+            doc["tensors"][0]["codecs"][0] = {"name": name, "configuration": conf}
+            assert list(manifest_v.iter_errors(doc)), (name, conf)
+            with pytest.raises(FormatError):
+                Manifest.from_json(doc)
