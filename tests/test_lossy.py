@@ -468,6 +468,14 @@ def test_values_a_codec_cannot_hold_fail_before_the_version(run, zoo, reg_path, 
     assert snapshot(reg_path) == before
     run("create", "b", "--base", str(zoo.base), "--finetuned", str(tmp_path / "big.safetensors"),
         "--codec", "bf16", "--no-similarities")
+    # NaN: refused by a lossy codec even with --allow-nonfinite
+    ft["head.bias"][0] = float("nan")
+    save_file(ft, tmp_path / "nan.safetensors")
+    before = snapshot(reg_path)
+    r = run("create", "c", "--base", str(zoo.base), "--finetuned", str(tmp_path / "nan.safetensors"),
+            "--codec", "int8", "--allow-nonfinite", code=2)
+    assert "tensor 'head.bias' has 1 NaN/Inf value(s): --codec int8 needs finite values" in r.stderr
+    assert snapshot(reg_path) == before
 
 
 # --- JSON schemas ------------------------------------------------------------------------------
