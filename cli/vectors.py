@@ -113,9 +113,10 @@ def show(reg, ref, tensors, as_json):
     table(["FIELD", "VALUE"], listed.items())
     if tensors:
         click.echo()
-        table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS"],
+        table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS", "CODEC"],
               [(t["name"], t["dtype"], t["source_dtype"], "x".join(map(str, t["shape"])) or "()",
-                human_bytes(t["stored_bytes"]), t["chunks"]) for t in info["tensors"]])
+                human_bytes(t["stored_bytes"]), t["chunks"], t["codec"])
+               for t in info["tensors"]])
 
 
 @click.command()

@@ -305,9 +305,12 @@ def codec_columns(r: VersionRecord) -> tuple:
     if not isinstance(spec, str):
         return (None, None, None)
     error = recipe.get("error") if isinstance(recipe.get("error"), dict) else {}
-    number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) \
-        else None  # noqa: E731
-    return (spec, number(error.get("rel_l2")), number(error.get("cosine")))
+    return (spec, _number(error.get("rel_l2")), _number(error.get("cosine")))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def version_row(r: VersionRecord, m: Manifest) -> tuple:

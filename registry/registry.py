@@ -213,7 +213,6 @@ class Registry:
             raise InvalidInput("give either a fine-tuned checkpoint or a LoRA adapter")
         coder = None
         if codec is not None:
-            from . import dtypes
             from .lossy import LossyEncoder
 
             coder = LossyEncoder(codec, level)
@@ -239,8 +238,10 @@ class Registry:
                 infos = sorted(cb.infos(), key=lambda i: i.name)
                 delta_of = delta_source(adapter, infos, allow_nonfinite=allow_nonfinite)
             if coder is not None:
-                coder.check((i.name, dtypes.delta_dtype(i.dtype), tuple(i.shape)) for i in infos
-                            if dtypes.is_floating(i.dtype))
+                from .dtypes import delta_dtype, is_floating
+
+                coder.check((i.name, delta_dtype(i.dtype), tuple(i.shape)) for i in infos
+                            if is_floating(i.dtype))
             total = sum(i.numel for i in infos)
             with progress.bar(total * 4, f"create {name}") as bar:
                 def tick(n: int) -> None:
@@ -731,7 +732,8 @@ class Registry:
         if tensors:
             out["tensors"] = [{"name": t.name, "dtype": t.dtype, "source_dtype": t.source_dtype,
                                "shape": list(t.shape), "stored_bytes": t.stored_nbytes,
-                               "chunks": len(t.chunks)} for t in m.tensors]
+                               "chunks": len(t.chunks), "codec": t.codecs.label}
+                              for t in m.tensors]
         return out
 
     def sql(self, query: str) -> list[dict[str, Any]]:
