@@ -58,9 +58,9 @@ def cli(ctx: click.Context, registry_path: str | None, registry_options: tuple[s
 
 
 def _register() -> None:
-    from . import bases, compose, maintenance, query, remote, similar, vectors
+    from . import bases, compose, maintenance, query, recode, remote, similar, vectors
 
-    for module in (vectors, compose, query, similar, bases, remote, maintenance):
+    for module in (vectors, recode, compose, query, similar, bases, remote, maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)
 

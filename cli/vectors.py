@@ -12,6 +12,17 @@ def _ratio(raw: int, stored: int) -> str:
     return f"{raw / stored:.2f}x" if stored else ""
 
 
+def codec_note(rec) -> str:
+    """``, codec int8 (rel L2 0.0041, cosine 0.99999)`` for a version stored with a codec."""
+    from tvreg.catalog import codec_columns
+
+    spec, rel, cos = codec_columns(rec)
+    if spec is None:
+        return ""
+    return (f", codec {spec} (rel L2 {'n/a' if rel is None else f'{rel:.3g}'}, "
+            f"cosine {'n/a' if cos is None else f'{cos:.6f}'})")
+
+
 @click.command()
 @click.argument("name")
 @click.option("--base", required=True, metavar="P", help="Pre-trained checkpoint.")
@@ -27,13 +38,16 @@ def _ratio(raw: int, stored: int) -> str:
 @click.option("--exact", is_flag=True,
               help="Exact mode: store the bit differences of FINETUNED over BASE, so that "
                    "`tvreg apply NAME` rebuilds FINETUNED bit for bit (the base is stored too).")
+@click.option("--codec", metavar="SPEC", help="Store with a lossy codec: bf16, fp16, int8, "
+              "topk:density=D, ternary:density=D, svd:rank=R or svd:energy=E (default: "
+              "lossless). The error against the exact vector is recorded.")
 @click.option("--no-similarities", is_flag=True,
               help="Skip computing similarities with the stored vectors (`tvreg similarities` "
                    "does it later).")
 @json_option
 @click.pass_obj
 def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, allow_nonfinite,
-           exact, no_similarities, as_json):
+           exact, codec, no_similarities, as_json):
     """Store the task vector FINETUNED − BASE as a new version of NAME.
 
     P is a .safetensors file, a folder of safetensors shards with its index JSON, or a PyTorch
@@ -46,13 +60,14 @@ def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, all
     with warnings_to_stderr():
         result = reg.create(name, base, finetuned, lora=lora, task=task, dataset=dataset, lr=lr,
                             steps=steps, meta=parse_meta(meta), allow_nonfinite=allow_nonfinite,
-                            similarities=not no_similarities, exact=exact)
+                            similarities=not no_similarities, exact=exact, codec=codec)
     m, rec = result.manifest, result.record
     if result.created:
         message(f"created {rec.ref}: vector {rec.vector_id[:12]}, {m.n_params:,} params, "
                 f"{human_bytes(m.raw_bytes)} -> {human_bytes(m.stored_bytes)} "
                 f"({_ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
-                + (f", {len(m.skipped)} non-floating tensor(s) left out" if m.skipped else ""))
+                + (f", {len(m.skipped)} non-floating tensor(s) left out" if m.skipped else "")
+                + codec_note(rec))
     else:
         message(f"unchanged: {rec.ref} already holds this content with the same metadata; "
                 "no new version")
@@ -101,9 +116,10 @@ def show(reg, ref, tensors, as_json):
     table(["FIELD", "VALUE"], listed.items())
     if tensors:
         click.echo()
-        table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS"],
+        table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS", "CODEC"],
               [(t["name"], t["dtype"], t["source_dtype"], "x".join(map(str, t["shape"])) or "()",
-                human_bytes(t["stored_bytes"]), t["chunks"]) for t in info["tensors"]])
+                human_bytes(t["stored_bytes"]), t["chunks"], t["codec"])
+               for t in info["tensors"]])
 
 
 @click.command()
@@ -116,9 +132,10 @@ def log(reg, name, as_json):
     if as_json:
         emit_json(rows)
         return
-    table(["REF", "ID", "TASK", "DATASET", "LR", "STEPS", "META", "TAGS", "CREATED"],
+    table(["REF", "ID", "TASK", "DATASET", "LR", "STEPS", "CODEC", "META", "TAGS", "CREATED"],
           [(f"{r['name']}@{r['version']}", r["vector_id"][:12], r["task"], r["dataset"], r["lr"],
-            r["steps"], r["meta"] or "", r["tags"], r["created_at"]) for r in rows])
+            r["steps"], r["codec_spec"], r["meta"] or "", r["tags"], r["created_at"])
+           for r in rows])
 
 
 @click.command()

@@ -8,6 +8,7 @@ once; at most a few tensors are in memory at a time.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,18 +65,23 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                       workers: int | None = None,
                       on_tensor: Callable[[int], None] | None = None,
                       delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None,
-                      exact: bool = False) -> Manifest:
+                      encode: Callable[[TensorEncoder, str, torch.Tensor, str], Future] | None
+                      = None, exact: bool = False) -> Manifest:
     """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
 
     ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
     tensor's delta in its delta dtype, or a :class:`Factored` float32 delta (a LoRA adapter's
-    factors, stored as they are).
+    factors, stored as they are). ``encode(encoder, name, delta, source_dtype)``, when given,
+    encodes a delta instead of the default lossless pipeline (a lossy codec,
+    :class:`tvreg.lossy.LossyEncoder`) and returns a future of its manifest entry.
 
     ``exact`` (exact mode) stores each floating tensor as the bit differences of the fine-tuned
     tensor over the base's (``bitdiff``, :mod:`tvreg.codecs.bitdiff`), from which the fine-tuned
     tensor is rebuilt bit for bit; the entry still describes (and hashes) the float delta."""
     if exact and finetuned is None:
         raise InvalidInput("exact mode needs a fine-tuned checkpoint (not a LoRA adapter)")
+    if exact and encode is not None:
+        raise InvalidInput("exact mode is lossless: it does not go with a lossy codec")
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
     futures = []
@@ -112,6 +118,8 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                 futures.append(encoder.submit_exact(info.name, delta, info.dtype, pipeline,
                                                     tf, tb))
                 del tf
+            elif encode is not None:
+                futures.append(encode(encoder, info.name, delta, info.dtype))
             else:
                 pipeline = default_pipeline(delta.element_size(), level)
                 futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))

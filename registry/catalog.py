@@ -114,12 +114,15 @@ class Catalog:
         if os.path.exists(self.path):
             con = self._open(read_only=True)
             try:
-                have = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+                have = {r[0] for r in con.execute("SELECT version FROM schema_migrations")
+                        .fetchall()}
             except duckdb.Error:
                 have = None
             finally:
                 con.close()
-            if have == _migrations()[-1][0]:
+            # every known migration applied, by number (not the highest alone: migrations from
+            # different branches may land out of order, e.g. 4 before 3)
+            if have == {m[0] for m in _migrations()}:
                 self._migrated = True
                 return
         with self.writer():
@@ -130,9 +133,11 @@ class Catalog:
                     "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
         done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
         known = _migrations()
-        if done and max(done) > known[-1][0]:
-            raise RegistryError(f"catalog {self.path} has schema version {max(done)}, newer than "
-                                f"this tvreg knows ({known[-1][0]}); upgrade tvreg")
+        unknown = done - {m[0] for m in known}
+        if unknown:
+            raise RegistryError(f"catalog {self.path} has schema version {max(unknown)}, which "
+                                f"this tvreg does not know (it knows up to {known[-1][0]}); "
+                                "upgrade tvreg")
         for number, name, ddl in known:
             if number in done:
                 continue
@@ -169,7 +174,8 @@ class Catalog:
         insert_rows(con, "tensors", [row for v in new for row in _tensor_rows(v, manifests[v])])
         for r in records:
             con.execute("DELETE FROM versions WHERE name = ? AND version = ?", [r.name, r.version])
-        insert_rows(con, "versions", [version_row(r, manifests[r.vector_id]) for r in records])
+        insert_rows(con, "versions", [version_row(r, manifests[r.vector_id]) + codec_columns(r)
+                                      for r in records], VERSION_COLUMNS + CODEC_COLUMNS)
 
     def set_tag(self, tag: TagRecord) -> None:
         with self.writer() as con:
@@ -263,15 +269,17 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def insert_rows(con, table: str, rows: list[tuple]) -> None:
-    """Multi-row INSERT in batches (much faster than executemany in DuckDB)."""
+def insert_rows(con, table: str, rows: list[tuple], columns: Sequence[str] | None = None) -> None:
+    """Multi-row INSERT in batches (much faster than executemany in DuckDB); into ``columns``
+    (all of the table's, in order, if None)."""
     if not rows:
         return
     width = len(rows[0])
     one = "(" + ",".join("?" * width) + ")"
+    into = f"{table} ({', '.join(columns)})" if columns else table
     for i in range(0, len(rows), _BATCH):
         batch = rows[i:i + _BATCH]
-        con.execute(f"INSERT INTO {table} VALUES " + ",".join([one] * len(batch)),
+        con.execute(f"INSERT INTO {into} VALUES " + ",".join([one] * len(batch)),
                     [v for row in batch for v in row])
 
 
@@ -283,6 +291,30 @@ def _vector_row(vid: str, m: Manifest) -> tuple:
 def _tensor_rows(vid: str, m: Manifest) -> list[tuple]:
     return [(vid, t.name, t.dtype, t.source_dtype, list(t.shape), t.numel, t.nbytes,
              t.stored_nbytes, len(t.chunks), t.codecs.label, t.sha256) for t in m.tensors]
+
+
+#: the columns of :func:`version_row` (migration 1; also the remote index's versions table)
+VERSION_COLUMNS = ("name", "version", "vector_id", "base_hash", "arch_fingerprint", "task",
+                   "dataset", "lr", "steps", "meta", "n_params", "raw_bytes", "stored_bytes",
+                   "codec", "created_at", "parents", "recipe")
+#: the columns of :func:`codec_columns` (migration 4; catalog only)
+CODEC_COLUMNS = ("codec_spec", "rel_l2", "cosine_to_exact")
+
+
+def codec_columns(r: VersionRecord) -> tuple:
+    """``(codec_spec, rel_l2, cosine_to_exact)`` from a record's recipe (docs/format.md §8.2),
+    NULLs when the recipe names no codec."""
+    recipe = r.recipe if isinstance(r.recipe, dict) else {}
+    spec = recipe.get("codec")
+    if not isinstance(spec, str):
+        return (None, None, None)
+    error = recipe.get("error") if isinstance(recipe.get("error"), dict) else {}
+    return (spec, _number(error.get("rel_l2")), _number(error.get("cosine")))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def version_row(r: VersionRecord, m: Manifest) -> tuple:

@@ -108,17 +108,33 @@ class TensorEncoder:
     def submit_factored(self, name: str, shape: tuple[int, ...], source_dtype: str,
                         pipeline: CodecPipeline, payload: bytes) -> Future:
         """A float32 tensor stored as the output of ``pipeline``'s first step (``lowrank``):
-        ``payload`` is that step's encoding (the factors); the rest of the pipeline encodes it.
-        One chunk; the tensor's sha256 is that of the decoded bytes (decoded once here, which
-        also proves the entry decodes)."""
+        ``payload`` is that step's encoding (the factors); see :meth:`submit_prepared`."""
+        return self.submit_prepared(name, shape, source_dtype, lambda: (pipeline, payload))
+
+    def submit_prepared(self, name: str, shape: tuple[int, ...], source_dtype: str,
+                        prepare: Callable[[], tuple[CodecPipeline, bytes]], *,
+                        on_decoded: Callable[[bytes], None] | None = None) -> Future:
+        """A float32 tensor stored in one chunk through a pipeline whose first step may change
+        the size (``lowrank``, a lossy step): ``prepare()``, run on the pool, returns the
+        pipeline and its first step's encoding of the tensor, which the rest of the pipeline
+        encodes. The tensor's sha256 is that of the decoded bytes (decoded once here, which also
+        proves the entry decodes); ``on_decoded(bytes)`` gets them (e.g. to measure a lossy
+        step's error). The tensor's size counts against the in-flight budget until done."""
         nbytes = math.prod(shape) * 4
+        held = self.budget.acquire(nbytes)
 
         def work() -> TensorEntry:
-            data = CodecPipeline(pipeline.codecs[1:]).encode(payload)
-            dense = pipeline.decode(data, nbytes)
-            chunk = Chunk(self.put(data), nbytes, len(data))
-            return TensorEntry(name, "float32", source_dtype, tuple(shape), pipeline, (chunk,),
-                               hashlib.sha256(dense).hexdigest())
+            try:
+                pipeline, payload = prepare()
+                data = CodecPipeline(pipeline.codecs[1:]).encode(payload)
+                dense = pipeline.decode(data, nbytes)
+                if on_decoded is not None:
+                    on_decoded(dense)
+                chunk = Chunk(self.put(data), nbytes, len(data))
+                return TensorEntry(name, "float32", source_dtype, tuple(shape), pipeline,
+                                   (chunk,), hashlib.sha256(dense).hexdigest())
+            finally:
+                self.budget.release(held)
 
         return self.pool.submit(work)
 

@@ -102,13 +102,26 @@ class CreateResult:
 
 
 def _ls_query(all_versions: bool) -> str:
-    """``ls``'s query; it runs on the catalog and on a remote's index alike."""
+    """``ls``'s query; it runs on the catalog and on a remote's index alike (so the lossy
+    codec and its error come from the recipe, which both have, not the catalog's columns)."""
     return f"""
         SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.n_params,
-               v.raw_bytes, v.stored_bytes, v.codec, v.created_at,
+               v.raw_bytes, v.stored_bytes, v.codec,
+               v.recipe->>'$.codec' AS codec_spec,
+               TRY_CAST(v.recipe->'$.error'->>'$.rel_l2' AS DOUBLE) AS rel_l2,
+               TRY_CAST(v.recipe->'$.error'->>'$.cosine' AS DOUBLE) AS cosine_to_exact,
+               v.created_at,
                coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
                          WHERE t.name = v.name AND t.version = v.version), []) AS tags
         FROM {"versions" if all_versions else "latest"} v ORDER BY v.name, v.version"""
+
+
+def _codec_fields(record: VersionRecord | None) -> dict[str, Any]:
+    """``codec_spec``, ``rel_l2`` and ``cosine_to_exact`` of a version (None if lossless)."""
+    from .catalog import CODEC_COLUMNS, codec_columns
+
+    values = codec_columns(record) if record is not None else (None,) * len(CODEC_COLUMNS)
+    return dict(zip(CODEC_COLUMNS, values))
 
 
 class Registry:
@@ -178,8 +191,8 @@ class Registry:
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
                allow_nonfinite: bool = False, level: int = 3, similarities: bool = True,
-               exact: bool = False, on_progress: Callable[[int], None] | None = None
-               ) -> CreateResult:
+               exact: bool = False, codec: str | None = None,
+               on_progress: Callable[[int], None] | None = None) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
         LoRA adapter directory) instead of ``finetuned``, τ = scale · B·A on the adapted
         tensors and 0 elsewhere (:mod:`tvreg.lora`; its rank, alpha and rsLoRA flag go into the
@@ -196,6 +209,10 @@ class Registry:
         tensor over the base's, so that applying the vector at weight 1 rebuilds the fine-tuned
         checkpoint bit for bit; reading it needs the base, so the base is stored too
         (:meth:`add_base`, deduplicated) unless it already is.
+
+        ``codec`` (a spec such as ``"int8"`` or ``"topk:density=0.1"``, docs/cli.md) stores the
+        vector with that lossy codec (:mod:`tvreg.lossy`); the record's ``recipe`` keeps the
+        codec and the error against the exact vector.
         """
         import contextlib
 
@@ -208,6 +225,17 @@ class Registry:
         if exact and lora is not None:
             raise InvalidInput("exact mode rebuilds a fine-tuned checkpoint: it does not apply "
                                "to a LoRA adapter (stored exactly as its factors anyway)")
+        coder = None
+        if codec is not None:
+            from .lossy import LossyEncoder
+
+            coder = LossyEncoder(codec, level)
+            if exact:
+                raise InvalidInput("--exact and --codec exclude each other: exact mode is "
+                                   "lossless")
+            if lora is not None:
+                raise InvalidInput("a LoRA import is stored as its factors: --codec does not "
+                                   "apply; import it, then `tvreg recode` it")
         delta_of = adapter = None
         if lora is not None:
             from .lora import read_adapter
@@ -226,6 +254,11 @@ class Registry:
 
                 infos = sorted(cb.infos(), key=lambda i: i.name)
                 delta_of = delta_source(adapter, infos, allow_nonfinite=allow_nonfinite)
+            if coder is not None:
+                from .dtypes import delta_dtype, is_floating
+
+                coder.check((i.name, delta_dtype(i.dtype), tuple(i.shape)) for i in infos
+                            if is_floating(i.dtype))
             total = sum(i.numel for i in infos)
             with progress.bar(total * 4, f"create {name}") as bar:
                 def tick(n: int) -> None:
@@ -236,10 +269,13 @@ class Registry:
                     lambda put: build_task_vector(cb, cf, infos, put,
                                                   allow_nonfinite=allow_nonfinite, level=level,
                                                   on_tensor=tick, delta_of=delta_of,
+                                                  encode=coder and coder.submit,
                                                   exact=exact))
             if exact:  # before the version exists: a reader never sees it without its base
                 self._ensure_base(cb, manifest.base_hash)
-        record, created = self._claim_version(name, manifest, vector_id, metadata)
+        recipe = coder.recipe("create") if coder is not None else None
+        record, created = self._claim_version(name, manifest, vector_id, metadata,
+                                              recipe=recipe)
         if created:
             self._index_new(record, manifest)
             if similarities:
@@ -538,6 +574,40 @@ class Registry:
                 self._similarities_after_insert(record)
         return CreateResult(record, created, new_objects, manifest)
 
+    def recode(self, ref: str, codec: str, *, name: str | None = None,
+               level: int = 3, similarities: bool = True) -> CreateResult:
+        """Store the vector ``ref`` names again with a lossy ``codec`` (a spec, as for
+        :meth:`create`) as a new version of ``name`` (default: ``ref``'s name), with the same
+        metadata, ``parents`` = (the source's vector id,) and ``recipe`` = ``{"op": "recode",
+        "codec", "source", "source_ref", "error"}``. The error is measured against the source
+        vector as stored, so recoding an already lossy version reports the error added by
+        this step only."""
+        from .lossy import LossyEncoder, encode_vector
+        from .taskvector import TaskVector
+
+        coder = LossyEncoder(codec, level)
+        if name is not None:
+            validate_name(name)
+        record, vector_id = self.resolve_ref(ref)
+        if name is None and record is None:
+            raise InvalidInput(f"{ref!r} names a vector with no version: give a name")
+        name = name if name is not None else record.name
+        vec = TaskVector(self, self.manifest(vector_id), record, vector_id)
+        coder.check((t.name, t.dtype, t.shape) for t in vec.manifest.tensors)
+        metadata = record.metadata if record is not None else Metadata()
+        with progress.bar(vec.manifest.raw_bytes, f"recode {vec.ref}") as bar:
+            manifest, new_id, new_objects = self._write_vector(
+                lambda put: encode_vector(vec, coder, put, on_tensor=bar.update))
+        recipe = coder.recipe("recode", source=vector_id,
+                              source_ref=record.ref if record is not None else None)
+        record, created = self._claim_version(name, manifest, new_id, metadata, (vector_id,),
+                                              recipe)
+        if created:
+            self._index_new(record, manifest)
+            if similarities:
+                self._similarities_after_insert(record)
+        return CreateResult(record, created, new_objects, manifest)
+
     def apply(self, comp: "Composition | str", base: "str | os.PathLike | None" = None,
               output: str | os.PathLike | None = None, *, dtype: str | None = None,
               allow_base_mismatch: bool | None = None) -> int:
@@ -774,7 +844,8 @@ class Registry:
         self._require()
         rows = self.catalog.rows("""
             SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.meta,
-                   v.n_params, v.stored_bytes, v.created_at, v.parents,
+                   v.n_params, v.stored_bytes, v.codec_spec, v.rel_l2, v.cosine_to_exact,
+                   v.created_at, v.parents,
                    coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
                              WHERE t.name = v.name AND t.version = v.version), []) AS tags
             FROM versions v WHERE v.name = ? ORDER BY v.version DESC""", [name])
@@ -795,12 +866,13 @@ class Registry:
             "tags": self.tags_of(vec.record) if vec.record else [],
             "n_tensors": len(m.tensors), "n_params": m.n_params, "raw_bytes": m.raw_bytes,
             "stored_bytes": m.stored_bytes, "codec": m.codec_label,
-            "skipped": [s.name for s in m.skipped],
+            **_codec_fields(vec.record), "skipped": [s.name for s in m.skipped],
         }
         if tensors:
             out["tensors"] = [{"name": t.name, "dtype": t.dtype, "source_dtype": t.source_dtype,
                                "shape": list(t.shape), "stored_bytes": t.stored_nbytes,
-                               "chunks": len(t.chunks)} for t in m.tensors]
+                               "chunks": len(t.chunks), "codec": t.codecs.label}
+                              for t in m.tensors]
         return out
 
     def sql(self, query: str) -> list[dict[str, Any]]:

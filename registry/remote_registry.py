@@ -128,7 +128,7 @@ class RemoteRegistry(Registry):
         raise ReadOnlyRegistry(f"{self.url} is opened read-only; pull from it into a local "
                                "registry (`tvreg remote add` + `tvreg pull`) to change it")
 
-    init = create = save_composition = tag = push = pull = gc = _read_only
+    init = create = recode = save_composition = tag = push = pull = gc = _read_only
     add_base = name_base = _read_only
     add_remote = remove_remote = _read_only
 

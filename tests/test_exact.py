@@ -211,3 +211,17 @@ def test_without_its_base_an_exact_vector_says_what_is_missing(run, reg_path, zo
     # given the base explicitly, apply still rebuilds the fine-tuned checkpoint
     run("apply", "s", "--base", str(zoo.base), "-o", str(tmp_path / "ft.safetensors"))
     assert _identical(load_file(tmp_path / "ft.safetensors"), load_file(zoo.finetuned["sentiment"]))
+
+
+def test_exact_mode_with_a_lossy_codec_is_refused(run, reg_path, zoo):
+    r = run("create", "s", "--base", str(zoo.base), "--finetuned", str(zoo.finetuned["sentiment"]),
+            "--exact", "--codec", "int8", code=2)
+    assert "exclude each other" in r.stderr
+    assert not reg_path.exists()
+
+
+def test_an_exact_vector_recodes_through_its_stored_base(reg, zoo):
+    reg.create("s", zoo.base, zoo.finetuned["sentiment"], exact=True, similarities=False)
+    coded = reg.recode("s", "bf16", similarities=False)
+    assert coded.record.parents == (reg.get("s@1").vector_id,)
+    assert coded.record.recipe["error"]["rel_l2"] < 1e-2
