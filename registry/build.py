@@ -14,7 +14,7 @@ import torch
 
 from . import dtypes
 from .checkpoints import Checkpoint, TensorInfo
-from .codecs import CodecPipeline, default_pipeline
+from .codecs import CodecPipeline, choose_pipeline
 from .digest import BaseHasher, arch_fingerprint, tensor_bytes
 from .encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
 from .errors import IncompatibleCheckpoints, NonFiniteValues
@@ -59,7 +59,7 @@ def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
 
 def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: list[TensorInfo],
                       put: Callable[[bytes], str], *, allow_nonfinite: bool = False,
-                      level: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      level: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       workers: int | None = None,
                       on_tensor: Callable[[int], None] | None = None,
                       delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None
@@ -100,7 +100,7 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
             del tb
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
-            pipeline = default_pipeline(delta.element_size(), level)
+            pipeline = choose_pipeline(delta, delta.element_size(), level=level)
             futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
             if on_tensor:
                 on_tensor(delta.numel() * delta.element_size())

@@ -113,7 +113,7 @@ class TensorEncoder:
         return self.pool.submit(work)
 
     def _encode_chunk(self, pipeline: CodecPipeline, raw: memoryview) -> Chunk:
-        data = pipeline.encode(raw)
+        data = pipeline.encode(raw, self.pool)
         return Chunk(self.put(data), len(raw), len(data))
 
     def close(self) -> None:
@@ -148,7 +148,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     offsets = np.cumsum([0] + [c.nbytes for c in entry.chunks]).tolist()
 
     def fill(i: int) -> None:
-        entry.codecs.decode_into(get(entry.chunks[i].blob), buf[offsets[i]:offsets[i + 1]])
+        entry.codecs.decode_into(get(entry.chunks[i].blob), buf[offsets[i]:offsets[i + 1]], pool)
 
     if pool is not None and len(entry.chunks) > 1:
         list(pool.map(fill, range(len(entry.chunks))))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import progress
 from .catalog import Catalog
+from .codecs.choose import check_level
 from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest, TensorEntry
 from .names import Ref, parse_ref, validate_name, validate_tag
@@ -171,7 +172,7 @@ class Registry:
                finetuned: str | os.PathLike | None = None, *, lora: str | os.PathLike | None = None,
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
-               allow_nonfinite: bool = False, level: int = 3, similarities: bool = True,
+               allow_nonfinite: bool = False, level: int | None = None, similarities: bool = True,
                on_progress: Callable[[int], None] | None = None) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
         LoRA adapter directory) instead of ``finetuned``, τ = scale · B·A on the adapted
@@ -191,6 +192,7 @@ class Registry:
         from .checkpoints import open_checkpoint
 
         validate_name(name)
+        check_level(level)
         if (finetuned is None) == (lora is None):
             raise InvalidInput("give either a fine-tuned checkpoint or a LoRA adapter")
         delta_of = adapter = None
@@ -430,16 +432,17 @@ class Registry:
 
     def save_composition(self, name: str, comp: "Composition", *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,
-                         level: int = 3, similarities: bool = True) -> CreateResult:
+                         level: int | None = None, similarities: bool = True) -> CreateResult:
         """Store a composition as a version of ``name``; its record keeps the recipe (expression,
         method, parameters, operand refs and vector ids) and the operands as parents."""
         import torch
 
-        from .codecs import default_pipeline
+        from .codecs import choose_pipeline
         from .encoding import TensorEncoder
         from .manifest import Manifest as _Manifest
 
         validate_name(name)
+        check_level(level)
         metadata = Metadata(task=task, dataset=dataset, meta=dict(meta or {}))
         merged = comp.names()
 
@@ -454,7 +457,8 @@ class Registry:
                     else:  # left out by --include/--exclude: an unchanged (zero) delta
                         t = torch.zeros(entry.shape, dtype=torch.float32)
                     futures.append(encoder.submit(entry.name, t, entry.source_dtype,
-                                                  default_pipeline(t.element_size(), level)))
+                                                  choose_pipeline(t, t.element_size(),
+                                                                  level=level)))
                 entries = tuple(f.result() for f in futures)
             return _Manifest(comp.base_hash, comp.arch_fingerprint, entries, comp.manifest.skipped)
 

@@ -6,9 +6,11 @@ dataclasses, deterministic (same input, same output) so identical tensors dedupl
 """
 
 from .base import Codec, CodecPipeline, codec_from_spec, register_codec, default_pipeline
+from .bgzstd import BgZstd
 from .bytegroup import ByteGroup
+from .choose import choose_pipeline
 from .lowrank import LowRank
 from .zstd import Zstd
 
 __all__ = ["Codec", "CodecPipeline", "codec_from_spec", "register_codec", "default_pipeline",
-           "ByteGroup", "LowRank", "Zstd"]
+           "choose_pipeline", "BgZstd", "ByteGroup", "LowRank", "Zstd"]
