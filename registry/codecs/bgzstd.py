@@ -187,24 +187,38 @@ def split(raw: np.ndarray, streams: np.ndarray) -> None:
 def join(streams: list[np.ndarray], dest: np.ndarray) -> None:
     """Inverse of :func:`split`: item ``i`` of ``dest`` gets byte ``j`` from ``streams[j][i]``.
 
-    For 2-, 4- and 8-byte items the items are built as little-endian words (highest stream
-    first, shift by 8, or in the next), a step of items at a time: numpy runs those loops with
-    vector instructions, 1.6x the speed of four strided byte copies."""
+    For 2-, 4- and 8-byte items the items are built as little-endian words, a step of items at
+    a time, pairwise: streams 2p and 2p+1 become one 16-bit word (``hi << 8 | lo``), pairs of
+    those a 32-bit word, and so on up to the item. numpy runs those shifts and ors with vector
+    instructions on data in cache: about twice the speed of k strided byte copies."""
     k = len(streams)
     m = dest.size // k
-    word = _WORD.get(k)
-    if word is None:
+    if k not in _WORD:
         items = dest.reshape(m, k)
         for j in range(k):
             items[:, j] = streams[j]
         return
-    words = dest.view(word)
-    for i0 in range(0, m, _STEP):
-        w = words[i0:i0 + _STEP]
-        np.copyto(w, streams[k - 1][i0:i0 + _STEP], casting="unsafe")
-        for j in range(k - 2, -1, -1):
-            np.left_shift(w, 8, out=w)
-            np.bitwise_or(w, streams[j][i0:i0 + _STEP], out=w, casting="unsafe")
+    step = min(m, _STEP)
+    tmp = scratch(2 * k * step, "bgzstd-join") if k > 2 else None
+    words = dest.view(_WORD[k])
+    for i0 in range(0, m, step):
+        n = min(step, m - i0)
+        level = [s[i0:i0 + n] for s in streams]
+        width, used = 1, 0
+        while len(level) > 1:
+            width *= 2
+            if len(level) == 2:
+                outs = [words[i0:i0 + n]]
+            else:
+                outs = []
+                for _ in range(len(level) // 2):
+                    outs.append(tmp[used:used + width * n].view(_WORD[width]))
+                    used += width * n
+            for p, w in enumerate(outs):
+                np.copyto(w, level[2 * p + 1])
+                w <<= 4 * width
+                w |= level[2 * p]
+            level = outs
 
 
 # --- blocks on a pool ----------------------------------------------------------------------------
