@@ -356,6 +356,15 @@ def test_bad_configuration_is_a_format_error(conf):
         codec_from_spec({"name": "bgzstd", "configuration": conf})
 
 
+def test_bgzstd_must_end_the_pipeline():
+    bg = {"name": "bgzstd", "configuration": {"itemsize": 4, "block": 8, "levels": [1] * 4}}
+    with pytest.raises(FormatError, match="last"):
+        CodecPipeline.from_specs([bg, {"name": "zstd", "configuration": {"level": 3}}])
+    low = {"name": "lowrank", "configuration": {"rows": 2, "cols": 2, "rank": 1, "scale": 1.0,
+                                                "transpose": False}}
+    assert CodecPipeline.from_specs([low, bg]).label == "lowrank1+bgzstd4:1/1/1/1"
+
+
 def test_spec_and_label():
     codec = BgZstd(4, 1 << 20, [None, None, 1, 3])
     spec = codec.spec()

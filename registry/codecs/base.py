@@ -25,6 +25,8 @@ class Codec(abc.ABC):
     keeps_size: ClassVar[bool] = True
     #: whether ``encode`` and ``decode_into`` take a ``pool`` to spread one chunk over threads
     parallel: ClassVar[bool] = False
+    #: whether the step may only end a pipeline (its encoded size is known only from its output)
+    last_only: ClassVar[bool] = False
 
     @abc.abstractmethod
     def encode(self, data: bytes | memoryview) -> bytes: ...
@@ -76,7 +78,11 @@ class CodecPipeline:
     def from_specs(cls, specs: Sequence[Any]) -> "CodecPipeline":
         if not isinstance(specs, (list, tuple)) or not specs:
             raise FormatError("a tensor needs a non-empty codec list")
-        return cls(tuple(codec_from_spec(s) for s in specs))
+        codecs = tuple(codec_from_spec(s) for s in specs)
+        for c in codecs[:-1]:
+            if c.last_only:
+                raise FormatError(f"codec {c.name!r} must be the last of a pipeline")
+        return cls(codecs)
 
     def specs(self) -> list[dict[str, Any]]:
         return [c.spec() for c in self.codecs]

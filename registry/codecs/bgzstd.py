@@ -8,8 +8,8 @@ random, so each stream gets its own treatment (:mod:`.choose` picks the levels p
 
 Blocks are independent, so one chunk encodes and decodes on several threads, and the output does
 not depend on how many: each block's bytes depend only on its items and the configuration.
-Decoding writes a block's items from its streams with whole-word shifts and ors on a few
-thousand items at a time (numpy's strided byte copies are the slowest step otherwise).
+Decoding writes a block's items from its streams with whole-word shifts and ors on 2^17 items
+at a time (numpy's strided byte copies would be the slowest step).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class BgZstd(Codec):
     levels: tuple  # per stream: a zstd level, or None for stored raw
     name = "bgzstd"
     parallel = True
+    last_only = True
 
     def __post_init__(self) -> None:
         if isinstance(self.itemsize, bool) or not isinstance(self.itemsize, int) \
