@@ -52,11 +52,11 @@ class AddBaseResult:
         return self.record.base_hash
 
 
-def pipeline_for(tensor: "torch.Tensor", level: int = 3) -> "CodecPipeline":
-    """The codec pipeline of a base tensor (the one place that chooses it)."""
-    from .codecs import default_pipeline
+def pipeline_for(tensor: "torch.Tensor", level: int | None = None) -> "CodecPipeline":
+    """The codec pipeline of a base tensor: the lossless choice every writer makes."""
+    from .codecs import choose_pipeline
 
-    return default_pipeline(tensor.element_size(), level)
+    return choose_pipeline(tensor, tensor.element_size(), level=level)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -201,7 +201,8 @@ def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
 # --- adding -----------------------------------------------------------------------------------
 
 
-def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *, level: int = 3,
+def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
+        level: int | None = None,
         on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
     """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`."""
     from .checkpoints import open_checkpoint
@@ -295,7 +296,7 @@ def _holds(reg: "Registry", record: BaseRecord, ck: "Checkpoint", infos: list["T
 
 
 def _encode(ck: "Checkpoint", infos: list["TensorInfo"], fingerprint: str,
-            put: Callable[[bytes], str], level: int, tick: Callable[[int], None]) -> "Manifest":
+            put: Callable[[bytes], str], level: int | None, tick: Callable[[int], None]) -> "Manifest":
     from .digest import BaseHasher, tensor_bytes
     from .encoding import TensorEncoder
     from .manifest import Manifest

@@ -16,7 +16,7 @@ import torch
 
 from . import dtypes
 from .checkpoints import Checkpoint, TensorInfo
-from .codecs import CodecPipeline, default_pipeline
+from .codecs import BitDiff, CodecPipeline, choose_pipeline
 from .digest import BaseHasher, arch_fingerprint, tensor_bytes
 from .encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
 from .errors import IncompatibleCheckpoints, InvalidInput, NonFiniteValues
@@ -61,7 +61,7 @@ def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
 
 def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: list[TensorInfo],
                       put: Callable[[bytes], str], *, allow_nonfinite: bool = False,
-                      level: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      level: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       workers: int | None = None,
                       on_tensor: Callable[[int], None] | None = None,
                       delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None,
@@ -114,14 +114,15 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
             if exact:
-                pipeline = exact_pipeline(info.dtype, _PENDING_BASE, level)
+                payload = exact_payload(info.dtype, tf, tb)
+                pipeline = exact_pipeline(info.dtype, _PENDING_BASE, payload, level)
                 futures.append(encoder.submit_exact(info.name, delta, info.dtype, pipeline,
-                                                    tf, tb))
+                                                    payload))
                 del tf
             elif encode is not None:
                 futures.append(encode(encoder, info.name, delta, info.dtype))
             else:
-                pipeline = default_pipeline(delta.element_size(), level)
+                pipeline = choose_pipeline(delta, delta.element_size(), level=level)
                 futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
             del tb
             if on_tensor:
@@ -129,21 +130,10 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
         tensors = tuple(f.result() for f in futures)
     base_hash = hasher.hexdigest()
     if exact:  # the base hash is known only now; the blobs do not depend on it
-        tensors = tuple(dataclasses.replace(t, codecs=exact_pipeline(t.source_dtype, base_hash,
-                                                                     level)) for t in tensors)
+        tensors = tuple(dataclasses.replace(t, codecs=CodecPipeline(
+            (BitDiff(t.source_dtype, base_hash),) + t.codecs.codecs[1:])) for t in tensors)
     fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)
     return Manifest(base_hash, fingerprint, tensors, tuple(skipped))
-
-
-_PENDING_BASE = "0" * 64
-
-
-def exact_pipeline(source_dtype: str, base_hash: str, level: int = 3) -> CodecPipeline:
-    """``bitdiff`` against the base ``base_hash``, then the lossless steps for its integers."""
-    from .codecs.bitdiff import BitDiff
-
-    rest = default_pipeline(dtypes.itemsize(source_dtype), level)
-    return CodecPipeline((BitDiff(source_dtype, base_hash),) + rest.codecs)
 
 
 def _check_finite(name: str, delta: torch.Tensor) -> None:
@@ -156,3 +146,23 @@ def _check_finite(name: str, delta: torch.Tensor) -> None:
         bad = int((~finite).sum())
         raise NonFiniteValues(f"task vector tensor {name!r} has {bad} NaN/Inf value(s); "
                               "pass --allow-nonfinite to store it anyway")
+
+
+_PENDING_BASE = "0" * 64
+
+
+def exact_payload(source_dtype: str, finetuned: torch.Tensor, base: torch.Tensor):
+    """The ``bitdiff`` encoding (uint8 numpy array) of ``finetuned`` over ``base``."""
+    import numpy as np
+
+    ft = np.frombuffer(tensor_bytes(finetuned.contiguous()), dtype=np.uint8)
+    tb = np.frombuffer(tensor_bytes(base.contiguous()), dtype=np.uint8)
+    return np.frombuffer(BitDiff(source_dtype, _PENDING_BASE).payload(ft, tb), dtype=np.uint8)
+
+
+def exact_pipeline(source_dtype: str, base_hash: str, payload, level: int | None = None
+                   ) -> CodecPipeline:
+    """``bitdiff`` against the base ``base_hash``, then the lossless pipeline chosen for its
+    integers (``payload``)."""
+    rest = choose_pipeline(payload, dtypes.itemsize(source_dtype), level=level)
+    return CodecPipeline((BitDiff(source_dtype, base_hash),) + rest.codecs)

@@ -139,23 +139,22 @@ class TensorEncoder:
         return self.pool.submit(work)
 
     def submit_exact(self, name: str, delta: torch.Tensor, source_dtype: str,
-                     pipeline: CodecPipeline, finetuned: torch.Tensor, base: torch.Tensor
-                     ) -> Future:
-        """A delta stored in exact mode (``pipeline`` starts with ``bitdiff``): chunk ``k``
-        covers the same elements of ``delta``, ``finetuned`` and ``base``; its blob is the rest
-        of the pipeline applied to the bit differences of those elements. The tensor's sha256
-        is that of ``delta``'s bytes, as for any delta."""
-        first, rest = pipeline.codecs[0], CodecPipeline(pipeline.codecs[1:])
+                     pipeline: CodecPipeline, payload: np.ndarray) -> Future:
+        """A delta stored in exact mode (``pipeline`` starts with ``bitdiff``): ``payload`` is
+        that step's encoding of the whole tensor (uint8, :meth:`BitDiff.payload`). Chunk ``k``
+        covers the same elements of ``delta`` and ``payload``; its blob is the rest of the
+        pipeline applied to its part of ``payload``. The tensor's sha256 is that of
+        ``delta``'s bytes, as for any delta."""
+        rest = CodecPipeline(pipeline.codecs[1:])
         delta = delta.detach().contiguous()
         raw = tensor_bytes(delta)
-        ft = np.frombuffer(tensor_bytes(finetuned.contiguous()), dtype=np.uint8)
-        tb = np.frombuffer(tensor_bytes(base.contiguous()), dtype=np.uint8)
-        wide, narrow = delta.element_size(), finetuned.element_size()
+        wide = delta.element_size()
+        narrow = payload.size // max(1, delta.numel())
         per_chunk = max(1, self.chunk_bytes // wide)
-        held = self.budget.acquire(len(raw) + ft.size + tb.size)
+        held = self.budget.acquire(len(raw) + payload.size)
 
         def chunk(a: int, b: int) -> Chunk:
-            data = rest.encode(first.payload(ft[a * narrow:b * narrow], tb[a * narrow:b * narrow]))
+            data = rest.encode(payload[a * narrow:b * narrow])
             return Chunk(self.put(data), (b - a) * wide, len(data))
 
         n = delta.numel()
@@ -163,7 +162,7 @@ class TensorEncoder:
         return self._entry(name, delta, source_dtype, pipeline, raw, parts, held)
 
     def _encode_chunk(self, pipeline: CodecPipeline, raw: memoryview) -> Chunk:
-        data = pipeline.encode(raw)
+        data = pipeline.encode(raw, self.pool)
         return Chunk(self.put(data), len(raw), len(data))
 
     def close(self) -> None:
@@ -195,7 +194,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
         decode_chunk = _exact_decoder(entry, exact, base)
     else:
         def decode_chunk(blob: bytes, dest: np.ndarray, _offset: int) -> None:
-            entry.codecs.decode_into(blob, dest)
+            entry.codecs.decode_into(blob, dest, pool)
     if out is None:
         out = torch.empty(entry.shape, dtype=dtype)
     elif out.dtype != dtype or out.numel() != entry.numel or not out.is_contiguous():

@@ -217,7 +217,7 @@ def delta_source(adapter: LoraAdapter, infos: list["TensorInfo"], *,
 
     from . import dtypes
     from .build import Factored
-    from .codecs import ByteGroup, CodecPipeline, Zstd
+    from .codecs import CodecPipeline, choose_pipeline
     from .errors import NonFiniteValues
 
     targets = check_against_base(adapter, infos)
@@ -239,7 +239,7 @@ def delta_source(adapter: LoraAdapter, infos: list["TensorInfo"], *,
         if work != torch.float32:
             return delta_weight(adapter, module, work)
         codec = lowrank_codec(adapter, module)
-        return Factored(CodecPipeline((codec, ByteGroup(4), Zstd(3))),
-                        codec.payload(*_factors(adapter, module)))
+        payload = codec.payload(*_factors(adapter, module))
+        return Factored(CodecPipeline((codec,) + choose_pipeline(payload, 4).codecs), payload)
 
     return delta_of

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from .codec_spec import LossySpec, parse
-from .codecs import (ByteGroup, Cast, CodecPipeline, Int8, LowRank, Ternary, TopK, Zstd,
-                     default_pipeline)
+from .codecs import (ByteGroup, Cast, CodecPipeline, Int8, LowRank, Ternary, TopK,
+                     Zstd, choose_pipeline, default_pipeline)
 from .codecs.lowrank import MAX_RANK
 from .errors import InvalidInput
 
@@ -95,9 +95,15 @@ class LossyEncoder:
     ``submit`` has the signature :func:`tvreg.build.build_task_vector` takes as ``encode``.
     """
 
-    def __init__(self, spec: LossySpec | str, level: int = 3) -> None:
+    def __init__(self, spec: LossySpec | str, level: int | None = None) -> None:
+        from .codecs.choose import check_level
+
         self.spec = parse(spec) if isinstance(spec, str) else spec
-        self.level = level
+        # zstd level of the lossless steps after a lossy one (3 unless given: what the format's
+        # table and the lossy benchmark use), and of tensors the spec leaves lossless (the
+        # default choice, level 1 unless given)
+        self.level = 3 if level is None else check_level(level)
+        self.lossless_level = level
         self._sums: dict[str, tuple[float, float, float, float]] = {}
         self._lock = threading.Lock()
 
@@ -139,7 +145,8 @@ class LossyEncoder:
                 xx = float(a @ a)
                 self._record(name, (0.0, xx, xx, xx))
             return encoder.submit(name, delta, source_dtype,
-                                  default_pipeline(delta.element_size(), self.level))
+                                  choose_pipeline(delta, delta.element_size(),
+                                                  level=self.lossless_level))
         x = delta.numpy()
 
         def prepare() -> tuple[CodecPipeline, bytes]:

@@ -101,7 +101,7 @@ class Manifest:
 
     @property
     def exact(self) -> bool:
-        """Whether the vector is stored in exact mode (read with its base, §5.6)."""
+        """Whether the vector is stored in exact mode (read with its base, §5.7)."""
         return any(t.codecs.codecs[0].name == "bitdiff" for t in self.tensors)
 
     @property
@@ -194,7 +194,7 @@ def _tensor(doc: Any) -> TensorEntry:
 
 
 def _check_exact(entry: TensorEntry, base_hash: str) -> None:
-    """An exact-mode entry (``bitdiff``, §5.6) is a delta of its source dtype over this base."""
+    """An exact-mode entry (``bitdiff``, §5.7) is a delta of its source dtype over this base."""
     steps = entry.codecs.codecs
     where = [i for i, c in enumerate(steps) if c.name == "bitdiff"]
     if not where:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import progress
 from .catalog import Catalog
+from .codecs.choose import check_level
 from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest, TensorEntry
 from .names import Ref, parse_ref, validate_name, validate_tag
@@ -190,7 +191,7 @@ class Registry:
                finetuned: str | os.PathLike | None = None, *, lora: str | os.PathLike | None = None,
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
-               allow_nonfinite: bool = False, level: int = 3, similarities: bool = True,
+               allow_nonfinite: bool = False, level: int | None = None, similarities: bool = True,
                exact: bool = False, codec: str | None = None,
                on_progress: Callable[[int], None] | None = None) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
@@ -220,6 +221,7 @@ class Registry:
         from .checkpoints import open_checkpoint
 
         validate_name(name)
+        check_level(level)
         if (finetuned is None) == (lora is None):
             raise InvalidInput("give either a fine-tuned checkpoint or a LoRA adapter")
         if exact and lora is not None:
@@ -537,16 +539,17 @@ class Registry:
 
     def save_composition(self, name: str, comp: "Composition", *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,
-                         level: int = 3, similarities: bool = True) -> CreateResult:
+                         level: int | None = None, similarities: bool = True) -> CreateResult:
         """Store a composition as a version of ``name``; its record keeps the recipe (expression,
         method, parameters, operand refs and vector ids) and the operands as parents."""
         import torch
 
-        from .codecs import default_pipeline
+        from .codecs import choose_pipeline
         from .encoding import TensorEncoder
         from .manifest import Manifest as _Manifest
 
         validate_name(name)
+        check_level(level)
         metadata = Metadata(task=task, dataset=dataset, meta=dict(meta or {}))
         merged = comp.names()
 
@@ -561,7 +564,8 @@ class Registry:
                     else:  # left out by --include/--exclude: an unchanged (zero) delta
                         t = torch.zeros(entry.shape, dtype=torch.float32)
                     futures.append(encoder.submit(entry.name, t, entry.source_dtype,
-                                                  default_pipeline(t.element_size(), level)))
+                                                  choose_pipeline(t, t.element_size(),
+                                                                  level=level)))
                 entries = tuple(f.result() for f in futures)
             return _Manifest(comp.base_hash, comp.arch_fingerprint, entries, comp.manifest.skipped)
 
@@ -575,7 +579,7 @@ class Registry:
         return CreateResult(record, created, new_objects, manifest)
 
     def recode(self, ref: str, codec: str, *, name: str | None = None,
-               level: int = 3, similarities: bool = True) -> CreateResult:
+               level: int | None = None, similarities: bool = True) -> CreateResult:
         """Store the vector ``ref`` names again with a lossy ``codec`` (a spec, as for
         :meth:`create`) as a new version of ``name`` (default: ``ref``'s name), with the same
         metadata, ``parents`` = (the source's vector id,) and ``recipe`` = ``{"op": "recode",
@@ -658,7 +662,8 @@ class Registry:
 
     # --- stored bases (tvreg.bases) ---------------------------------------------------------------
 
-    def add_base(self, path: str | os.PathLike, name: str | None = None, *, level: int = 3,
+    def add_base(self, path: str | os.PathLike, name: str | None = None, *,
+                 level: int | None = None,
                  on_progress: Callable[[int], None] | None = None) -> "AddBaseResult":
         """Store every tensor of the base checkpoint at ``path`` (floating and not) under its
         base hash, and point base name ``name`` at it if given. A base already stored is not

@@ -188,7 +188,8 @@ def test_svd_is_the_truncated_svd(coded, zoo):
         x, got = exact[entry.name], vec.tensor(entry.name)
         first = entry.codecs.codecs[0]
         if x.dim() != 2:
-            assert entry.codecs.label == "bytegroup4+zstd3" and torch.equal(got, x)
+            # not 2-D: the default lossless choice
+            assert entry.codecs.label.startswith("bgzstd4:") and torch.equal(got, x)
             continue
         assert first.name == "lowrank" and first.rank == 2 and first.scale == 1.0
         s = torch.linalg.svdvals(x.double())
@@ -198,7 +199,7 @@ def test_svd_is_the_truncated_svd(coded, zoo):
         seen += 1
     assert seen == 5  # embed, pos_embed, fc1, fc2, head
     shown = {t["name"]: t["codec"] for t in reg.show(refs["svd:rank=2"], tensors=True)["tensors"]}
-    assert shown["head.bias"] == "bytegroup4+zstd3"
+    assert shown["head.bias"].startswith("bgzstd4:")
     assert shown["mlp.fc1.weight"] == "lowrank2+bytegroup4+zstd3"
     # energy: the fewest singular values reaching 90% of the squared sum
     evec = reg.get(refs["svd:energy=0.9"])
@@ -221,6 +222,8 @@ def test_lossy_stored_bytes_decode_by_the_format_alone(coded):
         vid = record["vector_id"]
         manifest = json.loads((root / "objects" / vid[:2] / vid[2:]).read_bytes())
         for t in manifest["tensors"]:
+            if t["codecs"][0]["name"] == "bgzstd":  # left lossless (by hand: test_lossless.py)
+                continue
             (chunk,) = t["chunks"]
             blob = (root / "objects" / chunk["blob"][:2] / chunk["blob"][2:]).read_bytes()
             data = _decode_by_hand(t["codecs"], blob, chunk["nbytes"])
@@ -507,7 +510,7 @@ def test_lossy_documents_validate_against_the_schemas(coded):
         m = json.loads((root / "objects" / r["vector_id"][:2] / r["vector_id"][2:]).read_bytes())
         assert list(manifest_v.iter_errors(m)) == [], r["name"]
         names |= {t["codecs"][0]["name"] for t in m["tensors"]}
-    assert names >= {"cast", "int8", "topk", "ternary", "lowrank", "bytegroup"}
+    assert names >= {"cast", "int8", "topk", "ternary", "lowrank", "bgzstd"}
     assert {r["recipe"]["op"] for r in records if r["recipe"]} == {"create", "recode"}
     recoded = next(r for r in records if r["recipe"] and r["recipe"]["op"] == "recode")
     created = next(r for r in records if r["recipe"] and r["recipe"]["op"] == "create")

@@ -66,9 +66,12 @@ def _fill(reg, zoo, zoo_bf16) -> dict[str, list[dict]]:
     read = lambda path: json.loads(path.read_bytes())  # noqa: E731
     records = [read(p) for p in sorted((root / "refs").rglob("*.json"))]
     tags = [read(p) for p in sorted((root / "tags").rglob("*.json"))]
-    # objects/ab/cdef...: blobs are zstd frames; manifests are the objects that are JSON
-    manifests = [read(p) for p in sorted((root / "objects").glob("??/*"))
-                 if p.read_bytes()[:1] == b"{"]
+    # objects/ab/cdef...: the manifests are the objects the version records name (a blob's
+    # first byte may happen to be "{")
+    # (and the stored bases' manifests, which base records name)
+    ids = {r["vector_id"] for r in records} | \
+        {read(p)["manifest"] for p in (root / "bases").glob("*.json")}
+    manifests = [read(root / "objects" / v[:2] / v[2:]) for v in sorted(ids)]
     config = read(root / "config.json")
     return {"manifest": manifests, "version": records, "tag": tags, "config": [config]}
 

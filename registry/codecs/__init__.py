@@ -6,13 +6,16 @@ dataclasses, deterministic (same input, same output) so identical tensors dedupl
 """
 
 from .base import Codec, CodecPipeline, codec_from_spec, register_codec, default_pipeline
+from .bgzstd import BgZstd
 from .bitdiff import BitDiff
 from .bytegroup import ByteGroup
 from .cast import Cast
+from .choose import choose_pipeline
 from .int8 import Int8
 from .lowrank import LowRank
 from .sparse import Ternary, TopK
 from .zstd import Zstd
 
 __all__ = ["Codec", "CodecPipeline", "codec_from_spec", "register_codec", "default_pipeline",
-           "BitDiff", "ByteGroup", "Cast", "Int8", "LowRank", "Ternary", "TopK", "Zstd"]
+           "choose_pipeline", "BgZstd", "BitDiff", "ByteGroup", "Cast", "Int8", "LowRank", "Ternary",
+           "TopK", "Zstd"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
+from concurrent.futures import Executor
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -22,6 +23,10 @@ class Codec(abc.ABC):
     lossless: ClassVar[bool] = True
     #: whether the encoding has the size of the input when the step is not the last
     keeps_size: ClassVar[bool] = True
+    #: whether ``encode`` and ``decode_into`` take a ``pool`` to spread one chunk over threads
+    parallel: ClassVar[bool] = False
+    #: whether the step may only end a pipeline (its encoded size is known only from its output)
+    last_only: ClassVar[bool] = False
 
     @abc.abstractmethod
     def encode(self, data: bytes | memoryview) -> bytes: ...
@@ -73,7 +78,11 @@ class CodecPipeline:
     def from_specs(cls, specs: Sequence[Any]) -> "CodecPipeline":
         if not isinstance(specs, (list, tuple)) or not specs:
             raise FormatError("a tensor needs a non-empty codec list")
-        return cls(tuple(codec_from_spec(s) for s in specs))
+        codecs = tuple(codec_from_spec(s) for s in specs)
+        for c in codecs[:-1]:
+            if c.last_only:
+                raise FormatError(f"codec {c.name!r} must be the last of a pipeline")
+        return cls(codecs)
 
     def specs(self) -> list[dict[str, Any]]:
         return [c.spec() for c in self.codecs]
@@ -87,10 +96,12 @@ class CodecPipeline:
     def lossless(self) -> bool:
         return all(c.lossless for c in self.codecs)
 
-    def encode(self, data: bytes | memoryview) -> bytes:
+    def encode(self, data: bytes | memoryview, pool: "Executor | None" = None) -> bytes:
+        """Encode one chunk; steps that can split it (``bgzstd``) also use ``pool``'s threads,
+        with the same output whatever the number of threads."""
         out: bytes | memoryview = data
         for c in self.codecs:
-            out = c.encode(out)
+            out = c.encode(out, pool) if c.parallel and pool is not None else c.encode(out)
         return bytes(out)
 
     def sizes(self, nbytes: int) -> list[int]:
@@ -112,17 +123,21 @@ class CodecPipeline:
             out = c.decode(out, size)
         return out if isinstance(out, bytes) else bytes(out)
 
-    def decode_into(self, data: bytes, dest: "np.ndarray") -> None:
+    def decode_into(self, data: bytes, dest: "np.ndarray", pool: "Executor | None" = None) -> None:
         """Decode into ``dest`` (a writable uint8 array of the decoded size). Steps that can
         write into a buffer do: the last step (zstd) into this thread's scratch buffer, the first
-        (byte grouping) from there into ``dest``; a one-step pipeline straight into ``dest``.
-        A pipeline with a size-changing step decodes whole, then copies."""
+        (byte grouping) from there into ``dest``; a one-step pipeline straight into ``dest``
+        (``bgzstd`` with ``pool``'s threads helping). A pipeline with a size-changing step
+        decodes whole, then copies."""
         steps = self.codecs
         if not self.keeps_size:
             dest[:] = np.frombuffer(self.decode(data, dest.size), dtype=np.uint8)
             return
         if len(steps) == 1 and hasattr(steps[0], "decode_into"):
-            steps[0].decode_into(data, dest)
+            if steps[0].parallel and pool is not None:
+                steps[0].decode_into(data, dest, pool)
+            else:
+                steps[0].decode_into(data, dest)
             return
         out: bytes | memoryview | np.ndarray = data
         for i in range(len(steps) - 1, 0, -1):
@@ -145,18 +160,21 @@ _local = threading.local()
 SCRATCH_KEEP = 16 << 20
 
 
-def scratch(nbytes: int) -> np.ndarray:
-    """A uint8 buffer of ``nbytes`` private to the calling thread, valid until its next call."""
+def scratch(nbytes: int, slot: str = "pipeline") -> np.ndarray:
+    """A uint8 buffer of ``nbytes`` private to the calling thread, valid until its next call
+    with the same ``slot`` (one slot per user, so two users on one thread do not share)."""
     if nbytes > SCRATCH_KEEP:
         return np.empty(nbytes, dtype=np.uint8)
-    buf = getattr(_local, "buf", None)
+    bufs = _local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(slot)
     if buf is None or buf.size < nbytes:
-        buf = _local.buf = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+        buf = bufs[slot] = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
     return buf[:nbytes]
 
 
 def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:
-    """The default, lossless pipeline: byte grouping by item size (if > 1), then zstd."""
+    """Byte grouping by item size (if > 1), then zstd: what tvreg 0.1.0 wrote for every delta.
+    New deltas get :func:`tvreg.codecs.choose_pipeline`; this stays for its blobs and tests."""
     from .bytegroup import ByteGroup
     from .zstd import Zstd
 
