@@ -59,7 +59,7 @@ def _build(width: int, pretrain_steps: int, finetune_steps: int, lr: float, task
 
 def _encode(spec: str | None, deltas: dict, threads: int):
     """(entries, blobs, error) of one encoding of every delta."""
-    from tvreg.codecs import default_pipeline
+    from tvreg.codecs import choose_pipeline
     from tvreg.encoding import TensorEncoder
     from tvreg.lossy import LossyEncoder
 
@@ -75,7 +75,7 @@ def _encode(spec: str | None, deltas: dict, threads: int):
         if coder is not None:
             coder.check((n, "float32", tuple(t.shape)) for n, t in deltas.items())
         futures = [coder.submit(encoder, n, t, "float32") if coder is not None
-                   else encoder.submit(n, t, "float32", default_pipeline(4))
+                   else encoder.submit(n, t, "float32", choose_pipeline(t, 4))
                    for n, t in deltas.items()]
         entries = [f.result() for f in futures]
     error = coder.error() if coder is not None else {"rel_l2": 0.0, "cosine": 1.0}
@@ -108,7 +108,8 @@ def _case(spec: str | None, deltas: dict, raw: int, args, base_sd: dict, model, 
                            for n in base_sd})
     acc = toy.accuracy(model, args.task, n=args.eval, num_threads=None)
     stored = sum(e.stored_nbytes for e in entries)
-    lossy = sum(e.codecs.codecs[0].name not in ("bytegroup", "zstd") for e in entries)
+    lossy = sum(not e.codecs.lossless or (e.codecs.codecs[0].name == "lowrank" and bool(spec))
+                for e in entries)
     per_tensor = {}
     if spec in args.per_tensor:
         for name in deltas:

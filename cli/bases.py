@@ -5,11 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import json_option
-from .output import emit_json, human_bytes, message, table
-
-
-def _ratio(raw: int, stored: int) -> str:
-    return f"{raw / stored:.2f}x" if stored else ""
+from .output import emit_json, human_bytes, message, ratio, shown_fields, table
 
 
 def _moved(name: str, base_hash: str, previous: str | None) -> str:
@@ -41,7 +37,7 @@ def add(reg, path, name, as_json):
     if result.created:
         message(f"stored base {rec.base_hash[:12]}: {rec.n_tensors} tensor(s), "
                 f"{rec.n_params:,} params, {human_bytes(rec.raw_bytes)} -> "
-                f"{human_bytes(rec.stored_bytes)} ({_ratio(rec.raw_bytes, rec.stored_bytes)}), "
+                f"{human_bytes(rec.stored_bytes)} ({ratio(rec.raw_bytes, rec.stored_bytes)}), "
                 f"{result.new_objects} new object(s){named}")
     else:
         repaired = (f"; {result.new_objects} missing object(s) restored"
@@ -67,7 +63,7 @@ def ls(reg, as_json):
     table(["HASH", "NAMES", "TENSORS", "PARAMS", "SIZE", "STORED", "RATIO", "VERSIONS", "CREATED"],
           [(r["base_hash"][:12], r["names"], r["n_tensors"], f"{r['n_params']:,}",
             human_bytes(r["raw_bytes"]), human_bytes(r["stored_bytes"]),
-            _ratio(r["raw_bytes"], r["stored_bytes"]), r["n_versions"], r["created_at"])
+            ratio(r["raw_bytes"], r["stored_bytes"]), r["n_versions"], r["created_at"])
            for r in rows])
 
 
@@ -82,11 +78,7 @@ def show(reg, ref, tensors, as_json):
     if as_json:
         emit_json(info)
         return
-    listed = {k: v for k, v in info.items() if k != "tensors"}
-    listed["raw_bytes"] = f"{info['raw_bytes']:,} ({human_bytes(info['raw_bytes'])})"
-    listed["stored_bytes"] = (f"{info['stored_bytes']:,} ({human_bytes(info['stored_bytes'])}, "
-                              f"{_ratio(info['raw_bytes'], info['stored_bytes'])})")
-    table(["FIELD", "VALUE"], listed.items())
+    table(["FIELD", "VALUE"], shown_fields(info).items())
     if tensors:
         click.echo()
         table(["TENSOR", "DTYPE", "SHAPE", "STORED", "CHUNKS"],

@@ -86,3 +86,17 @@ def warnings_to_stderr():
         finally:
             for w in caught:
                 message(f"tvreg: warning: {w.message}")
+
+
+def ratio(raw: int, stored: int) -> str:
+    """``raw / stored`` as ``1.23x`` (empty for nothing stored)."""
+    return f"{raw / stored:.2f}x" if stored else ""
+
+
+def shown_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """The FIELD/VALUE rows of a ``show``: every key but ``tensors``, sizes spelled out."""
+    listed = {k: v for k, v in info.items() if k != "tensors"}
+    listed["raw_bytes"] = f"{info['raw_bytes']:,} ({human_bytes(info['raw_bytes'])})"
+    listed["stored_bytes"] = (f"{info['stored_bytes']:,} ({human_bytes(info['stored_bytes'])}, "
+                              f"{ratio(info['raw_bytes'], info['stored_bytes'])})")
+    return listed

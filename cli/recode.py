@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from .options import json_option
-from .output import emit_json, human_bytes, message, warnings_to_stderr
-from .vectors import _ratio, codec_note
+from .output import emit_json, human_bytes, message, ratio, warnings_to_stderr
+from .vectors import codec_note
 
 
 @click.command()
@@ -31,7 +31,7 @@ def recode(reg, ref, codec, name, no_similarities, as_json):
     if result.created:
         message(f"created {rec.ref} from {source}: vector {rec.vector_id[:12]}, "
                 f"{human_bytes(m.raw_bytes)} -> {human_bytes(m.stored_bytes)} "
-                f"({_ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
+                f"({ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
                 + codec_note(rec))
     else:
         message(f"unchanged: {rec.ref} already holds this recoding of {source}; no new version")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import click
 
 from .options import json_option, parse_meta
-from .output import emit_json, human_bytes, message, table, warnings_to_stderr
-
-
-def _ratio(raw: int, stored: int) -> str:
-    return f"{raw / stored:.2f}x" if stored else ""
+from .output import (emit_json, human_bytes, message, ratio, shown_fields, table,
+                     warnings_to_stderr)
 
 
 def codec_note(rec) -> str:
@@ -65,7 +62,7 @@ def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, all
     if result.created:
         message(f"created {rec.ref}: vector {rec.vector_id[:12]}, {m.n_params:,} params, "
                 f"{human_bytes(m.raw_bytes)} -> {human_bytes(m.stored_bytes)} "
-                f"({_ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
+                f"({ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
                 + (f", {len(m.skipped)} non-floating tensor(s) left out" if m.skipped else "")
                 + codec_note(rec))
     else:
@@ -95,7 +92,7 @@ def ls(reg, all_versions, remote, as_json):
            "CREATED"],
           [(f"{r['name']}@{r['version']}", r["vector_id"][:12], r["task"], r["dataset"], r["lr"],
             r["steps"], f"{r['n_params']:,}", human_bytes(r["stored_bytes"]),
-            _ratio(r["raw_bytes"], r["stored_bytes"]), r["tags"], r["created_at"]) for r in rows])
+            ratio(r["raw_bytes"], r["stored_bytes"]), r["tags"], r["created_at"]) for r in rows])
 
 
 @click.command()
@@ -109,11 +106,7 @@ def show(reg, ref, tensors, as_json):
     if as_json:
         emit_json(info)
         return
-    listed = {k: v for k, v in info.items() if k != "tensors"}
-    listed["raw_bytes"] = f"{info['raw_bytes']:,} ({human_bytes(info['raw_bytes'])})"
-    listed["stored_bytes"] = (f"{info['stored_bytes']:,} ({human_bytes(info['stored_bytes'])}, "
-                              f"{_ratio(info['raw_bytes'], info['stored_bytes'])})")
-    table(["FIELD", "VALUE"], listed.items())
+    table(["FIELD", "VALUE"], shown_fields(info).items())
     if tensors:
         click.echo()
         table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS", "CODEC"],

@@ -145,17 +145,15 @@ class BaseName:
 
 
 def read_base(store: "Store", key: str) -> BaseRecord:
-    rec = BaseRecord.from_bytes(store.read(key), key)
-    if rec.key != key:
-        raise FormatError(f"{key}: base record names {rec.key}")
-    return rec
+    from .documents import read_keyed
+
+    return read_keyed(store, key, BaseRecord, "base record")
 
 
 def read_base_name(store: "Store", key: str) -> BaseName:
-    doc = BaseName.from_bytes(store.read(key), key)
-    if doc.key != key:
-        raise FormatError(f"{key}: base name names {doc.key}")
-    return doc
+    from .documents import read_keyed
+
+    return read_keyed(store, key, BaseName, "base name")
 
 
 def base_keys(store: "Store") -> list[str]:

@@ -387,10 +387,10 @@ def reindex_into(reg: "Registry", con: Any, problems: list[str]) -> dict[str, in
     """Replace the catalog's ``bases`` and ``base_names`` rows (inside the caller's rebuild
     transaction) with what the store holds; what does not read goes to ``problems``."""
     from .catalog import insert_rows
-    from .documents import read_many
+    from .documents import read_many, readable
     from .errors import TvregError
 
-    records = _readable(base_keys(reg.store), lambda k: read_base(reg.store, k), problems)
+    records = readable(base_keys(reg.store), lambda k: read_base(reg.store, k), problems)
 
     def manifest(r: BaseRecord) -> Any:
         try:
@@ -406,7 +406,7 @@ def reindex_into(reg: "Registry", con: Any, problems: list[str]) -> dict[str, in
         rows.append(_row(r, m))
         stored.add(r.base_hash)
     names = []
-    for doc in _readable(base_name_keys(reg.store), lambda k: read_base_name(reg.store, k),
+    for doc in readable(base_name_keys(reg.store), lambda k: read_base_name(reg.store, k),
                          problems):
         if doc.base_hash in stored:
             names.append(_name_row(doc))
@@ -417,27 +417,6 @@ def reindex_into(reg: "Registry", con: Any, problems: list[str]) -> dict[str, in
     insert_rows(con, "bases", rows)
     insert_rows(con, "base_names", names)
     return {"bases": len(rows), "base_names": len(names)}
-
-
-def _readable(keys: list[str], read: Callable[[str], Any], problems: list[str]) -> list:
-    """The documents at ``keys`` that ``read`` accepts (read in parallel); the others go to
-    ``problems`` as ``KEY: reason``."""
-    from .documents import read_many
-    from .errors import TvregError
-
-    def attempt(key: str) -> Any:
-        try:
-            return read(key)
-        except TvregError as e:
-            return e
-
-    out = []
-    for key, got in zip(keys, read_many(attempt, keys)):
-        if isinstance(got, TvregError):
-            problems.append(f"{key}: {got}")
-        else:
-            out.append(got)
-    return out
 
 
 # --- listing, showing, exporting --------------------------------------------------------------

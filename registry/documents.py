@@ -7,9 +7,9 @@ is an exclusive create, so two writers never hold the same ``NAME@N`` and nothin
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
-from .errors import CorruptObject, FormatError, InvalidInput
+from .errors import CorruptObject, FormatError, InvalidInput, TvregError
 from .records import TagRecord, VersionRecord, record_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -18,18 +18,21 @@ if TYPE_CHECKING:  # pragma: no cover
 T = TypeVar("T")
 
 
+def read_keyed(store: "Store", key: str, cls: type, what: str) -> Any:
+    """The document of class ``cls`` (sealed, with a ``key`` property) at ``key``, which must
+    be the key its content names (a copy under another key is refused)."""
+    doc = cls.from_bytes(store.read(key), key)
+    if doc.key != key:
+        raise FormatError(f"{key}: {what} names {doc.key}")
+    return doc
+
+
 def read_record(store: "Store", key: str) -> VersionRecord:
-    record = VersionRecord.from_bytes(store.read(key), key)
-    if record.key != key:
-        raise FormatError(f"{key}: record names {record.key}")
-    return record
+    return read_keyed(store, key, VersionRecord, "record")
 
 
 def read_tag(store: "Store", key: str) -> TagRecord:
-    tag = TagRecord.from_bytes(store.read(key), key)
-    if tag.key != key:
-        raise FormatError(f"{key}: tag names {tag.key}")
-    return tag
+    return read_keyed(store, key, TagRecord, "tag")
 
 
 def or_none(read: Callable[[str], T]) -> Callable[[str], T | None]:
@@ -130,3 +133,21 @@ def claim(store: "Store", rec: VersionRecord, known: dict[int, VersionRecord],
         if theirs.same_content(rec):
             return theirs, False
 
+
+
+def readable(keys: list[str], read: Callable[[str], Any], problems: list[str]) -> list:
+    """The documents at ``keys`` that ``read`` accepts (read in parallel: a remote's reads are
+    round trips); the others go to ``problems`` as ``KEY: reason``."""
+    def attempt(key: str) -> Any:
+        try:
+            return read(key)
+        except TvregError as e:
+            return e
+
+    out = []
+    for key, got in zip(keys, read_many(attempt, keys)):
+        if isinstance(got, TvregError):
+            problems.append(f"{key}: {got}")
+        else:
+            out.append(got)
+    return out

@@ -909,24 +909,11 @@ class Registry:
     # --- maintenance -----------------------------------------------------------------------------
 
     def _readable(self, prefix: str, read: Callable[[str], Any], problems: list[str]) -> list:
-        """The documents under ``prefix`` that ``read`` accepts (read on a thread pool: a
-        remote's reads are round trips); the others go to ``problems``."""
-        from .documents import read_many
+        """The documents under ``prefix`` that ``read`` accepts; the others go to ``problems``."""
+        from .documents import readable
 
-        def attempt(key: str) -> Any:
-            try:
-                return read(key)
-            except TvregError as e:
-                return e
-
-        keys = [k for k in self.store.list(prefix) if k.endswith(".json")]
-        out = []
-        for key, got in zip(keys, read_many(attempt, keys)):
-            if isinstance(got, TvregError):
-                problems.append(f"{key}: {got}")
-            else:
-                out.append(got)
-        return out
+        return readable([k for k in self.store.list(prefix) if k.endswith(".json")], read,
+                        problems)
 
     def reindex(self) -> dict[str, Any]:
         """Rebuild the catalog from the object store (every record and manifest re-verified).
