@@ -87,9 +87,11 @@ def repair(reg: "Registry", remote: "Remote", *, deep: bool = False, workers: in
                         unrepaired.append(f"{key}: {outcome}")
             todo = _damaged_parts(reg, fixed_manifests, first)
     final = verify(reg, deep=deep) if first.damaged else first
-    if repaired and any(p.startswith("catalog is out of date") for p in final.problems):
+    if repaired and not final.damaged and \
+            any(p.startswith("catalog is out of date") for p in final.problems):
         # the store is the truth: a version left out of the catalog while its manifest was
-        # damaged is indexed again now that it reads
+        # damaged is indexed again now that it reads. Not while anything is still damaged: a
+        # rebuild would drop its rows, the witness a later repair checks a remote copy against
         reg.reindex()
         reindexed = True
         final = verify(reg, deep=deep)
