@@ -493,44 +493,73 @@ def _table(header: tuple, rows: list[tuple]) -> list[str]:
     return [line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]
 
 
+def _merge(into: Tally, t: Tally) -> None:
+    into.trials += t.trials
+    into.detected += t.detected
+    into.missed += t.missed
+    into.false_alarms += t.false_alarms
+    into.times += t.times
+    into.misses += t.misses
+
+
+def _ms(t: Tally) -> str:
+    return f"{1000 * statistics.median(t.times):.0f}" if t.times else "-"
+
+
 def report(info, tallies: dict) -> int:
+    """Flips per kind and detector; the other damage per kind of damage and detector (over all
+    kinds of file); the controls; totals."""
     kw = max(len(k) for k, _ in info)
     print()
     for k, v in info:
         print(f"{k.ljust(kw)}  {v}")
-    print()
-    header = ("damage", "kind", "detector", "trials", "detected", "missed", "false alarms",
-              "median ms")
-    rows, misses = [], []
-    totals: dict[tuple[str, str], Tally] = defaultdict(Tally)
-    order = {k: i for i, k in enumerate(("flip", *OTHER, "control"))}
-    kind_order = {k: i for i, k in enumerate((*KINDS, "control"))}
     det_order = {"read": 0, "verify": 1, "pull": 2, "repair": 3}
-    for (group, label, det), t in sorted(
-            tallies.items(), key=lambda kv: (order.get(kv[0][0], 99) if kv[0][1] != "control"
-                                             else 100, kind_order[kv[0][1]],
-                                             det_order[kv[0][2]])):
-        rows.append((group if label != "control" else "none", label, det, t.trials,
-                     t.detected if label != "control" else "-", t.missed, t.false_alarms,
-                     f"{1000 * statistics.median(t.times):.0f}" if t.times else "-"))
+    kind_order = {k: i for i, k in enumerate(KINDS)}
+    other_order = {k: i for i, k in enumerate(OTHER)}
+    flips: dict[tuple[str, str], Tally] = {}
+    other: dict[tuple[str, str], Tally] = defaultdict(Tally)
+    controls: dict[str, Tally] = {}
+    totals: dict[tuple[str, str], Tally] = defaultdict(Tally)
+    misses: list[str] = []
+    for (group, label, det), t in tallies.items():
         misses += t.misses
-        if label != "control":
-            tot = totals[(group if group == "flip" else "other", det)]
-            tot.trials += t.trials
-            tot.detected += t.detected
-            tot.missed += t.missed
-            tot.false_alarms += t.false_alarms
-            tot.times += t.times
-    for line in _table(header, rows):
-        print(line)
+        if label == "control":
+            controls[det] = t
+            continue
+        if group == "flip":
+            flips[(label, det)] = t
+        else:
+            _merge(other[(group, det)], t)
+        _merge(totals[("flip" if group == "flip" else "other", det)], t)
+    header = ("detector", "trials", "detected", "missed", "false alarms", "median ms")
+
+    def row(first: tuple, t: Tally) -> tuple:
+        return (*first, t.trials, t.detected, t.missed, t.false_alarms, _ms(t))
+
     print()
-    print("totals (every kind):")
-    trows = [(g, d, t.trials, t.detected, t.missed, t.false_alarms,
-              f"{1000 * statistics.median(t.times):.0f}")
-             for (g, d), t in sorted(totals.items(), key=lambda kv: (kv[0][0] != "flip",
-                                                                     det_order[kv[0][1]]))]
-    for line in _table(("damage", "detector", "trials", "detected", "missed", "false alarms",
-                        "median ms"), trows):
+    print("single-byte flips (a random byte XOR a random non-zero mask), per kind of file:")
+    rows = [row((k, d), t) for (k, d), t in sorted(
+        flips.items(), key=lambda kv: (kind_order[kv[0][0]], det_order[kv[0][1]]))]
+    for line in _table(("kind", *header), rows):
+        print(f"  {line}")
+    if other:
+        print()
+        print(f"other damage, each to one file of every kind ({len(KINDS)} files per row):")
+        rows = [row((g, d), t) for (g, d), t in sorted(
+            other.items(), key=lambda kv: (other_order[kv[0][0]], det_order[kv[0][1]]))]
+        for line in _table(("damage", *header), rows):
+            print(f"  {line}")
+    print()
+    print("controls (undamaged copies; any report is a false alarm):")
+    rows = [(d, t.trials, "-", t.missed, t.false_alarms, _ms(t))
+            for d, t in sorted(controls.items(), key=lambda kv: det_order[kv[0]])]
+    for line in _table(header, rows):
+        print(f"  {line}")
+    print()
+    print("totals:")
+    rows = [row((g, d), t) for (g, d), t in sorted(
+        totals.items(), key=lambda kv: (kv[0][0] != "flip", det_order[kv[0][1]]))]
+    for line in _table(("damage", *header), rows):
         print(f"  {line}")
     print()
     print("read: every read that touches the damaged file must fail with CorruptObject or\n"
@@ -539,7 +568,9 @@ def report(info, tallies: dict) -> int:
           "verify(repair='origin') must end ok with the file put back (tags and base names as\n"
           "the remote holds them); pull: pull(with_base=True) into a fresh registry from the\n"
           "damaged remote must fail naming the file, or, for a tag or base name, report it and\n"
-          "not pull it, and what was pulled must pass verify(deep=True).")
+          "not pull it, and what was pulled must pass verify(deep=True). median ms: per trial,\n"
+          "all of that detector's work (every read; the verification; the repair and both\n"
+          "verifications; the pull and the deep verification of the clone).")
     if misses:
         print()
         print(f"misses and false alarms ({len(misses)}):")
