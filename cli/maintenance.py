@@ -21,14 +21,28 @@ def init(reg):
 @click.command()
 @click.option("--deep", is_flag=True,
               help="Also decode every stored tensor and check it against its sha256.")
+@click.option("--repair", metavar="REMOTE", default=None,
+              help="Put back damaged or missing objects (each checked against its sha256), and "
+                   "records, tags and base documents the catalog vouches for, from REMOTE; then "
+                   "verify again.")
 @json_option
 @click.pass_obj
-def verify(reg, deep, as_json):
-    """Re-hash every object and check every reference. Exit 1 if anything is wrong."""
+def verify(reg, deep, repair, as_json):
+    """Re-hash every object and check every reference. Exit 1 if anything is wrong (after
+    --repair: if anything is still wrong)."""
     with progress.bar(None, "verify", unit="obj") as bar:
-        rep = reg.verify(deep=deep, on_progress=bar.update)
+        rep = reg.verify(deep=deep, on_progress=bar.update, repair=repair)
     if as_json:
         emit_json(rep.to_json())
+    if repair is not None:
+        for key in rep.repaired:
+            message(f"repaired: {key} (from {rep.remote})")
+        for line in rep.unrepaired:
+            message(f"not repaired: {line}")
+        if rep.reindexed:
+            message("reindexed the catalog (versions left out while damaged are listed again)")
+        message(f"repair from {rep.remote}: {len(rep.repaired)} repaired, "
+                f"{len(rep.unrepaired)} not repaired; verified again:")
     for p in rep.problems:
         message(f"problem: {p}")
     decoded = f", decoded {rep.tensors} tensors" if deep else ""

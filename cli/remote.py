@@ -126,6 +126,8 @@ def pull(reg, args, no_similarities, with_base, as_json):
     if as_json:
         emit_json(rep.to_json())
     _renumbered(rep.renumbered, "here")
+    for problem in rep.problems:
+        message(f"warning: {problem}")
     message(f"pulled from {name}: {rep.objects_fetched} object(s), "
             f"{human_bytes(rep.bytes_fetched)} fetched, {rep.objects_skipped} already here; "
             f"{rep.versions_fetched} version(s), {rep.versions_skipped} already here; "

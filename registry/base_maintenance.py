@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base_records import BaseRecord, base_keys, base_name_keys, read_base, read_base_name
+from .base_records import (BaseRecord, base_key, base_keys, base_name_keys, read_base,
+                           read_base_name)
 from .errors import CorruptObject, FormatError, TvregError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,10 +45,11 @@ def verify_bases(reg: "Registry", rep: "VerifyReport", bad: set[str], *, deep: b
             rec = read_base(reg.store, key)
         except TvregError as e:
             rep.problems.append(str(e))
+            rep.damage(key, "corrupted")
             continue
         rep.bases += 1
         parsed.add(rec.base_hash)
-        manifest = _check(reg, rec, bad, rep.problems)
+        manifest = _check(reg, rec, bad, rep)
         ok = manifest is not None and (not deep or _decode(reg, rec, manifest, rep))
         if not ok:
             rep.problems.append(f"base {rec.base_hash[:12]} is incomplete or corrupted")
@@ -57,6 +59,7 @@ def verify_bases(reg: "Registry", rep: "VerifyReport", bad: set[str], *, deep: b
             doc = read_base_name(reg.store, key)
         except TvregError as e:
             rep.problems.append(str(e))
+            rep.damage(key, "corrupted")
             continue
         if doc.base_hash not in parsed:
             rep.problems.append(f"base name {doc.name} points at base {doc.base_hash[:12]}, "
@@ -65,33 +68,27 @@ def verify_bases(reg: "Registry", rep: "VerifyReport", bad: set[str], *, deep: b
     if indexed != parsed:
         rep.problems.append(f"catalog is out of date ({len(parsed - indexed)} base(s) missing, "
                             f"{len(indexed - parsed)} extra); run `tvreg reindex`")
+        for base_hash in sorted(indexed - parsed):
+            if not reg.store.exists(base_key(base_hash)):  # listed, but its record is gone
+                rep.damage(base_key(base_hash), "missing")
 
 
 def _check(reg: "Registry", rec: BaseRecord, bad: set[str],
-           problems: list[str]) -> "Manifest | None":
+           rep: "VerifyReport") -> "Manifest | None":
     """The base's manifest if it, and every blob it names, is there and intact."""
     from .digest import arch_fingerprint
+    from .maintenance import blobs_intact, check_manifest
 
-    if rec.manifest in bad:
-        return None
-    try:
-        manifest = reg.manifest(rec.manifest)
-    except (CorruptObject, FormatError) as e:
-        problems.append(f"base {rec.base_hash[:12]}: manifest {rec.manifest[:12]}: {e}")
+    manifest = check_manifest(reg, rec.manifest, bad, rep, f"base {rec.base_hash[:12]}",
+                              f"base {rec.base_hash[:12]}: ")
+    if manifest is None:
         return None
     fingerprint = arch_fingerprint((t.name, t.source_dtype, t.shape) for t in manifest.tensors)
     if not rec.describes(manifest) or fingerprint != rec.arch_fingerprint:
-        problems.append(f"{rec.key}: its manifest {rec.manifest[:12]} does not match it (base "
-                        "hash, architecture, dtypes or sizes differ)")
+        rep.problems.append(f"{rec.key}: its manifest {rec.manifest[:12]} does not match it "
+                            "(base hash, architecture, dtypes or sizes differ)")
         return None
-    ok = True
-    for blob in sorted(manifest.blob_ids()):
-        if blob in bad:
-            ok = False
-        elif not reg.objects.exists(blob):
-            problems.append(f"object {blob} is missing (referenced by base {rec.base_hash[:12]})")
-            ok = False
-    return manifest if ok else None
+    return manifest if blobs_intact(manifest, rep) else None
 
 
 def _decode(reg: "Registry", rec: BaseRecord, manifest: "Manifest", rep: "VerifyReport") -> bool:

@@ -34,6 +34,7 @@ class BaseTransfer:
     manifests: dict[str, "Manifest"] = field(default_factory=dict)  # manifest id -> manifest
     names: list[BaseName] = field(default_factory=list)
     hashes: set[str] = field(default_factory=set)                   # every base of the versions
+    problems: list[str] = field(default_factory=list)               # pull: damaged names there
 
     def blob_ids(self) -> set[str]:
         return {b for m in self.manifests.values() for b in m.blob_ids()}
@@ -130,9 +131,13 @@ def plan_pull(reg: "Registry", src: "Store", records: list["VersionRecord"],
                               "pull without --with-base, or push it there with `tvreg push "
                               "--with-base`")) from None
         plan.records[h] = rec
-    read = or_none(lambda key: read_base_name(src, key))  # a damaged name is not pulled
-    plan.names = [n for n in read_many(read, base_name_keys(src))
-                  if n is not None and n.base_hash in plan.hashes]
+    from .documents import readable
+
+    damaged: list[str] = []  # a damaged name is not pulled, and is reported
+    names = readable(base_name_keys(src), lambda key: read_base_name(src, key), damaged,
+                     keyed=False)
+    plan.names = [n for n in names if n.base_hash in plan.hashes]
+    plan.problems += [f"remote {remote}: {p} (not pulled)" for p in damaged]
     return plan
 
 

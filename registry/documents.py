@@ -135,9 +135,11 @@ def claim(store: "Store", rec: VersionRecord, known: dict[int, VersionRecord],
 
 
 
-def readable(keys: list[str], read: Callable[[str], Any], problems: list[str]) -> list:
+def readable(keys: list[str], read: Callable[[str], Any], problems: list[str], *,
+             keyed: bool = True) -> list:
     """The documents at ``keys`` that ``read`` accepts (read in parallel: a remote's reads are
-    round trips); the others go to ``problems`` as ``KEY: reason``."""
+    round trips); the others go to ``problems`` as ``KEY: reason`` (``reason`` alone when not
+    ``keyed``: the errors of :func:`read_keyed` name the key already)."""
     def attempt(key: str) -> Any:
         try:
             return read(key)
@@ -147,7 +149,7 @@ def readable(keys: list[str], read: Callable[[str], Any], problems: list[str]) -
     out = []
     for key, got in zip(keys, read_many(attempt, keys)):
         if isinstance(got, TvregError):
-            problems.append(f"{key}: {got}")
+            problems.append(f"{key}: {got}" if keyed else str(got))
         else:
             out.append(got)
     return out

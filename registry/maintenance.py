@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from .errors import CorruptObject, FormatError, TvregError
+from .objects import object_key
+from .records import record_key
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .manifest import Manifest
     from .registry import Registry
 
 
@@ -25,16 +28,38 @@ class VerifyReport:
     bases: int = 0    # base records that parsed
     base_names: int = 0
     problems: list[str] = field(default_factory=list)
+    #: what a repair could put back, by key: objects that are corrupted, or missing while a
+    #: manifest or record names them; documents (records, tags, base records and names) that do
+    #: not read, or records and base records the catalog lists but the store lacks.
+    #: Values: "corrupted" or "missing".
+    damaged: dict[str, str] = field(default_factory=dict)
+    #: ids of the manifests that readable records and base records name, and of their blobs
+    referenced: set[str] = field(default_factory=set, repr=False)
+    manifests: set[str] = field(default_factory=set, repr=False)
+    #: with ``verify(repair=REMOTE)``: the remote, the keys put back, and ``KEY: why`` of those
+    #: that could not be
+    remote: str | None = None
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[str] = field(default_factory=list)
+    reindexed: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def damage(self, key: str, state: str) -> None:
+        self.damaged.setdefault(key, state)
+
     def to_json(self) -> dict:
-        return {"ok": self.ok, "objects": self.objects, "bytes": self.bytes,
-                "versions": self.versions, "tags": self.tags, "bases": self.bases,
-                "base_names": self.base_names, "tensors": self.tensors,
-                "without_base": self.without_base, "problems": self.problems}
+        out = {"ok": self.ok, "objects": self.objects, "bytes": self.bytes,
+               "versions": self.versions, "tags": self.tags, "bases": self.bases,
+               "base_names": self.base_names, "tensors": self.tensors,
+               "without_base": self.without_base, "problems": self.problems,
+               "damaged": dict(sorted(self.damaged.items()))}
+        if self.remote is not None:
+            out["repair"] = {"remote": self.remote, "repaired": self.repaired,
+                             "unrepaired": self.unrepaired, "reindexed": self.reindexed}
+        return out
 
 
 def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
@@ -52,6 +77,7 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
         except CorruptObject as e:
             bad.add(oid)
             rep.problems.append(str(e))
+            rep.damage(object_key(oid), "corrupted")
         if on_progress:
             on_progress(1)
     stored: set[tuple[str, int, str]] = set()
@@ -61,11 +87,12 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
             rec = reg._read_record(key)
         except TvregError as e:
             rep.problems.append(str(e))
+            rep.damage(key, "corrupted")
             continue
         rep.versions += 1
         stored.add((rec.name, rec.version, rec.vector_id))
         if rec.vector_id not in checked:
-            checked[rec.vector_id] = _check_vector(reg, rec.vector_id, bad, rep.problems)
+            checked[rec.vector_id] = _check_vector(reg, rec.vector_id, bad, rep)
             if deep and checked[rec.vector_id]:
                 checked[rec.vector_id] = _decode_vector(reg, rec.vector_id, rep)
         if not checked[rec.vector_id]:
@@ -76,6 +103,7 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
             tag = reg._read_tag(key)
         except TvregError as e:
             rep.problems.append(str(e))
+            rep.damage(key, "corrupted")
             continue
         if (tag.name, tag.version, tag.vector_id) not in stored:
             rep.problems.append(f"tag {tag.name}@{tag.tag} points at {tag.name}@{tag.version}, "
@@ -85,28 +113,48 @@ def verify(reg: "Registry", on_progress: Callable[[int], None] | None = None, *,
     if indexed != stored:
         rep.problems.append(f"catalog is out of date ({len(stored - indexed)} version(s) missing, "
                             f"{len(indexed - stored)} extra); run `tvreg reindex`")
+        for name, version, _ in sorted(indexed - stored):
+            key = record_key(name, version)
+            if not reg.store.exists(key):  # listed, but its record is gone
+                rep.damage(key, "missing")
     from .base_maintenance import verify_bases
 
     verify_bases(reg, rep, bad, deep=deep)
     return rep
 
 
-def _check_vector(reg: "Registry", vector_id: str, bad: set[str], problems: list[str]) -> bool:
-    if vector_id in bad:
-        return False
+def check_manifest(reg: "Registry", manifest_id: str, bad: set[str], rep: VerifyReport,
+                   what: str, prefix: str = "") -> "Manifest | None":
+    """The manifest ``manifest_id`` of ``what`` (a vector or a base) if it reads, else None;
+    each blob it names must exist (the object pass re-hashed them all and put the damaged ones
+    in ``bad``: :func:`blobs_intact` says whether all are fine). Problems (``prefix`` first) and
+    damage go to ``rep``."""
+    rep.manifests.add(manifest_id)
+    rep.referenced.add(manifest_id)
+    if manifest_id in bad:
+        return None
     try:
-        manifest = reg.manifest(vector_id)
+        manifest = reg.manifest(manifest_id)
     except (CorruptObject, FormatError) as e:
-        problems.append(f"manifest {vector_id[:12]}: {e}")
-        return False
-    ok = True
+        rep.problems.append(f"{prefix}manifest {manifest_id[:12]}: {e}")
+        if not reg.objects.exists(manifest_id):
+            rep.damage(object_key(manifest_id), "missing")
+        return None
     for blob in sorted(manifest.blob_ids()):
-        if blob in bad:
-            ok = False
-        elif not reg.objects.exists(blob):
-            problems.append(f"object {blob} is missing (referenced by vector {vector_id[:12]})")
-            ok = False
-    return ok
+        rep.referenced.add(blob)
+        if blob not in bad and not reg.objects.exists(blob):
+            rep.problems.append(f"object {blob} is missing (referenced by {what})")
+            rep.damage(object_key(blob), "missing")
+    return manifest
+
+
+def blobs_intact(manifest: "Manifest", rep: VerifyReport) -> bool:
+    return not any(object_key(b) in rep.damaged for b in manifest.blob_ids())
+
+
+def _check_vector(reg: "Registry", vector_id: str, bad: set[str], rep: VerifyReport) -> bool:
+    manifest = check_manifest(reg, vector_id, bad, rep, f"vector {vector_id[:12]}")
+    return manifest is not None and blobs_intact(manifest, rep)
 
 
 def _decode_vector(reg: "Registry", vector_id: str, rep: VerifyReport) -> bool:

@@ -37,6 +37,21 @@ class ObjectDB:
             self.store.touch(key)  # reused: restart its gc grace period
         return oid
 
+    def restore(self, oid: str, data: bytes) -> bool:
+        """Put back object ``oid`` whose copy here is damaged or missing (``verify --repair``):
+        the one write that replaces an object, since :meth:`put` skips an existing key. ``data``
+        must hash to ``oid`` (else :class:`CorruptObject`, nothing written); it replaces what is
+        there atomically (temporary file, fsync, ``rename(2)``, folder fsync), unless the copy
+        there is intact already. True if it wrote."""
+        if sha256_hex(data) != oid:
+            raise CorruptObject(f"object {oid}: the bytes to restore do not match its name")
+        key = object_key(oid)
+        if self.check(oid) is None:  # intact (repaired meanwhile, or never damaged)
+            self.store.touch(key)
+            return False
+        self.store.write(key, data)
+        return True
+
     def get(self, oid: str) -> bytes:
         try:
             data = self.store.read(object_key(oid))

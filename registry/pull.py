@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .digest import sha256_hex
-from .documents import (claim, or_none, read_many, read_record, read_tag, record_keys, tag_keys,
+from .documents import (claim, read_many, read_record, read_tag, record_keys, tag_keys,
                         versions_in)
 from .errors import CorruptObject, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest
@@ -45,6 +45,8 @@ class PullReport:
     pulled: list[str] = field(default_factory=list)          # local refs of the new versions
     bases_fetched: int = 0      # with_base: stored bases added here
     base_names_set: int = 0     # with_base: base names set (or moved) here
+    problems: list[str] = field(default_factory=list)  # remote tags and base names that do not
+    # read (damaged there): not pulled, one line each
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -225,7 +227,9 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
         except TvregError as e:
             raise type(e)(f"{', '.join(r.ref for r in new)} pulled, but the catalog was not "
                           f"updated ({e}); run `tvreg reindex`") from None
-    for tag in _remote_tags(src, {r.name for r in records}):
+    if bases:
+        report.problems += bases.problems
+    for tag in _remote_tags(src, {r.name for r in records}, remote.name, report.problems):
         target = mapping.get((tag.name, tag.version))
         if target is None or target.vector_id != tag.vector_id:
             continue
@@ -244,10 +248,16 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     return report
 
 
-def _remote_tags(store: "Store", names: set[str]) -> list[TagRecord]:
+def _remote_tags(store: "Store", names: set[str], remote: str,
+                 problems: list[str]) -> list[TagRecord]:
+    """The remote's tags of ``names``; a damaged one is not pulled, and goes to ``problems``."""
+    from .documents import readable
+
     keys = [k for name in sorted(names) for k in tag_keys(store, name)]
-    read = or_none(lambda key: read_tag(store, key))  # a damaged remote tag is not pulled
-    return [t for t in read_many(read, keys) if t is not None]
+    damaged: list[str] = []
+    tags = readable(keys, lambda key: read_tag(store, key), damaged, keyed=False)
+    problems += [f"remote {remote}: {p} (not pulled)" for p in damaged]
+    return tags
 
 
 def _blob_sizes(manifests: dict[str, Manifest]) -> dict[str, int]:

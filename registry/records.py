@@ -63,6 +63,11 @@ def unseal(data: bytes, what: str) -> dict[str, Any]:
     body = {k: v for k, v in doc.items() if k != "checksum"}
     if doc["checksum"] != sha256_hex(canonical_json(body)):
         raise FormatError(f"{what} is corrupted (checksum mismatch)")
+    # the file must be the canonical bytes themselves (format §8.1): a flipped byte that JSON
+    # reads the same way (`1e-05` -> `1E-05`, `\u00e9` -> `\u00E9`) passes the checksum but is
+    # still damage, and is reported as such rather than left on disk unnoticed
+    if canonical_json(doc) != bytes(data):
+        raise FormatError(f"{what} is corrupted (not in canonical form)")
     return body
 
 

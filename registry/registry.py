@@ -971,13 +971,27 @@ class Registry:
         self.catalog.rebuild(load, also=bases)  # load runs under the catalog's write lock
         return {**counts, "problems": problems}
 
-    def verify(self, *, deep: bool = False, on_progress: Callable[[int], None] | None = None):
+    def verify(self, *, deep: bool = False, on_progress: Callable[[int], None] | None = None,
+               repair: str | None = None):
         """Check the whole registry (see docs/format.md §12); ``deep`` also decodes every
-        stored tensor and checks its sha256."""
+        stored tensor and checks its sha256.
+
+        ``repair`` (a remote's name) then puts back every damaged or missing object, each
+        checked against its sha256, and the records, tags and base documents the catalog
+        vouches for, from that remote, and verifies again (docs/format.md §12.1): the report
+        is the last verification's, with ``repaired`` and ``unrepaired`` filled in."""
+        self._require()
+        if repair is not None:
+            return self._repair(repair, deep=deep, on_progress=on_progress)
         from .maintenance import verify
 
-        self._require()
         return verify(self, on_progress=on_progress, deep=deep)
+
+    def _repair(self, remote: str, **kwargs: Any):
+        from .remotes import get
+        from .repair import repair
+
+        return repair(self, get(self, remote), **kwargs)
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False):
         from .maintenance import gc

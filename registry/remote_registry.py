@@ -129,7 +129,7 @@ class RemoteRegistry(Registry):
                                "registry (`tvreg remote add` + `tvreg pull`) to change it")
 
     init = create = recode = save_composition = tag = push = pull = gc = _read_only
-    add_base = name_base = _read_only
+    add_base = name_base = _repair = _read_only
     add_remote = remove_remote = _read_only
 
     def remotes(self) -> dict[str, Any]:
