@@ -9,7 +9,6 @@ Every failure is a one-line :class:`CheckpointError` that starts with the path.
 from __future__ import annotations
 
 import abc
-import json
 import math
 import os
 import pickle
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from .digest import parse_json
 from .dtypes import ITEMSIZE as _ITEMSIZE, SAFETENSORS_CODES, dtype_name, torch_dtype as _torch_dtype
 from .errors import CheckpointError, FormatError
 
@@ -150,7 +150,7 @@ class _SafetensorsFile:
         size = int.from_bytes(head, "little") if len(head) == 8 else -1
         raw = os.pread(self._fd, size, 8) if 0 <= size <= 100 << 20 else b""
         try:
-            header = json.loads(raw)
+            header = parse_json(raw)
         except ValueError:  # safetensors accepted the file: it changed since, or is not a file
             raise CheckpointError(f"{self.path}: cannot read its safetensors header") from None
         header.pop("__metadata__", None)
@@ -231,8 +231,8 @@ class SafetensorsCheckpoint(Checkpoint):
 def _read_weight_map(index_path: str) -> dict[str, str]:
     """The ``weight_map`` of an index file, checked to be ``{str: str}``."""
     try:
-        with open(index_path, encoding="utf-8") as f:
-            document = json.load(f)
+        with open(index_path, "rb") as f:
+            document = parse_json(f.read())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{index_path}: unreadable index: {_one_line(exc)}") from exc
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
@@ -456,7 +456,15 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open a checkpoint file or Hugging Face directory; raises :class:`CheckpointError`."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return _open_directory(path)
+        return _checked(_open_directory(path))
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
-    return _open_file(path)
+    return _checked(_open_file(path))
+
+
+def _checked(ckpt: Checkpoint) -> Checkpoint:
+    """Refuse what no manifest can hold (docs/format.md §6): a tensor with an empty name."""
+    if "" in ckpt.names():
+        ckpt.close()
+        raise CheckpointError(f"{ckpt.path}: a tensor has an empty name; tvreg cannot store it")
+    return ckpt
