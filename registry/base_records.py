@@ -40,8 +40,9 @@ def base_name_key(name: str) -> str:
     return f"{NAMES}/{validate_name(name)}.json"
 
 
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _count(value: Any, most: int = 2**63 - 1) -> bool:
+    """An integer from 0 to ``most`` (what the catalog's column holds)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class BaseRecord:
             if not isinstance(doc[k], str) or not is_hex_digest(doc[k]):
                 raise FormatError(f"{key}: invalid {k}")
         for k in ("n_tensors", "n_params", "raw_bytes", "stored_bytes"):
-            if not _count(doc[k]):
+            if not _count(doc[k], 2**31 - 1 if k == "n_tensors" else 2**63 - 1):
                 raise FormatError(f"{key}: invalid {k}")
         if not _valid_time(doc["created_at"]):
             raise FormatError(f"{key}: invalid created_at")

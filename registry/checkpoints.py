@@ -9,7 +9,6 @@ Every failure is a one-line :class:`CheckpointError` that starts with the path.
 from __future__ import annotations
 
 import abc
-import json
 import math
 import os
 import pickle
@@ -18,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
+from .digest import parse_json
 from .dtypes import ITEMSIZE as _ITEMSIZE, SAFETENSORS_CODES, dtype_name, torch_dtype as _torch_dtype
 from .errors import CheckpointError, FormatError
 
@@ -113,6 +112,94 @@ def _target(out: torch.Tensor, info: TensorInfo) -> torch.Tensor:
 
 # --- safetensors --------------------------------------------------------------------------------
 
+#: bits per item of every dtype the safetensors format knows (tvreg reads those of SAFETENSORS_CODES)
+_SAFETENSORS_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+                     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16,
+                     "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
+                     "I64": 64, "U64": 64}
+_MAX_HEADER = 100_000_000  # what safetensors accepts
+
+
+class _HeaderError(Exception):
+    """Why a file is not a valid safetensors file."""
+
+
+def _pread_all(fd: int, n: int, offset: int) -> bytes:
+    parts, done = [], 0
+    while done < n:
+        part = os.pread(fd, n - done, offset + done)
+        if not part:
+            break
+        parts.append(part)
+        done += len(part)
+    return b"".join(parts)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_header(fd: int) -> tuple[dict[str, dict[str, Any]], int]:
+    """The tensor entries of a safetensors file's header and where its data starts, with the
+    checks of the safetensors library (which validates by memory-mapping the whole file,
+    private and writable: that counts the file's size against the process's RLIMIT_DATA, its
+    address space and, under strict overcommit, the commit limit; this reads the header only).
+
+    Checked: the header's length (at most 100 MB, within the file), strict JSON (an object;
+    ``__metadata__`` maps strings to strings), each entry's known dtype, shape and offsets, each
+    entry's byte size against its shape, and that the entries tile the data section exactly:
+    sorted by offset, from 0, no gap, no overlap, up to the end of the file."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 8, 0)
+    if len(head) < 8:
+        raise _HeaderError("header too small")
+    n = int.from_bytes(head, "little")
+    if n > _MAX_HEADER:
+        raise _HeaderError("header too large")
+    if 8 + n > size:
+        raise _HeaderError("invalid header length")
+    try:
+        header = parse_json(_pread_all(fd, n, 8))
+    except ValueError as exc:
+        raise _HeaderError(f"invalid JSON in header: {_one_line(exc, 120)}") from None
+    if not isinstance(header, dict):
+        raise _HeaderError("invalid JSON in header: not an object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(v, str) for v in metadata.values())):
+        raise _HeaderError("invalid JSON in header: __metadata__ must map strings to strings")
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise _HeaderError(f"invalid JSON in header: tensor {name!r} needs dtype, shape "
+                               "and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _SAFETENSORS_BITS:
+            raise _HeaderError(f"invalid JSON in header: tensor {name!r} has unknown dtype "
+                               f"{str(dtype)[:20]!r}")
+        if not isinstance(shape, list) or not all(map(_is_count, shape)):
+            raise _HeaderError(f"invalid JSON in header: tensor {name!r} has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+            raise _HeaderError(f"invalid JSON in header: tensor {name!r} has invalid offsets")
+        bits, elements = _SAFETENSORS_BITS[dtype], 1
+        for d in shape:
+            elements *= d
+            if elements * bits > 8 * size:  # larger than the file: no need to multiply on
+                raise _HeaderError(f"overflow computing buffer size from shape and/or element "
+                                   f"type of tensor {name!r}")
+        if elements * bits % 8 or offsets[1] < offsets[0] \
+                or offsets[1] - offsets[0] != elements * bits // 8:
+            raise _HeaderError(f"invalid shape, data type, or offset for tensor {name!r}")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise _HeaderError(f"invalid offset for tensor {name!r}")
+        end = stop
+    if 8 + n + end != size:
+        raise _HeaderError("incomplete metadata, file not fully covered")
+    return header, 8 + n
+
 
 def _tvreg_dtype(path: str, name: str, code: str) -> str:
     try:
@@ -133,28 +220,19 @@ class _SafetensorsFile:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            with safe_open(path, framework="pt", device="cpu") as handle:
-                self.keys = frozenset(handle.keys())
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except Exception as exc:  # SafetensorError, OSError, ...
-            reason = _one_line(exc)
-            raise CheckpointError(f"{path}: not a valid safetensors file: {reason}") from exc
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read: {exc.strerror or _one_line(exc)}") \
+                from exc
         try:
-            self._entries, self._data_start = self._read_header()
+            self._entries, self._data_start = _read_header(self._fd)
+        except _HeaderError as exc:
+            os.close(self._fd)
+            raise CheckpointError(f"{path}: not a valid safetensors file: {exc}") from None
         except BaseException:
             os.close(self._fd)
             raise
-
-    def _read_header(self) -> tuple[dict[str, Any], int]:
-        head = os.pread(self._fd, 8, 0)
-        size = int.from_bytes(head, "little") if len(head) == 8 else -1
-        raw = os.pread(self._fd, size, 8) if 0 <= size <= 100 << 20 else b""
-        try:
-            header = json.loads(raw)
-        except ValueError:  # safetensors accepted the file: it changed since, or is not a file
-            raise CheckpointError(f"{self.path}: cannot read its safetensors header") from None
-        header.pop("__metadata__", None)
-        return header, 8 + size
+        self.keys = frozenset(self._entries)
 
     def info(self, name: str) -> TensorInfo:
         entry = self._entry(name)
@@ -231,8 +309,8 @@ class SafetensorsCheckpoint(Checkpoint):
 def _read_weight_map(index_path: str) -> dict[str, str]:
     """The ``weight_map`` of an index file, checked to be ``{str: str}``."""
     try:
-        with open(index_path, encoding="utf-8") as f:
-            document = json.load(f)
+        with open(index_path, "rb") as f:
+            document = parse_json(f.read())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{index_path}: unreadable index: {_one_line(exc)}") from exc
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
@@ -456,7 +534,15 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open a checkpoint file or Hugging Face directory; raises :class:`CheckpointError`."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return _open_directory(path)
+        return _checked(_open_directory(path))
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
-    return _open_file(path)
+    return _checked(_open_file(path))
+
+
+def _checked(ckpt: Checkpoint) -> Checkpoint:
+    """Refuse what no manifest can hold (docs/format.md §6): a tensor with an empty name."""
+    if "" in ckpt.names():
+        ckpt.close()
+        raise CheckpointError(f"{ckpt.path}: a tensor has an empty name; tvreg cannot store it")
+    return ckpt

@@ -27,6 +27,42 @@ def canonical_json(obj: Any) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+#: the deepest nesting of arrays and objects :func:`parse_json` accepts (tvreg's documents
+#: nest a few levels; deeper ones could not even be re-encoded on a busy stack)
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(data: bytes | str) -> Any:
+    """``json.loads`` for documents tvreg did not write itself (stored, pulled or given): strict
+    JSON only. Anything else raises :class:`ValueError`: ``NaN``/``Infinity``, numbers that
+    overflow a double, integers of more than 4300 digits, undecodable bytes, and arrays and
+    objects nested deeper than :data:`MAX_JSON_DEPTH` (which could otherwise end in a
+    :class:`RecursionError` wherever the value is encoded or walked)."""
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    level, depth = ([value] if type(value) in (dict, list) else []), 0
+    while level:  # breadth first, one level of containers at a time
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        level = [v for node in level for v in (node.values() if type(node) is dict else node)
+                 if type(v) in (dict, list)]
+    return value
+
+
 def tensor_bytes(t: "torch.Tensor") -> memoryview:
     """The raw little-endian bytes of a tensor in C order (works for bfloat16 too)."""
     import torch

@@ -35,6 +35,10 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _sha256_hex(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class _ByteBudget:
     """A counting semaphore over bytes: bounds the raw data held by queued work."""
 
@@ -81,11 +85,20 @@ class TensorEncoder:
                pipeline: CodecPipeline, raw: memoryview, parts: list[Future], held: int
                ) -> Future:
         """A future of the entry once ``parts`` (futures of the chunks) and the hash of ``raw``
-        are done; then the ``held`` bytes of the budget are released."""
-        digest = self.pool.submit(lambda: hashlib.sha256(raw).hexdigest())
+        are done; then the ``held`` bytes of the budget are released.
+
+        ``finish`` is a done-callback of every part, and futures keep their callbacks: it holds
+        neither the tensor nor its bytes (only their work items do, until they have run) and it
+        empties ``parts`` when done, so no reference cycle keeps a delta alive until the next
+        garbage collection (which, counting objects and not bytes, may come after many)."""
+        dtype, shape = dtypes.dtype_name(tensor.dtype), tuple(tensor.shape)
+        del tensor
+        digest = self.pool.submit(_sha256_hex, raw)
+        del raw
         done: Future = Future()
         pending = [len(parts) + 1]
         lock = threading.Lock()
+        waiting = [*parts, digest]
 
         def finish(_f: Future) -> None:
             with lock:
@@ -94,14 +107,15 @@ class TensorEncoder:
                     return
             self.budget.release(held)
             try:
-                chunks = tuple(p.result() for p in parts)
-                done.set_result(TensorEntry(name, dtypes.dtype_name(tensor.dtype), source_dtype,
-                                            tuple(tensor.shape), pipeline, chunks,
-                                            digest.result()))
+                chunks = tuple(p.result() for p in waiting[:-1])
+                done.set_result(TensorEntry(name, dtype, source_dtype, shape, pipeline, chunks,
+                                            waiting[-1].result()))
             except BaseException as e:  # propagate a worker's failure to the caller
                 done.set_exception(e)
+            finally:
+                waiting.clear()
 
-        for f in (*parts, digest):
+        for f in tuple(waiting):
             f.add_done_callback(finish)
         return done
 

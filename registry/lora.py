@@ -15,13 +15,13 @@ fixed order, rounded once).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .digest import parse_json
 from .errors import CheckpointError, IncompatibleCheckpoints
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,8 +102,8 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
                                                   "never loads: save with safe_serialization)"
                                                   if os.path.exists(bin_path) else ""))
     try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+        with open(config_path, "rb") as f:
+            config = parse_json(f.read())
     except (OSError, ValueError) as e:
         raise _fail(path, f"{CONFIG_FILE} is not valid JSON ({e})") from None
     if not isinstance(config, dict):

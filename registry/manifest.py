@@ -6,17 +6,19 @@ version records, not here, so equal content has one id whatever it is called.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import dtypes
 from .codecs import CodecPipeline
-from .digest import canonical_json, is_hex_digest, sha256_hex
+from .digest import canonical_json, is_hex_digest, parse_json, sha256_hex
 from .errors import FormatError
 
 FORMAT = "tvreg.manifest/1"
+#: the largest size (a dimension, a tensor's elements or bytes, a vector's total) a manifest may
+#: state: a signed 64-bit integer, what the catalog, torch and numpy can hold
+MAX_SIZE = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,8 @@ class Manifest:
     @classmethod
     def from_bytes(cls, data: bytes) -> "Manifest":
         try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
+            doc = parse_json(data)
+        except ValueError as e:
             raise FormatError(f"manifest is not JSON: {e}") from None
         return cls.from_json(doc)
 
@@ -141,7 +143,10 @@ class Manifest:
         _expect(names == sorted(set(names)), "manifest: tensor names not sorted and unique")
         for t in tensors:
             _check_exact(t, doc["base_hash"])
-        return cls(doc["base_hash"], doc["arch_fingerprint"], tensors, skipped)
+        manifest = cls(doc["base_hash"], doc["arch_fingerprint"], tensors, skipped)
+        _expect(max(manifest.raw_bytes, manifest.stored_bytes) <= MAX_SIZE,
+                f"manifest: sizes add up to more than {MAX_SIZE} bytes")
+        return manifest
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -155,8 +160,21 @@ def _keys(obj: dict, expected: set[str], what: str) -> None:
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
     _expect(isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                            and d >= 0 for d in value), f"{what}: bad shape")
+                                            and 0 <= d <= MAX_SIZE for d in value)
+            and _fits(value), f"{what}: bad shape")
     return tuple(value)
+
+
+def _fits(shape: list[int]) -> bool:
+    """Whether ``prod(shape) <= MAX_SIZE``, without multiplying out a hostile shape's bigints."""
+    if 0 in shape:
+        return True
+    n = 1
+    for d in shape:
+        n *= d
+        if n > MAX_SIZE:
+            return False
+    return True
 
 
 def _dtype(value: Any, what: str) -> str:
@@ -180,12 +198,13 @@ def _tensor(doc: Any) -> TensorEntry:
         _keys(c, {"blob", "nbytes", "stored_nbytes"}, f"{what} chunk")
         _expect(isinstance(c["blob"], str) and is_hex_digest(c["blob"]), f"{what}: bad blob id")
         for k in ("nbytes", "stored_nbytes"):
-            _expect(isinstance(c[k], int) and not isinstance(c[k], bool) and c[k] > 0,
-                    f"{what}: bad chunk {k}")
+            _expect(isinstance(c[k], int) and not isinstance(c[k], bool)
+                    and 0 < c[k] <= MAX_SIZE, f"{what}: bad chunk {k}")
         chunks.append(Chunk(c["blob"], c["nbytes"], c["stored_nbytes"]))
     entry = TensorEntry(name, _dtype(doc["dtype"], what), _dtype(doc["source_dtype"], what),
                         _shape(doc["shape"], what), CodecPipeline.from_specs(doc["codecs"]),
                         tuple(chunks), doc["sha256"])
+    _expect(entry.nbytes <= MAX_SIZE, f"{what}: larger than {MAX_SIZE} bytes")
     _expect(sum(c.nbytes for c in chunks) == entry.nbytes,
             f"{what}: chunk sizes do not add up to the tensor's size")
     item = dtypes.itemsize(entry.dtype)

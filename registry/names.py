@@ -10,6 +10,8 @@ from .errors import InvalidName, InvalidRef
 MAX_NAME_LEN = 128
 MAX_TAG_LEN = 64
 MIN_ID_PREFIX = 6
+#: the largest version number (the catalog keeps them in a 32-bit INTEGER column)
+MAX_VERSION = 2**31 - 1
 
 _COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _TAG = re.compile(r"[a-z][a-z0-9._-]*")
@@ -69,6 +71,8 @@ def parse_ref(text: str) -> Ref:
             version = int(suffix)
             if version < 1:
                 raise InvalidRef(f"invalid ref {text!r}: versions start at 1")
+            if version > MAX_VERSION:
+                raise InvalidRef(f"invalid ref {text!r}: versions go up to {MAX_VERSION}")
             return Ref(text, name, version=version)
         try:
             validate_tag(suffix)

@@ -65,8 +65,15 @@ def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[V
         except (FormatError, CorruptObject) as e:
             raise _remote_error(remote, e) from None
 
+    def read_listed(key: str) -> VersionRecord:
+        try:
+            return read(key)
+        except MissingKey:  # listed, so it must be there: the listing (an HTTP remote's index) lies
+            raise CorruptObject(f"remote {remote}: {key} is listed but missing (a damaged "
+                                "index?); nothing was pulled") from None
+
     if not refs:
-        return read_many(read, record_keys(store))
+        return read_many(read_listed, record_keys(store))
     chosen: dict[tuple[str, int], VersionRecord] = {}
     for ref in refs:
         r = parse_ref(ref)

@@ -7,15 +7,14 @@ without that field, so a flipped byte is caught on read like it is for objects.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .digest import canonical_json, is_hex_digest, sha256_hex
+from .digest import canonical_json, is_hex_digest, parse_json, sha256_hex
 from .errors import FormatError, InvalidInput
-from .names import validate_name, validate_tag
+from .names import MAX_VERSION, validate_name, validate_tag
 
 VERSION_FORMAT = "tvreg.version/1"
 TAG_FORMAT = "tvreg.tag/1"
@@ -23,6 +22,8 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 MAX_META_ITEMS = 256
 MAX_META_VALUE = 4096
+#: the largest ``steps`` (the catalog's BIGINT column); versions: names.MAX_VERSION
+MAX_STEPS = 2**63 - 1
 
 
 def _valid_time(value: Any) -> bool:
@@ -55,8 +56,8 @@ def seal(doc: dict[str, Any]) -> bytes:
 
 def unseal(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        doc = parse_json(data)
+    except ValueError:
         raise FormatError(f"{what} is not valid JSON (corrupted?)") from None
     if not isinstance(doc, dict) or "checksum" not in doc:
         raise FormatError(f"{what} has no checksum")
@@ -93,8 +94,8 @@ class Metadata:
                 raise InvalidInput(f"invalid lr {self.lr!r}: a finite number >= 0")
             object.__setattr__(self, "lr", float(self.lr))
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 0):
-            raise InvalidInput(f"invalid steps {self.steps!r}: an integer >= 0")
+                                       or not 0 <= self.steps <= MAX_STEPS):
+            raise InvalidInput(f"invalid steps {self.steps!r}: an integer from 0 to {MAX_STEPS}")
         check_meta(self.meta)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def parse_meta_value(text: str) -> Any:
     """``--meta k=v`` values: JSON scalars (``3``, ``1e-4``, ``true``, ``null``, ``"x"``) are
     taken as such; anything else is a plain string."""
     try:
-        v = json.loads(text)
+        v = parse_json(text)
     except ValueError:
         return text
     if v is None or isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v)):
@@ -184,7 +185,7 @@ class VersionRecord:
         except InvalidInput:
             raise FormatError(f"{key}: invalid name") from None
         v = doc["version"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_VERSION:
             raise FormatError(f"{key}: invalid version")
         for k in ("vector_id", "base_hash", "arch_fingerprint"):
             if not isinstance(doc[k], str) or not is_hex_digest(doc[k]):
@@ -234,7 +235,7 @@ class TagRecord:
         except InvalidInput:
             raise FormatError(f"{key}: invalid name or tag") from None
         v = doc["version"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or \
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_VERSION or \
                 not isinstance(doc["vector_id"], str) or not is_hex_digest(doc["vector_id"]):
             raise FormatError(f"{key}: invalid version or vector id")
         if not _valid_time(doc["updated_at"]):

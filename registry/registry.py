@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from . import progress
 from .catalog import Catalog
 from .codecs.choose import check_level
+from .digest import parse_json
 from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest, TensorEntry
 from .names import Ref, parse_ref, validate_name, validate_tag
@@ -165,7 +166,7 @@ class Registry:
 
     def _check_config(self) -> dict[str, Any]:
         try:
-            config = json.loads(self.store.read(CONFIG_FILE))
+            config = parse_json(self.store.read(CONFIG_FILE))
         except ValueError:
             raise FormatError(f"{self.root}/{CONFIG_FILE} is not valid JSON") from None
         if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:

@@ -24,6 +24,7 @@ from .errors import FormatError, InvalidInput, NotFound, TvregError
 from .manifest import Manifest
 from .records import record_key, tag_key
 from .stores import MissingKey, Store
+from .stores.base import is_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .records import VersionRecord
@@ -243,7 +244,8 @@ class IndexListedStore(Store):
                 raise InvalidInput(f"{self.inner!r} has no index ({VERSIONS_KEY}): it cannot be "
                                    "listed over HTTP; push to it (through a writable URL) first")
             self._index = index
-        return self._index.record_keys() + self._index.tag_keys()
+        # a row whose name is no valid key (a damaged or hostile index) names nothing
+        return [k for k in self._index.record_keys() + self._index.tag_keys() if is_key(k)]
 
     def list(self, prefix: str = "") -> Iterator[str]:
         if prefix.split("/", 1)[0] not in ("refs", "tags"):

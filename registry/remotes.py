@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .digest import parse_json
 from .errors import InvalidInput, InvalidName, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,7 +94,7 @@ def parse_options(items: tuple[str, ...] | list[str], flag: str = "--option") ->
         if key in options:
             raise InvalidInput(f"{flag} {key} given twice")
         try:
-            parsed = json.loads(value)
+            parsed = parse_json(value)
             options[key] = parsed if isinstance(parsed, (bool, int, float, str)) or parsed is None \
                 else value
         except ValueError:

@@ -92,6 +92,23 @@ def _material(values: np.ndarray, threshold: float) -> np.ndarray:
     return (mags >= threshold) & (mags > 0)
 
 
+#: elements per block when a whole tensor's material positions are counted or listed, so the
+#: temporaries (|values| and three boolean masks) are of a block, not of the tensor
+_MATERIAL_BLOCK = 1 << 20
+
+
+def _count_material(values: np.ndarray, threshold: float) -> int:
+    return sum(int(np.count_nonzero(_material(values[i:i + _MATERIAL_BLOCK], threshold)))
+               for i in range(0, values.size, _MATERIAL_BLOCK))
+
+
+def _material_positions(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``np.flatnonzero(_material(values, threshold))``, a block at a time."""
+    parts = [np.flatnonzero(_material(values[i:i + _MATERIAL_BLOCK], threshold)) + i
+             for i in range(0, values.size, _MATERIAL_BLOCK)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """Σ a_i b_i: float32 products are exact in float64; numpy's pairwise sums, in chunks, in an
     order that does not depend on which argument is which."""
@@ -134,7 +151,7 @@ def _tensor_stats(name: str, values: np.ndarray, sketch: np.ndarray) -> TensorSt
     threshold = material_threshold(values)
     sketch_add(sketch, name, values)
     return TensorStats(name, math.sqrt(_dot(values, values)), threshold,
-                       int(np.count_nonzero(_material(values, threshold))))
+                       _count_material(values, threshold))
 
 
 def _flat(tensor: Any) -> np.ndarray:
@@ -158,20 +175,33 @@ def vector_stats(reg: "Registry", vector_id: str) -> VectorStats:
                        sum(t.n_material for t in tensors.values()), sketch, tensors)
 
 
+#: at most this many bytes of tensors are decoded ahead of the one in use (at least one tensor)
+AHEAD_BYTES = 256 << 20
+
+
 def _decoded(reg: "Registry", entries: list["TensorEntry"]):
-    """(entry, tensor) in order, the next tensors decoded ahead on the operand pool."""
+    """(entry, tensor) in order, the next tensors decoded ahead on the operand pool: up to one
+    per worker, and up to :data:`AHEAD_BYTES` of them (but always the next one), so a model of
+    large tensors holds two or three, not one per worker."""
     from .encoding import default_workers
 
     pool = reg.executor("operands")
     ahead = default_workers()
-    queue = deque((e, pool.submit(reg.load_tensor, e)) for e in entries[:ahead])
-    i = ahead
+    queue: deque = deque()
+    i = 0
+
+    def top_up() -> None:
+        nonlocal i
+        while i < len(entries) and len(queue) < ahead and (
+                not queue or sum(e.nbytes for e, _ in queue) + entries[i].nbytes <= AHEAD_BYTES):
+            queue.append((entries[i], pool.submit(reg.load_tensor, entries[i])))
+            i += 1
+
+    top_up()
     try:
         while queue:
             entry, future = queue.popleft()
-            if i < len(entries):
-                queue.append((entries[i], pool.submit(reg.load_tensor, entries[i])))
-                i += 1
+            top_up()
             yield entry, future.result()
     finally:
         for _, f in queue:
@@ -212,7 +242,7 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
         if own is not None:
             own.tensors[entry.name] = _tensor_stats(entry.name, xv, own.sketch)
         threshold = (own or stats[x]).tensors[entry.name].threshold
-        where = np.flatnonzero(_material(xv, threshold))
+        where = _material_positions(xv, threshold)
         negative = xv[where] < 0
         jobs: deque = deque()
         todo = list(partners)
@@ -264,7 +294,7 @@ def all_pairs_pass(reg: "Registry", ids: list[str], pairs: set[tuple[str, str]],
                 threshold = own[v].tensors[name].threshold
             else:
                 threshold = stats[v].tensors[name].threshold
-            where = np.flatnonzero(_material(values, threshold))
+            where = _material_positions(values, threshold)
             return values, threshold, where, values[where] < 0
 
         prepared = dict(zip(involved, pool.map(prepare, involved)))

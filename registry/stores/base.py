@@ -28,6 +28,13 @@ def check_key(key: str) -> str:
     return key
 
 
+def is_key(text: str) -> bool:
+    """Whether ``text`` is a valid key (:func:`check_key`). Listings yield only keys: a file
+    whose name no valid key can have (hidden, temporary, ``..``, an empty part, other
+    characters) is not part of a registry, so it is never listed, read or copied."""
+    return bool(text) and all(_KEY_PART.fullmatch(p) for p in text.split("/"))
+
+
 class Store(abc.ABC):
     """Abstract store. Writes are atomic: a reader sees the whole value or no key at all."""
 

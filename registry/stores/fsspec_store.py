@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import posixpath
 from typing import Any, Iterator
 
 from ..errors import RemoteError, TvregError
-from .base import MissingKey, Store, check_key
-
-#: names the store never lists: temporary or hidden entries some tools leave next to objects
-_HIDDEN_PREFIXES = (".", "_$folder$")
-
+from .base import MissingKey, Store, check_key, is_key
 
 def _timestamp(info: dict[str, Any]) -> float | None:
     for field in ("mtime", "LastModified", "last_modified", "created", "updated"):
@@ -146,12 +141,16 @@ class FsspecStore(Store):
             found = self.fs.find(base, withdirs=False)
         except (FileNotFoundError, NotADirectoryError):
             return iter(())
-        root = self.root.lstrip("/")
+        root = self.root.strip("/")
+        head = root + "/" if root else ""
         keys = []
         for path in found:
-            rel = posixpath.relpath(path.lstrip("/"), root)
-            if rel.startswith("..") or any(part.startswith(_HIDDEN_PREFIXES)
-                                           for part in rel.split("/")):
+            path = path.lstrip("/")
+            rel = path[len(head):] if path.startswith(head) else ""
+            # only what a valid key names, as is, not normalised: temporary or hidden entries
+            # some tools leave next to objects (".x", "x_$folder$") and names with "..", "//"
+            # or other characters (an S3 key may hold any) are not part of the registry
+            if not is_key(rel):
                 continue
             if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
                 continue

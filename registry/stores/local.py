@@ -10,7 +10,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from .base import MissingKey, Store, check_key
+from .base import MissingKey, Store, check_key, is_key
 
 TMP_PREFIX = ".tmp-"
 
@@ -182,9 +182,9 @@ class LocalStore(Store):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             rel = os.path.relpath(folder, self.root)
             for name in sorted(files):
-                if name.startswith("."):
-                    continue
-                yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                if is_key(key):  # not hidden or temporary, nor a name no key can have
+                    yield key
 
 
 def _unlink(path: str) -> None:
