@@ -13,6 +13,7 @@ import os
 import posixpath
 from typing import Any, Iterator
 
+from .. import faults
 from ..errors import RemoteError, TvregError
 from .base import MissingKey, Store, check_key
 
@@ -164,12 +165,14 @@ class FsspecStore(Store):
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         self._check_writable()
+        faults.step("put", key)
         self.fs.pipe_file(path, bytes(data))
 
     @_translated
     def write_new(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         self._check_writable()
+        faults.step("put-new", key)
         try:
             with self.fs.open(path, "xb") as f:
                 f.write(bytes(data))
@@ -191,6 +194,7 @@ class FsspecStore(Store):
     def delete(self, key: str) -> None:
         path = self._path(key)
         self._check_writable()
+        faults.step("delete", key)
         try:
             if self._is_file(path):
                 self.fs.rm_file(path)
@@ -203,6 +207,7 @@ class FsspecStore(Store):
         self._check_writable()
         if not self._is_file(path):
             raise MissingKey(f"no such key {key!r} in {self!r}")
+        faults.step("touch", key)
         try:
             self.fs.touch(path, truncate=False)
         except (NotImplementedError, ValueError, TypeError):
