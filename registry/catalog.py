@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 
+from . import faults
 from .errors import CatalogBusy, InvalidInput, RegistryError, SQLError
 from .manifest import Manifest
 from .records import TagRecord, VersionRecord
@@ -94,7 +95,9 @@ class Catalog:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            faults.step("commit", self.path)
             con.execute("COMMIT")
+            faults.step("close", self.path)  # committed, not yet checkpointed: only in the WAL
         finally:
             con.close()
 
@@ -146,6 +149,7 @@ class Catalog:
                 con.execute(ddl)
                 con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
                             [number, name, _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)])
+                faults.step("commit", self.path)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

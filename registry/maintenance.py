@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from . import faults
 from .errors import CorruptObject, FormatError, TvregError
 from .objects import object_key
 from .records import record_key
@@ -239,6 +240,7 @@ def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
             if now - entry.stat().st_mtime >= grace_seconds:
                 rep.scratch_removed += 1
                 if not dry_run:
+                    faults.step("rmtree", entry.path)
                     shutil.rmtree(entry.path, ignore_errors=True)
     rep.temp_files_removed = reg.store.clean_temporary(grace_seconds, dry_run)
     if not dry_run:

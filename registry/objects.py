@@ -13,6 +13,7 @@ import tempfile
 import threading
 from typing import Iterator
 
+from . import faults
 from .digest import is_hex_digest, sha256_hex
 from .errors import CorruptObject, FormatError, RegistryError
 from .stores import MissingKey, Store
@@ -118,6 +119,7 @@ class Staging:
                     self._reused.add(oid)
                 return oid
         path = os.path.join(self.dir, oid)
+        faults.step("stage", oid)
         with open(path, "wb") as f:
             f.write(data)
             f.flush()

@@ -228,31 +228,53 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
         report.pulled.append(held.ref)
         if held.version != rec.version:
             report.renumbered[rec.ref] = held.ref
-    if new:
+    # versions held already but missing from the catalog are what a pull killed between its
+    # records and its catalog commit left (docs/format.md §11): running it again indexes them
+    created = {r.key for r in new}
+    held_before = sorted({r.key: r for r in mapping.values() if r.key not in created}.values(),
+                         key=lambda r: (r.name, r.version))
+    indexed = new + reg._unindexed(held_before)
+    if indexed:
         try:
-            reg.catalog.index(new, {r.vector_id: manifests[r.vector_id] for r in new})
+            reg.catalog.index(indexed, {r.vector_id: manifests[r.vector_id] for r in indexed})
         except TvregError as e:
-            raise type(e)(f"{', '.join(r.ref for r in new)} pulled, but the catalog was not "
+            raise type(e)(f"{', '.join(r.ref for r in indexed)} pulled, but the catalog was not "
                           f"updated ({e}); run `tvreg reindex`") from None
     if bases:
         report.problems += bases.problems
+    indexed_tags = _catalog_tags(reg, {r.name for r in records})
     for tag in _remote_tags(src, {r.name for r in records}, remote.name, report.problems):
         target = mapping.get((tag.name, tag.version))
         if target is None or target.vector_id != tag.vector_id:
             continue
+        want = (target.version, target.vector_id)
         try:
             current = reg.tag_record(tag.name, tag.tag)
-            if (current.version, current.vector_id) == (target.version, target.vector_id):
-                continue
         except NotFound:
-            pass
+            current = None
+        if current is not None and (current.version, current.vector_id) == want:
+            if indexed_tags.get((tag.name, tag.tag)) != want:  # a pull killed in between
+                reg.catalog.set_tag(current)
+            continue
         moved = TagRecord(tag.name, tag.tag, target.version, target.vector_id, utc_now())
         reg.store.write(moved.key, moved.to_bytes())
         reg.catalog.set_tag(moved)
         report.tags_set += 1
-    if new and similarities:
-        reg._similarities_after_insert(*new)
+    if similarities:  # and those of versions a killed pull indexed but did not get to
+        pending = new + reg._without_stats(held_before)
+        if pending:
+            reg._similarities_after_insert(*pending)
     return report
+
+
+def _catalog_tags(reg: "Registry", names: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
+    """The catalog's tags of ``names``: (name, tag) -> (version, vector id)."""
+    try:
+        rows = reg.catalog.rows("SELECT name, tag, version, vector_id FROM tags "
+                                "WHERE name IN (SELECT unnest(?))", [sorted(names)])
+    except TvregError:
+        return {}
+    return {(r["name"], r["tag"]): (r["version"], r["vector_id"]) for r in rows}
 
 
 def _remote_tags(store: "Store", names: set[str], remote: str,

@@ -279,10 +279,7 @@ class Registry:
         recipe = coder.recipe("create") if coder is not None else None
         record, created = self._claim_version(name, manifest, vector_id, metadata,
                                               recipe=recipe)
-        if created:
-            self._index_new(record, manifest)
-            if similarities:
-                self._similarities_after_insert(record)
+        self._finish_version(record, created, manifest, similarities)
         return CreateResult(record, created, new_objects, manifest)
 
     def _similarities_after_insert(self, *records: VersionRecord) -> None:
@@ -315,6 +312,44 @@ class Registry:
         finally:
             staging.close()
         return manifest, self.objects.put(manifest.to_bytes()), new_objects
+
+    def _finish_version(self, record: VersionRecord, created: bool, manifest: Manifest,
+                        similarities: bool) -> None:
+        """Index a version just claimed, then compute its similarities. A version the write
+        found already stored (``created`` False) may be what an earlier run of the same command
+        left when it was killed after the record (docs/format.md §11): it is indexed if the
+        catalog misses it, and its missing similarities computed, so running the command again
+        completes it."""
+        if created or self._unindexed([record]):
+            self._index_new(record, manifest)
+        if similarities and (created or self._without_stats([record])):
+            self._similarities_after_insert(record)
+
+    def _unindexed(self, records: list[VersionRecord]) -> list[VersionRecord]:
+        """Those of ``records`` the catalog does not list (all, if it cannot be read)."""
+        if not records or not os.path.exists(self.catalog.path):
+            return list(records)
+        try:
+            rows = self.catalog.rows(
+                "SELECT name, version, vector_id FROM versions WHERE name IN (SELECT unnest(?))",
+                [sorted({r.name for r in records})])
+        except TvregError:
+            return list(records)
+        have = {(r["name"], r["version"], r["vector_id"]) for r in rows}
+        return [r for r in records if (r.name, r.version, r.vector_id) not in have]
+
+    def _without_stats(self, records: list[VersionRecord]) -> list[VersionRecord]:
+        """Those of ``records`` whose vector has no statistics in the catalog: its similarities
+        were never computed (they are stored with its statistics, in one transaction)."""
+        if not records:
+            return []
+        try:
+            rows = self.catalog.rows("SELECT vector_id FROM vector_stats WHERE vector_id IN "
+                                     "(SELECT unnest(?))", [sorted({r.vector_id for r in records})])
+        except TvregError:
+            return []  # no usable catalog: `tvreg similarities` says more
+        have = {r["vector_id"] for r in rows}
+        return [r for r in records if r.vector_id not in have]
 
     def _index_new(self, record: VersionRecord, manifest: Manifest) -> None:
         try:
@@ -573,10 +608,7 @@ class Registry:
         manifest, vector_id, new_objects = self._write_vector(produce)
         record, created = self._claim_version(name, manifest, vector_id, metadata,
                                               tuple(comp.parents), comp.recipe)
-        if created:
-            self._index_new(record, manifest)
-            if similarities:
-                self._similarities_after_insert(record)
+        self._finish_version(record, created, manifest, similarities)
         return CreateResult(record, created, new_objects, manifest)
 
     def recode(self, ref: str, codec: str, *, name: str | None = None,
@@ -607,10 +639,7 @@ class Registry:
                               source_ref=record.ref if record is not None else None)
         record, created = self._claim_version(name, manifest, new_id, metadata, (vector_id,),
                                               recipe)
-        if created:
-            self._index_new(record, manifest)
-            if similarities:
-                self._similarities_after_insert(record)
+        self._finish_version(record, created, manifest, similarities)
         return CreateResult(record, created, new_objects, manifest)
 
     def apply(self, comp: "Composition | str", base: "str | os.PathLike | None" = None,

@@ -20,6 +20,8 @@ import shutil
 
 import numpy as np
 
+from . import faults
+
 #: dimensions of the per-vector CountSketch (a format constant: sketches of any registry compare;
 #: also the width of ``vector_stats.sketch``)
 SKETCH_DIM = 4096
@@ -48,6 +50,7 @@ def append(root: str, base_hash: str, arch_fingerprint: str,
                  0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        faults.step("sketch", file)
         size = os.fstat(fd).st_size
         if size % RECORD.itemsize:  # a torn record of an interrupted append: drop it
             os.ftruncate(fd, size - size % RECORD.itemsize)

@@ -12,6 +12,7 @@ import datetime as _dt
 import os
 from typing import Any, Iterator
 
+from .. import faults
 from ..errors import RemoteError, TvregError
 from .base import MissingKey, Store, check_key, is_key
 
@@ -163,12 +164,14 @@ class FsspecStore(Store):
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         self._check_writable()
+        faults.step("put", key)
         self.fs.pipe_file(path, bytes(data))
 
     @_translated
     def write_new(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         self._check_writable()
+        faults.step("put-new", key)
         try:
             with self.fs.open(path, "xb") as f:
                 f.write(bytes(data))
@@ -190,6 +193,7 @@ class FsspecStore(Store):
     def delete(self, key: str) -> None:
         path = self._path(key)
         self._check_writable()
+        faults.step("delete", key)
         try:
             if self._is_file(path):
                 self.fs.rm_file(path)
@@ -202,6 +206,7 @@ class FsspecStore(Store):
         self._check_writable()
         if not self._is_file(path):
             raise MissingKey(f"no such key {key!r} in {self!r}")
+        faults.step("touch", key)
         try:
             self.fs.touch(path, truncate=False)
         except (NotImplementedError, ValueError, TypeError):

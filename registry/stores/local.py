@@ -10,6 +10,7 @@ import tempfile
 import time
 from typing import Iterator
 
+from .. import faults
 from .base import MissingKey, Store, check_key, is_key
 
 TMP_PREFIX = ".tmp-"
@@ -52,6 +53,7 @@ class LocalStore(Store):
     def _temp(self, path: str, data: bytes) -> str:
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
+        faults.step("tmp", path)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
         try:
             os.fchmod(fd, _FILE_MODE)
@@ -77,6 +79,7 @@ class LocalStore(Store):
         path = self._path(key)
         tmp = self._temp(path, data)
         try:
+            faults.step("rename", key)
             os.replace(tmp, path)
         except BaseException:
             _unlink(tmp)
@@ -124,11 +127,13 @@ class LocalStore(Store):
 
         ``tmp`` is consumed when the create succeeds or ``dest`` exists; on any other error it
         is left to the caller (write_file may still copy it across file systems)."""
+        faults.step("link", dest)
         try:
             os.link(tmp, dest)
             created = True
         except FileExistsError:
             created = False
+        faults.step("unlink", tmp)
         _unlink(tmp)
         if created and self.fsync:
             _fsync_dir(os.path.dirname(dest))
@@ -153,11 +158,15 @@ class LocalStore(Store):
         return self._stat(key).st_mtime
 
     def delete(self, key: str) -> None:
-        _unlink(self._path(key))
+        path = self._path(key)
+        faults.step("delete", key)
+        _unlink(path)
 
     def touch(self, key: str) -> None:
+        path = self._path(key)
+        faults.step("touch", key)
         try:
-            os.utime(self._path(key))
+            os.utime(path)
         except (FileNotFoundError, NotADirectoryError):
             raise MissingKey(f"no such key: {key}") from None
 
@@ -171,6 +180,7 @@ class LocalStore(Store):
                         if now - os.path.getmtime(path) >= older_than:
                             removed += 1
                             if not dry_run:
+                                faults.step("delete", path)
                                 _unlink(path)
                     except FileNotFoundError:
                         pass
