@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from .digest import sha256_hex
-from .errors import CorruptObject, FormatError, TvregError
+from .errors import CorruptObject, FormatError
 from .objects import PREFIX, object_key
 from .stores import MissingKey
 
