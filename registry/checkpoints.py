@@ -209,8 +209,9 @@ def _tvreg_dtype(path: str, name: str, code: str) -> str:
 
 
 class _SafetensorsFile:
-    """One open safetensors file: its header parsed (and validated by ``safetensors``), each
-    tensor read with ``pread`` into its own buffer when asked for.
+    """One open safetensors file: its header read and checked (:func:`_read_header`, the
+    safetensors library's rules, without mapping the file), each tensor read with ``pread``
+    into its own buffer when asked for.
 
     Reading instead of memory-mapping keeps a process's memory at the tensors it holds: mapped
     file pages stay in its resident set until the file is closed, a whole model's worth after

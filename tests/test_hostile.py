@@ -132,6 +132,7 @@ def _evil_files(folder: pathlib.Path, marker: pathlib.Path, zoo) -> dict[str, pa
     return files
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch, on the protocol-4 pickle
 def test_pickle_payloads_never_run_through_any_command(cli_at, one, zoo, tmp_path):
     marker = tmp_path / "pwned"
     evil = _evil_files(tmp_path / "in", marker, zoo)
