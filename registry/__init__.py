@@ -10,7 +10,8 @@
 
 from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, FormatError,
                      IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
-                     NotFound, ReadOnlyRegistry, RegistryError, RemoteError, SQLError, TvregError)
+                     NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteError,
+                     SQLError, TvregError)
 from .registry import CreateResult, Registry, open
 
 __version__ = "0.1.0"
@@ -27,4 +28,4 @@ def __getattr__(name: str):
 __all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
            "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",
            "IncompatibleCheckpoints", "NonFiniteValues", "SQLError", "CorruptObject",
-           "FormatError", "CatalogBusy", "RegistryError", "ReadOnlyRegistry", "RemoteError", "__version__"]
+           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry", "RemoteError", "__version__"]

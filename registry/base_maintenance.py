@@ -21,10 +21,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .registry import Registry
 
 
-def base_objects(reg: "Registry") -> set[str]:
-    """Ids of every base manifest and of its blobs; raises if one cannot be known."""
+def base_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]:
+    """Ids of every base manifest and of its blobs; raises if one cannot be known. With
+    ``seen``, only the base records whose keys are not in it are read (and their keys added)."""
     keep: set[str] = set()
     for key in base_keys(reg.store):
+        if seen is not None:
+            if key in seen:
+                continue
+            seen.add(key)
         try:
             rec = read_base(reg.store, key)
             manifest = reg.manifest(rec.manifest)

@@ -241,7 +241,11 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
             manifest, manifest_id, new_objects = reg._write_vector(produce)
     new_objects += 0 if had_manifest[0] else 1
     record = BaseRecord.of(manifest, manifest_id, utc_now())
-    created = reg.store.write_new(record.key, record.to_bytes())
+    from .gclock import referencing
+
+    with referencing(reg, [manifest_id, *manifest.blob_ids()],  # still there: see gclock
+                     restore={manifest_id: manifest.to_bytes()}):
+        created = reg.store.write_new(record.key, record.to_bytes())
     if not created:  # stored meanwhile, or an earlier add whose objects are now repaired
         record = read_base(reg.store, record.key)
         if record.manifest != manifest_id:  # the first stored wins
@@ -373,14 +377,22 @@ def _index(reg: "Registry", records: list[BaseRecord], manifests: dict[str, "Man
 
 
 def _index_name(reg: "Registry", doc: BaseName) -> None:
+    """Index base name ``doc.name`` as its file holds it now, read under the catalog's write
+    lock (names move like tags: the last to index must index the last file)."""
     from .catalog import insert_rows
+    from .errors import CorruptObject
 
     if not os.path.exists(reg.catalog.path):
         reg.reindex()
         return
     with reg.catalog.writer() as con:
+        try:
+            current = read_base_name(reg.store, doc.key)
+        except (MissingKey, FormatError, CorruptObject):
+            current = None
         con.execute("DELETE FROM base_names WHERE name = ?", [doc.name])
-        insert_rows(con, "base_names", [_name_row(doc)])
+        if current is not None:
+            insert_rows(con, "base_names", [_name_row(current)])
 
 
 def reindex_into(reg: "Registry", con: Any, problems: list[str]) -> dict[str, int]:

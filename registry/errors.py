@@ -70,7 +70,13 @@ class FormatError(TvregError):
     """A stored JSON document (manifest, record, config) that does not follow the format."""
 
 
-class CatalogBusy(TvregError):
+class RegistryBusy(TvregError):
+    """Another process held a lock of the registry for longer than ``$TVREG_LOCK_TIMEOUT``: the
+    catalog's (:class:`CatalogBusy`) or the gc lock (a gc deleting, or writes recording
+    versions; docs/format.md §11)."""
+
+
+class CatalogBusy(RegistryBusy):
     """Another process held the catalog's write lock for longer than the timeout."""
 
 

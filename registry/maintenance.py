@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from . import faults
 from .errors import CorruptObject, FormatError, TvregError
 from .objects import object_key
 from .records import record_key
@@ -193,13 +192,19 @@ class GcReport:
         return dict(self.__dict__)
 
 
-def reachable_objects(reg: "Registry") -> set[str]:
+def reachable_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]:
     """Ids of every manifest a version record or a base record references, and of their
-    blobs."""
+    blobs. With ``seen``, only the records whose keys are not in it are read (and their keys
+    added): what was recorded since an earlier call."""
     from .base_maintenance import base_objects
+    from .documents import read_many, record_keys
 
-    keep: set[str] = base_objects(reg)
-    for rec in reg.all_records():
+    keep: set[str] = base_objects(reg, seen)
+    keys = record_keys(reg.store)
+    if seen is not None:
+        keys = [k for k in keys if k not in seen]
+        seen.update(keys)
+    for rec in read_many(reg._read_record, keys):
         if rec.vector_id in keep:
             continue
         keep.add(rec.vector_id)
@@ -215,34 +220,72 @@ def reachable_objects(reg: "Registry") -> set[str]:
 
 def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
     """Delete objects no version references, stale scratch folders and the temp files of
-    interrupted writes.
+    interrupted writes (docs/format.md §11).
 
-    Objects younger than ``grace_seconds`` are kept: a concurrent ``create`` writes its blobs and
-    manifest before its version record, and must not lose them in between.
+    A first pass, without a lock, finds the objects that no record references and that were
+    not modified within ``grace_seconds``. Then, holding the gc lock exclusively (writes hold it
+    shared from checking their objects to writing their record, :mod:`tvreg.gclock`), it reads
+    the records stored since the first pass and deletes the candidates that are still
+    unreferenced and still older than the grace period. So an object a write is about to
+    reference is never deleted: it was touched within the grace period, or the write's check
+    comes after the deletion and fails the write before any record names it.
     """
+    from .gclock import gc_lock, in_use, remove_unless_locked
+    from .stores import MissingKey
+
     rep = GcReport(dry_run=dry_run)
-    keep = reachable_objects(reg)
+    seen: set[str] = set()
+    keep = reachable_objects(reg, seen)
     now = time.time()
-    gone: list[str] = []
+    candidates: list[str] = []
     for oid in list(reg.objects.ids()):
         if oid in keep:
             continue
-        if now - reg.objects.mtime(oid) < grace_seconds:
+        try:
+            age = now - reg.objects.mtime(oid)
+        except MissingKey:
+            continue  # deleted meanwhile (by another gc)
+        if age < grace_seconds:
             rep.kept_recent += 1
-            continue
-        rep.deleted_objects += 1
-        rep.deleted_bytes += reg.objects.size(oid)
-        gone.append(oid)
-        if not dry_run:
-            reg.objects.delete(oid)
+        else:
+            candidates.append(oid)
+    gone: list[str] = []
+    if candidates:
+        with gc_lock(reg.root, exclusive=True, timeout=reg.catalog.timeout) \
+                if not dry_run else _nothing():
+            keep |= reachable_objects(reg, seen)  # recorded since the first pass
+            now = time.time()
+            for oid in candidates:
+                try:
+                    size, age = reg.objects.size(oid), now - reg.objects.mtime(oid)
+                except MissingKey:
+                    continue
+                if oid in keep or age < grace_seconds:  # referenced or reused meanwhile
+                    rep.kept_recent += 1
+                    continue
+                rep.deleted_objects += 1
+                rep.deleted_bytes += size
+                gone.append(oid)
+                if not dry_run:
+                    reg.objects.delete(oid)
     if os.path.isdir(reg.scratch):
         for entry in os.scandir(reg.scratch):
-            if now - entry.stat().st_mtime >= grace_seconds:
+            try:
+                old = now - entry.stat().st_mtime >= grace_seconds
+            except FileNotFoundError:
+                continue
+            if not old:
+                continue
+            if dry_run:
+                rep.scratch_removed += not in_use(entry.path)
+            elif remove_unless_locked(entry.path):  # a write in progress holds its own
                 rep.scratch_removed += 1
-                if not dry_run:
-                    faults.step("rmtree", entry.path)
-                    shutil.rmtree(entry.path, ignore_errors=True)
     rep.temp_files_removed = reg.store.clean_temporary(grace_seconds, dry_run)
     if not dry_run:
         reg.catalog.forget_vectors(gone)
     return rep
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield

@@ -34,8 +34,12 @@ class ObjectDB:
     def put(self, data: bytes) -> str:
         oid = sha256_hex(data)
         key = object_key(oid)
-        if not self.store.write_new(key, data):
-            self.store.touch(key)  # reused: restart its gc grace period
+        while not self.store.write_new(key, data):
+            try:
+                self.store.touch(key)  # reused: restart its gc grace period
+                break
+            except MissingKey:
+                continue  # deleted by a concurrent gc since: write it after all
         return oid
 
     def restore(self, oid: str, data: bytes) -> bool:
@@ -97,16 +101,22 @@ class Staging:
     """
 
     def __init__(self, db: ObjectDB, scratch_root: str) -> None:
+        from .gclock import lock_new_folder
+
         self.db = db
         os.makedirs(scratch_root, exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix="stage-", dir=scratch_root)
+        while True:  # locked while in use: gc removes only unlocked scratch folders
+            self.dir = tempfile.mkdtemp(prefix="stage-", dir=scratch_root)
+            self._lock = lock_new_folder(self.dir)
+            if self._lock is not None:
+                break
         self._staged: dict[str, str] = {}
         self._reused: set[str] = set()
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
 
     def put(self, data: bytes) -> str:
         oid = sha256_hex(data)
-        with self._lock:
+        with self._mutex:
             if oid in self._staged:
                 return oid
         if self.db.exists(oid):
@@ -115,7 +125,7 @@ class Staging:
             except MissingKey:
                 pass  # deleted meanwhile: stage it after all
             else:
-                with self._lock:
+                with self._mutex:
                     self._reused.add(oid)
                 return oid
         path = os.path.join(self.dir, oid)
@@ -124,7 +134,7 @@ class Staging:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        with self._lock:
+        with self._mutex:
             self._staged[oid] = path
         return oid
 
@@ -138,8 +148,7 @@ class Staging:
         new = 0
         for oid, path in self._staged.items():
             new += self.db.store.write_file(object_key(oid), path)
-            self.db.store.touch(object_key(oid))
-        for oid in sorted(self._reused - self._staged.keys()):
+        for oid in sorted(self._reused | self._staged.keys()):
             try:
                 self.db.store.touch(object_key(oid))
             except MissingKey:
@@ -152,6 +161,9 @@ class Staging:
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self) -> "Staging":
         return self

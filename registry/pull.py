@@ -130,7 +130,7 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     local: set[str] = set()
 
     def get_manifests(ids: list[str]) -> None:
-        here = {v for v in ids if reg.objects.exists(v)}
+        here = {v for v in ids if _reuse(reg, v)}
         local.update(here)
         manifests.update({v: reg.manifest(v) for v in here})
         todo = [v for v in ids if v not in here]
@@ -162,7 +162,7 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     if bases:
         check_manifests(bases, manifests, remote.name)
     needed = {v: sorted(manifests[v].blob_ids()) for v in vids}
-    missing = {v: [b for b in blobs if not reg.objects.exists(b)] for v, blobs in needed.items()}
+    missing = {v: [b for b in blobs if not _reuse(reg, b)] for v, blobs in needed.items()}
     todo = sorted({b for blobs in missing.values() for b in blobs})
     report.objects_skipped = len({b for blobs in needed.values() for b in blobs}) - len(todo) \
         + len(local)
@@ -210,24 +210,29 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     finally:
         for staging in stagings.values():
             staging.close()
-    if bases:  # their objects are all in: the base records, then their names
-        report.bases_fetched, report.base_names_set = pull_records(reg, bases)
+    # every object is in: check it is still there (a concurrent gc cannot delete it from here
+    # until the records naming it are written), then the base records and names, the version
     # records, then the catalog, tags and similarities
+    from .gclock import referencing
+
     mapping: dict[tuple[str, int], VersionRecord] = {}
     ours: dict[str, dict[int, VersionRecord]] = {}
     new: list[VersionRecord] = []
-    for rec in records:
-        known = ours.setdefault(rec.name, versions_in(reg.store, rec.name))
-        held, created = claim(reg.store, rec, known)
-        mapping[(rec.name, rec.version)] = held
-        if not created:
-            report.versions_skipped += 1
-            continue
-        new.append(held)
-        report.versions_fetched += 1
-        report.pulled.append(held.ref)
-        if held.version != rec.version:
-            report.renumbered[rec.ref] = held.ref
+    with referencing(reg, [o for v in vids for o in (v, *needed[v])], restore=fetched):
+        if bases:
+            report.bases_fetched, report.base_names_set = pull_records(reg, bases)
+        for rec in records:
+            known = ours.setdefault(rec.name, versions_in(reg.store, rec.name))
+            held, created = claim(reg.store, rec, known)
+            mapping[(rec.name, rec.version)] = held
+            if not created:
+                report.versions_skipped += 1
+                continue
+            new.append(held)
+            report.versions_fetched += 1
+            report.pulled.append(held.ref)
+            if held.version != rec.version:
+                report.renumbered[rec.ref] = held.ref
     # versions held already but missing from the catalog are what a pull killed between its
     # records and its catalog commit left (docs/format.md §11): running it again indexes them
     created = {r.key for r in new}
@@ -258,7 +263,7 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
             continue
         moved = TagRecord(tag.name, tag.tag, target.version, target.vector_id, utc_now())
         reg.store.write(moved.key, moved.to_bytes())
-        reg.catalog.set_tag(moved)
+        reg._index_tag(moved.name, moved.tag)
         report.tags_set += 1
     if similarities:  # and those of versions a killed pull indexed but did not get to
         pending = new + reg._without_stats(held_before)
@@ -275,6 +280,16 @@ def _catalog_tags(reg: "Registry", names: set[str]) -> dict[tuple[str, str], tup
     except TvregError:
         return {}
     return {(r["name"], r["tag"]): (r["version"], r["vector_id"]) for r in rows}
+
+
+def _reuse(reg: "Registry", oid: str) -> bool:
+    """Whether object ``oid`` is here already; if so it is touched, so that gc's grace period
+    restarts (an old unreferenced object, e.g. of an interrupted pull, is about to be used)."""
+    try:
+        reg.store.touch(object_key(oid))
+    except MissingKey:
+        return False
+    return True
 
 
 def _remote_tags(store: "Store", names: set[str], remote: str,

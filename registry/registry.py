@@ -19,7 +19,8 @@ from . import progress
 from .catalog import Catalog
 from .codecs.choose import check_level
 from .digest import parse_json
-from .errors import AmbiguousRef, FormatError, InvalidInput, NotFound, TvregError
+from .errors import AmbiguousRef, CorruptObject, FormatError, InvalidInput, NotFound, TvregError
+from .gclock import LOCK_FILE, referencing
 from .manifest import Manifest, TensorEntry
 from .names import Ref, parse_ref, validate_name, validate_tag
 from .objects import ObjectDB, Staging
@@ -155,7 +156,8 @@ class Registry:
         # the layout folders (and the temp file of config.json) alone are a registry another
         # process is initializing right now
         if os.path.isdir(self.root) and {e for e in os.listdir(self.root)
-                                         if not e.startswith(TMP_PREFIX)} - _LAYOUT_DIRS:
+                                         if not e.startswith(TMP_PREFIX)} \
+                - _LAYOUT_DIRS - {LOCK_FILE}:
             raise InvalidInput(f"{self.root} is not empty and not a tvreg registry")
         for sub in ("objects", "refs", "tags", SCRATCH_DIR):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
@@ -382,7 +384,10 @@ class Registry:
         existing = {r.version: r for r in read_many(self._read_record, candidates)}
         record = VersionRecord(name, max(keys, default=0) + 1, vector_id, manifest.base_hash,
                                manifest.arch_fingerprint, metadata, utc_now(), parents, recipe)
-        return claim(self.store, record, existing, taken=set(keys))
+        # its objects are still there (a concurrent gc cannot delete them until the record is)
+        with referencing(self, [vector_id, *manifest.blob_ids()],
+                         restore={vector_id: manifest.to_bytes()}):
+            return claim(self.store, record, existing, taken=set(keys))
 
     # --- records ---------------------------------------------------------------------------------
 
@@ -863,8 +868,23 @@ class Registry:
             previous = None
         rec = TagRecord(record.name, tag, record.version, vector_id, utc_now())
         self.store.write(rec.key, rec.to_bytes())
-        self.catalog.set_tag(rec)
+        try:
+            self._index_tag(rec.name, rec.tag)
+        except TvregError as e:
+            raise type(e)(f"{rec.name}@{rec.tag} is set, but the catalog was not updated ({e}); "
+                          "run `tvreg reindex`") from None
         return rec, previous
+
+    def _index_tag(self, name: str, tag: str) -> None:
+        """Index the tag as its file holds it now, read under the catalog's write lock: of two
+        concurrent `tag` commands, the one that writes the catalog last may not have written
+        the file last, and must index the file's target, not its own."""
+        def current() -> TagRecord | None:
+            try:
+                return self.tag_record(name, tag)
+            except (NotFound, FormatError, CorruptObject):
+                return None
+        self.catalog.set_tag(name, tag, current)
 
     # --- queries ---------------------------------------------------------------------------------
 

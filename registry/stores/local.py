@@ -77,26 +77,34 @@ class LocalStore(Store):
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = self._temp(path, data)
-        try:
-            faults.step("rename", key)
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        for attempt in _ATTEMPTS:
+            tmp = self._temp(path, data)
+            try:
+                faults.step("rename", key)
+                os.replace(tmp, path)
+                break
+            except FileNotFoundError:
+                _vanished(tmp, attempt)
+            except BaseException:
+                _unlink(tmp)
+                raise
         if self.fsync:
             _fsync_dir(os.path.dirname(path))
 
     def write_new(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        if os.path.exists(path):
-            return False
-        tmp = self._temp(path, data)
-        try:
-            return self._link_new(tmp, path)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        for attempt in _ATTEMPTS:
+            if os.path.exists(path):
+                return False
+            tmp = self._temp(path, data)
+            try:
+                return self._link_new(tmp, path)
+            except FileNotFoundError:
+                _vanished(tmp, attempt)
+            except BaseException:
+                _unlink(tmp)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def write_file(self, key: str, path: str) -> bool:
         dest = self._path(key)
@@ -195,6 +203,21 @@ class LocalStore(Store):
                 key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
                 if is_key(key):  # not hidden or temporary, nor a name no key can have
                     yield key
+
+
+#: a write whose temporary file vanished before it was linked (a concurrent ``gc --grace 0``
+#: removed it) writes it again, this many times at most
+_ATTEMPTS = range(5)
+
+
+def _vanished(tmp: str, attempt: int) -> None:
+    """The temporary file of a write is gone: try again, or give up with a clear error."""
+    from ..errors import RegistryError
+
+    _unlink(tmp)
+    if attempt == _ATTEMPTS[-1]:
+        raise RegistryError(f"{tmp}: the temporary file of this write kept being removed (by a "
+                            "concurrent `tvreg gc` with a short --grace?); run the command again")
 
 
 def _unlink(path: str) -> None:
