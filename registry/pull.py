@@ -259,7 +259,7 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
             current = None
         if current is not None and (current.version, current.vector_id) == want:
             if indexed_tags.get((tag.name, tag.tag)) != want:  # a pull killed in between
-                reg.catalog.set_tag(current)
+                reg._index_tag(current.name, current.tag)
             continue
         moved = TagRecord(tag.name, tag.tag, target.version, target.vector_id, utc_now())
         reg.store.write(moved.key, moved.to_bytes())

@@ -265,7 +265,7 @@ def _tag(reg: "Registry", src: "Store", remote: str, key: str) -> None:
                            f"({theirs.vector_id[:12]}), which is not what the catalog lists "
                            "for it")
     _put(reg, key, theirs.to_bytes(), "corrupted", read_tag)
-    reg.catalog.set_tag(theirs)
+    reg._index_tag(theirs.name, theirs.tag)
 
 
 def _base_name(reg: "Registry", src: "Store", remote: str, key: str) -> None:
