@@ -75,8 +75,11 @@ def _worker(args: argparse.Namespace) -> int:
         time.sleep(0.002)
     out = open(args.out, "a", encoding="utf-8")
     reg = tvreg.open(plan["registry"])
+    first = rng.sample(ops, len(ops))
     for i in range(plan["ops"]):
-        op = rng.choices(ops, weights)[0]
+        # each worker does every kind of operation once (in an order of its own), then draws
+        # them by weight: a short run still exercises all of them
+        op = first[i] if i < len(first) else rng.choices(ops, weights)[0]
         line: dict[str, Any] = {"worker": args.id, "i": i, "op": op}
         del waits[:]
         t0 = time.perf_counter()
