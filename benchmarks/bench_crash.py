@@ -11,12 +11,14 @@ copy of the starting state:
   ``tvreg/faults.py``): every step when there are few, else the first step of every kind
   (stage, tmp, link, unlink, rename, touch, delete, put, commit, close, sketch…) and the rest
   spread evenly over the run;
-- **random** kills, ``os.killpg(pid, SIGKILL)`` after a delay drawn uniformly over the part of
-  the run that writes: from 50 ms before its first durable step to 100 ms after its last one
-  (past its final output), as measured by the trace run; before that, the interpreter imports
-  torch and tvreg. At least a third of the kills are random. A run that ends before its delay
-  (timings vary with the load) counts as a run, not a kill; delays are drawn until that many
-  runs were really killed (at most three times as many tries).
+- **random** kills, ``os.killpg(pid, SIGKILL)`` at a random time of the part of the run that
+  writes: a delay after its first durable step (the harness watches for it), uniform from 0 to
+  1.1 times the time the trace run took from its first durable step to its last, plus 10 ms
+  (past its final output). Before the first step the interpreter imports torch and tvreg, which takes
+  most of a run's time and varies too much with the load to aim at from the start. At least a
+  third of the kills are random. A run that ends before its delay counts as a run, not a kill;
+  delays are drawn until that many runs were really killed (at most three times as many
+  tries).
 
 After each kill it checks that ``tvreg verify`` passes (or shows only the catalog missing the
 killed command's new versions, the state docs/format.md §11 documents; for a push, the remote

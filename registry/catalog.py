@@ -179,6 +179,7 @@ class Catalog:
         """A connection inside one transaction: committed on success, rolled back on error."""
         if not os.path.exists(self.path):
             self._migrated = False  # deleted since we migrated it: the new file needs the schema
+        faults.step("begin", self.path)  # opening may create the file or replay its WAL
         with self._connection(read_only=False) as con:
             if not self._migrated:
                 self._migrate(con)

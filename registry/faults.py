@@ -4,10 +4,12 @@ Every durable step of a write calls :func:`step` just before it changes anything
 ``stage`` (a blob written to a scratch folder), ``tmp`` (a temporary file created), ``rename``
 (a file replaced), ``link`` (an exclusive create by link(2)), ``unlink`` (a temporary name
 removed), ``touch``, ``delete``, ``put`` / ``put-new`` (a value written to a remote, plain or
-exclusive), ``commit`` / ``close`` (a catalog transaction committed; its connection closed,
-which may checkpoint the write-ahead log), ``rmtree`` (a scratch folder removed by gc) and
-``sketch`` (records appended to a sketch file). The detail is the path or key concerned. Two
-environment variables, read once when this module is imported, turn the hook on:
+exclusive), ``begin`` / ``commit`` / ``close`` (a catalog write about to open its connection,
+which may create the file or replay its write-ahead log, and start its transaction; the
+transaction committed; the connection closed, which may checkpoint the log), ``rmtree`` (a
+scratch folder removed by gc) and ``sketch`` (records appended to a sketch file). The detail
+is the path or key concerned. Two environment variables, read once when this module is
+imported, turn the hook on:
 
 ``TVREG_FAULT_KILL_AT``
     kill this process with SIGKILL just before a step, as a crash or ``kill -9`` would, with
@@ -41,7 +43,7 @@ TRACE_ENV = "TVREG_FAULT_TRACE"
 
 #: the kinds of steps (see the module docstring)
 KINDS = frozenset({"stage", "tmp", "rename", "link", "unlink", "touch", "delete", "put",
-                   "put-new", "commit", "close", "rmtree", "sketch"})
+                   "put-new", "begin", "commit", "close", "rmtree", "sketch"})
 _SPEC = re.compile(r"(?P<kind>[a-z-]+)(?::(?P<text>[^#]*))?(?:#(?P<nth>[1-9][0-9]*))?")
 
 

@@ -121,9 +121,11 @@ def read_trace(path: pathlib.Path) -> tuple[list[Step], Step | None]:
 def run_cli(argv: list[str], env: dict[str, str], cwd: pathlib.Path, *,
             kill_at: int | str | None = None, kill_after: float | None = None,
             timeout: float = 600) -> Run:
-    """Run ``argv`` in its own process group; kill it before the step ``kill_at`` names (a
-    number or ``KIND[:TEXT][#N]``, the fault hook's ``TVREG_FAULT_KILL_AT``) or ``kill_after``
-    seconds after it started (SIGKILL to the whole group)."""
+    """Run ``argv`` in its own process group; kill it (SIGKILL to the whole group) before the
+    step ``kill_at`` names (a number or ``KIND[:TEXT][#N]``, the fault hook's
+    ``TVREG_FAULT_KILL_AT``), or ``kill_after`` seconds after its first durable step (the
+    time before it, interpreter and library imports, varies too much with the load to aim
+    at the writing part of a run from the start)."""
     trace = cwd / f".trace-{uuid.uuid4().hex[:8]}"
     env = {**env, TRACE_ENV: str(trace)}
     env.pop(KILL_ENV, None)
@@ -132,18 +134,21 @@ def run_cli(argv: list[str], env: dict[str, str], cwd: pathlib.Path, *,
     started = time.time()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if kill_after is not None:  # output is a few lines: the pipes cannot fill meanwhile
+        while not trace.exists() and proc.poll() is None and time.time() - started < timeout:
+            time.sleep(0.001)
+        time.sleep(kill_after)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     try:
-        out, err = proc.communicate(timeout=kill_after if kill_after is not None else timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        if kill_after is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        out, err = proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     elapsed = time.time() - started
     steps, killed = read_trace(trace)
     trace.unlink(missing_ok=True)
@@ -514,7 +519,8 @@ def attempt(scenario: Scenario, *, kill_at: int | str | None = None,
     try:
         run = scenario.run(where, kill_at=kill_at, kill_after=kill_after)
         how = f"before {kill_at}" if isinstance(kill_at, str) else \
-            f"step {kill_at}" if kill_at is not None else f"after {kill_after:.3f} s"
+            f"step {kill_at}" if kill_at is not None else \
+            f"{kill_after:.3f} s after the first step"
         point = run.killed_before.kind if run.killed_before else \
             (f"after {run.steps[-1].kind}" if run.killed and run.steps else
              "before any step" if run.killed else "-")
@@ -555,14 +561,12 @@ def kill_plan(steps: list[Step], count: int | None, rng: random.Random) -> list[
 
 
 def kill_delays(run: Run, count: int, rng: random.Random) -> list[float]:
-    """``count`` random delays over the part of a command's run that writes, as the trace of
-    ``run`` shows it: from 50 ms before its first durable step to 100 ms after its last (so
-    past its final output); before that, the interpreter imports torch and tvreg."""
-    if not run.steps:
-        return [rng.uniform(0.0, run.elapsed) for _ in range(count)]
-    first, last = (s.time - run.started for s in (run.steps[0], run.steps[-1]))
-    lo, hi = max(0.0, first - 0.05), min(run.elapsed, last + 0.1)
-    return [rng.uniform(lo, max(lo, hi)) for _ in range(count)]
+    """``count`` random delays after a command's first durable step (for :func:`run_cli`'s
+    ``kill_after``), uniform over the part of its run that writes as the trace of ``run``
+    shows it: from the first durable step to a little after the last (10 ms and a tenth of
+    the span more, past its final output)."""
+    span = run.steps[-1].time - run.steps[0].time if run.steps else run.elapsed
+    return [rng.uniform(0.0, 1.1 * span + 0.01) for _ in range(count)]
 
 
 class CreateScenario(Scenario):
