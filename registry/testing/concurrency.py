@@ -39,30 +39,41 @@ DEFAULT_MIX = {"create": 4, "tag": 2, "ls": 1, "show": 1, "sql": 1, "tensors": 2
 # --- the worker (a separate process) ------------------------------------------------------------
 
 
-def _timed_catalog() -> list[float]:
-    """Record how long each catalog connection took to open (lock waits included)."""
+def _timed_locks() -> tuple[list[float], list[float]]:
+    """Record how long each catalog connection took to open, and each hold of the gc lock to
+    be granted (lock waits included): two lists, filled as the worker goes."""
     import contextlib
 
+    import tvreg.gclock
     from tvreg.catalog import Catalog
 
-    waits: list[float] = []
-    real = Catalog._connection
+    catalog: list[float] = []
+    gc_lock: list[float] = []
+    real_connection, real_gc_lock = Catalog._connection, tvreg.gclock.gc_lock
 
     @contextlib.contextmanager
-    def timed(self, *args, **kwargs):
+    def timed_connection(self, *args, **kwargs):
         t0 = time.perf_counter()
-        with real(self, *args, **kwargs) as con:
-            waits.append(time.perf_counter() - t0)
+        with real_connection(self, *args, **kwargs) as con:
+            catalog.append(time.perf_counter() - t0)
             yield con
 
-    Catalog._connection = timed
-    return waits
+    @contextlib.contextmanager
+    def timed_gc_lock(*args, **kwargs):
+        t0 = time.perf_counter()
+        with real_gc_lock(*args, **kwargs):
+            gc_lock.append(time.perf_counter() - t0)
+            yield
+
+    Catalog._connection = timed_connection
+    tvreg.gclock.gc_lock = timed_gc_lock
+    return catalog, gc_lock
 
 
 def _worker(args: argparse.Namespace) -> int:
     import tvreg
 
-    waits = _timed_catalog()
+    waits, gc_waits = _timed_locks()
     plan = json.loads(pathlib.Path(args.plan).read_text())
     rng = random.Random(args.seed)
     mix = plan["mix"]
@@ -81,7 +92,7 @@ def _worker(args: argparse.Namespace) -> int:
         # them by weight: a short run still exercises all of them
         op = first[i] if i < len(first) else rng.choices(ops, weights)[0]
         line: dict[str, Any] = {"worker": args.id, "i": i, "op": op}
-        del waits[:]
+        del waits[:], gc_waits[:]
         t0 = time.perf_counter()
         try:
             line.update(_do(reg, op, rng, plan, args.id) or {})
@@ -94,8 +105,8 @@ def _worker(args: argparse.Namespace) -> int:
             line.update(ok=False, error=type(e).__name__, message=repr(e), untyped=True,
                         traceback=traceback.format_exc()[-3000:])
         line["seconds"] = time.perf_counter() - t0
-        line["lock_wait"] = sum(max(0.0, w) for w in waits)
-        line["opens"] = len(waits)
+        line["catalog_waits"] = [round(w, 6) for w in waits]
+        line["gc_lock_waits"] = [round(w, 6) for w in gc_waits]
         out.write(json.dumps(line) + "\n")
         out.flush()
     reg.close()
