@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 import tvreg
-from tvreg.errors import RegistryBusy, RegistryError
+from tvreg.errors import RegistryBusy
 from tvreg.testing.concurrency import (ORPHAN_AGE, check_local, check_remote, expected_vector_ids,
                                        make_sources, make_variants, run_local, run_pushers,
                                        seed_orphans)
@@ -73,7 +73,7 @@ def test_processes_create_tag_read_and_gc_one_registry_at_once(n, zoo, variants,
     assert {x["op"] for x in done} >= {"create", "tag", "ls", "sql", "tensors", "gc"}
 
 
-# --- a process paused at a chosen point ------------------------------------------------------------
+# --- a process paused at a chosen point -----------------------------------------------------------
 
 
 _PAUSED = textwrap.dedent("""
@@ -347,7 +347,7 @@ def test_gc_does_not_unindex_a_vector_stored_again_meanwhile(reg, reg_path, zoo,
     assert rep.ok, rep.problems
 
 
-# --- tags ------------------------------------------------------------------------------------------
+# --- tags -----------------------------------------------------------------------------------------
 
 
 def test_two_tags_of_one_name_leave_the_catalog_with_the_last_file(filled, reg_path, zoo,
@@ -368,7 +368,7 @@ def test_two_tags_of_one_name_leave_the_catalog_with_the_last_file(filled, reg_p
     assert filled.sql("SELECT name, tag, version, vector_id FROM tags ORDER BY 1, 2") == before
 
 
-# --- catalog lock waits ------------------------------------------------------------------------------
+# --- catalog lock waits ---------------------------------------------------------------------------
 
 
 _HOLDER = textwrap.dedent("""
