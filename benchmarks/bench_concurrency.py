@@ -147,7 +147,7 @@ def run_sql(kind: str, n: int, ops: int, work: pathlib.Path, seed: int) -> dict:
             "errors": crashed + sorted({f"{kind}: {g['first']}" for g in got if g["first"]})}
 
 
-# --- tvreg scenarios ---------------------------------------------------------------------------------
+# --- tvreg scenarios ------------------------------------------------------------------------------
 
 
 def run_local(n: int, ops: int, grace: float, zoo, variants, expected, work: pathlib.Path,
@@ -212,7 +212,7 @@ def run_push(kind: str, n: int, zoo, variants, work: pathlib.Path, moto, seed: i
                               for x in run.failures()})}
 
 
-# --- report ------------------------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------------------
 
 
 def _pct(xs: list[float], q: float) -> float:

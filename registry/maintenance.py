@@ -252,7 +252,7 @@ def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
     gone: list[str] = []
     if candidates:
         with gc_lock(reg.root, exclusive=True, timeout=reg.catalog.timeout) \
-                if not dry_run else _nothing():
+                if not dry_run else contextlib.nullcontext():
             keep |= reachable_objects(reg, seen)  # recorded since the first pass
             now = time.time()
             for oid in candidates:
@@ -284,8 +284,3 @@ def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
     if not dry_run:
         reg.catalog.forget_vectors(gone)
     return rep
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield

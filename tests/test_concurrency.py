@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 import tvreg
-from tvreg.errors import RegistryBusy, RegistryError
+from tvreg.errors import RegistryBusy
 from tvreg.testing.concurrency import (ORPHAN_AGE, check_local, check_remote, expected_vector_ids,
                                        make_sources, make_variants, run_local, run_pushers,
                                        seed_orphans)
@@ -60,7 +60,7 @@ def test_processes_create_tag_read_and_gc_one_registry_at_once(n, zoo, variants,
     reused, garbage = seed_orphans(root, reference,
                                    [v for t, v in sorted(expected.items()) if t.endswith("-0")],
                                    garbage=3)
-    run = run_local(root, n, 16, base=str(zoo.base), finetuned=ft, workdir=tmp_path, grace=0.0,
+    run = run_local(root, n, 12, base=str(zoo.base), finetuned=ft, workdir=tmp_path, grace=0.0,
                     seed=n)
     check = check_local(root, run, expected, garbage)
     assert check.problems == [], check.problems
@@ -69,11 +69,11 @@ def test_processes_create_tag_read_and_gc_one_registry_at_once(n, zoo, variants,
         assert x["op"] == "create" and x["error"] == "RegistryError" and \
             "concurrent gc" in x["message"], x
     done = [x for x in run.lines if x["ok"]]
-    assert len(run.lines) == 16 * n and len(done) >= 15 * n
+    assert len(run.lines) == 12 * n and len(done) >= 11 * n
     assert {x["op"] for x in done} >= {"create", "tag", "ls", "sql", "tensors", "gc"}
 
 
-# --- a process paused at a chosen point ------------------------------------------------------------
+# --- a process paused at a chosen point -----------------------------------------------------------
 
 
 _PAUSED = textwrap.dedent("""
@@ -347,7 +347,7 @@ def test_gc_does_not_unindex_a_vector_stored_again_meanwhile(reg, reg_path, zoo,
     assert rep.ok, rep.problems
 
 
-# --- tags ------------------------------------------------------------------------------------------
+# --- tags -----------------------------------------------------------------------------------------
 
 
 def test_two_tags_of_one_name_leave_the_catalog_with_the_last_file(filled, reg_path, zoo,
@@ -368,7 +368,7 @@ def test_two_tags_of_one_name_leave_the_catalog_with_the_last_file(filled, reg_p
     assert filled.sql("SELECT name, tag, version, vector_id FROM tags ORDER BY 1, 2") == before
 
 
-# --- catalog lock waits ------------------------------------------------------------------------------
+# --- catalog lock waits ---------------------------------------------------------------------------
 
 
 _HOLDER = textwrap.dedent("""
@@ -472,7 +472,7 @@ def _remote(kind: str, request, tmp_path) -> tuple[str, dict | None]:
                                    "use_listings_cache": False}
 
 
-@pytest.mark.parametrize("kind, n", [("dir", 2), ("s3", 4)])
+@pytest.mark.parametrize("kind, n", [("dir", 4), ("s3", 2)])
 def test_pushers_to_one_remote_land_every_version_exactly_once(kind, n, request, zoo, variants,
                                                                 tmp_path):
     """N registries push at once to a directory or to S3 (exclusive creates: link(2), and a

@@ -319,7 +319,8 @@ def seed_orphans(registry: str | os.PathLike, reference: str | os.PathLike,
 
 
 def run_local(registry: str | os.PathLike, n: int, ops: int, *, base: str,
-              finetuned: dict[str, str], workdir: str | os.PathLike, mix: dict[str, int] | None = None,
+              finetuned: dict[str, str], workdir: str | os.PathLike,
+              mix: dict[str, int] | None = None,
               grace: float = 3600.0, meta_values: int = 2, similarities: bool = False,
               seed: int = 0, env: dict[str, str] | None = None, timeout: float = 600) -> Run:
     plan = {"registry": os.fspath(registry), "base": os.fspath(base),
