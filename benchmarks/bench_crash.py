@@ -106,7 +106,7 @@ def run_command(command: str, args, work, zoo, env, expected, moto) -> dict:
     sc = scenario(command, work, zoo, env, expected, moto)
     cal = sc.calibrate()
     n_random = max(args.kills - len(cal.steps), -(-args.kills // 3))
-    plan = crash.kill_plan(cal.steps, args.kills - n_random, rng)
+    plan = crash.kill_plan(cal.steps, args.kills - n_random)
     n_random = args.kills - len(plan)
     _log(f"{sc.label}: {len(cal.steps)} durable steps in {cal.elapsed:.2f} s; "
          f"{len(plan)} kills at steps, {n_random} at random times")

@@ -4,6 +4,8 @@
 :class:`ToyClassifier`, synthetic token-classification :data:`TASKS`, :func:`pretrain` /
 :func:`finetune` / :func:`accuracy`, :func:`save_safetensors`, and :func:`make_toy_zoo`, which
 writes a base checkpoint and fine-tuned checkpoints (``.safetensors``) in about a second.
+:mod:`tvreg.testing.crash` kills real ``tvreg`` processes at chosen steps and checks what they
+leave (the crash-safety tests and benchmark).
 """
 
 from .toy import (

@@ -272,8 +272,8 @@ def check_complete(root: pathlib.Path, env: dict[str, str], expected: Expected,
     import tvreg
 
     problems: list[str] = []
-    code, found = verify_cli(root, env)
-    problems += [f"verify after the rerun: {p}" for p in found]
+    with tvreg.open(root) as reg:  # what `tvreg verify` runs (the CLI ran after the kill)
+        problems += [f"verify after the rerun: {p}" for p in reg.verify().problems]
     stored, tags = store_state(root)
     if catalog_state(root) != (stored, tags):
         problems.append("catalog differs from the files after the rerun (versions or tags)")
@@ -418,8 +418,7 @@ def check_remote(spec: RemoteSpec, env: dict[str, str], work: pathlib.Path,
                 problems.append(f"pull from the remote failed: {type(e).__name__}: {e}")
             else:
                 problems += [m for rec in reg.all_records() if (m := expected.mismatch(reg, rec))]
-        code, found = verify_cli(clone, env)
-        problems += [f"verify of a pulled clone: {p}" for p in found]
+                problems += [f"verify of a pulled clone: {p}" for p in reg.verify().problems]
         shutil.rmtree(clone, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     out.problems += problems
@@ -541,7 +540,7 @@ def attempt(scenario: Scenario, *, kill_at: int | str | None = None,
     return out
 
 
-def kill_plan(steps: list[Step], count: int | None, rng: random.Random) -> list[int]:
+def kill_plan(steps: list[Step], count: int | None) -> list[int]:
     """Step numbers to kill before: all of them (``count`` None or at least their number), or
     ``count`` of them: the first step of every kind first, the rest spread evenly."""
     numbers = [s.number for s in steps]
@@ -666,8 +665,10 @@ class PushScenario(Scenario):
 
     def after_kill(self, where: pathlib.Path, run: Run, out: Outcome) -> None:
         before = len(out.problems)
-        code, problems = verify_cli(where / "reg", self.env)  # push changes nothing here
-        out.problems += [f"local verify: {p}" for p in problems]
+        import tvreg
+
+        with tvreg.open(where / "reg") as reg:  # push changes nothing here
+            out.problems += [f"local verify: {p}" for p in reg.verify().problems]
         check_remote(self.spec(where), self.env, where, self.expected, out, where / "reg")
         out.verify_clean = out.exact = len(out.problems) == before
 
