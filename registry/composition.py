@@ -387,10 +387,17 @@ class Composition:
                     p for p in (f"{len(missing)} tensor(s) missing: {_listing(missing)}" if missing else "",
                                 f"{len(wrong)} tensor(s) of another shape: {_listing(wrong)}" if wrong else "")
                     if p))
+        # a target on one CUDA device: each merged tensor goes there through pinned memory
+        # without blocking, so the copy overlaps the decoding of the next (iter_tensors)
+        devices = {params[e.name].device for e in self.entries}
+        device = next(iter(devices)) if len(devices) == 1 else None
+        device = device if device is not None and device.type == "cuda" else None
         with torch.no_grad():
-            for name, delta in self.iter_tensors():
+            for name, delta in self.iter_tensors(device=device):
                 t = params[name]
                 t.add_(delta.to(device=t.device, dtype=t.dtype, non_blocking=True), alpha=scale)
+        if device is not None:
+            torch.cuda.current_stream(device).synchronize()
         return target
 
     def save(self, path: str) -> int:
