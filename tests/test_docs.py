@@ -18,7 +18,7 @@ def test_python_md_examples_run(tmp_path, zoo):
     result = doctest.testfile(str(DOCS / "python.md"), module_relative=False, globs=globs,
                               optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
                               raise_on_error=False, verbose=False)
-    assert result.attempted > 20
+    assert result.attempted > 120
     assert result.failed == 0
 
 
@@ -36,3 +36,19 @@ def test_sql_md_examples_run(filled):
         filled.sql(statement)  # raises SQLError if it does not run
     best = filled.sql(statements[-5])  # the 5 versions most similar to sentiment@1
     assert [r["other_name"] for r in best] == [r["name"] for r in filled.similar("sentiment@1", k=5)]
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's ten-line example runs as written (in an empty folder) and does what it says."""
+    text = (DOCS.parent / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start:text.index("```", start)]
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("[{'name': 'sentiment', 'version': 1, 'task': 'sentiment'")
+    assert printed[1].startswith("[('toxicity@1', ")
+    with tvreg.open(tmp_path / "registry") as reg:
+        assert [r["name"] for r in reg.ls()] == ["sentiment", "topic", "toxicity"]
+    assert (tmp_path / "multi.safetensors").stat().st_size > 0
