@@ -943,8 +943,10 @@ class Registry:
 
     def export(self, ref: str, path: str | os.PathLike) -> int:
         """Write the task vector to a safetensors file, one tensor in memory at a time."""
+        from .apply import check_output_path
         from .safetensors_io import write_safetensors
 
+        path = check_output_path(os.fspath(path))
         vec = self.get(ref)
         specs = [(t.name, t.dtype, t.shape) for t in vec.manifest.tensors]
         metadata = {"tvreg.vector_id": vec.vector_id, "tvreg.base_hash": vec.base_hash,

@@ -78,6 +78,17 @@ def test_export_is_bit_exact(run, zoo, tmp_path):
         assert torch.equal(tau[n], ft[n].float() - base[n].float())
 
 
+def test_export_to_a_missing_folder_is_bad_input(run, zoo, tmp_path):
+    _create(run, zoo, "toxicity")
+    r = run("export", "toxicity", "-o", str(tmp_path / "nowhere" / "tox.safetensors"), code=2)
+    assert r.stderr.strip().splitlines() == [
+        f"tvreg: error: cannot write {tmp_path / 'nowhere' / 'tox.safetensors'}: "
+        f"folder {tmp_path / 'nowhere'} does not exist"]
+    r = run("export", "toxicity", "-o", str(tmp_path), code=2)  # a folder, not a file
+    assert "is a folder" in r.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
 @pytest.mark.parametrize("args, needle", [
     (("show", "nope"), "no vector named 'nope'"),
     (("show", "sentiment@7"), "sentiment@7 does not exist"),

@@ -202,6 +202,24 @@ def test_pull_from_http_needs_the_index(run, filled_cli, tmp_path, serve_http):
     assert "holds no tvreg data" in r.stderr
 
 
+def test_an_option_the_backend_rejects_is_one_line_of_bad_input(run, filled_cli, tmp_path,
+                                                                 serve_http):
+    """HTTP takes no ``anon``: the client library raises TypeError on the first request, which
+    must not escape as a traceback."""
+    from helpers import snapshot
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    run("remote", "add", "web", serve_http(folder), "--option", "anon=true")
+    before = snapshot(filled_cli)
+    for args in (("ls", "--remote", "web"), ("pull", "web")):
+        r = run(*args, code=2)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "the backend rejected an option" in lines[0]
+        assert "anon" in lines[0] and "Traceback" not in r.stderr
+    assert snapshot(filled_cli) == before
+
+
 def test_push_and_pull_report_progress_in_objects_and_bytes(zoo, tmp_path):
     class Recorder:
         def __init__(self):

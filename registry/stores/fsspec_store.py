@@ -43,8 +43,25 @@ def _backend_failure(e: BaseException) -> bool:
     if isinstance(e, (OSError, TimeoutError, ConnectionError)):
         return True
     module = type(e).__module__.split(".", 1)[0]
-    return module in {"botocore", "aiobotocore", "aiohttp", "requests", "urllib3", "azure",
-                      "google", "gcsfs", "adlfs"}
+    if module in _BACKENDS:
+        return True
+    # a storage option the backend does not take (``--option anon=true`` for HTTP) surfaces as
+    # a TypeError raised inside the client library, on the first request
+    return isinstance(e, TypeError) and _raised_in(e, _BACKENDS | {"fsspec", "s3fs"})
+
+
+_BACKENDS = frozenset({"botocore", "aiobotocore", "aiohttp", "requests", "urllib3", "azure",
+                       "google", "gcsfs", "adlfs"})
+
+
+def _raised_in(e: BaseException, packages: frozenset[str] | set[str]) -> bool:
+    """Whether the innermost frame of ``e``'s traceback is in one of ``packages``."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).split(".", 1)[0] in packages
 
 
 def _translated(method):
@@ -59,6 +76,11 @@ def _translated(method):
             if not _backend_failure(e):
                 raise
             text = " ".join(str(e).split())[:300] or type(e).__name__
+            if isinstance(e, TypeError):  # bad configuration, not a failing backend
+                from ..errors import InvalidInput
+
+                raise InvalidInput(f"{self!r}: the backend rejected an option ({text}); check "
+                                   "the remote's options (tvreg remote add --option)") from None
             if isinstance(e, PermissionError):
                 text = f"access denied ({text}); check the backend's credentials"
             raise RemoteError(f"{self!r}: {text}") from None
