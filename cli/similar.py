@@ -64,6 +64,9 @@ def similar(reg, refs, k, matrix, plot_path, as_json):
 def _matrix(reg, refs, plot_path, as_json) -> None:
     if plot_path:
         _require_matplotlib()
+        from tvreg.apply import check_output_path
+
+        check_output_path(plot_path)  # a missing folder is bad input, found before any work
     m = reg.similarity_matrix(refs)
     for s in m.skipped:
         message(f"skipped {s['ref']}: {s['reason']}")

@@ -74,6 +74,14 @@ def test_matrix_plot_writes_a_png(run, three, tmp_path):
     assert img.shape == (380, 480, 4)
 
 
+def test_plot_into_a_missing_folder_is_bad_input_before_any_output(run, three, tmp_path):
+    pytest.importorskip("matplotlib")
+    r = run("similar", "--matrix", "--plot", str(tmp_path / "nowhere" / "heat.png"), code=2)
+    assert r.stdout == ""  # refused before the matrix is printed
+    assert r.stderr.strip() == (f"tvreg: error: cannot write {tmp_path / 'nowhere' / 'heat.png'}"
+                                f": folder {tmp_path / 'nowhere'} does not exist")
+
+
 def test_plot_without_matplotlib_says_how_to_get_it(run, three, tmp_path, monkeypatch):
     real_import = builtins.__import__
 
