@@ -360,7 +360,7 @@ def accuracy(enc: Encoder, head, data: list[tuple[str, int]]) -> float:
     emb = enc.encode([text for text, _ in data])
     pred = (emb @ head.T).argmax(-1)
     labels = enc.torch.tensor([label for _, label in data])
-    return float((pred == labels).float().mean())
+    return int((pred == labels).sum()) / len(data)
 
 
 def finetune(enc: Encoder, base_sd: dict, batches, loss_fn, steps: int, lr: float, seed: int):
@@ -741,13 +741,16 @@ def edited(reg, expression: str, lam: float, base_sd: dict) -> dict:
 
 def render(r: dict) -> str:
     """The markdown tables of a run's results."""
+    main = [x["task"] for x in r["addition"]["rows"]]
+
     def mean(key):
         rows = r["addition"]["rows"]
         return sum(x[key] for x in rows) / len(rows)
 
     parts = ["### Fine-tuning (test accuracy)\n",
              table(["task", "zero-shot base", "fine-tuned"],
-                   [[n, r["acc_base"]["test"][n], r["acc_ft"][n]["test"]] for n in r["acc_ft"]]),
+                   [[n + (" (the oracle: not used by the analogy)" if n not in main else ""),
+                     r["acc_base"]["test"][n], r["acc_ft"][n]["test"]] for n in r["acc_ft"]]),
              "\n\n### Negation: base − λ·τ_task (test accuracy; control = mean of the other "
              "three tasks)\n",
              table(["negated task", "λ", "target: base", "target: fine-tuned", "target: negated",
