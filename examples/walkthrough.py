@@ -370,12 +370,12 @@ def finetune(enc: Encoder, base_sd: dict, batches, loss_fn, steps: int, lr: floa
     torch = enc.torch
     enc.load(base_sd)
     torch.manual_seed(seed)
-    params = [p for n, p in enc.model.named_parameters()
-              if n != "embeddings.word_embeddings.weight"]
+    enc.model.embeddings.word_embeddings.weight.requires_grad_(False)
+    params = [p for p in enc.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     enc.model.train()
     losses = []
-    for step in range(steps):
+    for _ in range(steps):
         loss = loss_fn(next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
