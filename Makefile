@@ -1,5 +1,7 @@
 # Two commands on a fresh machine:  `make demo` (the main job end to end)  and  `make test`.
-# Both create .venv with the CPU build of torch and tvreg installed editable, once.
+# Both create .venv with the CPU build of torch and tvreg installed editable, once, with the
+# `test` and `examples` extras (the test suite runs the walkthrough's quick mode).
+# `make walkthrough`: task arithmetic on a real pre-trained model (docs/walkthrough.md).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,12 +10,14 @@ STAMP  := $(VENV)/.installed-stamp
 # CPU wheel of torch (an unpinned torch would pull multi-GB CUDA wheels)
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test walkthrough bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,examples]'
+	@# the extras must not replace the pinned CPU torch (a CUDA build is gigabytes)
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH)'.split('==')[-1] else 'the extras replaced $(TORCH) with torch ' + torch.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +28,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+walkthrough: $(STAMP)
+	$(BIN)/python examples/walkthrough.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .walkthrough .pytest_cache

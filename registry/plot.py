@@ -41,6 +41,13 @@ def heatmap(m: "SimilarityMatrix", path: str | os.PathLike) -> None:
         ax.set_title("cosine similarity of task vectors")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
-        fig.savefig(os.fspath(path), format="png")
+        # tight_layout cannot make room for labels longer than the figure allows (the cells
+        # stay square): then grow the saved image to everything drawn instead of cutting it
+        fig.canvas.draw()
+        drawn = fig.get_tightbbox(fig.canvas.get_renderer())
+        size = fig.bbox_inches
+        fits = (drawn.x0 >= size.x0 and drawn.y0 >= size.y0 and drawn.x1 <= size.x1
+                and drawn.y1 <= size.y1)
+        fig.savefig(os.fspath(path), format="png", bbox_inches=None if fits else "tight")
     finally:
         plt.close(fig)

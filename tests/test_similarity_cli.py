@@ -191,3 +191,24 @@ def test_empty_registry_matrix(run, tmp_path):
     assert json.loads(run("similar", "--matrix", "--json").stdout)["labels"] == []
     r = run("similar", "--matrix", "--plot", str(tmp_path / "e.png"), code=2)
     assert "nothing to plot" in r.stderr and not (tmp_path / "e.png").exists()
+
+
+def test_heatmap_grows_to_fit_long_labels(tmp_path):
+    """Long names (`sentiment_restaurants_oracle@1`) were cut off at the image's left edge: no
+    label may touch the border, whatever its length."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+    import numpy as np
+
+    from tvreg.plot import heatmap
+    from tvreg.similarity import SimilarityMatrix
+
+    labels = ["a@1", "a_rather_long_name_of_a_task_vector@12", "b@1"]
+    values = np.array([[1.0, 0.3, 0.0], [0.3, 1.0, -0.2], [0.0, -0.2, 1.0]])
+    m = SimilarityMatrix(labels=labels, vector_ids=["0" * 64] * 3, values=values,
+                         exact=np.ones((3, 3), dtype=bool), skipped=[])
+    out = tmp_path / "long.png"
+    heatmap(m, out)
+    img = matplotlib.image.imread(str(out))[..., :3]
+    for edge in (img[:, 0], img[:, -1], img[0, :], img[-1, :]):
+        assert np.all(edge == 1.0), "something is drawn on the border: a label is cut off"
