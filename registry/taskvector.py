@@ -127,10 +127,18 @@ class TaskVector:
                 del tensor
 
     def state_dict(self, device: Any = None, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """All delta tensors in memory at once (use :meth:`tensors` to stream)."""
+        """All delta tensors in memory at once (use :meth:`tensors` to stream). The tensors are
+        decoded on the registry's threads, several at once, and moved in manifest order."""
         import torch
 
-        out = dict(self.tensors(device, dtype).items())
+        entries = self.manifest.tensors
+        pool = self._registry.executor("operands")  # waits only on "chunks": cannot deadlock
+        futures = [pool.submit(self._registry.load_tensor, e) for e in entries]
+        try:
+            out = {e.name: to_device(f.result(), device, dtype) for e, f in zip(entries, futures)}
+        finally:
+            for f in futures:
+                f.cancel()
         if device is not None and torch.device(device).type == "cuda":
             torch.cuda.current_stream(torch.device(device)).synchronize()
         return out
