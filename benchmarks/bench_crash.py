@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import logging
 import os
 import pathlib
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -49,32 +47,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_core import _load_line, _loadavg, run_header  # noqa: E402
+from bench_remote import _Moto  # noqa: E402  (moto's S3 server on loopback)
 
 COMMANDS = ("create", "create-new", "push-dir", "push-s3", "pull", "gc", "reindex")
 
 
 def _log(text: str) -> None:
     print(f"# {text}", file=sys.stderr, flush=True)
-
-
-class _Moto:
-    """moto's S3 server on 127.0.0.1 (a free port), in this process, with test credentials."""
-
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                          AWS_DEFAULT_REGION="us-east-1")
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self.server.start()
-        self.endpoint = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 def scenario(command: str, work: pathlib.Path, zoo, env, expected, moto):
