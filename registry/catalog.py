@@ -352,6 +352,10 @@ def user_query(con: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], l
         raise SQLError(f"expected one SQL statement, got {len(statements)}")
     kind = statements[0].type.name
     if kind not in _ALLOWED_SQL:
+        # DuckDB files INSTALL under LOAD; name the statement the user actually wrote
+        words = query.lstrip().split(None, 1)
+        if kind == "LOAD" and words and words[0].upper() in ("INSTALL", "FORCE"):
+            kind = "INSTALL"
         raise SQLError(f"tvreg sql is read-only: {kind} statements are not allowed")
     try:
         cur = con.execute(query)

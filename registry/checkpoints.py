@@ -432,7 +432,7 @@ def _state_dict(path: str, obj: Any) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: state dict key {key!r} is not a string")
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor"
+                f"{path}: state dict entry {key!r} is {_a(type(value).__name__)}, not a tensor"
             )
         if value.layout != torch.strided or value.device.type != "cpu":
             raise CheckpointError(f"{path}: tensor {key!r} is not a dense CPU tensor")
@@ -547,3 +547,8 @@ def _checked(ckpt: Checkpoint) -> Checkpoint:
         ckpt.close()
         raise CheckpointError(f"{ckpt.path}: a tensor has an empty name; tvreg cannot store it")
     return ckpt
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an int", "a list"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -22,7 +22,8 @@ from .digest import parse_json
 from .errors import AmbiguousRef, CorruptObject, FormatError, InvalidInput, NotFound, TvregError
 from .gclock import LOCK_FILE, referencing
 from .manifest import Manifest, TensorEntry
-from .names import Ref, parse_ref, validate_name, validate_tag
+from .names import MIN_ID_PREFIX, Ref, parse_ref, validate_name, validate_tag
+from .names import _HEX as _HEX_RUN
 from .objects import ObjectDB, Staging
 from .records import (Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now)
 from .stores import LocalStore, MissingKey
@@ -56,6 +57,8 @@ _READ_ALL_VERSIONS = 32
 
 class SimilarityWarning(UserWarning):
     """A version was stored but its similarities could not be computed (run `tvreg similarities`)."""
+
+
 
 
 def _is_vector_id(text: str) -> bool:
@@ -127,9 +130,26 @@ def _codec_fields(record: VersionRecord | None) -> dict[str, Any]:
     return dict(zip(CODEC_COLUMNS, values))
 
 
+def _refuse_file_root(root: str) -> None:
+    """A registry path that is (or lies under) a file is bad input, said so plainly: not
+    advice to run ``tvreg init`` followed by ``[Errno 20] Not a directory``."""
+    path = root
+    while True:
+        if os.path.isdir(path):
+            return
+        if os.path.lexists(path):
+            raise InvalidInput(f"{path} is a file, not a registry folder (set TVREG_HOME or "
+                               f"--registry to a folder)")
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
 class Registry:
     def __init__(self, root: str | os.PathLike, *, check_tensors: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
+        _refuse_file_root(self.root)
         self.check_tensors = check_tensors
         self.store = LocalStore(self.root)
         self.objects = ObjectDB(self.store)
@@ -462,6 +482,9 @@ class Registry:
                 return versions[-1], versions[-1].vector_id
         if r.id_prefix is not None:
             return self._resolve_prefix(r.id_prefix)
+        if _HEX_RUN.fullmatch(r.text) and len(r.text) < MIN_ID_PREFIX:
+            raise NotFound(f"no vector named {r.text!r} (an id prefix needs at least "
+                           f"{MIN_ID_PREFIX} hex digits)")
         raise NotFound(f"no vector named {r.text!r}")
 
     def _resolve_prefix(self, prefix: str) -> tuple[VersionRecord | None, str]:
