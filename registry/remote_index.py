@@ -99,9 +99,10 @@ def load_into(con: duckdb.DuckDBPyConnection, store: Store) -> bool:
                 f.write(data)
             try:
                 con.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?)", [path])
-            except duckdb.Error as e:
-                raise FormatError(f"{key} on {store!r} is not a tvreg index table "
-                                  f"({' '.join(str(e).split())[:200]}); push again to rewrite it")\
+            except duckdb.Error:
+                # DuckDB's text quotes our SQL (INSERT … read_parquet(?)): say what it means
+                raise FormatError(f"the index of {store} is unreadable: {key} is corrupt or not "
+                                  "a tvreg index table; push to it again to rewrite the index")\
                     from None
             found = True
     return found
@@ -237,11 +238,14 @@ class IndexListedStore(Store):
     def __repr__(self) -> str:
         return repr(self.inner)
 
+    def __str__(self) -> str:
+        return self.label or str(self.inner)
+
     def _keys(self) -> list[str]:
         if self._index is None:
             index = read(self.inner)
             if index is None:
-                raise InvalidInput(f"{self.inner!r} has no index ({VERSIONS_KEY}): it cannot be "
+                raise InvalidInput(f"{self.inner} has no index ({VERSIONS_KEY}): it cannot be "
                                    "listed over HTTP; push to it (through a writable URL) first")
             self._index = index
         # a row whose name is no valid key (a damaged or hostile index) names nothing
@@ -249,7 +253,7 @@ class IndexListedStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         if prefix.split("/", 1)[0] not in ("refs", "tags"):
-            raise InvalidInput(f"{self.inner!r} cannot list {prefix or 'its keys'} over HTTP")
+            raise InvalidInput(f"{self.inner} cannot list {prefix or 'its keys'} over HTTP")
         return iter([k for k in self._keys() if k == prefix or k.startswith(prefix + "/")])
 
     def read(self, key: str) -> bytes:
@@ -265,6 +269,6 @@ class IndexListedStore(Store):
         return self.inner.mtime(key)
 
     def _read_only(self, *args: Any) -> Any:
-        raise InvalidInput(f"{self.inner!r} is read-only")
+        raise InvalidInput(f"{self.inner} is read-only")
 
     write = write_new = write_file = delete = touch = _read_only

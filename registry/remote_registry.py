@@ -89,6 +89,7 @@ class RemoteRegistry(Registry):
                          check_tensors=check_tensors)
         remote = Remote("url", self.url, self.options)
         self.store = remote.reader()
+        self.store.label = self.url  # a registry opened by URL: messages name the URL
         self.objects = CachedObjectDB(self.store, LocalStore(self.cache))
         self._fresh = False
 

@@ -62,15 +62,18 @@ class Remote:
 
     def store(self) -> "Store":
         """The remote's object layout as a store (a local directory gets :class:`LocalStore`)."""
-        from .stores import FsspecStore, LocalStore
+        from .stores import FsspecStore, LocalStore, Store
 
         if self.protocol == "file":
-            return LocalStore(self.url.removeprefix("file://"))
-        try:
-            return FsspecStore.from_url(self.url, **self.options)
-        except (ImportError, ValueError, TypeError) as e:
-            raise InvalidInput(f"remote {self.name}: cannot open {self.url}: "
-                               f"{' '.join(str(e).split())[:300]}") from None
+            store: Store = LocalStore(self.url.removeprefix("file://"))
+        else:
+            try:
+                store = FsspecStore.from_url(self.url, **self.options)
+            except (ImportError, ValueError, TypeError) as e:
+                raise InvalidInput(f"remote {self.name}: cannot open {self.url}: "
+                                   f"{' '.join(str(e).split())[:300]}") from None
+        store.label = f"remote {self.name} ({self.url})"
+        return store
 
 
 def validate_remote_name(name: str) -> str:

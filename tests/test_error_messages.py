@@ -81,3 +81,69 @@ def test_install_is_refused_as_an_install_statement(run, filled):
         filled.sql("FORCE INSTALL httpfs")
     r = run("sql", "LOAD httpfs", code=2)
     assert "LOAD statements are not allowed" in r.stderr
+
+
+# --- 14: backend errors name the remote and its URL ------------------------------------------
+
+_NO_REPR = ("<", "Store(", "INSERT", "read_parquet", "Errno")
+
+
+def _clean(text: str) -> None:
+    for bad in _NO_REPR:
+        assert bad not in text, (bad, text)
+
+
+def _pushed(run, zoo, url):
+    run("create", "sentiment", "--base", str(zoo.base), "--finetuned",
+        str(zoo.finetuned["sentiment"]))
+    run("remote", "add", "team", url)
+    run("push", "team")
+
+
+def test_a_garbage_remote_index_names_the_remote_and_its_url(run, zoo, tmp_path, reg_path):
+    remote = tmp_path / "remote"
+    _pushed(run, zoo, str(remote))
+    (remote / "index" / "versions.parquet").write_bytes(b"garbage, not parquet")
+    before = snapshot(reg_path)
+    r = run("ls", "--remote", "team", code=1)
+    line = r.stderr.strip()
+    assert "\n" not in line
+    assert "remote team" in line and f"file://{remote}" in line
+    assert "unreadable" in line and "push to it again" in line
+    _clean(line)
+    assert snapshot(reg_path) == before
+
+
+def test_a_garbage_index_over_http_names_the_url(run, zoo, tmp_path, serve_http):
+    remote = tmp_path / "remote"
+    _pushed(run, zoo, str(remote))
+    (remote / "index" / "tags.parquet").write_bytes(b"\x00" * 64)
+    url = serve_http(remote)
+    with pytest.raises(tvreg.errors.TvregError) as e:
+        with tvreg.open(url) as r:
+            r.ls()
+    assert url in str(e.value) and "unreadable" in str(e.value)
+    _clean(str(e.value))
+
+
+def test_a_memory_remote_missing_key_names_the_remote(run, zoo, tmp_path):
+    import fsspec
+
+    url = f"memory://d14-{tmp_path.name}"
+    _pushed(run, zoo, url)
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"{url.removeprefix('memory://')}/index/versions.parquet", b"junk")
+    r = run("ls", "--remote", "team", code=1)
+    assert "remote team" in r.stderr and url in r.stderr
+    _clean(r.stderr)
+
+
+def test_store_messages_use_the_location_not_a_repr(tmp_path):
+    from tvreg.stores import FsspecStore, LocalStore, MissingKey
+
+    store = FsspecStore.from_url(f"memory://d14-{tmp_path.name}/x")
+    with pytest.raises(MissingKey) as e:
+        store.read("objects/ab/cd")
+    assert "memory://" in str(e.value)
+    _clean(str(e.value))
+    assert str(LocalStore(tmp_path)) == str(tmp_path)

@@ -42,6 +42,16 @@ class Store(abc.ABC):
     supports_exclusive_create: bool = True
     #: whether writes are allowed at all
     writable: bool = True
+    #: how messages name this store ("remote NAME (URL)" once a remote sets it); ``str(store)``
+    #: is this, else the store's URL or path, never a Python repr
+    label: str = ""
+
+    def __str__(self) -> str:
+        return self.label or self.location()
+
+    def location(self) -> str:
+        """The store's URL or path, for messages."""
+        return repr(self)
 
     @abc.abstractmethod
     def read(self, key: str) -> bytes:

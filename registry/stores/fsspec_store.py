@@ -79,11 +79,11 @@ def _translated(method):
             if isinstance(e, TypeError):  # bad configuration, not a failing backend
                 from ..errors import InvalidInput
 
-                raise InvalidInput(f"{self!r}: the backend rejected an option ({text}); check "
+                raise InvalidInput(f"{self}: the backend rejected an option ({text}); check "
                                    "the remote's options (tvreg remote add --option)") from None
             if isinstance(e, PermissionError):
                 text = f"access denied ({text}); check the backend's credentials"
-            raise RemoteError(f"{self!r}: {text}") from None
+            raise RemoteError(f"{self}: {text}") from None
     return wrapper
 
 
@@ -105,6 +105,11 @@ class FsspecStore(Store):
     def __repr__(self) -> str:
         return f"<FsspecStore {self.fs.protocol}:{self.root}>"
 
+    def location(self) -> str:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        root = self.root.split("://", 1)[-1] if protocol in ("http", "https") else self.root
+        return f"{protocol}://{root}"
+
     def _path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
 
@@ -112,7 +117,7 @@ class FsspecStore(Store):
         if not self.writable:
             from ..errors import InvalidInput
 
-            raise InvalidInput(f"{self!r} is read-only")
+            raise InvalidInput(f"{self} is read-only")
 
     def _is_file(self, path: str) -> bool:
         try:
@@ -129,7 +134,7 @@ class FsspecStore(Store):
             # returns a listing page, which no reader accepts as a record or an object)
             return bytes(self.fs.cat_file(path))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise MissingKey(f"no such key {key!r} in {self!r}") from None
+            raise MissingKey(f"no such key {key!r} in {self}") from None
 
     @_translated
     def exists(self, key: str) -> bool:
@@ -141,9 +146,9 @@ class FsspecStore(Store):
         try:
             info = self.fs.info(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise MissingKey(f"no such key {key!r} in {self!r}") from None
+            raise MissingKey(f"no such key {key!r} in {self}") from None
         if info.get("type") != "file":
-            raise MissingKey(f"no such key {key!r} in {self!r}")
+            raise MissingKey(f"no such key {key!r} in {self}")
         return info
 
     def size(self, key: str) -> int:
@@ -227,7 +232,7 @@ class FsspecStore(Store):
         path = self._path(key)
         self._check_writable()
         if not self._is_file(path):
-            raise MissingKey(f"no such key {key!r} in {self!r}")
+            raise MissingKey(f"no such key {key!r} in {self}")
         faults.step("touch", key)
         try:
             self.fs.touch(path, truncate=False)

@@ -47,6 +47,9 @@ class LocalStore(Store):
     def __repr__(self) -> str:
         return f"LocalStore({self.root!r})"
 
+    def location(self) -> str:
+        return self.root
+
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *check_key(key).split("/"))
 
