@@ -102,7 +102,7 @@ def load_into(con: duckdb.DuckDBPyConnection, store: Store) -> bool:
             except duckdb.Error:
                 # DuckDB's text quotes our SQL (INSERT … read_parquet(?)): say what it means
                 raise FormatError(f"the index of {store} is unreadable: {key} is corrupt or not "
-                                  "a tvreg index table; push to it again to rewrite the index")\
+                                  "a tvreg index table; push again to rewrite the index")\
                     from None
             found = True
     return found

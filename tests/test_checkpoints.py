@@ -268,7 +268,7 @@ def test_os_system_pickle_is_refused(tmp_path):
 
 def test_non_tensor_value(tmp_path, sd):
     torch.save({**sd, "epoch": 3, "zz": "x"}, tmp_path / "mixed.pt")
-    _raises(tmp_path / "mixed.pt", "'epoch' is a int, not a tensor")
+    _raises(tmp_path / "mixed.pt", "'epoch' is an int, not a tensor")
 
 
 def test_unsupported_dtype(tmp_path):

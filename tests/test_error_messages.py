@@ -109,7 +109,7 @@ def test_a_garbage_remote_index_names_the_remote_and_its_url(run, zoo, tmp_path,
     line = r.stderr.strip()
     assert "\n" not in line
     assert "remote team" in line and f"file://{remote}" in line
-    assert "unreadable" in line and "push to it again" in line
+    assert "unreadable" in line and "push again" in line
     _clean(line)
     assert snapshot(reg_path) == before
 
