@@ -95,3 +95,19 @@ def test_full_disk_create_into_existing_registry_leaves_it_as_it_was(small_disk,
     r = tvreg(registry, "gc", "--dry-run", "--grace", "0")
     assert r.returncode == 0, r.stderr
     assert snapshot(registry) == before
+
+
+def test_full_remote_push_names_remote_and_url(small_disk, ckpts, tmp_path):
+    disk = small_disk("1m")
+    registry = tmp_path / "reg"
+    r = tvreg(registry, "create", "big", "--base", ckpts["big_base"], "--finetuned", ckpts["big"])
+    assert r.returncode == 0, r.stderr
+    url = str(disk / "remote")
+    r = tvreg(registry, "remote", "add", "team", url)
+    assert r.returncode == 0, r.stderr
+    r = tvreg(registry, "push", "team")
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "team" in err and url in err and "full" in err, err
+    assert "Errno" not in err and ".tmp-" not in err, err
