@@ -113,6 +113,7 @@ class Staging:
         self._staged: dict[str, str] = {}
         self._reused: set[str] = set()
         self._mutex = threading.Lock()
+        self.committed: list[str] = []  # objects this commit added to the store
 
     def put(self, data: bytes) -> str:
         oid = sha256_hex(data)
@@ -147,7 +148,9 @@ class Staging:
         commit (its bytes were never staged), so no record can name a missing object."""
         new = 0
         for oid, path in self._staged.items():
-            new += self.db.store.write_file(object_key(oid), path)
+            if self.db.store.write_file(object_key(oid), path):
+                new += 1
+                self.committed.append(oid)
         for oid in sorted(self._reused | self._staged.keys()):
             try:
                 self.db.store.touch(object_key(oid))

@@ -111,6 +111,27 @@ def _remote_versions(store: "Store", names: set[str]
 def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
          workers: int = 8, progress: "Transfer | None" = None,
          with_base: bool = False) -> PushReport:
+    """See :meth:`Registry.push`. A remote whose disk fills up fails with one line that names
+    it and its URL (not the file the store was writing)."""
+    import errno
+
+    try:
+        return _push(reg, remote_name, refs, workers=workers, progress=progress,
+                     with_base=with_base)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from .errors import RemoteError
+        from .remotes import get
+
+        remote = get(reg, remote_name)
+        raise RemoteError(f"remote {remote.name} ({remote.url}) is full (no space left on its "
+                          "disk): free some space there and push again") from None
+
+
+def _push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
+          workers: int = 8, progress: "Transfer | None" = None,
+          with_base: bool = False) -> PushReport:
     from .base_transfer import plan_push, push_records
     from .documents import claim
     from .remote_index import refresh

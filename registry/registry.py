@@ -7,6 +7,7 @@ truth; the catalog is an index that :meth:`Registry.reindex` rebuilds from it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -19,7 +20,8 @@ from . import progress
 from .catalog import Catalog
 from .codecs.choose import check_level
 from .digest import parse_json
-from .errors import AmbiguousRef, CorruptObject, FormatError, InvalidInput, NotFound, TvregError
+from .errors import (AmbiguousRef, CorruptObject, FormatError, InvalidInput, NotFound,
+                     RegistryError, TvregError)
 from .gclock import LOCK_FILE, referencing
 from .manifest import Manifest, TensorEntry
 from .names import MIN_ID_PREFIX, Ref, parse_ref, validate_name, validate_tag
@@ -325,15 +327,52 @@ class Registry:
         failure leaves no trace; its staging area is then the system's temp folder.
         """
         existing = self.exists
-        staging = Staging(self.objects, self.scratch if existing else tempfile.gettempdir())
+        root_existed = os.path.isdir(self.root)
+        staging = None
         try:
+            staging = Staging(self.objects, self.scratch if existing else tempfile.gettempdir())
             manifest = produce(staging.put)
             if not existing:
                 self.init()
             new_objects = staging.commit()
+            manifest_id = self.objects.put(manifest.to_bytes())
+        except OSError as e:
+            self._undo_write(staging, existing, root_existed)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RegistryError(
+                    f"no space left on the disk of registry {self.root}: nothing was stored; "
+                    "free some space and run the command again") from None
+            raise
+        except BaseException:
+            self._undo_write(staging, existing, root_existed)
+            raise
         finally:
-            staging.close()
-        return manifest, self.objects.put(manifest.to_bytes()), new_objects
+            if staging is not None:
+                staging.close()
+        return manifest, manifest_id, new_objects
+
+    def _undo_write(self, staging: Staging | None, existing: bool, root_existed: bool) -> None:
+        """After a failed :meth:`_write_vector`: a registry it created is removed again; in an
+        existing one, the objects its commit added (no manifest or record names them yet) are
+        deleted, so the registry is as it was (docs/cli.md, full disk)."""
+        import shutil
+
+        if not existing and self.exists:
+            if not root_existed:
+                shutil.rmtree(self.root, ignore_errors=True)
+            else:  # the folder was there, empty: empty it again
+                for entry in os.listdir(self.root):
+                    path = os.path.join(self.root, entry)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+            return
+        if staging is not None:
+            for oid in staging.committed:
+                with contextlib.suppress(OSError, TvregError):
+                    self.objects.delete(oid)
 
     def _finish_version(self, record: VersionRecord, created: bool, manifest: Manifest,
                         similarities: bool) -> None:
