@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .expression import ExpressionCommand
 from .options import json_option, parse_meta
 from .output import emit_json, human_bytes, message, warnings_to_stderr
 
@@ -40,7 +41,7 @@ def _resolve(reg, expression, kw):
                        allow_base_mismatch=kw["allow_base_mismatch"])
 
 
-@click.command()
+@click.command(cls=ExpressionCommand)
 @click.argument("expression")
 @click.option("-o", "--output", metavar="F.safetensors", help="Write the composed vector here.")
 @click.option("--save", "save_as", metavar="NAME", help="Store it as a new version of NAME.")
@@ -82,7 +83,7 @@ def compose(reg, expression, output, save_as, task, meta, no_similarities, as_js
         click.echo(result.ref)
 
 
-@click.command()
+@click.command(cls=ExpressionCommand)
 @click.argument("expression")
 @click.option("--base", metavar="P", help="Base checkpoint to apply to, or a stored base's name "
               "or hash prefix (default: the stored base of the vectors' base hash).")

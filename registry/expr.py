@@ -27,7 +27,7 @@ from .names import parse_ref
 
 __all__ = [
     "MAX_DEPTH", "MAX_LENGTH", "ExpressionError", "Term", "Number", "RefNode", "Neg", "Sum",
-    "Product", "Node", "parse", "linear_terms", "canonical",
+    "Product", "Node", "parse", "linear_terms", "canonical", "Run", "runs",
 ]
 
 MAX_LENGTH = 10_000
@@ -451,6 +451,81 @@ def linear_terms(text_or_node: str | Node) -> list[Term]:
         node, text = text_or_node, None
     value = _evaluate(node, text)
     return [Term(c if c != 0 else 0.0, ref) for ref, c in value.items()]
+
+
+# --- unspaced runs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """Unquoted refs joined by ``-`` or ``/`` with no space around the operators, e.g. ``sent-topic``
+    in ``0.5*sent-topic + x``: text that reads as arithmetic but may be meant as one name (names
+    may contain ``-`` and ``/``). ``text`` is the run as written (``sent-topic@2``), ``name`` the
+    name it would spell (``sent-topic``), ``parts`` the refs it is made of (``sent``, ``topic@2``),
+    ``spaced`` the arithmetic reading (``sent - topic@2``), ``column`` where it starts (1-based)."""
+
+    text: str
+    name: str
+    parts: tuple[str, ...]
+    column: int
+
+    @property
+    def spaced(self) -> str:
+        out = self.parts[0]
+        pos = len(self.parts[0])
+        for part in self.parts[1:]:
+            out += f" {self.text[pos]} {part}"
+            pos += 1 + len(part)
+        return out
+
+
+def runs(text: str) -> list[Run]:
+    """Every run of two or more unquoted refs joined by ``-``/``/`` without spaces in ``text``,
+    including each contiguous part of a longer run (``a-b-c`` gives ``a-b-c``, ``a-b``, ``b-c``),
+    longest first. Only runs that could be a name are listed: ``@`` may appear in the last ref
+    only. ``text`` must be a valid expression (see :func:`parse`)."""
+    lexer = _Lexer(text)
+    tokens = []
+    while True:
+        tok = lexer.next()
+        if tok.kind == _END:
+            break
+        tokens.append(tok)
+    chains: list[list[_Token]] = []
+    chain: list[_Token] = []
+
+    def close():
+        while chain and chain[-1].kind == _OP:
+            chain.pop()
+        if len(chain) >= 3:
+            chains.append(list(chain))
+        chain.clear()
+
+    for tok in tokens:
+        glued = bool(chain) and chain[-1].column + len(chain[-1].text) == tok.column
+        if tok.kind == _REF and not tok.text.startswith('"'):
+            if not (glued and chain[-1].kind == _OP):
+                close()
+            chain.append(tok)
+        elif tok.kind == _OP and tok.text in "-/" and glued and chain[-1].kind == _REF:
+            chain.append(tok)
+        else:
+            close()
+    close()
+    found: list[Run] = []
+    for chain in chains:
+        refs = chain[0::2]
+        for size in range(len(refs), 1, -1):
+            for start in range(len(refs) - size + 1):
+                parts = refs[start:start + size]
+                if any("@" in p.text for p in parts[:-1]):
+                    continue
+                first, last = parts[0], parts[-1]
+                run_text = text[first.column - 1:last.column - 1 + len(last.text)]
+                found.append(Run(run_text, run_text.partition("@")[0],
+                                 tuple(p.text for p in parts), first.column))
+    found.sort(key=lambda r: (-len(r.parts), r.column))
+    return found
 
 
 # --- canonical form -----------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from . import progress
 from .catalog import Catalog
 from .codecs.choose import check_level
 from .digest import parse_json
-from .errors import (AmbiguousRef, CorruptObject, FormatError, InvalidInput, NotFound,
-                     RegistryError, TvregError)
+from .errors import (AmbiguousRef, CorruptObject, FormatError, InvalidInput, InvalidName,
+                     NotFound, RegistryError, TvregError)
 from .gclock import LOCK_FILE, referencing
 from .manifest import Manifest, TensorEntry
 from .names import MIN_ID_PREFIX, Ref, parse_ref, validate_name, validate_tag
@@ -526,6 +526,14 @@ class Registry:
                            f"{MIN_ID_PREFIX} hex digits)")
         raise NotFound(f"no vector named {r.text!r}")
 
+    def _names_a_vector(self, name: str) -> bool:
+        """Whether ``name`` is a valid name with at least one stored version."""
+        try:
+            validate_name(name)
+        except InvalidName:
+            return False
+        return bool(self.versions(name))
+
     def _resolve_prefix(self, prefix: str) -> tuple[VersionRecord | None, str]:
         ids = [row["vector_id"] for row in self.catalog.rows(
             "SELECT vector_id FROM vectors WHERE starts_with(vector_id, ?) LIMIT 10", [prefix])]
@@ -630,13 +638,30 @@ class Registry:
         no tensor is read until the composition's tensors are asked for.
         """
         from .composition import Composition, Operand
-        from .expr import canonical, linear_terms
+        from .expr import ExpressionError, canonical, linear_terms, runs
         from .merge import MergeParams
 
         params = MergeParams(method=method, density=density, seed=seed, trim=trim,
                              majority_sign=majority_sign)
         terms = linear_terms(expression)
-        operands = [Operand(t.ref, t.coef, self.get(t.ref)) for t in terms]
+        unspaced = runs(expression)
+        for run in unspaced:  # `sent-topic` must never silently mean sent - topic
+            if self._names_a_vector(run.name):
+                raise ExpressionError(
+                    f"{run.text!r} is a stored vector but reads as {run.spaced}: quote it "
+                    f"(\"{run.text}\") to mean the vector, or write {run.spaced} with spaces to "
+                    f"mean the difference", expression, run.column)
+        operands = []
+        for t in terms:
+            try:
+                operands.append(Operand(t.ref, t.coef, self.get(t.ref)))
+            except NotFound as e:
+                whole = next((r for r in unspaced if t.ref in r.parts), None)
+                if whole is None:
+                    raise
+                raise NotFound(f"{e} (it is part of {whole.text!r}, read as {whole.spaced}; "
+                               f"if {whole.text!r} is one name, quote it: \"{whole.text}\")"
+                               ) from None
         return Composition(self, canonical(terms), operands, params, lam=lam, include=include,
                            exclude=exclude, allow_base_mismatch=allow_base_mismatch)
 
