@@ -59,7 +59,7 @@ def compose(reg, expression, output, save_as, task, meta, no_similarities, as_js
     if not output and not save_as:
         raise InvalidInput("give -o FILE, --save NAME, or both")
     if output:
-        check_output_path(output)
+        check_output_path(output, registry=getattr(reg, "root", None))
     meta_values = parse_meta(meta)
     with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
