@@ -36,6 +36,8 @@ def check_output_path(path: str | os.PathLike[str], inputs: Iterable[str | os.Pa
     """``path`` if it may be written: its folder exists and is writable, and it is none of
     ``inputs`` (files or folders), nothing inside an input folder, nothing inside ``registry``."""
     path = os.fspath(path)
+    if path == "-":  # standard output (the CLI checks that it is not a terminal)
+        return path
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InvalidInput(f"output {path} is a folder; give a file name")

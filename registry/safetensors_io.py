@@ -118,12 +118,20 @@ def write_safetensors(
     tensors: Iterable[tuple[str, torch.Tensor]],
     metadata: dict[str, str] | None = None,
 ) -> int:
-    """Stream ``tensors`` (matching ``specs`` in order) to ``path`` atomically; return its size."""
+    """Stream ``tensors`` (matching ``specs`` in order) to ``path`` atomically; return its size.
+    ``path`` ``"-"`` writes to standard output."""
     if sys.byteorder != "little":
         raise RegistryError("writing safetensors needs a little-endian machine")
     path = os.fspath(path)
     specs = list(specs)
     header = _header(specs, metadata)
+    if path == "-":  # standard output: no temporary file, no rename
+        out = sys.stdout.buffer
+        out.write(len(header).to_bytes(8, "little"))
+        out.write(header)
+        written = 8 + len(header) + _write_data(out, specs, iter(tensors))
+        out.flush()
+        return written
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     try:

@@ -103,3 +103,34 @@ def test_every_written_file_has_format_pt(stored, zoo, tmp_path):
     for cmd, path in outs.items():
         with safe_open(str(path), framework="pt") as f:
             assert f.metadata()["format"] == "pt", cmd
+
+
+# --- item 5: -o - writes the safetensors bytes to stdout ------------------------------------------
+
+def _cli(tmp_path, zoo):
+    cmd, env = _tvreg(tmp_path)
+    subprocess.run(cmd + ["create", "topic", "--base", str(zoo.base), "--finetuned",
+                          str(zoo.finetuned["topic"])], env=env, check=True, capture_output=True)
+    return cmd, env
+
+
+def test_dash_output_writes_safetensors_to_stdout(tmp_path, zoo):
+    from safetensors.torch import load
+
+    cmd, env = _cli(tmp_path, zoo)
+    for args in (["export", "topic", "-o", "-"], ["compose", "0.5*topic", "-o", "-"],
+                 ["apply", "topic", "--base", str(zoo.base), "-o", "-"]):
+        p = subprocess.run(cmd + args, env=env, capture_output=True, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        tensors = load(p.stdout)
+        assert tensors, args
+        assert not (tmp_path / "-").exists()
+    ref = load_file(str(zoo.base))
+    assert load(p.stdout).keys() == ref.keys()
+
+
+def test_dash_output_is_refused_with_json(tmp_path, zoo):
+    cmd, env = _cli(tmp_path, zoo)
+    p = subprocess.run(cmd + ["compose", "topic", "-o", "-", "--json"], env=env,
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and "--json" in p.stderr and p.stdout == ""
