@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import json_option
-from .output import emit_json, human_bytes, message, ratio, shown_fields, table
+from .output import check_stdout_output, emit_json, human_bytes, message, ratio, shown_fields, table
 
 
 def _moved(name: str, base_hash: str, previous: str | None) -> str:
@@ -104,6 +104,7 @@ def name_(reg, ref, name):
 @click.pass_obj
 def export(reg, ref, output):
     """Write a stored base to a safetensors file (its tensors bit for bit as stored)."""
+    check_stdout_output(output)
     n = reg.export_base(ref, output)
     message(f"wrote {output} ({human_bytes(n)})")
 

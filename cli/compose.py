@@ -6,7 +6,8 @@ import click
 
 from .expression import ExpressionCommand
 from .options import json_option, parse_meta
-from .output import emit_json, human_bytes, message, warnings_to_stderr
+from .output import (check_stdout_output, emit_json, human_bytes, message,
+                     warnings_to_stderr)
 
 METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 
@@ -59,8 +60,10 @@ def compose(reg, expression, output, save_as, task, meta, no_similarities, as_js
 
     if not output and not save_as:
         raise InvalidInput("give -o FILE, --save NAME, or both")
+    check_stdout_output(output, taken_by="--json" if as_json else
+                        "--save (it prints the saved ref)" if save_as else None)
     if output:
-        check_output_path(output)
+        check_output_path(output, registry=getattr(reg, "root", None))
     meta_values = parse_meta(meta)
     with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
@@ -97,6 +100,7 @@ def apply(reg, expression, base, output, dtype, **kw):
 
     Without --base, the base is the stored base (`tvreg base add`) of the vectors' base hash.
     """
+    check_stdout_output(output)
     with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
         n = reg.apply(comp, base, output, dtype=dtype,

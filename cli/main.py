@@ -6,6 +6,7 @@ Every :class:`tvreg.TvregError` becomes one line on stderr and its exit code (2 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -15,6 +16,21 @@ import tvreg
 from tvreg.errors import TvregError
 
 from .output import message
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit cannot fail a second time
+    (what the Python docs recommend for SIGPIPE/BrokenPipeError)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class TvregGroup(click.Group):
@@ -28,6 +44,10 @@ class TvregGroup(click.Group):
             message("tvreg: interrupted")
             ctx.exit(130)
         except OSError as e:
+            if _is_broken_pipe(e):
+                # the reader went away (``tvreg sql … | head -1``): stop quietly, as Unix tools do
+                _silence_stdout()
+                ctx.exit(0)
             if os.environ.get("TVREG_DEBUG"):
                 raise
             message(f"tvreg: error: {e}")
@@ -69,7 +89,18 @@ _register()
 
 
 def main() -> None:
-    cli.main(prog_name="tvreg")
+    try:
+        cli.main(prog_name="tvreg")
+    except SystemExit as done:
+        # what is still buffered for stdout is flushed here, where a gone reader is still quiet
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError) as e:
+            if isinstance(e, OSError) and not _is_broken_pipe(e):
+                raise
+            _silence_stdout()
+            raise SystemExit(0) from None
+        raise done
 
 
 if __name__ == "__main__":  # pragma: no cover

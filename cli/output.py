@@ -100,3 +100,20 @@ def shown_fields(info: dict[str, Any]) -> dict[str, Any]:
     listed["stored_bytes"] = (f"{info['stored_bytes']:,} ({human_bytes(info['stored_bytes'])}, "
                               f"{ratio(info['raw_bytes'], info['stored_bytes'])})")
     return listed
+
+
+def check_stdout_output(output: str | None, *, taken_by: str | None = None) -> None:
+    """``-o -`` writes the safetensors bytes to stdout: refused (exit 2) when stdout is a
+    terminal, or already taken by another output (``taken_by``: e.g. ``--json``)."""
+    import sys
+
+    from tvreg.errors import InvalidInput
+
+    if output != "-":
+        return
+    if taken_by:
+        raise InvalidInput(f"-o - writes the file to stdout, which {taken_by} also uses; "
+                           "give -o FILE")
+    if sys.stdout.isatty():
+        raise InvalidInput("-o - writes binary safetensors to stdout, which is a terminal; "
+                           "redirect it (-o - > F.safetensors) or give -o FILE")

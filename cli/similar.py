@@ -66,7 +66,8 @@ def _matrix(reg, refs, plot_path, as_json) -> None:
         _require_matplotlib()
         from tvreg.apply import check_output_path
 
-        check_output_path(plot_path)  # a missing folder is bad input, found before any work
+        # a missing folder (or one inside the registry) is bad input, found before any work
+        check_output_path(plot_path, registry=getattr(reg, "root", None))
     m = reg.similarity_matrix(refs)
     for s in m.skipped:
         message(f"skipped {s['ref']}: {s['reason']}")

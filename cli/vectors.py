@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from .options import json_option, parse_meta
-from .output import (emit_json, human_bytes, message, ratio, shown_fields, table,
-                     warnings_to_stderr)
+from .output import (check_stdout_output, emit_json, human_bytes, message, ratio, shown_fields,
+                     table, warnings_to_stderr)
 
 
 def codec_note(rec) -> str:
@@ -149,6 +149,7 @@ def tag(reg, ref, tag):
 @click.pass_obj
 def export(reg, ref, output):
     """Write the task vector REF to a safetensors file (bit for bit what was stored)."""
+    check_stdout_output(output)
     n = reg.export(ref, output)
     message(f"wrote {output} ({human_bytes(n)})")
 

@@ -25,17 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def check_output_path(path: str) -> str:
-    """The output's folder must exist and be writable (bad input, before any work)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise InvalidInput(f"output {path} is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise InvalidInput(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InvalidInput(f"cannot write {path}: folder {folder} is not writable")
-    return path
+def check_output_path(path: str, inputs=(), registry=None) -> str:
+    """The output's folder must exist and be writable, and the output must not be or lie
+    among the inputs or in the registry (bad input, before any work); see :mod:`.outputs`."""
+    from .outputs import check_output_path as check
+
+    return check(path, inputs, registry)
 
 
 def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bool
@@ -160,7 +155,9 @@ def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: s
 
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
-    output = check_output_path(output)
+    output = check_output_path(output, [base if isinstance(base, (str, os.PathLike))
+                                         else getattr(base, "path", None)],
+                               getattr(comp._registry, "root", None))
     with (base if isinstance(base, Checkpoint) else open_checkpoint(base)) as ck:
         infos, same_base = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)

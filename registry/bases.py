@@ -470,7 +470,7 @@ def export(reg: "Registry", ref: str, path: str | os.PathLike) -> int:
     from .safetensors_io import write_safetensors
 
     record = resolve(reg, ref)
-    output = check_output_path(os.fspath(path))
+    output = check_output_path(os.fspath(path), registry=getattr(reg, "root", None))
     ck = stored_base(reg, record.base_hash)
     entries = ck.manifest.tensors
     specs = [(t.name, t.dtype, t.shape) for t in entries]

@@ -402,8 +402,10 @@ class Composition:
 
     def save(self, path: str) -> int:
         """Write the composed vector to a safetensors file, one tensor at a time."""
+        from .outputs import check_output_path
         from .safetensors_io import write_safetensors
 
+        path = check_output_path(path, registry=getattr(self._registry, "root", None))
         dtype = "float64" if any(e.dtype == "float64" for op in self.operands
                                  for e in op.vector.manifest.tensors) else "float32"
         specs = [(e.name, dtype, e.shape) for e in self.entries]

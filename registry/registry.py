@@ -745,7 +745,8 @@ class Registry:
 
         if output is None:
             raise InvalidInput("apply needs an output file")
-        check_output_path(os.fspath(output))
+        check_output_path(os.fspath(output),
+                          [base] if isinstance(base, (str, os.PathLike)) else (), self.root)
         if isinstance(comp, str):
             comp = self.resolve(comp, allow_base_mismatch=bool(allow_base_mismatch))
         if allow_base_mismatch is None:
@@ -1033,7 +1034,7 @@ class Registry:
         from .apply import check_output_path
         from .safetensors_io import write_safetensors
 
-        path = check_output_path(os.fspath(path))
+        path = check_output_path(os.fspath(path), registry=self.root)
         vec = self.get(ref)
         specs = [(t.name, t.dtype, t.shape) for t in vec.manifest.tensors]
         metadata = {"tvreg.vector_id": vec.vector_id, "tvreg.base_hash": vec.base_hash,

@@ -3,7 +3,8 @@
 The header is computed from the specs and written first; tensor data then follows in spec order.
 safetensors requires the tensors' byte ranges to tile the data section exactly (sorted by offset,
 the first at 0, no gaps, the last ending at end of file), which writing back to back in spec order
-gives; it does not require per-tensor alignment. The header is padded with spaces to a multiple of
+gives; it does not require per-tensor alignment. Every file's metadata carries ``"format": "pt"``,
+as torch's and transformers' writers do (transformers refuses a file without it). The header is padded with spaces to a multiple of
 8 bytes so that the data section starts 8-aligned, as ``safetensors.torch.save_file`` does.
 """
 
@@ -32,10 +33,13 @@ _END = object()
 def _header(specs: Sequence[Spec], metadata: dict[str, str] | None) -> bytes:
     """The padded JSON header for ``specs`` laid out back to back in order."""
     header: dict[str, object] = {}
-    if metadata is not None:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise RegistryError("safetensors metadata must map str to str")
-        header["__metadata__"] = dict(metadata)
+    metadata = dict(metadata or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise RegistryError("safetensors metadata must map str to str")
+    # torch's and transformers' writers mark their files "format": "pt"; transformers refuses a
+    # file without it, so every file tvreg writes carries it (issue 14, item 4).
+    metadata["format"] = "pt"
+    header["__metadata__"] = metadata
     offset = 0
     for name, dtype, shape in specs:
         if not isinstance(name, str) or name == "__metadata__" or name in header:
@@ -114,12 +118,20 @@ def write_safetensors(
     tensors: Iterable[tuple[str, torch.Tensor]],
     metadata: dict[str, str] | None = None,
 ) -> int:
-    """Stream ``tensors`` (matching ``specs`` in order) to ``path`` atomically; return its size."""
+    """Stream ``tensors`` (matching ``specs`` in order) to ``path`` atomically; return its size.
+    ``path`` ``"-"`` writes to standard output."""
     if sys.byteorder != "little":
         raise RegistryError("writing safetensors needs a little-endian machine")
     path = os.fspath(path)
     specs = list(specs)
     header = _header(specs, metadata)
+    if path == "-":  # standard output: no temporary file, no rename
+        out = sys.stdout.buffer
+        out.write(len(header).to_bytes(8, "little"))
+        out.write(header)
+        written = 8 + len(header) + _write_data(out, specs, iter(tensors))
+        out.flush()
+        return written
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     try:

@@ -315,7 +315,7 @@ def test_writer_round_trip(tmp_path):
         assert torch.equal(raw, reference[name].reshape(-1).view(torch.uint8))
     with safe_open(str(path), framework="pt") as f:
         assert torch.equal(f.get_tensor("bf16"), tensors["bf16"])
-        assert f.metadata() is None
+        assert f.metadata() == {"format": "pt"}
     with open_checkpoint(path) as ckpt:
         assert ckpt.info("scalar") == TensorInfo("scalar", "float64", ())
 
@@ -327,6 +327,18 @@ def test_writer_metadata(tmp_path):
     write_safetensors(path, [("t", "float32", (2,))], [("t", t)], metadata=metadata)
     with safe_open(str(path), framework="pt") as f:
         assert f.metadata() == metadata
+
+
+def test_writer_always_marks_format_pt(tmp_path):
+    """transformers refuses safetensors files whose metadata lacks "format": "pt" (issue 14, 4)."""
+    path = tmp_path / "fmt.safetensors"
+    write_safetensors(path, [("t", "float32", (2,))], [("t", torch.ones(2))], metadata={"k": "v"})
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"k": "v", "format": "pt"}
+    bare = tmp_path / "bare.safetensors"
+    write_safetensors(bare, [("t", "float32", (2,))], [("t", torch.ones(2))])
+    with safe_open(str(bare), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,7 @@ def test_export_is_bit_identical_and_names_the_vector(shared, zoo, tmp_path):
         assert meta["tvreg.vector_id"] == vec.vector_id
         assert meta["tvreg.base_hash"] == vec.base_hash
         assert meta["tvreg.ref"] == f"{task}@1"
+        assert meta["format"] == "pt"  # transformers refuses files without it (issue 14, 4)
     # written atomically: no temp files left next to them
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{t}.safetensors" for t in zoo.finetuned)
 
