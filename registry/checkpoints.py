@@ -27,6 +27,7 @@ __all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
 _ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _INDEX_SUFFIX = ".safetensors.index.json"
+_BIN_NAMES = ("pytorch_model.bin", "model.bin")
 _DTYPE_OF_CODE = {code: name for name, code in SAFETENSORS_CODES.items()}
 
 
@@ -528,7 +529,14 @@ def _open_directory(directory: str) -> Checkpoint:
             f"{directory}: several .safetensors files ({len(files)}) and no "
             f"*{_INDEX_SUFFIX} saying how they fit together"
         )
-    raise CheckpointError(f"{directory}: no .safetensors file or *{_INDEX_SUFFIX} in directory")
+    # A folder holding only a PyTorch state dict, as older Hugging Face repositories ship it.
+    for name in _BIN_NAMES:
+        if name in entries and os.path.isfile(os.path.join(directory, name)):
+            return _open_file(os.path.join(directory, name))
+    raise CheckpointError(
+        f"{directory}: no .safetensors file, *{_INDEX_SUFFIX}, pytorch_model.bin or model.bin "
+        "in directory"
+    )
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -538,6 +546,10 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         return _checked(_open_directory(path))
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
+    if path.endswith(_INDEX_SUFFIX) and os.path.isfile(path):
+        # The index file itself names the sharded checkpoint it belongs to (issue 14 item 9).
+        directory = os.path.dirname(os.path.abspath(path))
+        return _checked(ShardedCheckpoint(directory, os.path.basename(path)))
     return _checked(_open_file(path))
 
 
