@@ -167,7 +167,7 @@ def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: s
         if not same_base:  # exact-mode deltas then come from the stored base, if any
             return write_safetensors(output, specs,
                                      merged_weights(comp, ck, infos, dtype, restore=False),
-                                     metadata)
+                                     metadata, progress="apply")
         with comp._registry.using_base(ck, comp.base_hash):
             return write_safetensors(output, specs, merged_weights(comp, ck, infos, dtype),
-                                     metadata)
+                                     metadata, progress="apply")

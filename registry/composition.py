@@ -411,7 +411,7 @@ class Composition:
         specs = [(e.name, dtype, e.shape) for e in self.entries]
         metadata = {"tvreg.expression": self.expression, "tvreg.base_hash": self.base_hash,
                     "tvreg.arch_fingerprint": self.arch_fingerprint}
-        return write_safetensors(path, specs, self.iter_tensors(), metadata)
+        return write_safetensors(path, specs, self.iter_tensors(), metadata, progress="compose")
 
     def __repr__(self) -> str:
         return (f"<Composition {self.expression!r} method={self.params.method} lambda={self.lam} "

@@ -43,20 +43,23 @@ class Transfer:
     The library calls :meth:`start` once with the totals, then :meth:`advance` per object.
     """
 
-    def __init__(self, desc: str) -> None:
+    def __init__(self, desc: str, unit: str = "objects") -> None:
         self.desc = desc
+        self.unit = unit
         self.objects = self.total_objects = 0
         self._bar: Any = _Null()
 
     def start(self, objects: int, nbytes: int) -> None:
         self.total_objects = objects
         self._bar = bar(nbytes, self.desc)
+        if hasattr(self._bar, "set_postfix_str"):
+            self._bar.set_postfix_str(f"0/{objects} {self.unit}")
 
     def advance(self, nbytes: int) -> None:
         self.objects += 1
         self._bar.update(nbytes)
         if hasattr(self._bar, "set_postfix_str"):
-            self._bar.set_postfix_str(f"{self.objects}/{self.total_objects} objects", refresh=False)
+            self._bar.set_postfix_str(f"{self.objects}/{self.total_objects} {self.unit}", refresh=False)
 
     def close(self) -> None:
         self._bar.close()

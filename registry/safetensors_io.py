@@ -85,7 +85,8 @@ def _write_tensor(f: BinaryIO, tensor: torch.Tensor) -> int:
     return data.nbytes
 
 
-def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator) -> int:
+def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator,
+                progress: object = None) -> int:
     total = 0
     for i, spec in enumerate(specs):
         item = next(tensors, _END)
@@ -93,7 +94,10 @@ def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator) -> int:
             raise RegistryError(f"got {i} tensors, expected {len(specs)} (missing {spec[0]!r})")
         name, tensor = item
         _check(spec, name, tensor)
-        total += _write_tensor(f, tensor)
+        n = _write_tensor(f, tensor)
+        total += n
+        if progress is not None:
+            progress.advance(n)
     if next(tensors, _END) is not _END:
         raise RegistryError(f"got more tensors than the {len(specs)} announced")
     return total
@@ -117,19 +121,42 @@ def write_safetensors(
     specs: Sequence[Spec],
     tensors: Iterable[tuple[str, torch.Tensor]],
     metadata: dict[str, str] | None = None,
+    progress: str | None = None,
 ) -> int:
     """Stream ``tensors`` (matching ``specs`` in order) to ``path`` atomically; return its size.
-    ``path`` ``"-"`` writes to standard output."""
+    ``path`` ``"-"`` writes to standard output. ``progress``: the caption of a progress bar
+    (tensors done / total, bytes), drawn on stderr when it is a terminal."""
     if sys.byteorder != "little":
         raise RegistryError("writing safetensors needs a little-endian machine")
     path = os.fspath(path)
     specs = list(specs)
     header = _header(specs, metadata)
+    bar = None
+    if progress is not None:
+        from .progress import Transfer
+
+        bar = Transfer(progress, unit="tensors")
+        bar.start(len(specs), sum(_nbytes(spec) for spec in specs))
+    try:
+        return _write(path, specs, header, tensors, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _nbytes(spec: Spec) -> int:
+    size = itemsize(spec[1])
+    for d in spec[2]:
+        size *= d
+    return size
+
+
+def _write(path: str, specs: list[Spec], header: bytes, tensors: Iterable, bar: object) -> int:
     if path == "-":  # standard output: no temporary file, no rename
         out = sys.stdout.buffer
         out.write(len(header).to_bytes(8, "little"))
         out.write(header)
-        written = 8 + len(header) + _write_data(out, specs, iter(tensors))
+        written = 8 + len(header) + _write_data(out, specs, iter(tensors), bar)
         out.flush()
         return written
     directory = os.path.dirname(os.path.abspath(path))
@@ -142,7 +169,7 @@ def write_safetensors(
         with f:
             f.write(len(header).to_bytes(8, "little"))
             f.write(header)
-            written = 8 + len(header) + _write_data(f, specs, iter(tensors))
+            written = 8 + len(header) + _write_data(f, specs, iter(tensors), bar)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -134,3 +134,51 @@ def test_dash_output_is_refused_with_json(tmp_path, zoo):
     p = subprocess.run(cmd + ["compose", "topic", "-o", "-", "--json"], env=env,
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2 and "--json" in p.stderr and p.stdout == ""
+
+
+# --- item 16: compose and apply draw a progress bar on a terminal only ----------------------------
+
+def _stderr_of(cmd, env, on_pty):
+    import pty
+    import select
+
+    env = {**env, "COLUMNS": "100"}
+    env.pop("CI", None)
+    env.pop("TVREG_NO_PROGRESS", None)
+    if not on_pty:
+        p = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p.stderr.decode(errors="replace")
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real size
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert p.wait(timeout=120) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_compose_and_apply_show_progress_only_on_a_terminal(tmp_path, zoo):
+    cmd, env = _cli(tmp_path, zoo)
+    for args in (["compose", "0.5*topic", "-o", str(tmp_path / "c.safetensors")],
+                 ["apply", "topic", "--base", str(zoo.base), "-o", str(tmp_path / "a.safetensors")]):
+        shown = _stderr_of(cmd + args, env, on_pty=True)
+        assert f"{args[0]}:" in shown and " tensors" in shown, shown
+        piped = _stderr_of(cmd + args, env, on_pty=False)
+        assert f"{args[0]}:" not in piped and " tensors" not in piped, piped
