@@ -16,8 +16,12 @@ def codec_note(rec) -> str:
     spec, rel, cos = codec_columns(rec)
     if spec is None:
         return ""
+    kept = rec.recipe.get("lossless") or []
+    more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+    lossless = (f", {len(kept)} tensor(s) kept lossless: {', '.join(kept[:3])}{more}"
+                if kept else "")
     return (f", codec {spec} (rel L2 {'n/a' if rel is None else f'{rel:.3g}'}, "
-            f"cosine {'n/a' if cos is None else f'{cos:.6f}'})")
+            f"cosine {'n/a' if cos is None else f'{cos:.6f}'}){lossless}")
 
 
 @click.command()

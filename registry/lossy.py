@@ -105,6 +105,7 @@ class LossyEncoder:
         self.level = 3 if level is None else check_level(level)
         self.lossless_level = level
         self._sums: dict[str, tuple[float, float, float, float]] = {}
+        self._kept: set[str] = set()  # tensors the codec applies to but stored losslessly
         self._lock = threading.Lock()
 
     # --- which tensors -----------------------------------------------------------------------
@@ -117,17 +118,18 @@ class LossyEncoder:
 
     def check(self, tensors: Iterable[tuple[str, str, tuple[int, ...]]]) -> None:
         """Refuse (:class:`InvalidInput`) what cannot work, from ``(name, delta dtype, shape)``
-        alone, before anything is written: an SVD rank above a 2-D tensor's smaller side."""
+        alone, before anything is written: an SVD rank above the smaller side of every 2-D
+        tensor (the codec would apply to none of them). A tensor whose smaller side is below
+        the rank is stored losslessly, as factors of that rank would be larger than it."""
         if self.spec.rank is None:
             return
         r = self.spec.rank
-        bad = [f"{name} ({shape[0]}x{shape[1]}: at most {min(shape)})"
-               for name, dtype, shape in tensors
-               if self.applies(dtype, tuple(shape)) and r > min(shape)]
-        if bad:
-            raise InvalidInput(f"--codec {self.spec}: rank {r} is larger than {len(bad)} "
-                               f"tensor(s) allow: {_describe(bad)}; use a smaller rank or "
-                               "svd:energy=E")
+        sides = [min(shape) for name, dtype, shape in tensors
+                 if self.applies(dtype, tuple(shape))]
+        if sides and r > max(sides):
+            raise InvalidInput(f"--codec {self.spec}: rank {r} is larger than every 2-D tensor "
+                               f"allows ({len(sides)} tensor(s), at most {max(sides)}): no "
+                               "tensor would take it; use a smaller rank or svd:energy=E")
 
     # --- encoding ----------------------------------------------------------------------------
 
@@ -154,9 +156,13 @@ class LossyEncoder:
                 raise InvalidInput(f"tensor {name!r} has {int((~np.isfinite(x)).sum())} NaN/Inf "
                                    f"value(s): --codec {self.spec} needs finite values")
             try:
-                return self.pipeline(x)
+                pipe, payload = self.pipeline(x)
             except InvalidInput as e:
                 raise InvalidInput(f"tensor {name!r}: {e}") from None
+            if not isinstance(pipe.codecs[0], (Cast, Int8, TopK, Ternary, LowRank)):
+                with self._lock:
+                    self._kept.add(name)
+            return pipe, payload
 
         def measure(dense: bytes) -> None:
             self._record(name, error_sums(x, np.frombuffer(dense, dtype=np.float32)))
@@ -202,9 +208,20 @@ class LossyEncoder:
         cos = max(-1.0, min(1.0, dot / math.sqrt(xx * yy))) if xx > 0 and yy > 0 else None
         return {"rel_l2": rel, "cosine": cos}
 
+    def kept_lossless(self) -> list[str]:
+        """The tensors the spec applies to that were stored losslessly all the same (``svd``:
+        all zeros, or factors no smaller than the matrix, e.g. a rank above its smaller
+        side), sorted."""
+        with self._lock:
+            return sorted(self._kept)
+
     def recipe(self, op: str, **extra: Any) -> dict[str, Any]:
-        """The version record's ``recipe``: ``{"op", "codec", …extra, "error"}``."""
-        return {"op": op, "codec": str(self.spec), **extra, "error": self.error()}
+        """The version record's ``recipe``: ``{"op", "codec", …extra, "error"}``, and
+        ``"lossless"`` (:meth:`kept_lossless`) when some tensors the spec applies to were
+        stored losslessly."""
+        kept = self.kept_lossless()
+        return {"op": op, "codec": str(self.spec), **extra, "error": self.error(),
+                **({"lossless": kept} if kept else {})}
 
 
 def encode_vector(vec: "TaskVector", coder: LossyEncoder, put: Callable[[bytes], str], *,

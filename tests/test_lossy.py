@@ -430,9 +430,8 @@ def test_apply_and_compose_lossy_vectors(coded, zoo, tmp_path):
     (["--codec", "topk:density=2"], "density must be a number in (0, 1]"),
     (["--codec", "topk:k=3"], "has no parameter 'k'"),
     (["--codec", "svd:rank=0"], "rank must be an integer >= 1"),
-    (["--codec", "svd:rank=5"], "rank 5 is larger than 1 tensor(s) allow: head.weight (4x32: "
-                                "at most 4)"),
-    (["--codec", "svd:rank=40"], "rank 40 is larger than 5 tensor(s) allow"),
+    (["--codec", "svd:rank=40"], "rank 40 is larger than every 2-D tensor allows (5 tensor(s), "
+                                 "at most 32): no tensor would take it"),
 ])
 def test_create_bad_codec_exits_2_and_changes_nothing(run, zoo, reg_path, args, needle):
     run("create", "a", "--base", str(zoo.base), "--finetuned", str(zoo.finetuned["topic"]),
@@ -538,3 +537,47 @@ def test_lossy_documents_validate_against_the_schemas(coded):
             assert list(manifest_v.iter_errors(doc)), (name, conf)
             with pytest.raises(FormatError):
                 Manifest.from_json(doc)
+
+
+def test_svd_rank_above_a_small_matrix_stores_it_losslessly(run, zoo, reg_path):
+    """svd:rank=R with R above some matrix's smaller side (head.weight is 4x32, as BERT's 2x384
+    token_type_embeddings under rank 8): that matrix is stored losslessly, not the whole vector
+    refused, and the record, the printed line and ``show`` say which."""
+    r = run("create", "s5", "--base", str(zoo.base), "--finetuned",
+            str(zoo.finetuned["sentiment"]), "--codec", "svd:rank=5", "--no-similarities")
+    assert "1 tensor(s) kept lossless: head.weight" in r.stderr
+    reg = tvreg.open(reg_path)
+    vec = reg.get("s5")
+    assert vec.record.recipe["lossless"] == ["head.weight"]
+    exact = _exact(zoo)
+    for entry in vec.manifest.tensors:
+        first = entry.codecs.codecs[0].name
+        if entry.name == "head.weight" or exact[entry.name].dim() != 2:
+            assert first != "lowrank" and torch.equal(vec.tensor(entry.name), exact[entry.name])
+        else:
+            assert first == "lowrank" and entry.codecs.codecs[0].rank == 5
+    shown = json.loads(run("show", "s5", "--json").stdout)
+    assert shown["recipe"]["lossless"] == ["head.weight"]
+    r = run("recode", "s5", "--codec", "svd:rank=5", "--name", "s5r")
+    assert "kept lossless: head.weight" in r.stderr
+    # a spec no matrix has to fall back on records no list
+    run("create", "s2", "--base", str(zoo.base), "--finetuned",
+        str(zoo.finetuned["sentiment"]), "--codec", "svd:rank=2", "--no-similarities")
+    assert "lossless" not in tvreg.open(reg_path).get("s2").record.recipe
+
+
+def test_svd_rank_8_on_bert_shaped_tensors(tmp_path):
+    """The case from the field: BERT's 2x384 token_type_embeddings beside 384x384 layers."""
+    g = torch.Generator().manual_seed(0)
+    base = {"tok": torch.randn(2, 384, generator=g), "q": torch.randn(384, 384, generator=g),
+            "b": torch.randn(384, generator=g)}
+    ft = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(ft, str(tmp_path / "ft.safetensors"))
+    reg = tvreg.open(tmp_path / "reg")
+    res = reg.create("bert", tmp_path / "base.safetensors", tmp_path / "ft.safetensors",
+                     codec="svd:rank=8", similarities=False)
+    vec = reg.get(res.ref)
+    assert vec.record.recipe["lossless"] == ["tok"]
+    assert torch.equal(vec.tensor("tok"), ft["tok"] - base["tok"])
+    assert {e.name: e.codecs.codecs[0].name for e in vec.manifest.tensors}["q"] == "lowrank"
