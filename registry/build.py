@@ -111,7 +111,8 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                       delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None,
                       encode: Callable[[TensorEncoder, str, torch.Tensor, str], Future] | None
                       = None, exact: bool = False,
-                      left_out: frozenset[str] | set[str] = frozenset()) -> Manifest:
+                      left_out: frozenset[str] | set[str] = frozenset(),
+                      on_zero: Callable[[], None] | None = None) -> Manifest:
     """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
 
     ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
@@ -128,7 +129,8 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
     fine-tuned holds. Tensors tied in both checkpoints (:meth:`Checkpoint.shared_names`) are
     computed and encoded once and counted once in ``on_tensor``; both names are in the manifest,
     with the same blobs. If every delta computed from ``finetuned`` is zero, a
-    :class:`ZeroVectorWarning` is issued (the vector is still built)."""
+    :class:`ZeroVectorWarning` is issued, or ``on_zero()`` called instead (the vector is still
+    built)."""
     if exact and finetuned is None:
         raise InvalidInput("exact mode needs a fine-tuned checkpoint (not a LoRA adapter)")
     if exact and encode is not None:
@@ -207,15 +209,23 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                 else dataclasses.replace(done[f], name=name)
         tensors = tuple(done[name] for name, _ in futures)
     if computed and not nonzero:
-        warnings.warn("the fine-tuned checkpoint equals the base" + (
-            " on the tensors --include/--exclude keep" if left_out else "") +
-            ": the task vector is all zeros (wrong file?)", ZeroVectorWarning, stacklevel=3)
+        if on_zero is not None:
+            on_zero()
+        else:
+            warnings.warn(zero_vector_message(bool(left_out)), ZeroVectorWarning, stacklevel=2)
     base_hash = hasher.hexdigest()
     if exact:  # the base hash is known only now; the blobs do not depend on it
         tensors = tuple(dataclasses.replace(t, codecs=CodecPipeline(
             (BitDiff(t.source_dtype, base_hash),) + t.codecs.codecs[1:])) for t in tensors)
     fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)
     return Manifest(base_hash, fingerprint, tensors, tuple(skipped))
+
+
+def zero_vector_message(filtered: bool = False) -> str:
+    """What :class:`ZeroVectorWarning` says."""
+    return ("the fine-tuned checkpoint equals the base"
+            + (" on the tensors --include/--exclude keep" if filtered else "")
+            + ": the task vector is all zeros (wrong file?)")
 
 
 def _tied(base: Checkpoint, finetuned: Checkpoint,

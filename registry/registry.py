@@ -339,6 +339,7 @@ class Registry:
             metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps,
                                 meta=dict(meta or {}))
             total = work_total(cb, cf, infos, left_out)
+            zero: list[bool] = []
             with progress.bar(total * 4, f"create {name}") as bar:
                 def tick(n: int) -> None:
                     bar.update(n)
@@ -349,7 +350,16 @@ class Registry:
                                                   allow_nonfinite=allow_nonfinite, level=level,
                                                   on_tensor=tick, delta_of=delta_of,
                                                   encode=coder and coder.submit,
-                                                  exact=exact, left_out=left_out))
+                                                  exact=exact, left_out=left_out,
+                                                  on_zero=lambda: zero.append(True)))
+            if zero:  # said once the vector is written (it is stored anyway), at the caller
+                import warnings
+
+                from .build import zero_vector_message
+                from .errors import ZeroVectorWarning
+
+                warnings.warn(zero_vector_message(bool(left_out)), ZeroVectorWarning,
+                              stacklevel=2)
             if exact:  # before the version exists: a reader never sees it without its base
                 self._ensure_base(cb, manifest.base_hash)
         recipe = coder.recipe("create") if coder is not None else None
