@@ -170,11 +170,14 @@ def label(reg: "Registry", record: BaseRecord) -> str:
 def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
               base_hash: str) -> "Checkpoint":
     """What ``apply``'s ``base`` means: None, the stored base of ``base_hash`` (the vectors'
-    base); an existing path, that checkpoint; otherwise a stored base's name or hash prefix."""
-    from .checkpoints import Checkpoint, open_checkpoint
+    base); a state dict in memory or an existing path, that checkpoint; otherwise a stored
+    base's name or hash prefix."""
+    from .checkpoints import Checkpoint, is_in_memory, open_checkpoint
 
     if isinstance(base, Checkpoint):
         return base
+    if is_in_memory(base):
+        return open_checkpoint(base, label="base")
     if base is None:
         ck = stored_base(reg, base_hash)
         if ck is None:

@@ -800,8 +800,9 @@ class Registry:
               output: str | os.PathLike | None = None, *, dtype: str | None = None,
               allow_base_mismatch: bool | None = None) -> int:
         """Write θ_base + merged into a safetensors file. ``base`` is a checkpoint path, a
-        stored base's name or hash prefix, or None: the stored base of the composition's base
-        hash (:meth:`add_base`)."""
+        state dict in memory (a mapping of names to torch tensors or numpy arrays, or a
+        ``torch.nn.Module``), a stored base's name or hash prefix, or None: the stored base of
+        the composition's base hash (:meth:`add_base`)."""
         from .apply import apply_to_checkpoint, check_output_path
         from .bases import open_base
 
