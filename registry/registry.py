@@ -169,7 +169,7 @@ def _filter_meta(include: str | None, exclude: str | None, left_out: list[str]
             break
         shown.append(n)
     meta["create.left_out_names"] = ", ".join(shown)
-    return meta
+    return dict(sorted(meta.items()))
 
 
 class Registry:
