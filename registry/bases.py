@@ -207,13 +207,17 @@ def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
 def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
         level: int | None = None,
         on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
-    """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`."""
-    from .checkpoints import open_checkpoint
+    """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`.
+    ``path`` may also be a state dict in memory, or an open :class:`Checkpoint` (left open)."""
+    import contextlib
+
+    from .checkpoints import Checkpoint, open_checkpoint
     from .digest import arch_fingerprint
 
     if name is not None:
         validate_name(name)
-    with open_checkpoint(path) as ck:
+    with (contextlib.nullcontext(path) if isinstance(path, Checkpoint)
+          else open_checkpoint(path, label="base")) as ck:
         infos = ck.infos()
         if not any(dtypes.is_floating(i.dtype) for i in infos):
             raise InvalidInput(f"{ck.path} has no floating tensors: not a model's weights")
@@ -228,7 +232,7 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
             if record is not None and _holds(reg, record, ck, infos, digests):
                 previous = set_name(reg, name, record.base_hash)[1] if name else None
                 return AddBaseResult(record, False, 0, name, previous)
-        with progress.bar(total, f"base add {os.path.basename(os.fspath(path))}") as bar:
+        with progress.bar(total, f"base add {os.path.basename(ck.path)}") as bar:
             def tick(n: int) -> None:
                 bar.update(n)
                 if on_progress:

@@ -656,10 +656,12 @@ class Registry:
 
     def _ensure_base(self, checkpoint: Any, base_hash: str) -> None:
         """Store the base ``checkpoint`` (of hash ``base_hash``) unless it is stored."""
-        from .bases import base_record
+        from .bases import add, base_record
+        from .checkpoints import InMemoryCheckpoint
 
         if base_record(self, base_hash) is None:
-            self.add_base(checkpoint.path)
+            add(self, checkpoint if isinstance(checkpoint, InMemoryCheckpoint)
+                else checkpoint.path)
 
     @contextlib.contextmanager
     def using_base(self, checkpoint: Any, base_hash: str) -> Iterator[None]:
@@ -848,12 +850,14 @@ class Registry:
 
     # --- stored bases (tvreg.bases) ---------------------------------------------------------------
 
-    def add_base(self, path: str | os.PathLike, name: str | None = None, *,
+    def add_base(self, path: "str | os.PathLike | Mapping[str, Any] | torch.nn.Module",
+                 name: str | None = None, *,
                  level: int | None = None,
                  on_progress: Callable[[int], None] | None = None) -> "AddBaseResult":
         """Store every tensor of the base checkpoint at ``path`` (floating and not) under its
         base hash, and point base name ``name`` at it if given. A base already stored is not
-        stored again (``created`` False, no object written)."""
+        stored again (``created`` False, no object written). ``path`` may also be a state dict
+        in memory (as for :meth:`create`)."""
         from .bases import add
 
         return add(self, path, name, level=level, on_progress=on_progress)

@@ -199,3 +199,21 @@ def test_tensors_tied_in_only_one_checkpoint_are_computed_apart(tmp_path):
     assert torch.allclose(delta["embed"], torch.ones(4, 3))
     assert torch.allclose(delta["head"], 2 * torch.ones(4, 3))
     assert torch.equal(base["embed"], w)  # the user's shared tensor is untouched
+
+
+def test_exact_mode_from_in_memory_dicts_stores_the_base_and_rebuilds_the_fine_tune(tmp_path):
+    """Exact mode stores the base: from a state dict in memory too (not by reopening a path),
+    and with tensors left out by --exclude (rebuilt as the base's)."""
+    base, ft = _pair()
+    ft["extra.head"] = torch.ones(2)
+    with tvreg.open(tmp_path / "reg") as reg:
+        res = reg.create("e", base, ft, exact=True, exclude=r"^extra\.|^b\.bias$",
+                         similarities=False)
+        assert reg.stored_base(res.manifest.base_hash) is not None
+        out = tmp_path / "rebuilt.safetensors"
+        reg.apply("e", None, out)
+    rebuilt = load_file(os.fspath(out))
+    assert torch.equal(rebuilt["a.weight"], ft["a.weight"])  # bit for bit
+    assert torch.equal(rebuilt["half"], ft["half"])
+    assert torch.equal(rebuilt["b.bias"], base["b.bias"])  # left out: the base's
+    assert "extra.head" not in rebuilt
