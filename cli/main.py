@@ -1,14 +1,18 @@
 """Entry point: the ``tvreg`` group, the global ``--registry`` option and error mapping.
 
 Every :class:`tvreg.TvregError` becomes one line on stderr and its exit code (2 for bad input,
-1 for failures); click's usage errors exit 2 as well.
+1 for failures); click's usage errors exit 2 as well. Every warning tvreg issues (a category of
+a ``tvreg`` module, e.g. :class:`tvreg.ZeroVectorWarning`) becomes one ``tvreg: warning: …``
+line on stderr, in every command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
+import warnings
 
 import click
 
@@ -33,10 +37,34 @@ def _silence_stdout() -> None:
         pass
 
 
+def _is_tvreg_warning(category: type) -> bool:
+    return category.__module__.split(".")[0] == "tvreg"
+
+
+@contextlib.contextmanager
+def _tvreg_warnings_as_lines():
+    """Show each tvreg warning as one ``tvreg: warning: …`` line on stderr when it is issued
+    (where a command does not collect them itself, :func:`.output.warnings_to_stderr`); other
+    warnings are shown as Python shows them."""
+    shown = warnings.showwarning
+
+    def show(msg, category, filename, lineno, file=None, line=None):
+        if _is_tvreg_warning(category):
+            message(f"tvreg: warning: {msg}")
+        else:
+            shown(msg, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        warnings.filterwarnings("always", category=Warning, module=r"tvreg(\.|$)")
+        yield
+
+
 class TvregGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _tvreg_warnings_as_lines():
+                return super().invoke(ctx)
         except TvregError as e:
             message(f"tvreg: error: {e}")
             ctx.exit(e.exit_code)

@@ -42,13 +42,18 @@ def codec_note(rec) -> str:
 @click.option("--codec", metavar="SPEC", help="Store with a lossy codec: bf16, fp16, int8, "
               "topk:density=D, ternary:density=D, svd:rank=R or svd:energy=E (default: "
               "lossless). The error against the exact vector is recorded.")
+@click.option("--include", metavar="REGEX", help="Only tensors whose name matches (Python "
+              "re.search); base tensors left out are stored as zero deltas, fine-tuned-only "
+              "ones ignored.")
+@click.option("--exclude", metavar="REGEX", help="Leave out tensors whose name matches (an "
+              "extra head, a missing buffer).")
 @click.option("--no-similarities", is_flag=True,
               help="Skip computing similarities with the stored vectors (`tvreg similarities` "
                    "does it later).")
 @json_option
 @click.pass_obj
 def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, allow_nonfinite,
-           exact, codec, no_similarities, as_json):
+           exact, codec, include, exclude, no_similarities, as_json):
     """Store the task vector FINETUNED − BASE as a new version of NAME.
 
     P is a .safetensors file, a folder of safetensors shards with its index JSON, or a PyTorch
@@ -61,13 +66,16 @@ def create(reg, name, base, finetuned, lora, task, dataset, lr, steps, meta, all
     with warnings_to_stderr():
         result = reg.create(name, base, finetuned, lora=lora, task=task, dataset=dataset, lr=lr,
                             steps=steps, meta=parse_meta(meta), allow_nonfinite=allow_nonfinite,
-                            similarities=not no_similarities, exact=exact, codec=codec)
+                            similarities=not no_similarities, exact=exact, codec=codec,
+                            include=include, exclude=exclude)
     m, rec = result.manifest, result.record
+    left_out = rec.metadata.meta.get("create.left_out") if (include or exclude) else None
     if result.created:
         message(f"created {rec.ref}: vector {rec.vector_id[:12]}, {m.n_params:,} params, "
                 f"{human_bytes(m.raw_bytes)} -> {human_bytes(m.stored_bytes)} "
                 f"({ratio(m.raw_bytes, m.stored_bytes)}), {result.new_objects} new object(s)"
                 + (f", {len(m.skipped)} non-floating tensor(s) left out" if m.skipped else "")
+                + (f", {left_out} tensor(s) left out by --include/--exclude" if left_out else "")
                 + codec_note(rec))
     else:
         message(f"unchanged: {rec.ref} already holds this content with the same metadata; "

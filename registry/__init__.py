@@ -11,7 +11,7 @@
 from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, FormatError,
                      IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
                      NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteError,
-                     SQLError, TvregError)
+                     SQLError, TvregError, ZeroVectorWarning)
 from .registry import CreateResult, Registry, open
 
 __version__ = "0.1.0"
@@ -28,4 +28,5 @@ def __getattr__(name: str):
 __all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
            "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",
            "IncompatibleCheckpoints", "NonFiniteValues", "SQLError", "CorruptObject",
-           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry", "RemoteError", "__version__"]
+           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry", "RemoteError",
+           "ZeroVectorWarning", "__version__"]

@@ -150,14 +150,14 @@ def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: s
                         dtype: str | None = None, allow_base_mismatch: bool = False) -> int:
     """``base`` is a checkpoint's path, or an open :class:`Checkpoint` (e.g. a stored base),
     closed when done."""
-    from .checkpoints import Checkpoint, open_checkpoint
+    from .checkpoints import Checkpoint, InMemoryCheckpoint, open_checkpoint
     from .safetensors_io import write_safetensors
 
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
-    output = check_output_path(output, [base if isinstance(base, (str, os.PathLike))
-                                         else getattr(base, "path", None)],
-                               getattr(comp._registry, "root", None))
+    inputs = [] if isinstance(base, InMemoryCheckpoint) else \
+        [base if isinstance(base, (str, os.PathLike)) else getattr(base, "path", None)]
+    output = check_output_path(output, inputs, getattr(comp._registry, "root", None))
     with (base if isinstance(base, Checkpoint) else open_checkpoint(base)) as ck:
         infos, same_base = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)

@@ -170,11 +170,14 @@ def label(reg: "Registry", record: BaseRecord) -> str:
 def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
               base_hash: str) -> "Checkpoint":
     """What ``apply``'s ``base`` means: None, the stored base of ``base_hash`` (the vectors'
-    base); an existing path, that checkpoint; otherwise a stored base's name or hash prefix."""
-    from .checkpoints import Checkpoint, open_checkpoint
+    base); a state dict in memory or an existing path, that checkpoint; otherwise a stored
+    base's name or hash prefix."""
+    from .checkpoints import Checkpoint, is_in_memory, open_checkpoint
 
     if isinstance(base, Checkpoint):
         return base
+    if is_in_memory(base):
+        return open_checkpoint(base, label="base")
     if base is None:
         ck = stored_base(reg, base_hash)
         if ck is None:
@@ -204,13 +207,17 @@ def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
 def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
         level: int | None = None,
         on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
-    """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`."""
-    from .checkpoints import open_checkpoint
+    """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`.
+    ``path`` may also be a state dict in memory, or an open :class:`Checkpoint` (left open)."""
+    import contextlib
+
+    from .checkpoints import Checkpoint, open_checkpoint
     from .digest import arch_fingerprint
 
     if name is not None:
         validate_name(name)
-    with open_checkpoint(path) as ck:
+    with (contextlib.nullcontext(path) if isinstance(path, Checkpoint)
+          else open_checkpoint(path, label="base")) as ck:
         infos = ck.infos()
         if not any(dtypes.is_floating(i.dtype) for i in infos):
             raise InvalidInput(f"{ck.path} has no floating tensors: not a model's weights")
@@ -225,7 +232,7 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
             if record is not None and _holds(reg, record, ck, infos, digests):
                 previous = set_name(reg, name, record.base_hash)[1] if name else None
                 return AddBaseResult(record, False, 0, name, previous)
-        with progress.bar(total, f"base add {os.path.basename(os.fspath(path))}") as bar:
+        with progress.bar(total, f"base add {os.path.basename(ck.path)}") as bar:
             def tick(n: int) -> None:
                 bar.update(n)
                 if on_progress:

@@ -8,6 +8,7 @@ once; at most a few tensors are in memory at a time.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
@@ -19,8 +20,8 @@ from .checkpoints import Checkpoint, TensorInfo
 from .codecs import BitDiff, CodecPipeline, choose_pipeline
 from .digest import BaseHasher, arch_fingerprint, tensor_bytes
 from .encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
-from .errors import IncompatibleCheckpoints, InvalidInput, NonFiniteValues
-from .manifest import Manifest, SkippedTensor
+from .errors import IncompatibleCheckpoints, InvalidInput, NonFiniteValues, ZeroVectorWarning
+from .manifest import Manifest, SkippedTensor, TensorEntry
 
 SHOW = 5
 
@@ -38,10 +39,50 @@ def _describe(names: list[str]) -> str:
     return ", ".join(names[:SHOW]) + more
 
 
+#: the hint that ends the error for tensors in one checkpoint only
+FILTER_HINT = "; leave them out with --exclude REGEX (or select with --include REGEX)"
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """What a checked (base, fine-tuned) pair makes: ``infos``, every tensor of the base (the
+    base hash and architecture fingerprint cover them all); ``left_out``, the base tensors the
+    include/exclude filter leaves out (stored as zero deltas); ``ignored``, the fine-tuned-only
+    tensors it leaves out."""
+
+    infos: list[TensorInfo]
+    left_out: frozenset[str] = frozenset()
+    ignored: tuple[str, ...] = ()
+
+
+def compile_filter(include: str | None, exclude: str | None) -> Callable[[str], bool] | None:
+    """``keep(name)``: ``re.search`` of ``include`` matches and that of ``exclude`` does not (as
+    compose's --include/--exclude); None if neither is given."""
+    if include is None and exclude is None:
+        return None
+    from .composition import _compile
+
+    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+    return lambda name: (inc is None or inc.search(name) is not None) \
+        and not (exc is not None and exc.search(name))
+
+
 def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
     """The base's tensor infos, if both checkpoints have the same names, shapes and dtypes."""
-    a = {i.name: i for i in base.infos()}
-    b = {i.name: i for i in finetuned.infos()}
+    return plan_pair(base, finetuned).infos
+
+
+def plan_pair(base: Checkpoint, finetuned: Checkpoint, include: str | None = None,
+              exclude: str | None = None) -> PairPlan:
+    """Check that the tensors the filter keeps (all, without one) have the same names, shapes
+    and dtypes in both checkpoints; raises :class:`IncompatibleCheckpoints`."""
+    keep = compile_filter(include, exclude)
+    a_all = {i.name: i for i in base.infos()}
+    b_all = {i.name: i for i in finetuned.infos()}
+    a = {n: i for n, i in a_all.items() if keep is None or keep(n)}
+    b = {n: i for n, i in b_all.items() if keep is None or keep(n)}
+    if keep is not None and not any(dtypes.is_floating(i.dtype) for i in a.values()):
+        raise InvalidInput("--include/--exclude leave no floating tensor of the base to store")
     only_base = sorted(a.keys() - b.keys())
     only_ft = sorted(b.keys() - a.keys())
     problems = []
@@ -55,8 +96,11 @@ def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
     if differ:
         problems.append(f"{len(differ)} tensor(s) differ in shape or dtype: {_describe(differ)}")
     if problems:
-        raise IncompatibleCheckpoints("checkpoints do not match: " + "; ".join(problems))
-    return [a[n] for n in sorted(a)]
+        raise IncompatibleCheckpoints("checkpoints do not match: " + "; ".join(problems)
+                                      + (FILTER_HINT if only_base or only_ft else ""))
+    left_out = frozenset(a_all.keys() - a.keys())
+    ignored = tuple(sorted(b_all.keys() - a_all.keys() - b.keys()))
+    return PairPlan([a_all[n] for n in sorted(a_all)], left_out, ignored)
 
 
 def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: list[TensorInfo],
@@ -66,7 +110,9 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                       on_tensor: Callable[[int], None] | None = None,
                       delta_of: Callable[[TensorInfo, torch.Tensor], torch.Tensor] | None = None,
                       encode: Callable[[TensorEncoder, str, torch.Tensor, str], Future] | None
-                      = None, exact: bool = False) -> Manifest:
+                      = None, exact: bool = False,
+                      left_out: frozenset[str] | set[str] = frozenset(),
+                      on_zero: Callable[[], None] | None = None) -> Manifest:
     """Encode the task vector of a checked pair; ``put`` stores a blob and returns its id.
 
     ``delta_of(info, base_tensor)``, when given instead of ``finetuned``, returns a floating
@@ -77,14 +123,26 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
 
     ``exact`` (exact mode) stores each floating tensor as the bit differences of the fine-tuned
     tensor over the base's (``bitdiff``, :mod:`tvreg.codecs.bitdiff`), from which the fine-tuned
-    tensor is rebuilt bit for bit; the entry still describes (and hashes) the float delta."""
+    tensor is rebuilt bit for bit; the entry still describes (and hashes) the float delta.
+
+    ``left_out`` (names, from :func:`plan_pair`) are stored as zero deltas, whatever the
+    fine-tuned holds. Tensors tied in both checkpoints (:meth:`Checkpoint.shared_names`) are
+    computed and encoded once and counted once in ``on_tensor``; both names are in the manifest,
+    with the same blobs. If every delta computed from ``finetuned`` is zero, a
+    :class:`ZeroVectorWarning` is issued, or ``on_zero()`` called instead (the vector is still
+    built)."""
     if exact and finetuned is None:
         raise InvalidInput("exact mode needs a fine-tuned checkpoint (not a LoRA adapter)")
     if exact and encode is not None:
         raise InvalidInput("exact mode is lossless: it does not go with a lossy codec")
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
-    futures = []
+    futures: list[tuple[str, Future | str]] = []  # a future of the entry, or the tied name
+    # tied tensors (the same data under two names in both checkpoints, as torch.save keeps
+    # tied embeddings) are read, subtracted and encoded once; both names get the entry
+    tied = {} if finetuned is None else _tied(base, finetuned, left_out)
+    nonzero = finetuned is None  # whether a delta from the fine-tuned is known to be nonzero
+    computed = False  # whether any floating delta was computed from the fine-tuned
     with TensorEncoder(put, chunk_bytes=chunk_bytes, workers=workers) as encoder:
         for info in infos:
             tb = base.tensor(info.name)
@@ -92,18 +150,27 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                 skipped.append(SkippedTensor(info.name, info.dtype, info.shape))
                 continue
             hasher.update(info.name, info.dtype, info.shape, tensor_bytes(tb))
-            if delta_of is not None:
+            if info.name in tied:
+                del tb
+                futures.append((info.name, tied[info.name]))
+                continue
+            work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
+            tf = None
+            if info.name in left_out:  # left out by the filter: an unchanged (zero) delta
+                delta = torch.zeros(info.shape, dtype=work)
+                if exact:
+                    tf = tb  # bitdiff of the base over itself
+            elif delta_of is not None:
                 delta = delta_of(info, tb)
                 if isinstance(delta, Factored):
                     del tb
-                    futures.append(encoder.submit_factored(info.name, info.shape, info.dtype,
-                                                           delta.pipeline, delta.payload))
+                    futures.append((info.name, encoder.submit_factored(
+                        info.name, info.shape, info.dtype, delta.pipeline, delta.payload)))
                     if on_tensor:
                         on_tensor(info.numel * 4)
                     continue
             else:
                 tf = finetuned.tensor(info.name)  # a private copy (Checkpoint.tensor)
-                work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
                 if tf.dtype == work and not exact:  # in place: no third full-size tensor
                     delta = tf.sub_(tb)
                 elif tf.dtype == work:  # exact mode reads tf's bits afterwards
@@ -113,6 +180,9 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                     delta.sub_(tb)
                 if not exact:
                     del tf
+                computed = True
+                if not nonzero:  # until one is found: a pass over a delta in memory already
+                    nonzero = bool(delta.any())
             if not allow_nonfinite:
                 _check_finite(info.name, delta)
             # the checkpoints' tensors are let go before a submit, which may wait for the
@@ -121,24 +191,58 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                 payload = exact_payload(info.dtype, tf, tb)
                 del tf, tb
                 pipeline = exact_pipeline(info.dtype, _PENDING_BASE, payload, level)
-                futures.append(encoder.submit_exact(info.name, delta, info.dtype, pipeline,
-                                                    payload))
+                futures.append((info.name, encoder.submit_exact(info.name, delta, info.dtype,
+                                                                pipeline, payload)))
             elif encode is not None:
                 del tb
-                futures.append(encode(encoder, info.name, delta, info.dtype))
+                futures.append((info.name, encode(encoder, info.name, delta, info.dtype)))
             else:
                 del tb
                 pipeline = choose_pipeline(delta, delta.element_size(), level=level)
-                futures.append(encoder.submit(info.name, delta, info.dtype, pipeline))
+                futures.append((info.name, encoder.submit(info.name, delta, info.dtype,
+                                                          pipeline)))
             if on_tensor:
                 on_tensor(delta.numel() * delta.element_size())
-        tensors = tuple(f.result() for f in futures)
+        done: dict[str, TensorEntry] = {}
+        for name, f in futures:
+            done[name] = f.result() if isinstance(f, Future) \
+                else dataclasses.replace(done[f], name=name)
+        tensors = tuple(done[name] for name, _ in futures)
+    if computed and not nonzero:
+        if on_zero is not None:
+            on_zero()
+        else:
+            warnings.warn(zero_vector_message(bool(left_out)), ZeroVectorWarning, stacklevel=2)
     base_hash = hasher.hexdigest()
     if exact:  # the base hash is known only now; the blobs do not depend on it
         tensors = tuple(dataclasses.replace(t, codecs=CodecPipeline(
             (BitDiff(t.source_dtype, base_hash),) + t.codecs.codecs[1:])) for t in tensors)
     fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)
     return Manifest(base_hash, fingerprint, tensors, tuple(skipped))
+
+
+def zero_vector_message(filtered: bool = False) -> str:
+    """What :class:`ZeroVectorWarning` says."""
+    return ("the fine-tuned checkpoint equals the base"
+            + (" on the tensors --include/--exclude keep" if filtered else "")
+            + ": the task vector is all zeros (wrong file?)")
+
+
+def _tied(base: Checkpoint, finetuned: Checkpoint,
+          left_out: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+    """``{name: first}`` for the tensors tied to the same earlier one in both checkpoints (and
+    left out by the filter, or kept, both)."""
+    a, b = base.shared_names(), finetuned.shared_names()
+    return {n: first for n, first in a.items()
+            if b.get(n) == first and (n in left_out) == (first in left_out)}
+
+
+def work_total(base: Checkpoint, finetuned: Checkpoint | None, infos: list[TensorInfo],
+               left_out: frozenset[str] | set[str] = frozenset()) -> int:
+    """Elements of the tensors :func:`build_task_vector` computes (tied ones once): what its
+    ``on_tensor`` calls add up to, over 4 (float32 deltas)."""
+    tied = {} if finetuned is None else _tied(base, finetuned, left_out)
+    return sum(i.numel for i in infos if i.name not in tied)
 
 
 def _check_finite(name: str, delta: torch.Tensor) -> None:

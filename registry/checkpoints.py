@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from .digest import parse_json
 from .dtypes import ITEMSIZE as _ITEMSIZE, SAFETENSORS_CODES, dtype_name, torch_dtype as _torch_dtype
 from .errors import CheckpointError, FormatError
 
-__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
+__all__ = ["Checkpoint", "InMemoryCheckpoint", "TensorInfo", "open_checkpoint"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -80,6 +81,13 @@ class Checkpoint(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release open files; the checkpoint is unusable afterwards."""
+
+    def shared_names(self) -> dict[str, str]:
+        """Tied tensors: ``{name: first_name}`` for each tensor that is the very same data as an
+        earlier one (by sorted name): same storage, offset, shape, strides and dtype, as
+        ``torch.save`` keeps Hugging Face's tied embeddings. Empty where tensors are read from
+        a file one by one (safetensors stores no aliases)."""
+        return {}
 
     def known_base_hash(self) -> str | None:
         """A base hash this checkpoint vouches for without its tensors being read (a stored
@@ -466,11 +474,138 @@ class StateDictCheckpoint(Checkpoint):
             return _target(out, info).copy_(self._get(name).detach())
         return self._get(name).detach().clone(memory_format=torch.contiguous_format)
 
+    def shared_names(self) -> dict[str, str]:
+        if self._tensors is None:
+            raise self._error("checkpoint is closed")
+        return _aliases(self._tensors, self._names)
+
     def _get(self, name: str) -> torch.Tensor:
         if self._tensors is None:
             raise self._error("checkpoint is closed")
         try:
             return self._tensors[name]
+        except KeyError:
+            raise self._no_tensor(name) from None
+
+    def close(self) -> None:
+        self._tensors = None
+
+
+def _aliases(tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:
+    """``{name: first}`` for the tensors of ``names`` (sorted) that view exactly the data of an
+    earlier one."""
+    first: dict[tuple, str] = {}
+    out = {}
+    for name in names:
+        t = tensors[name]
+        if t.numel() == 0 or t.layout != torch.strided:
+            continue
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype,
+               tuple(t.shape), t.stride())
+        if key in first:
+            out[name] = first[key]
+        else:
+            first[key] = name
+    return out
+
+
+# --- in-memory state dicts ----------------------------------------------------------------------
+
+
+def _is_module(obj: Any) -> bool:
+    return isinstance(obj, torch.nn.Module)
+
+
+def is_in_memory(obj: Any) -> bool:
+    """Whether ``obj`` is a state dict in memory (a mapping, or a ``torch.nn.Module``) rather
+    than a path."""
+    from collections.abc import Mapping
+
+    return isinstance(obj, Mapping) or _is_module(obj)
+
+
+def _as_tensor(label: str, key: str, value: Any) -> torch.Tensor:
+    import numpy as np
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.layout != torch.strided or t.is_meta:
+            raise CheckpointError(f"{label}: tensor {key!r} is not a dense tensor with data "
+                                  f"({t.layout}, on {t.device})")
+        return t
+    if isinstance(value, np.ndarray):
+        try:
+            with warnings.catch_warnings():  # a read-only array: tvreg only ever copies it
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            if value.dtype.kind in "biuf":  # negative strides, or not in native byte order
+                return torch.from_numpy(np.ascontiguousarray(
+                    value, dtype=value.dtype.newbyteorder("=")))
+            raise CheckpointError(f"{label}: array {key!r} has unsupported dtype "
+                                  f"{value.dtype} ({_one_line(exc, 120)})") from None
+    raise CheckpointError(f"{label}: value of {key!r} is {_a(type(value).__name__)}, not a "
+                          "torch tensor or numpy array")
+
+
+class InMemoryCheckpoint(Checkpoint):
+    """A state dict in memory: a mapping of names to torch tensors or numpy arrays, or a
+    ``torch.nn.Module`` (its ``state_dict()``). ``path`` is a label for messages ("base",
+    "finetuned"). As everywhere, :meth:`tensor` returns a private copy: the caller's tensors are
+    never handed out (tvreg subtracts in place)."""
+
+    def __init__(self, source: Any, label: str = "state dict") -> None:
+        super().__init__(label)
+        from collections.abc import Mapping
+
+        if _is_module(source):
+            source = source.state_dict()
+        if not isinstance(source, Mapping):
+            raise CheckpointError(f"{label}: {_a(type(source).__name__)} is not a checkpoint "
+                                  "(a path, a state dict or a torch.nn.Module)")
+        tensors: dict[str, torch.Tensor] = {}
+        for key, value in source.items():
+            if not isinstance(key, str):
+                raise CheckpointError(f"{label}: key {_one_line(repr(key), 80)} is "
+                                      f"{_a(type(key).__name__)}, not a string")
+            t = _as_tensor(label, key, value)
+            try:
+                dtype_name(t.dtype)
+            except FormatError:
+                raise CheckpointError(f"{label}: tensor {key!r} has unsupported dtype "
+                                      f"{t.dtype}") from None
+            tensors[key] = t
+        if not tensors:
+            raise CheckpointError(f"{label}: empty checkpoint: no tensors")
+        self._tensors: dict[str, torch.Tensor] | None = tensors
+        self._names = sorted(tensors)
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._get(name)
+        return TensorInfo(name, dtype_name(t.dtype), tuple(t.shape))
+
+    def tensor(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        t = self._get(name)
+        if out is not None:
+            return _target(out, self.info(name)).copy_(t)
+        if t.device.type != "cpu":
+            return t.to("cpu", copy=True).contiguous()
+        return t.clone(memory_format=torch.contiguous_format)
+
+    def shared_names(self) -> dict[str, str]:
+        return _aliases(self._get_all(), self._names)
+
+    def _get_all(self) -> dict[str, torch.Tensor]:
+        if self._tensors is None:
+            raise self._error("checkpoint is closed")
+        return self._tensors
+
+    def _get(self, name: str) -> torch.Tensor:
+        try:
+            return self._get_all()[name]
         except KeyError:
             raise self._no_tensor(name) from None
 
@@ -539,8 +674,15 @@ def _open_directory(directory: str) -> Checkpoint:
     )
 
 
-def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a checkpoint file or Hugging Face directory; raises :class:`CheckpointError`."""
+def open_checkpoint(path: Any, *, label: str | None = None) -> Checkpoint:
+    """Open a checkpoint file or Hugging Face directory, or wrap a state dict in memory (a
+    mapping of names to torch tensors or numpy arrays, or a ``torch.nn.Module``; ``label``
+    names it in messages); raises :class:`CheckpointError`."""
+    if is_in_memory(path):
+        return _checked(InMemoryCheckpoint(path, label or "state dict"))
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"{label or 'checkpoint'}: {_a(type(path).__name__)} is not a "
+                              "checkpoint (a path, a state dict or a torch.nn.Module)")
     path = os.fspath(path)
     if os.path.isdir(path):
         return _checked(_open_directory(path))

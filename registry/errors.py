@@ -86,3 +86,11 @@ class RemoteError(TvregError):
 
 class RegistryError(TvregError):
     """Any other failure of the registry (unexpected state on disk)."""
+
+
+# --- warnings -----------------------------------------------------------------------------------
+
+
+class ZeroVectorWarning(UserWarning):
+    """A fine-tuned checkpoint equal to its base: the task vector is all zeros. It is still
+    stored, but that is almost always the wrong file."""

@@ -148,6 +148,30 @@ def _refuse_file_root(root: str) -> None:
         path = parent
 
 
+#: the longest ``create.left_out_names`` value (a meta string holds at most 4096 characters)
+LEFT_OUT_NAMES_CHARS = 1000
+
+
+def _filter_meta(include: str | None, exclude: str | None, left_out: list[str]
+                 ) -> dict[str, Any]:
+    """The metadata that records a create's --include/--exclude: the patterns, how many tensors
+    they left out and their sorted names (comma-separated; cut to about
+    :data:`LEFT_OUT_NAMES_CHARS` characters with ", ... and N more")."""
+    meta: dict[str, Any] = {"create.left_out": len(left_out)}
+    if include is not None:
+        meta["create.include"] = include
+    if exclude is not None:
+        meta["create.exclude"] = exclude
+    shown: list[str] = []
+    for i, n in enumerate(left_out):
+        if len(", ".join(shown + [n])) > LEFT_OUT_NAMES_CHARS:
+            shown.append(f"... and {len(left_out) - i} more")
+            break
+        shown.append(n)
+    meta["create.left_out_names"] = ", ".join(shown)
+    return dict(sorted(meta.items()))
+
+
 class Registry:
     def __init__(self, root: str | os.PathLike, *, check_tensors: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -212,12 +236,14 @@ class Registry:
 
     # --- create ----------------------------------------------------------------------------------
 
-    def create(self, name: str, base: str | os.PathLike,
-               finetuned: str | os.PathLike | None = None, *, lora: str | os.PathLike | None = None,
+    def create(self, name: str, base: "str | os.PathLike | Mapping[str, Any] | torch.nn.Module",
+               finetuned: "str | os.PathLike | Mapping[str, Any] | torch.nn.Module | None" = None,
+               *, lora: str | os.PathLike | None = None,
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
                allow_nonfinite: bool = False, level: int | None = None, similarities: bool = True,
                exact: bool = False, codec: str | None = None,
+               include: str | None = None, exclude: str | None = None,
                on_progress: Callable[[int], None] | None = None) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
         LoRA adapter directory) instead of ``finetuned``, τ = scale · B·A on the adapted
@@ -239,10 +265,21 @@ class Registry:
         ``codec`` (a spec such as ``"int8"`` or ``"topk:density=0.1"``, docs/cli.md) stores the
         vector with that lossy codec (:mod:`tvreg.lossy`); the record's ``recipe`` keeps the
         codec and the error against the exact vector.
+
+        ``base`` and ``finetuned`` are paths, or state dicts in memory (mappings of names to
+        torch tensors or numpy arrays, or ``torch.nn.Module`` objects); they are only read.
+
+        ``include`` / ``exclude`` (regexes, ``re.search`` on tensor names, as for
+        :meth:`resolve`) select the tensors the vector is made of: base tensors they leave out
+        are stored as zero deltas (the vector stays composable with the others of its base),
+        fine-tuned-only tensors they leave out are ignored; the rest must match. The metadata
+        records them as ``create.include``, ``create.exclude``, ``create.left_out`` (a count)
+        and ``create.left_out_names``. A vector that is all zeros is stored with a
+        :class:`~tvreg.errors.ZeroVectorWarning`.
         """
         import contextlib
 
-        from .build import build_task_vector, check_pair
+        from .build import build_task_vector, plan_pair, work_total
         from .checkpoints import open_checkpoint
 
         validate_name(name)
@@ -263,19 +300,32 @@ class Registry:
             if lora is not None:
                 raise InvalidInput("a LoRA import is stored as its factors: --codec does not "
                                    "apply; import it, then `tvreg recode` it")
+        if (include is not None or exclude is not None) and lora is not None:
+            raise InvalidInput("--include/--exclude select tensors of a --finetuned checkpoint; "
+                               "a LoRA adapter's tensors are its adapted layers")
         delta_of = adapter = None
         if lora is not None:
             from .lora import read_adapter
 
             adapter = read_adapter(lora)
             meta = {**adapter.summary(), **dict(meta or {})}
-        metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps, meta=dict(meta or {}))
+        Metadata(task=task, dataset=dataset, lr=lr, steps=steps, meta=dict(meta or {}))  # checks
+        if include is not None or exclude is not None:
+            from .build import compile_filter
+
+            compile_filter(include, exclude)  # a bad regex is an error before anything is read
         with contextlib.ExitStack() as stack:
-            cb = stack.enter_context(open_checkpoint(base))
+            cb = stack.enter_context(open_checkpoint(base, label="base"))
             cf = None
+            left_out: frozenset[str] = frozenset()
             if adapter is None:
-                cf = stack.enter_context(open_checkpoint(finetuned))
-                infos = check_pair(cb, cf)
+                cf = stack.enter_context(open_checkpoint(finetuned, label="finetuned"))
+                plan = plan_pair(cb, cf, include, exclude)
+                infos, left_out = plan.infos, plan.left_out
+                if include is not None or exclude is not None:
+                    meta = {**_filter_meta(include, exclude,
+                                           sorted(left_out | set(plan.ignored))),
+                            **dict(meta or {})}
             else:
                 from .lora import delta_source
 
@@ -286,7 +336,10 @@ class Registry:
 
                 coder.check((i.name, delta_dtype(i.dtype), tuple(i.shape)) for i in infos
                             if is_floating(i.dtype))
-            total = sum(i.numel for i in infos)
+            metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps,
+                                meta=dict(meta or {}))
+            total = work_total(cb, cf, infos, left_out)
+            zero: list[bool] = []
             with progress.bar(total * 4, f"create {name}") as bar:
                 def tick(n: int) -> None:
                     bar.update(n)
@@ -297,7 +350,16 @@ class Registry:
                                                   allow_nonfinite=allow_nonfinite, level=level,
                                                   on_tensor=tick, delta_of=delta_of,
                                                   encode=coder and coder.submit,
-                                                  exact=exact))
+                                                  exact=exact, left_out=left_out,
+                                                  on_zero=lambda: zero.append(True)))
+            if zero:  # said once the vector is written (it is stored anyway), at the caller
+                import warnings
+
+                from .build import zero_vector_message
+                from .errors import ZeroVectorWarning
+
+                warnings.warn(zero_vector_message(bool(left_out)), ZeroVectorWarning,
+                              stacklevel=2)
             if exact:  # before the version exists: a reader never sees it without its base
                 self._ensure_base(cb, manifest.base_hash)
         recipe = coder.recipe("create") if coder is not None else None
@@ -594,10 +656,12 @@ class Registry:
 
     def _ensure_base(self, checkpoint: Any, base_hash: str) -> None:
         """Store the base ``checkpoint`` (of hash ``base_hash``) unless it is stored."""
-        from .bases import base_record
+        from .bases import add, base_record
+        from .checkpoints import InMemoryCheckpoint
 
         if base_record(self, base_hash) is None:
-            self.add_base(checkpoint.path)
+            add(self, checkpoint if isinstance(checkpoint, InMemoryCheckpoint)
+                else checkpoint.path)
 
     @contextlib.contextmanager
     def using_base(self, checkpoint: Any, base_hash: str) -> Iterator[None]:
@@ -738,8 +802,9 @@ class Registry:
               output: str | os.PathLike | None = None, *, dtype: str | None = None,
               allow_base_mismatch: bool | None = None) -> int:
         """Write θ_base + merged into a safetensors file. ``base`` is a checkpoint path, a
-        stored base's name or hash prefix, or None: the stored base of the composition's base
-        hash (:meth:`add_base`)."""
+        state dict in memory (a mapping of names to torch tensors or numpy arrays, or a
+        ``torch.nn.Module``), a stored base's name or hash prefix, or None: the stored base of
+        the composition's base hash (:meth:`add_base`)."""
         from .apply import apply_to_checkpoint, check_output_path
         from .bases import open_base
 
@@ -785,12 +850,14 @@ class Registry:
 
     # --- stored bases (tvreg.bases) ---------------------------------------------------------------
 
-    def add_base(self, path: str | os.PathLike, name: str | None = None, *,
+    def add_base(self, path: "str | os.PathLike | Mapping[str, Any] | torch.nn.Module",
+                 name: str | None = None, *,
                  level: int | None = None,
                  on_progress: Callable[[int], None] | None = None) -> "AddBaseResult":
         """Store every tensor of the base checkpoint at ``path`` (floating and not) under its
         base hash, and point base name ``name`` at it if given. A base already stored is not
-        stored again (``created`` False, no object written)."""
+        stored again (``created`` False, no object written). ``path`` may also be a state dict
+        in memory (as for :meth:`create`)."""
         from .bases import add
 
         return add(self, path, name, level=level, on_progress=on_progress)
