@@ -10,7 +10,7 @@
 
 from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, FormatError,
                      IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
-                     NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteError,
+                     NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteBusy, RemoteError,
                      SQLError, TvregError)
 from .registry import CreateResult, Registry, open
 
@@ -28,4 +28,5 @@ def __getattr__(name: str):
 __all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
            "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",
            "IncompatibleCheckpoints", "NonFiniteValues", "SQLError", "CorruptObject",
-           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry", "RemoteError", "__version__"]
+           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry", "RemoteBusy",
+           "RemoteError", "__version__"]

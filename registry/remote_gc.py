@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from .errors import FormatError, InvalidInput, RegistryBusy, TvregError
+from .errors import FormatError, InvalidInput, RemoteBusy, TvregError
 from .objects import ObjectDB
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,11 +54,6 @@ STALE_SECONDS = 1800.0
 REFRESH_SECONDS = 300.0
 #: the local folder of the notes of pushes that may have left orphans, one folder per remote
 STATE = "remote-state"
-
-
-class RemoteBusy(RegistryBusy):
-    """Another party holds a lock of the remote (a push while gc runs, or a gc while a push
-    waits too long)."""
 
 
 # --- who holds a lock ----------------------------------------------------------------------------
@@ -268,9 +263,8 @@ def reachable(store: "Store") -> set[str]:
         try:
             return Manifest.from_bytes(objects.get(vid)).blob_ids()
         except (CorruptObject, FormatError):
-            raise FormatError(f"gc refused: {store}: manifest {vid} is missing or corrupted; "
-                              "run `tvreg verify --repair` from a registry that holds it, or "
-                              "push it again") from None
+            raise FormatError(f"gc refused: {store}: manifest {vid} is missing or corrupted "
+                              "(a record there names it); nothing was deleted") from None
 
     for ids in read_many(blobs, sorted(manifests)):
         keep |= ids
