@@ -343,3 +343,36 @@ def test_gc_of_a_read_only_http_remote_is_refused(two, tmp_path, serve_http):
 def test_gc_of_an_unknown_remote_is_bad_input(two):
     r = tv(two, "gc", "--remote", "nope", code=2)
     assert "no remote 'nope'" in r.stderr
+
+
+def test_orphans_that_cannot_be_collected_now_stay_noted(two, tmp_path, zoo):
+    """A remote record that does not read: gc cannot know what it needs, so the push after a
+    failed one succeeds, deletes nothing, says why, and keeps the note for the next push."""
+    url = str(tmp_path / "remote")
+    add_remote(two, url, {})
+    tv(two, "push", "team", "topic")
+    store = store_of(url, {})
+    killed_push(two, "link")
+    before = ids(store)
+    store.write("refs/topic/1.json", b"{not json")
+    tv(two, "create", "toxicity", "--base", str(zoo.base), "--finetuned",
+       str(zoo.finetuned["toxicity"]), "--no-similarities")
+    r = tv(two, "push", "team", "toxicity", "--json")
+    rep = json.loads(r.stdout)
+    assert rep["versions_sent"] == 1 and rep["orphans_removed"] == 0
+    assert "gc refused" in rep["orphans_note"] and "refs/topic/1.json" in rep["orphans_note"]
+    assert "warning: orphans an earlier failed push left on team were not removed" in r.stderr
+    assert before <= ids(store) and len(notes(two)) == 1
+    r = tv(two, "gc", "--remote", "team", "--grace", "0", code=1)
+    assert "gc refused" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert before <= ids(store)
+    assert [lk.stale for lk in read_locks(store)] == [True]  # the killed push's; none of ours
+
+
+def test_removing_the_remote_forgets_its_notes(two, tmp_path):
+    url = str(tmp_path / "remote")
+    add_remote(two, url, {})
+    killed_push(two, "link")
+    assert len(notes(two)) == 1
+    tv(two, "remote", "rm", "team")
+    assert notes(two) == []
