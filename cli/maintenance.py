@@ -61,16 +61,25 @@ def verify(reg, deep, repair, as_json):
 @click.option("--grace", type=float, default=3600.0, show_default=True, metavar="SECONDS",
               help="Keep unreferenced objects younger than this (a create may be in flight).")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--remote", "remote", metavar="NAME", default=None,
+              help="Collect the remote NAME instead: delete its objects that none of its "
+                   "versions or bases references (refused while a push to it is in progress).")
 @json_option
 @click.pass_obj
-def gc(reg, grace, dry_run, as_json):
-    """Delete objects that no version or stored base references."""
+def gc(reg, grace, dry_run, remote, as_json):
+    """Delete objects that no version or stored base references (here, or on a remote)."""
     if grace < 0:
         raise click.BadParameter("must be >= 0", param_hint="--grace")
-    rep = reg.gc(grace_seconds=grace, dry_run=dry_run)
+    rep = reg.gc(grace_seconds=grace, dry_run=dry_run, remote=remote)
     if as_json:
         emit_json(rep.to_json())
     delete, remove = ("would delete", "would remove") if dry_run else ("deleted", "removed")
+    if remote is not None:
+        message(f"remote {rep.remote} ({rep.url}): {delete} {rep.deleted_objects} object(s) "
+                f"({human_bytes(rep.deleted_bytes)}); kept {rep.kept_recent} recent "
+                f"unreferenced object(s); {remove} {rep.stale_locks_removed} stale lock(s) and "
+                f"{rep.temp_files_removed} temp file(s) of interrupted writes")
+        return
     message(f"{delete} {rep.deleted_objects} object(s) ({human_bytes(rep.deleted_bytes)}); kept "
             f"{rep.kept_recent} recent unreferenced object(s); {remove} {rep.scratch_removed} "
             f"scratch folder(s) and {rep.temp_files_removed} temp file(s) of interrupted writes")

@@ -101,6 +101,14 @@ def push(reg, args, with_base, as_json):
             f"{rep.objects_skipped} already there; {rep.versions_sent} version(s), "
             f"{rep.versions_skipped} already there; {rep.tags_sent} tag(s)"
             + _bases(rep, "bases_sent", "base_names_sent", "sent"))
+    if rep.orphans_removed:
+        message(f"removed {rep.orphans_removed} orphaned object(s) "
+                f"({human_bytes(rep.orphan_bytes_removed)}) that an earlier failed push left on "
+                f"{name}")
+    if rep.orphans_note:
+        message(f"warning: orphans an earlier failed push left on {name} were not removed "
+                f"({rep.orphans_note}); the next push tries again, or run "
+                f"`tvreg gc --remote {name}`")
 
 
 @click.command()

@@ -10,8 +10,8 @@
 
 from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, FormatError,
                      IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
-                     NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteError,
-                     SQLError, TvregError, ZeroVectorWarning)
+                     NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteBusy,
+                     RemoteError, SQLError, TvregError, ZeroVectorWarning)
 from .registry import CreateResult, Registry, open
 
 __version__ = "0.1.0"
@@ -28,5 +28,5 @@ def __getattr__(name: str):
 __all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
            "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",
            "IncompatibleCheckpoints", "NonFiniteValues", "SQLError", "CorruptObject",
-           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry", "RemoteError",
-           "ZeroVectorWarning", "__version__"]
+           "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry",
+           "RemoteBusy", "RemoteError", "ZeroVectorWarning", "__version__"]

@@ -80,6 +80,11 @@ class CatalogBusy(RegistryBusy):
     """Another process held the catalog's write lock for longer than the timeout."""
 
 
+class RemoteBusy(RegistryBusy):
+    """Another party held a lock on a remote (docs/format.md §9.4): a push while
+    ``gc --remote`` runs (gc refuses at once), or a gc for longer than a push waits."""
+
+
 class RemoteError(TvregError):
     """A remote's backend failed: unreachable endpoint, access denied, missing bucket…"""
 

@@ -7,7 +7,10 @@ from one listing of its ``objects/`` (not one request per object); only the miss
 sent, on a thread pool. A version number is claimed on the remote with an exclusive create; if another
 pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
 mapping is reported. Nothing on the remote is overwritten except tags (which move by design).
-Re-running an interrupted push completes it. Last, the remote index (index/*.parquet) is
+Re-running an interrupted push completes it. The push holds a push lock on the remote
+throughout (``locks/push-UUID.json``, :mod:`tvreg.remote_gc`), so no ``gc --remote`` deletes an
+object it found there and will reference; one that may leave orphans notes so locally first,
+and the next successful push to that remote deletes them. Last, the remote index (index/*.parquet) is
 rebuilt from the remote's records and tags. With ``with_base`` the versions' stored bases go
 too (:mod:`tvreg.base_transfer`): their objects with the vectors', their records and names
 before the version records.
@@ -44,6 +47,11 @@ class PushReport:
     renumbered: dict[str, str] = field(default_factory=dict)  # local ref -> remote ref
     bases_sent: int = 0        # with_base: base records written there
     base_names_sent: int = 0   # with_base: base names written (or moved) there
+    #: orphans that earlier failed pushes left there, deleted after this one succeeded
+    orphans_removed: int = 0
+    orphan_bytes_removed: int = 0
+    #: why those orphans could not be removed now (they will be by a later push), or None
+    orphans_note: str | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -132,17 +140,35 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
 def _push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
           workers: int = 8, progress: "Transfer | None" = None,
           with_base: bool = False) -> PushReport:
-    from .base_transfer import plan_push, push_records
-    from .documents import claim
-    from .remote_index import refresh
+    from .remote_gc import PushNote, collect_after_push, push_lock
     from .remotes import get
 
     remote = get(reg, remote_name)
     if not remote.writable:
         raise InvalidInput(f"remote {remote.name} ({remote.url}) is read-only: "
                            f"{remote.protocol} remotes can be pulled from, not pushed to")
-    store = remote.store()
     records = select_records(reg, refs)
+    store = remote.store()
+    note = PushNote(reg, remote.name)
+    with push_lock(store, reg.catalog.timeout, f"remote {remote.name} ({remote.url})"):
+        report = _push_locked(reg, remote, store, note, records, workers=workers,
+                              progress=progress, with_base=with_base)
+    note.remove()  # succeeded: nothing it sent is an orphan
+    collected, why = collect_after_push(reg, remote)
+    if collected is not None:
+        report.orphans_removed = collected.deleted_objects
+        report.orphan_bytes_removed = collected.deleted_bytes
+    report.orphans_note = why or None
+    return report
+
+
+def _push_locked(reg: "Registry", remote, store: "Store", note, records: list[VersionRecord], *,
+                 workers: int, progress: "Transfer | None", with_base: bool) -> PushReport:
+    """The push itself, under a push lock on the remote (:mod:`tvreg.remote_gc`)."""
+    from .base_transfer import plan_push, push_records
+    from .documents import claim
+    from .remote_index import refresh
+
     report = PushReport(remote.name)
     # with_base: the versions' stored bases, all checked here before anything is sent
     # exact-mode versions are read with their base: theirs goes too
@@ -164,6 +190,8 @@ def _push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None =
     report.objects_skipped = len({b for m in manifests.values() for b in m.blob_ids()}
                                  | base_blobs) + len(set(manifests) | base_manifests) \
         - sum(map(len, todo.values()))
+    if any(todo.values()):  # what it sends is an orphan there until its records are written
+        note.write([o for batch in todo.values() for o in batch])
     if progress:
         progress.start(sum(map(len, todo.values())),
                        sum(reg.objects.size(o) for batch in todo.values() for o in batch))

@@ -1200,10 +1200,27 @@ class Registry:
 
         return repair(self, get(self, remote), **kwargs)
 
-    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False):
+    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False,
+           remote: str | None = None):
+        """Delete unreferenced objects older than ``grace_seconds`` here, or with ``remote``
+        on that remote (under its gc lock: :mod:`tvreg.remote_gc`; raises
+        :class:`~tvreg.remote_gc.RemoteBusy` while a push to it is in progress)."""
+        self._require()
+        if remote is not None:
+            from .remote_gc import gc_remote, notes
+            from .remotes import get
+
+            r = get(self, remote)
+            pending = notes(self, r.name)
+            rep = gc_remote(r, grace_seconds=grace_seconds, dry_run=dry_run)
+            if not dry_run:  # notes of failed pushes: done with, unless an orphan they list
+                kept = set(rep.kept)  # was younger than the grace (the next push deletes it)
+                for key, oids in pending.items():
+                    if not oids & kept:
+                        self.store.delete(key)
+            return rep
         from .maintenance import gc
 
-        self._require()
         return gc(self, grace_seconds=grace_seconds, dry_run=dry_run)
 
     def close(self) -> None:

@@ -176,6 +176,9 @@ def remove(reg: "Registry", name: str) -> Remote:
         raise NotFound(f"no remote {name!r} (known: {', '.join(sorted(remotes)) or 'none'})")
     gone = remotes.pop(name)
     _save(reg, remotes)
+    from .remote_gc import forget
+
+    forget(reg, name)  # notes of failed pushes to it: no push to it will collect them now
     return gone
 
 
