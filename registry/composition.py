@@ -1,7 +1,8 @@
 """Compositions: an expression over stored vectors, merged tensor by tensor.
 
 A :class:`Composition` knows its operands (refs, coefficients, manifests) and checks, before
-any tensor is read, that they share the architecture fingerprint and the base hash. Its tensors
+any tensor is read, that they share the architecture (names and shapes; floating dtypes may
+differ and are reported) and the base hash. Its tensors
 are produced one name at a time: each operand's tensor is decoded, the merge method combines
 them (fp32, or fp64 if an operand is fp64), λ scales the result; at most a few tensors per
 operand are in memory, never whole vectors.
