@@ -264,3 +264,22 @@ def test_manifest_field_is_checked_and_in_the_schema(reg, zoo, low_ft):
     old = reg.create("o", zoo.base, zoo.finetuned["sentiment"]).manifest.to_json()
     validator.validate(old)
     assert "finetuned_dtype" not in old["tensors"][0]
+
+
+def test_apply_onto_a_base_of_another_dtype(run, reg, zoo, zoo_bf16, tmp_path):
+    """The bf16 copy of the base has the vectors' names and shapes: not another architecture,
+    but another base (its hash): refused as such, applied with --allow-base-mismatch (in the
+    given base's dtype)."""
+    reg.create("s", zoo.base, zoo.finetuned["sentiment"])
+    out = tmp_path / "m.safetensors"
+    err = run("apply", "s", "--base", str(zoo_bf16.base), "-o", str(out), code=2).stderr
+    assert "is not the vectors' base model" in err and "architecture" not in err
+    assert not out.exists()
+    run("apply", "s", "--base", str(zoo_bf16.base), "-o", str(out), "--allow-base-mismatch")
+    base, tau = load_file(str(zoo_bf16.base)), reg.get("s").state_dict()
+    for n, t in load_file(str(out)).items():
+        if n in tau:
+            assert t.dtype == torch.bfloat16 and torch.equal(t, (base[n].float() + tau[n])
+                                                             .to(torch.bfloat16)), n
+        else:
+            assert torch.equal(t, base[n]), n
