@@ -36,10 +36,16 @@ def merge_options(fn):
 
 
 def _resolve(reg, expression, kw):
-    return reg.resolve(expression, method=kw["method"], density=kw["density"], seed=kw["seed"],
+    comp = reg.resolve(expression, method=kw["method"], density=kw["density"], seed=kw["seed"],
                        trim=kw["trim"], majority_sign=kw["majority_sign"], lam=kw["lam"],
                        include=kw["include"], exclude=kw["exclude"],
                        allow_base_mismatch=kw["allow_base_mismatch"])
+    report = comp.dtype_report
+    if report:  # compatible (names and shapes decide), but said: the dtypes are not one
+        listed = ", ".join(f"{r['ref']} ({r['dtypes']})" for r in report["operands"])
+        message(f"tvreg: note: operands differ in dtype: {listed}; summed in "
+                f"{report['summed_in']}")
+    return comp
 
 
 @click.command(cls=ExpressionCommand)
@@ -80,6 +86,7 @@ def compose(reg, expression, output, save_as, task, meta, no_similarities, as_js
             message(f"wrote {output} ({human_bytes(n)})")
     if as_json:
         emit_json({"expression": comp.expression, "recipe": comp.recipe, "output": output,
+                   "dtypes": comp.dtype_report,
                    "ref": result.ref if result else None,
                    "vector_id": result.record.vector_id if result else None})
     elif result:

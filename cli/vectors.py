@@ -121,8 +121,9 @@ def show(reg, ref, tensors, as_json):
     table(["FIELD", "VALUE"], shown_fields(info).items())
     if tensors:
         click.echo()
-        table(["TENSOR", "DTYPE", "SOURCE", "SHAPE", "STORED", "CHUNKS", "CODEC"],
-              [(t["name"], t["dtype"], t["source_dtype"], "x".join(map(str, t["shape"])) or "()",
+        table(["TENSOR", "DTYPE", "SOURCE", "FINE-TUNED", "SHAPE", "STORED", "CHUNKS", "CODEC"],
+              [(t["name"], t["dtype"], t["source_dtype"], t["finetuned_dtype"],
+                "x".join(map(str, t["shape"])) or "()",
                 human_bytes(t["stored_bytes"]), t["chunks"], t["codec"])
                for t in info["tensors"]])
 

@@ -41,17 +41,25 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
 
     infos = ck.infos()
     if arch_fingerprint((i.name, i.dtype, i.shape) for i in infos) != comp.arch_fingerprint:
+        # names and shapes decide, as between vectors (composition.architecture_difference):
+        # a floating tensor of another floating dtype fits (it is then another base, below)
         m = comp.manifest
         want = {t.name: (t.source_dtype, tuple(t.shape)) for t in m.tensors}
         want.update({s.name: (s.dtype, tuple(s.shape)) for s in m.skipped})
         have = {i.name: (i.dtype, tuple(i.shape)) for i in infos}
+
+        def fits(n: str) -> bool:
+            (hd, hs), (wd, ws) = have[n], want[n]
+            return hs == ws and (hd == wd or (dtypes.is_floating(hd) and dtypes.is_floating(wd)))
+
         diffs = sorted(f"{n} (only in {'the base' if n in have else 'the vectors'})"
                        for n in have.keys() ^ want.keys())
         diffs += sorted(f"{n} ({have[n][0]}{list(have[n][1])} in the base vs {want[n][0]}"
                         f"{list(want[n][1])})" for n in have.keys() & want.keys()
-                        if have[n] != want[n])
-        raise IncompatibleCheckpoints(f"{ck.path} is not the vectors' architecture: "
-                                      f"{len(diffs)} tensor(s) differ: {_listing(diffs)}")
+                        if not fits(n))
+        if diffs:
+            raise IncompatibleCheckpoints(f"{ck.path} is not the vectors' architecture: "
+                                          f"{len(diffs)} tensor(s) differ: {_listing(diffs)}")
     from .buffers import BufferPool
 
     base_hash = ck.known_base_hash()

@@ -75,7 +75,8 @@ class BaseRecord:
                 manifest.n_params, manifest.raw_bytes, manifest.stored_bytes, manifest.skipped) \
             == (self.base_hash, self.arch_fingerprint, self.n_tensors, self.n_params,
                 self.raw_bytes, self.stored_bytes, ()) \
-            and all(t.dtype == t.source_dtype for t in manifest.tensors)
+            and all(t.dtype == t.source_dtype and t.finetuned_dtype is None
+                    for t in manifest.tensors)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": BASE_FORMAT, "base_hash": self.base_hash,

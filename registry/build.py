@@ -67,15 +67,22 @@ def compile_filter(include: str | None, exclude: str | None) -> Callable[[str], 
         and not (exc is not None and exc.search(name))
 
 
+def _dtypes_fit(a: TensorInfo, b: TensorInfo) -> bool:
+    """Same dtype, or two floating ones (τ is computed in their working dtype)."""
+    return a.dtype == b.dtype or (dtypes.is_floating(a.dtype) and dtypes.is_floating(b.dtype))
+
+
 def check_pair(base: Checkpoint, finetuned: Checkpoint) -> list[TensorInfo]:
-    """The base's tensor infos, if both checkpoints have the same names, shapes and dtypes."""
+    """The base's tensor infos, if both checkpoints have the same names and shapes, and the same
+    dtypes except for floating tensors (an fp32 base with a bf16 fine-tune is a pair)."""
     return plan_pair(base, finetuned).infos
 
 
 def plan_pair(base: Checkpoint, finetuned: Checkpoint, include: str | None = None,
               exclude: str | None = None) -> PairPlan:
-    """Check that the tensors the filter keeps (all, without one) have the same names, shapes
-    and dtypes in both checkpoints; raises :class:`IncompatibleCheckpoints`."""
+    """Check that the tensors the filter keeps (all, without one) have the same names and shapes
+    in both checkpoints, and the same dtypes except for floating tensors; raises
+    :class:`IncompatibleCheckpoints`."""
     keep = compile_filter(include, exclude)
     a_all = {i.name: i for i in base.infos()}
     b_all = {i.name: i for i in finetuned.infos()}
@@ -90,17 +97,32 @@ def plan_pair(base: Checkpoint, finetuned: Checkpoint, include: str | None = Non
         problems.append(f"{len(only_base)} tensor(s) only in the base: {_describe(only_base)}")
     if only_ft:
         problems.append(f"{len(only_ft)} tensor(s) only in the fine-tuned: {_describe(only_ft)}")
+    common = sorted(a.keys() & b.keys())
     differ = [f"{n} ({a[n].dtype}{list(a[n].shape)} vs {b[n].dtype}{list(b[n].shape)})"
-              for n in sorted(a.keys() & b.keys())
-              if (a[n].dtype, a[n].shape) != (b[n].dtype, b[n].shape)]
+              for n in common if a[n].shape != b[n].shape or not _dtypes_fit(a[n], b[n])]
     if differ:
-        problems.append(f"{len(differ)} tensor(s) differ in shape or dtype: {_describe(differ)}")
+        what = ("differ in shape or dtype" if any(a[n].shape == b[n].shape for n in common
+                                                  if not _dtypes_fit(a[n], b[n]))
+                else "differ in shape")
+        note = ("; only floating tensors may differ in dtype"
+                if any(not _dtypes_fit(a[n], b[n]) for n in common) else "")
+        problems.append(f"{len(differ)} tensor(s) {what}: {_describe(differ)}{note}")
     if problems:
         raise IncompatibleCheckpoints("checkpoints do not match: " + "; ".join(problems)
                                       + (FILTER_HINT if only_base or only_ft else ""))
     left_out = frozenset(a_all.keys() - a.keys())
     ignored = tuple(sorted(b_all.keys() - a_all.keys() - b.keys()))
     return PairPlan([a_all[n] for n in sorted(a_all)], left_out, ignored)
+
+
+def finetuned_dtypes(finetuned: Checkpoint | None, infos: list[TensorInfo]) -> dict[str, str]:
+    """The fine-tuned checkpoint's dtype of each floating tensor of ``infos`` (the base's) whose
+    dtype differs from the base's: what the manifest records as ``finetuned_dtype``."""
+    if finetuned is None:
+        return {}
+    ft = {i.name: i.dtype for i in finetuned.infos()}
+    return {i.name: ft[i.name] for i in infos
+            if dtypes.is_floating(i.dtype) and ft.get(i.name, i.dtype) != i.dtype}
 
 
 def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: list[TensorInfo],
@@ -135,6 +157,12 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
         raise InvalidInput("exact mode needs a fine-tuned checkpoint (not a LoRA adapter)")
     if exact and encode is not None:
         raise InvalidInput("exact mode is lossless: it does not go with a lossy codec")
+    ft_dtypes = finetuned_dtypes(finetuned, [i for i in infos if i.name not in left_out])
+    if exact and ft_dtypes:
+        n, d = next(iter(ft_dtypes.items()))
+        raise InvalidInput(f"exact mode needs the same dtype in both checkpoints: {n} is "
+                           f"{dict((i.name, i.dtype) for i in infos)[n]} in the base and {d} "
+                           f"in the fine-tuned ({len(ft_dtypes)} tensor(s) differ)")
     hasher = BaseHasher()
     skipped: list[SkippedTensor] = []
     futures: list[tuple[str, Future | str]] = []  # a future of the entry, or the tied name
@@ -171,10 +199,13 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                     continue
             else:
                 tf = finetuned.tensor(info.name)  # a private copy (Checkpoint.tensor)
+                work = dtypes.torch_dtype(dtypes.work_dtype(
+                    info.dtype, ft_dtypes.get(info.name, info.dtype)))
                 if tf.dtype == work and not exact:  # in place: no third full-size tensor
                     delta = tf.sub_(tb)
                 elif tf.dtype == work:  # exact mode reads tf's bits afterwards
                     delta = tf - tb
+                # (sub_ converts a narrower tb to work exactly: ft.to(work) - base.to(work))
                 else:  # widen into a fresh tensor and subtract in place: one full-size copy less
                     delta = tf.to(work)
                     delta.sub_(tb)
@@ -208,6 +239,9 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
             done[name] = f.result() if isinstance(f, Future) \
                 else dataclasses.replace(done[f], name=name)
         tensors = tuple(done[name] for name, _ in futures)
+    if ft_dtypes:  # recorded where the fine-tune's dtype is not the base's (format §6)
+        tensors = tuple(dataclasses.replace(t, finetuned_dtype=ft_dtypes[t.name])
+                        if t.name in ft_dtypes else t for t in tensors)
     if computed and not nonzero:
         if on_zero is not None:
             on_zero()

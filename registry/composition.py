@@ -1,7 +1,8 @@
 """Compositions: an expression over stored vectors, merged tensor by tensor.
 
 A :class:`Composition` knows its operands (refs, coefficients, manifests) and checks, before
-any tensor is read, that they share the architecture fingerprint and the base hash. Its tensors
+any tensor is read, that they share the architecture (names and shapes; floating dtypes may
+differ and are reported) and the base hash. Its tensors
 are produced one name at a time: each operand's tensor is decoded, the merge method combines
 them (fp32, or fp64 if an operand is fp64), λ scales the result; at most a few tensors per
 operand are in memory, never whole vectors.
@@ -50,25 +51,73 @@ def _listing(items: list[str]) -> str:
     return ", ".join(items[:SHOW]) + more
 
 
+def _layout(m: Manifest) -> dict[str, tuple[str, tuple[int, ...], bool]]:
+    """name -> (dtype in the checkpoints, shape, whether stored) of every tensor a manifest
+    names (skipped ones are not stored)."""
+    out = {t.name: (t.source_dtype, tuple(t.shape), True) for t in m.tensors}
+    out.update({s.name: (s.dtype, tuple(s.shape), False) for s in m.skipped})
+    return out
+
+
 def architecture_difference(a: Manifest, b: Manifest) -> str | None:
-    """None if two manifests describe the same architecture, else what differs (names first)."""
+    """None if two manifests describe the same architecture, else what differs (names first).
+
+    Names and shapes decide, read from the manifests: tensors that differ only in floating
+    dtype (a vector of a bf16 copy of a model and one of its fp32 copy) are the same
+    architecture, so equal fingerprints are a shortcut, not the rule. A tensor stored in one
+    vector and skipped (not floating) in the other differs. Where names or shapes differ,
+    dtypes that differ too are listed after them."""
     if a.arch_fingerprint == b.arch_fingerprint:
         return None
-    shape_a = {t.name: (t.source_dtype, t.shape) for t in a.tensors}
-    shape_a.update({s.name: (s.dtype, s.shape) for s in a.skipped})
-    shape_b = {t.name: (t.source_dtype, t.shape) for t in b.tensors}
-    shape_b.update({s.name: (s.dtype, s.shape) for s in b.skipped})
-    diffs = sorted(f"{n} (only in one)" for n in shape_a.keys() ^ shape_b.keys())
-    diffs += sorted(f"{n} ({shape_a[n][0]}{list(shape_a[n][1])} vs {shape_b[n][0]}"
-                    f"{list(shape_b[n][1])})" for n in shape_a.keys() & shape_b.keys()
-                    if shape_a[n] != shape_b[n])
+    la, lb = _layout(a), _layout(b)
+    common = la.keys() & lb.keys()
+    diffs = sorted(f"{n} (only in one)" for n in la.keys() ^ lb.keys())
+    diffs += sorted(f"{n} ({la[n][0]}{list(la[n][1])} vs {lb[n][0]}{list(lb[n][1])})"
+                    for n in common if la[n][1:] != lb[n][1:]
+                    or (not la[n][2] and la[n][0] != lb[n][0]))
     if not diffs:
-        return "architecture fingerprints differ"
-    return f"{len(diffs)} tensor(s) differ: {_listing(diffs)}"
+        return None
+    message = f"{len(diffs)} tensor(s) differ: {_listing(diffs)}"
+    dtype_only = sorted(f"{n} ({la[n][0]} vs {lb[n][0]})" for n in common
+                        if la[n][1:] == lb[n][1:] and la[n][2] and la[n][0] != lb[n][0])
+    if dtype_only:
+        message += (f"; {len(dtype_only)} more differ in dtype only (allowed): "
+                    f"{_listing(dtype_only)}")
+    return message
+
+
+def dtype_label(m: Manifest) -> str:
+    """The dtypes of a vector's checkpoints: ``float32``, or ``bfloat16 fine-tune of float32``
+    where the fine-tuned checkpoint's dtypes were not the base's (``finetuned_dtype``)."""
+    source = ",".join(sorted({t.source_dtype for t in m.tensors})) or "none"
+    tuned = ",".join(sorted({t.ft_dtype for t in m.tensors})) or "none"
+    return source if tuned == source else f"{tuned} fine-tune of {source}"
+
+
+def sum_dtype(manifests: list[Manifest]) -> str:
+    """The dtype operands are summed in: float64 if any delta is float64, else float32."""
+    return "float64" if any(e.dtype == "float64" for m in manifests for e in m.tensors) \
+        else "float32"
+
+
+def dtype_report(operands: list[Operand]) -> dict[str, Any] | None:
+    """``{"operands": [{"ref", "dtypes", "source_dtypes", "finetuned_dtypes"}], "summed_in"}``
+    where operands differ in dtype (of their base or of their fine-tuned checkpoints), else
+    None. Such operands compose: names and shapes decide (see docs/composition.md)."""
+    rows = []
+    for op in operands:
+        m = op.vector.manifest
+        rows.append({"ref": op.vector.ref, "dtypes": dtype_label(m),
+                     "source_dtypes": sorted({t.source_dtype for t in m.tensors}),
+                     "finetuned_dtypes": sorted({t.ft_dtype for t in m.tensors})})
+    if len({r["dtypes"] for r in rows}) <= 1:
+        return None
+    return {"operands": rows, "summed_in": sum_dtype([op.vector.manifest for op in operands])}
 
 
 def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = False) -> None:
-    """Same architecture (always) and same base (unless allowed), from the manifests alone."""
+    """Same architecture (always: names and shapes) and same base (unless allowed), from the
+    manifests alone."""
     first = operands[0]
     for op in operands[1:]:
         diff = architecture_difference(first.vector.manifest, op.vector.manifest)
@@ -79,6 +128,9 @@ def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = Fal
         if op.vector.base_hash != first.vector.base_hash:
             message = (f"{first.vector.ref} and {op.vector.ref} come from different base models "
                        f"(base {first.vector.base_hash[:12]} vs {op.vector.base_hash[:12]})")
+            da, db = dtype_label(first.vector.manifest), dtype_label(op.vector.manifest)
+            if da != db:
+                message += f", of dtypes {da} vs {db}"
             if not allow_base_mismatch:
                 raise IncompatibleCheckpoints(message + "; pass --allow-base-mismatch to compose "
                                               "them anyway")
@@ -115,6 +167,8 @@ class Composition:
         inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
         check_compatible(operands, allow_base_mismatch=allow_base_mismatch)
         self.allow_base_mismatch = allow_base_mismatch
+        #: where the operands differ in dtype: what each is and the dtype they are summed in
+        self.dtype_report = dtype_report(operands)
         first = operands[0].vector.manifest
         self.entries = [t for t in first.tensors
                         if (inc is None or inc.search(t.name)) and not (exc and exc.search(t.name))]
@@ -406,8 +460,7 @@ class Composition:
         from .safetensors_io import write_safetensors
 
         path = check_output_path(path, registry=getattr(self._registry, "root", None))
-        dtype = "float64" if any(e.dtype == "float64" for op in self.operands
-                                 for e in op.vector.manifest.tensors) else "float32"
+        dtype = sum_dtype([op.vector.manifest for op in self.operands])
         specs = [(e.name, dtype, e.shape) for e in self.entries]
         metadata = {"tvreg.expression": self.expression, "tvreg.base_hash": self.base_hash,
                     "tvreg.arch_fingerprint": self.arch_fingerprint}

@@ -83,4 +83,11 @@ def delta_dtype(source: str) -> str:
     float64 stays float64 (fp32 would lose precision); every other floating dtype is widened to
     float32, which holds the difference of two fp16/bf16 values exactly in all practical cases.
     """
-    return "float64" if source == "float64" else "float32"
+    return work_dtype(source, source)
+
+
+def work_dtype(base: str, finetuned: str) -> str:
+    """The dtype τ = θ_ft − θ_base is computed and stored in for floating tensors of dtypes
+    ``base`` and ``finetuned`` (equal, or not: an fp32 base with a bf16 fine-tune): float64 if
+    either is float64, else float32. Both sides are converted to it, then subtracted."""
+    return "float64" if "float64" in (base, finetuned) else "float32"

@@ -14,6 +14,7 @@ The error is measured against the vector the codec was given (the exact task vec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from concurrent.futures import Future
@@ -238,5 +239,6 @@ def encode_vector(vec: "TaskVector", coder: LossyEncoder, put: Callable[[bytes],
             futures.append(coder.submit(encoder, name, tensor, entry.source_dtype))
             if on_tensor:
                 on_tensor(entry.nbytes)
-        entries = tuple(f.result() for f in futures)
+        entries = tuple(dataclasses.replace(f.result(), finetuned_dtype=e.finetuned_dtype)
+                        for f, e in zip(futures, m.tensors))  # the source's dtypes, kept
     return Manifest(m.base_hash, m.arch_fingerprint, entries, m.skipped)

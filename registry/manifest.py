@@ -35,11 +35,19 @@ class Chunk:
 class TensorEntry:
     name: str
     dtype: str                  # dtype of the stored delta
-    source_dtype: str           # dtype in the checkpoints it was computed from
+    source_dtype: str           # dtype in the base checkpoint (what an applied tensor is cast to)
     shape: tuple[int, ...]
     codecs: CodecPipeline
     chunks: tuple[Chunk, ...]
     sha256: str                 # of the decoded raw bytes of the whole tensor
+    #: dtype in the fine-tuned checkpoint where it differs from ``source_dtype`` (an fp32 base
+    #: with a bf16 fine-tune), else None (and the key is left out of the JSON)
+    finetuned_dtype: str | None = None
+
+    @property
+    def ft_dtype(self) -> str:
+        """dtype of the tensor in the fine-tuned checkpoint (``source_dtype`` unless recorded)."""
+        return self.finetuned_dtype or self.source_dtype
 
     @property
     def numel(self) -> int:
@@ -54,9 +62,12 @@ class TensorEntry:
         return sum(c.stored_nbytes for c in self.chunks)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "source_dtype": self.source_dtype,
-                "shape": list(self.shape), "codecs": self.codecs.specs(),
-                "chunks": [c.to_json() for c in self.chunks], "sha256": self.sha256}
+        doc = {"name": self.name, "dtype": self.dtype, "source_dtype": self.source_dtype,
+               "shape": list(self.shape), "codecs": self.codecs.specs(),
+               "chunks": [c.to_json() for c in self.chunks], "sha256": self.sha256}
+        if self.finetuned_dtype is not None:  # absent when equal: same-dtype ids unchanged
+            doc["finetuned_dtype"] = self.finetuned_dtype
+        return doc
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,8 @@ def _dtype(value: Any, what: str) -> str:
 
 def _tensor(doc: Any) -> TensorEntry:
     _expect(isinstance(doc, dict), "manifest: tensor entry is not an object")
-    _keys(doc, {"name", "dtype", "source_dtype", "shape", "codecs", "chunks", "sha256"},
-          "manifest tensor")
+    keys = {"name", "dtype", "source_dtype", "shape", "codecs", "chunks", "sha256"}
+    _keys(doc, keys | ({"finetuned_dtype"} & set(doc)), "manifest tensor")
     name = doc["name"]
     _expect(isinstance(name, str) and name != "", "manifest: bad tensor name")
     what = f"manifest tensor {name!r}"
@@ -203,13 +214,27 @@ def _tensor(doc: Any) -> TensorEntry:
         chunks.append(Chunk(c["blob"], c["nbytes"], c["stored_nbytes"]))
     entry = TensorEntry(name, _dtype(doc["dtype"], what), _dtype(doc["source_dtype"], what),
                         _shape(doc["shape"], what), CodecPipeline.from_specs(doc["codecs"]),
-                        tuple(chunks), doc["sha256"])
+                        tuple(chunks), doc["sha256"], _finetuned_dtype(doc, what))
+    if entry.finetuned_dtype is not None:
+        _expect(dtypes.is_floating(entry.source_dtype),
+                f"{what}: finetuned_dtype on a tensor whose source_dtype is not floating")
     _expect(entry.nbytes <= MAX_SIZE, f"{what}: larger than {MAX_SIZE} bytes")
     _expect(sum(c.nbytes for c in chunks) == entry.nbytes,
             f"{what}: chunk sizes do not add up to the tensor's size")
     item = dtypes.itemsize(entry.dtype)
     _expect(all(c.nbytes % item == 0 for c in chunks), f"{what}: chunk not item-aligned")
     return entry
+
+
+def _finetuned_dtype(doc: dict, what: str) -> str | None:
+    """The optional ``finetuned_dtype``: a floating dtype other than ``source_dtype``."""
+    if "finetuned_dtype" not in doc:
+        return None
+    value = _dtype(doc["finetuned_dtype"], what)
+    _expect(dtypes.is_floating(value), f"{what}: finetuned_dtype {value} is not floating")
+    _expect(value != doc["source_dtype"],
+            f"{what}: finetuned_dtype equals source_dtype (it is left out then)")
+    return value
 
 
 def _check_exact(entry: TensorEntry, base_hash: str) -> None:
@@ -221,7 +246,7 @@ def _check_exact(entry: TensorEntry, base_hash: str) -> None:
     what = f"manifest tensor {entry.name!r}"
     _expect(where == [0], f"{what}: bitdiff must be the first codec")
     first = steps[0]
-    _expect(first.dtype == entry.source_dtype
+    _expect(first.dtype == entry.source_dtype and entry.finetuned_dtype is None
             and entry.dtype == dtypes.delta_dtype(entry.source_dtype),
             f"{what}: bitdiff of {first.dtype} does not match the entry's dtypes")
     _expect(first.base == base_hash, f"{what}: bitdiff names another base than the manifest")

@@ -332,10 +332,12 @@ class Registry:
                 infos = sorted(cb.infos(), key=lambda i: i.name)
                 delta_of = delta_source(adapter, infos, allow_nonfinite=allow_nonfinite)
             if coder is not None:
-                from .dtypes import delta_dtype, is_floating
+                from .build import finetuned_dtypes
+                from .dtypes import is_floating, work_dtype
 
-                coder.check((i.name, delta_dtype(i.dtype), tuple(i.shape)) for i in infos
-                            if is_floating(i.dtype))
+                ft_dtypes = finetuned_dtypes(cf, infos)
+                coder.check((i.name, work_dtype(i.dtype, ft_dtypes.get(i.name, i.dtype)),
+                             tuple(i.shape)) for i in infos if is_floating(i.dtype))
             metadata = Metadata(task=task, dataset=dataset, lr=lr, steps=steps,
                                 meta=dict(meta or {}))
             total = work_total(cb, cf, infos, left_out)
@@ -1067,6 +1069,8 @@ class Registry:
         return rows
 
     def show(self, ref: str, *, tensors: bool = False) -> dict[str, Any]:
+        from .composition import dtype_label
+
         vec = self.get(ref)
         m = vec.manifest
         out: dict[str, Any] = {
@@ -1077,10 +1081,11 @@ class Registry:
             "n_tensors": len(m.tensors), "n_params": m.n_params, "raw_bytes": m.raw_bytes,
             "stored_bytes": m.stored_bytes, "codec": m.codec_label,
             **_codec_fields(vec.record), "skipped": [s.name for s in m.skipped],
+            "dtypes": dtype_label(m),
         }
         if tensors:
             out["tensors"] = [{"name": t.name, "dtype": t.dtype, "source_dtype": t.source_dtype,
-                               "shape": list(t.shape), "stored_bytes": t.stored_nbytes,
+                               "finetuned_dtype": t.ft_dtype, "shape": list(t.shape), "stored_bytes": t.stored_nbytes,
                                "chunks": len(t.chunks), "codec": t.codecs.label}
                               for t in m.tensors]
         return out
