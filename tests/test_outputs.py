@@ -182,3 +182,41 @@ def test_compose_and_apply_show_progress_only_on_a_terminal(tmp_path, zoo):
         assert f"{args[0]}:" in shown and " tensors" in shown, shown
         piped = _stderr_of(cmd + args, env, on_pty=False)
         assert f"{args[0]}:" not in piped and " tensors" not in piped, piped
+
+
+def test_dash_output_of_base_export_writes_the_base_to_stdout(tmp_path, zoo):
+    from safetensors.torch import load
+
+    cmd, env = _tvreg(tmp_path)
+    subprocess.run(cmd + ["base", "add", str(zoo.base)], env=env, check=True, capture_output=True)
+    p = subprocess.run(cmd + ["base", "ls", "--json"], env=env, check=True, capture_output=True)
+    base_hash = json.loads(p.stdout)[0]["base_hash"]
+    p = subprocess.run(cmd + ["base", "export", base_hash[:12], "-"], env=env,
+                       capture_output=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    got, ref = load(p.stdout), load_file(str(zoo.base))
+    assert got.keys() == ref.keys() and all(got[k].equal(ref[k]) for k in ref)
+    assert not (tmp_path / "-").exists()
+
+
+def test_dash_output_to_a_terminal_is_refused_and_writes_nothing(tmp_path, zoo):
+    """Binary safetensors bytes never go to a terminal: exit 2, one line, no file named '-'."""
+    import pty
+
+    cmd, env = _cli(tmp_path, zoo)
+    for args in (["export", "topic", "-o", "-"], ["compose", "0.5*topic", "-o", "-"],
+                 ["apply", "topic", "--base", str(zoo.base), "-o", "-"]):
+        master, slave = pty.openpty()
+        p = subprocess.run(cmd + args, env=env, stdin=subprocess.DEVNULL, stdout=slave,
+                           stderr=subprocess.PIPE, cwd=tmp_path, timeout=120)
+        os.close(slave)
+        os.set_blocking(master, False)
+        try:
+            on_terminal = os.read(master, 65536)
+        except (BlockingIOError, OSError):
+            on_terminal = b""
+        os.close(master)
+        err = p.stderr.decode()
+        assert p.returncode == 2, (args, err)
+        assert "stdout, which is a terminal" in err and len(err.strip().splitlines()) == 1
+        assert on_terminal == b"" and not (tmp_path / "-").exists()
