@@ -42,8 +42,15 @@ os.environ.setdefault("TVREG_NO_PROGRESS", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_core import (DEFAULT_WIDTH, _build_checkpoints, _g, _load_line,  # noqa: E402
-                        _loadavg, _usable_cpus, run_header)
+from bench_core import (  # noqa: E402
+    DEFAULT_WIDTH,
+    _build_checkpoints,
+    _g,
+    _load_line,
+    _loadavg,
+    _usable_cpus,
+    run_header,
+)
 
 MB = 1_000_000
 
@@ -86,8 +93,8 @@ def _exact_case(pairs, repeats: int) -> dict:
     import numpy as np
     import torch
 
-    from tvreg.build import exact_payload, exact_pipeline
     from tvreg.codecs import CodecPipeline
+    from tvreg.tensors.build import exact_payload, exact_pipeline
 
     work = torch.float32
     deltas = [(ft.to(work) - tb.to(work)).contiguous() for _, ft, tb in pairs]
@@ -145,7 +152,7 @@ def _tvreg_case(label: str, pipeline, tensors, repeats: int, pool=None) -> dict:
     import numpy as np
 
     from tvreg.codecs import choose_pipeline
-    from tvreg.encoding import DEFAULT_CHUNK_BYTES
+    from tvreg.tensors.encoding import DEFAULT_CHUNK_BYTES
 
     raws = [t.view(-1).view(dtype=__import__("torch").uint8).numpy() for _, t in tensors]
     step = DEFAULT_CHUNK_BYTES // 4 * 4

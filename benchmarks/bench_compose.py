@@ -71,8 +71,9 @@ def _keep_on_device(theta: dict, device: str, out: str) -> None:
 
 
 def child(op: str, work: str, k: int, out: str, device: str) -> None:
-    import torch  # (imports are not part of the measurement)
     import safetensors.torch  # noqa: F401
+    import torch  # (imports are not part of the measurement)
+
     import tvreg  # noqa: F401
 
     if device != "cpu":
@@ -204,8 +205,8 @@ def main() -> None:
             for op in results:
                 results[op].append(run_child(op, work, args.k, f"{work}/{op}.safetensors",
                                              args.device))
-        from safetensors.torch import load_file
         import torch
+        from safetensors.torch import load_file
 
         a, b = load_file(f"{work}/naive.safetensors"), load_file(f"{work}/tvreg.safetensors")
         worst = max(float((a[n].double() - b[n].double()).abs().max()) for n in a)

@@ -73,7 +73,7 @@ def _sql_worker(kind: str, path: str, me: int, ops: int, seed: int) -> None:
     rng = random.Random(seed)
     done, errors, first = 0, 0, None
     if kind == "catalog":
-        from tvreg.catalog import Catalog
+        from tvreg.catalog.db import Catalog
 
         cat = Catalog(path)
 
@@ -126,7 +126,7 @@ def _sql_worker(kind: str, path: str, me: int, ops: int, seed: int) -> None:
 
 
 def run_sql(kind: str, n: int, ops: int, work: pathlib.Path, seed: int) -> dict:
-    from tvreg.catalog import Catalog
+    from tvreg.catalog.db import Catalog
 
     folder = work / f"{kind}-{n}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True)
@@ -307,8 +307,8 @@ def run(args) -> int:
     import torch
 
     import tvreg
-    from tvreg.testing import make_toy_zoo
     from tvreg.testing import concurrency as cc
+    from tvreg.testing import make_toy_zoo
 
     started = time.perf_counter()
     load_start = _loadavg()

@@ -174,10 +174,11 @@ def _dir_bytes(path: str) -> int:
 
 def _child(args: argparse.Namespace) -> None:
     """Do exactly one create or export and print its memory use as JSON on stdout."""
-    import tvreg  # noqa: F401 - the imports a real caller pays before the operation
+    import duckdb  # noqa: F401
     import torch  # noqa: F401
     import zstandard  # noqa: F401
-    import duckdb  # noqa: F401
+
+    import tvreg  # noqa: F401 - the imports a real caller pays before the operation
 
     reg = tvreg.open(args.root)
     base_rss = _maxrss_bytes()
@@ -270,7 +271,7 @@ def run(args: argparse.Namespace) -> None:
     import zstandard
 
     import tvreg
-    from tvreg.encoding import default_workers
+    from tvreg.tensors.encoding import default_workers
     from tvreg.testing import toy
 
     params = toy.param_count(args.width)

@@ -101,9 +101,9 @@ def build(work: str, width: int) -> str:
 
 def classify(reg) -> dict[str, list[str]]:
     """Every file of the store by kind (the catalog, config.json and tmp/ are not objects)."""
-    from tvreg.base_records import base_keys, base_name_keys, read_base
-    from tvreg.documents import record_keys, tag_keys
-    from tvreg.objects import object_key
+    from tvreg.format.bases import base_keys, base_name_keys, read_base
+    from tvreg.storage.documents import record_keys, tag_keys
+    from tvreg.storage.objects import object_key
 
     kinds: dict[str, set[str]] = defaultdict(set)
     for key in record_keys(reg.store):
@@ -147,7 +147,7 @@ def _file_digest(path: str) -> str:
 
 def reads(reg) -> dict[str, object]:
     """name -> fn(reg, outdir) -> digest of what the read gives."""
-    from tvreg.documents import record_keys, tag_keys
+    from tvreg.storage.documents import record_keys, tag_keys
 
     ops: dict[str, object] = {}
     for key in record_keys(reg.store):
@@ -187,7 +187,7 @@ def reads(reg) -> dict[str, object]:
 def run_read(op, root: str, out: str):
     """Run one read on a fresh Registry object; its digest, or the error."""
     import tvreg
-    from tvreg.bases import _MANIFESTS
+    from tvreg.repo.bases import _MANIFESTS
 
     _MANIFESTS.clear()  # as in a fresh process: the process keeps verified base manifests
     try:
@@ -332,8 +332,8 @@ def detect_verify(root: str, key: str | None, tally: Tally, desc: str) -> None:
 
 
 def _pointer(path: str, kind: str):
-    from tvreg.base_records import BaseName
-    from tvreg.records import TagRecord
+    from tvreg.format.bases import BaseName
+    from tvreg.format.records import TagRecord
 
     with open(path, "rb") as f:
         data = f.read()

@@ -61,8 +61,8 @@ def _build(width: int, pretrain_steps: int, finetune_steps: int, lr: float, task
 def _encode(spec: str | None, deltas: dict, threads: int):
     """(entries, blobs, error) of one encoding of every delta."""
     from tvreg.codecs import choose_pipeline
-    from tvreg.encoding import TensorEncoder
-    from tvreg.lossy import LossyEncoder
+    from tvreg.tensors.encoding import TensorEncoder
+    from tvreg.tensors.lossy import LossyEncoder
 
     blobs: dict[str, bytes] = {}
 
@@ -87,7 +87,7 @@ def _case(spec: str | None, deltas: dict, raw: int, args, base_sd: dict, model, 
           exact_acc: float | None) -> dict:
     import torch
 
-    from tvreg.encoding import decode_tensor
+    from tvreg.tensors.encoding import decode_tensor
     from tvreg.testing import toy
 
     enc_times = []
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     args.codec = args.codec or list(DEFAULT_SPECS)
     if min(args.repeats, args.width, args.threads, args.eval) < 1:
         p.error("--repeats, --width, --threads and --eval must be positive")
-    from tvreg.codec_spec import parse
+    from tvreg.codecs.spec import parse
     from tvreg.errors import InvalidInput
 
     try:

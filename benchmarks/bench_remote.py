@@ -50,8 +50,7 @@ os.environ.setdefault("TVREG_NO_PROGRESS", "1")  # no progress bars inside timed
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_core import (DEFAULT_WIDTH, _dir_bytes, _g, _load_line, _loadavg,  # noqa: E402
-                        run_header)
+from bench_core import DEFAULT_WIDTH, _dir_bytes, _g, _load_line, _loadavg, run_header  # noqa: E402
 
 MB = 1_000_000
 TASKS = ("sentiment", "topic", "toxicity")

@@ -43,8 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_compose import _deep_mlp, _train  # noqa: E402  (the same model and fine-tunes)
-from bench_core import (_RssSampler, _load_line, _loadavg, _maxrss_bytes,  # noqa: E402
-                        _proc_status, run_header)
+from bench_core import _load_line, _loadavg, _maxrss_bytes, _proc_status, _RssSampler, run_header  # noqa: E402
 
 MB = 1_000_000
 QUERY = "query"
@@ -152,7 +151,7 @@ def _floor(reg, vids: list[str]) -> float:
 
 
 def _forget(reg, vid: str) -> None:
-    from tvreg import similarity
+    from tvreg.similarity import compute as similarity
 
     with reg.catalog.writer() as con:
         similarity.forget(con, [vid])
@@ -166,7 +165,8 @@ def _count_pairs(reg) -> tuple[int, int, int]:
 
 def _breakdown_update(reg, vid: str) -> tuple:
     """One update with timers around its parts (summed over the threads that run them)."""
-    from tvreg import catalog, similarity
+    from tvreg.catalog import db as catalog
+    from tvreg.similarity import compute as similarity
 
     _forget(reg, vid)
     tr = _Tracer()
@@ -299,7 +299,7 @@ def _synthesize(reg, vid: str, size: int, seed: float = 0.42) -> float:
     # the base's sketch file, as update_similarities appends to it after each commit
     import numpy as np
 
-    from tvreg import sketch_index
+    from tvreg.catalog import sketches as sketch_index
 
     sketch_index.append(reg.root, *keys, [(v, float(n), np.asarray(sk, dtype=np.float32))
                                           for v, n, sk in zip(got["vid"], got["norm"],
@@ -331,7 +331,8 @@ def _time_calls(fn, runs: int, budget_s: float) -> list[float]:
 
 
 def _breakdown_query(reg) -> tuple:
-    from tvreg import catalog, similarity
+    from tvreg.catalog import db as catalog
+    from tvreg.similarity import compute as similarity
 
     tr = _Tracer()
     tr.wrap(reg, "resolve_ref", "resolve the ref")
@@ -478,7 +479,7 @@ def report(args: argparse.Namespace, ins: dict | None, qry: dict | None, started
     import torch
     import zstandard
 
-    from tvreg.encoding import default_workers
+    from tvreg.tensors.encoding import default_workers
 
     workers = default_workers()
     info = run_header(f"torch {torch.__version__}, numpy {np.__version__}, duckdb "

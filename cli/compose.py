@@ -6,8 +6,7 @@ import click
 
 from .expression import ExpressionCommand
 from .options import json_option, parse_meta
-from .output import (check_stdout_output, emit_json, human_bytes, message,
-                     warnings_to_stderr)
+from .output import check_stdout_output, emit_json, human_bytes, message, warnings_to_stderr
 
 METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 
@@ -61,7 +60,7 @@ def _resolve(reg, expression, kw):
 @click.pass_obj
 def compose(reg, expression, output, save_as, task, meta, no_similarities, as_json, **kw):
     """Compose stored vectors: EXPRESSION like '0.5*sentiment + topic@2 - toxicity@prod'."""
-    from tvreg.apply import check_output_path
+    from tvreg.compose.apply import check_output_path
     from tvreg.errors import InvalidInput
 
     if not output and not save_as:

@@ -92,7 +92,7 @@ class TvregGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, registry_path: str | None, registry_options: tuple[str, ...]) -> None:
     """tvreg: a registry of task vectors (fine-tuned minus pre-trained weights)."""
-    from tvreg.remotes import parse_options
+    from tvreg.remote.config import parse_options
 
     try:
         options = parse_options(registry_options, "--registry-option") or None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tvreg import progress
+from tvreg.util import progress
 
 from .options import json_option
 from .output import emit_json, human_bytes, message

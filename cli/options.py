@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from tvreg.errors import InvalidInput
-from tvreg.records import check_meta, parse_meta_value
+from tvreg.format.records import check_meta, parse_meta_value
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 

@@ -24,7 +24,7 @@ def remote():
 @click.pass_obj
 def add(reg, name, url, options):
     """Add remote NAME at URL."""
-    from tvreg.remotes import parse_options
+    from tvreg.remote.config import parse_options
 
     r = reg.add_remote(name, url, parse_options(options))
     message(f"added remote {r.name}: {r.url}" + ("" if r.writable else " (read-only: pull only)"))
@@ -89,7 +89,7 @@ def push(reg, args, with_base, as_json):
     A bare NAME pushes all its versions; NAME@N or NAME@TAG one. Only objects the remote lacks
     are sent; a version number another pusher took goes to the next free one (reported).
     """
-    from tvreg.progress import Transfer
+    from tvreg.util.progress import Transfer
 
     name, refs = _split(reg, args)
     with Transfer(f"push {name}") as progress:
@@ -125,7 +125,7 @@ def pull(reg, args, no_similarities, with_base, as_json):
     fetched, each checked against its hash before it is stored; a corrupted one stops the pull
     and no version is added. A local number held by other content goes to the next free one.
     """
-    from tvreg.progress import Transfer
+    from tvreg.util.progress import Transfer
 
     name, refs = _split(reg, args)
     with Transfer(f"pull {name}") as progress:

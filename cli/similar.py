@@ -6,8 +6,8 @@ import math
 
 import click
 
-from tvreg import progress
 from tvreg.errors import InvalidInput
+from tvreg.util import progress
 
 from .options import json_option
 from .output import emit_json, message, table
@@ -64,7 +64,7 @@ def similar(reg, refs, k, matrix, plot_path, as_json):
 def _matrix(reg, refs, plot_path, as_json) -> None:
     if plot_path:
         _require_matplotlib()
-        from tvreg.apply import check_output_path
+        from tvreg.compose.apply import check_output_path
 
         # a missing folder (or one inside the registry) is bad input, found before any work
         check_output_path(plot_path, registry=getattr(reg, "root", None))
@@ -80,7 +80,7 @@ def _matrix(reg, refs, plot_path, as_json) -> None:
     else:
         _matrix_table(m)
     if plot_path:
-        from tvreg.plot import heatmap
+        from tvreg.similarity.plot import heatmap
 
         heatmap(m, plot_path)
         message(f"wrote {plot_path}")

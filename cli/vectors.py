@@ -5,13 +5,21 @@ from __future__ import annotations
 import click
 
 from .options import json_option, parse_meta
-from .output import (check_stdout_output, emit_json, human_bytes, message, ratio, shown_fields,
-                     table, warnings_to_stderr)
+from .output import (
+    check_stdout_output,
+    emit_json,
+    human_bytes,
+    message,
+    ratio,
+    shown_fields,
+    table,
+    warnings_to_stderr,
+)
 
 
 def codec_note(rec) -> str:
     """``, codec int8 (rel L2 0.0041, cosine 0.99999)`` for a version stored with a codec."""
-    from tvreg.catalog import codec_columns
+    from tvreg.catalog.db import codec_columns
 
     spec, rel, cos = codec_columns(rec)
     if spec is None:

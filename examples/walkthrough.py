@@ -488,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     path = model_dir()
 
     import torch
+
     import tvreg
 
     torch.set_num_threads(args.threads)

@@ -8,11 +8,28 @@
     reg.sql("SELECT name, version, task, lr FROM versions")
 """
 
-from .errors import (AmbiguousRef, CatalogBusy, CheckpointError, CorruptObject, FormatError,
-                     IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef, NonFiniteValues,
-                     NotFound, ReadOnlyRegistry, RegistryBusy, RegistryError, RemoteBusy,
-                     RemoteError, SQLError, TvregError, ZeroVectorWarning)
-from .registry import CreateResult, Registry, open
+from tvreg.errors import (
+    AmbiguousRef,
+    CatalogBusy,
+    CheckpointError,
+    CorruptObject,
+    FormatError,
+    IncompatibleCheckpoints,
+    InvalidInput,
+    InvalidName,
+    InvalidRef,
+    NonFiniteValues,
+    NotFound,
+    ReadOnlyRegistry,
+    RegistryBusy,
+    RegistryError,
+    RemoteBusy,
+    RemoteError,
+    SQLError,
+    TvregError,
+    ZeroVectorWarning,
+)
+from tvreg.registry import CreateResult, Registry, open
 
 __version__ = "0.1.0"
 
@@ -20,7 +37,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # TaskVector needs torch; importing it lazily keeps `import tvreg` (and the CLI) light
     if name == "TaskVector":
-        from .taskvector import TaskVector
+        from tvreg.tensors.taskvector import TaskVector
 
         return TaskVector
     raise AttributeError(f"module 'tvreg' has no attribute {name!r}")

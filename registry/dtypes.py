@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import FormatError
+from tvreg.errors import FormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

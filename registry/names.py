@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidName, InvalidRef
+from tvreg.errors import InvalidName, InvalidRef
 
 MAX_NAME_LEN = 128
 MAX_TAG_LEN = 64

@@ -16,34 +16,42 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from . import progress
-from .catalog import Catalog
-from .codecs.choose import check_level
-from .digest import parse_json
-from .errors import (AmbiguousRef, CorruptObject, FormatError, InvalidInput, InvalidName,
-                     NotFound, RegistryError, TvregError)
-from .gclock import LOCK_FILE, referencing
-from .manifest import Manifest, TensorEntry
-from .names import MIN_ID_PREFIX, Ref, parse_ref, validate_name, validate_tag
-from .names import _HEX as _HEX_RUN
-from .objects import ObjectDB, Staging
-from .records import (Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now)
-from .stores import LocalStore, MissingKey
-from .stores.local import TMP_PREFIX
+from tvreg.catalog.db import Catalog
+from tvreg.codecs.choose import check_level
+from tvreg.digest import parse_json
+from tvreg.errors import (
+    AmbiguousRef,
+    CorruptObject,
+    FormatError,
+    InvalidInput,
+    InvalidName,
+    NotFound,
+    RegistryError,
+    TvregError,
+)
+from tvreg.format.manifest import Manifest, TensorEntry
+from tvreg.format.records import Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now
+from tvreg.names import _HEX as _HEX_RUN
+from tvreg.names import MIN_ID_PREFIX, Ref, parse_ref, validate_name, validate_tag
+from tvreg.storage.gclock import LOCK_FILE, referencing
+from tvreg.storage.objects import ObjectDB, Staging
+from tvreg.stores import LocalStore, MissingKey
+from tvreg.stores.local import TMP_PREFIX
+from tvreg.util import progress
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .base_records import BaseName, BaseRecord
-    from .bases import AddBaseResult
-    from .composition import Composition
-    from .progress import Transfer
-    from .stored_base import StoredBase
-    from .pull import PullReport
-    from .push import PushReport
-    from .remotes import Remote
-    from .similarity import SimilarityMatrix
-    from .taskvector import TaskVector
+    from tvreg.compose.composition import Composition
+    from tvreg.format.bases import BaseName, BaseRecord
+    from tvreg.remote.config import Remote
+    from tvreg.remote.pull import PullReport
+    from tvreg.remote.push import PushReport
+    from tvreg.repo.bases import AddBaseResult
+    from tvreg.similarity.compute import SimilarityMatrix
+    from tvreg.tensors.stored_base import StoredBase
+    from tvreg.tensors.taskvector import TaskVector
+    from tvreg.util.progress import Transfer
 
 # torch and the modules that need it are imported where tensors are touched, so commands that
 # only read the catalog (ls, sql, log, show) start in a fraction of the time
@@ -64,7 +72,7 @@ class SimilarityWarning(UserWarning):
 
 
 def _is_vector_id(text: str) -> bool:
-    from .digest import is_hex_digest
+    from tvreg.digest import is_hex_digest
 
     return is_hex_digest(text)
 
@@ -85,10 +93,10 @@ def open(path: str | os.PathLike | None = None, *,  # noqa: A001 - the API name
     A URL (``s3://bucket/team``, ``https://host/tvreg``, ``memory://x``, ``file:///srv/tvreg``)
     opens that remote read-only, with fsspec storage ``options`` and objects cached
     under ``cache`` (default ``$TVREG_CACHE``, else ``~/.cache/tvreg``); see
-    :mod:`tvreg.remote_registry`.
+    :mod:`tvreg.remote.view`.
     """
     path = path if path is not None else default_root()
-    from .remote_registry import RemoteRegistry, is_url
+    from tvreg.remote.view import RemoteRegistry, is_url
 
     if is_url(path):
         return RemoteRegistry(path, options=options, cache=cache, check_tensors=check_tensors)
@@ -126,7 +134,7 @@ def _ls_query(all_versions: bool) -> str:
 
 def _codec_fields(record: VersionRecord | None) -> dict[str, Any]:
     """``codec_spec``, ``rel_l2`` and ``cosine_to_exact`` of a version (None if lossless)."""
-    from .catalog import CODEC_COLUMNS, codec_columns
+    from tvreg.catalog.db import CODEC_COLUMNS, codec_columns
 
     values = codec_columns(record) if record is not None else (None,) * len(CODEC_COLUMNS)
     return dict(zip(CODEC_COLUMNS, values))
@@ -247,7 +255,7 @@ class Registry:
                on_progress: Callable[[int], None] | None = None) -> CreateResult:
         """Store τ = finetuned − base as a new version of ``name``; or, with ``lora`` (a PEFT
         LoRA adapter directory) instead of ``finetuned``, τ = scale · B·A on the adapted
-        tensors and 0 elsewhere (:mod:`tvreg.lora`; its rank, alpha and rsLoRA flag go into the
+        tensors and 0 elsewhere (:mod:`tvreg.tensors.lora`; its rank, alpha and rsLoRA flag go into the
         metadata as ``lora.*`` unless ``meta`` sets them).
 
         Everything the user can get wrong is checked before the registry is touched; a failure
@@ -263,7 +271,7 @@ class Registry:
         (:meth:`add_base`, deduplicated) unless it already is.
 
         ``codec`` (a spec such as ``"int8"`` or ``"topk:density=0.1"``, docs/cli.md) stores the
-        vector with that lossy codec (:mod:`tvreg.lossy`); the record's ``recipe`` keeps the
+        vector with that lossy codec (:mod:`tvreg.tensors.lossy`); the record's ``recipe`` keeps the
         codec and the error against the exact vector.
 
         ``base`` and ``finetuned`` are paths, or state dicts in memory (mappings of names to
@@ -279,8 +287,8 @@ class Registry:
         """
         import contextlib
 
-        from .build import build_task_vector, plan_pair, work_total
-        from .checkpoints import open_checkpoint
+        from tvreg.tensors.build import build_task_vector, plan_pair, work_total
+        from tvreg.tensors.checkpoints import open_checkpoint
 
         validate_name(name)
         check_level(level)
@@ -291,7 +299,7 @@ class Registry:
                                "to a LoRA adapter (stored exactly as its factors anyway)")
         coder = None
         if codec is not None:
-            from .lossy import LossyEncoder
+            from tvreg.tensors.lossy import LossyEncoder
 
             coder = LossyEncoder(codec, level)
             if exact:
@@ -305,13 +313,13 @@ class Registry:
                                "a LoRA adapter's tensors are its adapted layers")
         delta_of = adapter = None
         if lora is not None:
-            from .lora import read_adapter
+            from tvreg.tensors.lora import read_adapter
 
             adapter = read_adapter(lora)
             meta = {**adapter.summary(), **dict(meta or {})}
         Metadata(task=task, dataset=dataset, lr=lr, steps=steps, meta=dict(meta or {}))  # checks
         if include is not None or exclude is not None:
-            from .build import compile_filter
+            from tvreg.tensors.build import compile_filter
 
             compile_filter(include, exclude)  # a bad regex is an error before anything is read
         with contextlib.ExitStack() as stack:
@@ -327,13 +335,13 @@ class Registry:
                                            sorted(left_out | set(plan.ignored))),
                             **dict(meta or {})}
             else:
-                from .lora import delta_source
+                from tvreg.tensors.lora import delta_source
 
                 infos = sorted(cb.infos(), key=lambda i: i.name)
                 delta_of = delta_source(adapter, infos, allow_nonfinite=allow_nonfinite)
             if coder is not None:
-                from .build import finetuned_dtypes
-                from .dtypes import is_floating, work_dtype
+                from tvreg.dtypes import is_floating, work_dtype
+                from tvreg.tensors.build import finetuned_dtypes
 
                 ft_dtypes = finetuned_dtypes(cf, infos)
                 coder.check((i.name, work_dtype(i.dtype, ft_dtypes.get(i.name, i.dtype)),
@@ -357,8 +365,8 @@ class Registry:
             if zero:  # said once the vector is written (it is stored anyway), at the caller
                 import warnings
 
-                from .build import zero_vector_message
-                from .errors import ZeroVectorWarning
+                from tvreg.errors import ZeroVectorWarning
+                from tvreg.tensors.build import zero_vector_message
 
                 warnings.warn(zero_vector_message(bool(left_out)), ZeroVectorWarning,
                               stacklevel=2)
@@ -492,7 +500,7 @@ class Registry:
         """Claim the next number of ``name`` unless a version holds the same content. Only
         versions that can hold it are read: with many versions, those the catalog does not
         show under another vector (records never change, so its rows are exact)."""
-        from .documents import claim, parse_record_key, read_many, record_keys
+        from tvreg.storage.documents import claim, parse_record_key, read_many, record_keys
 
         keys = {parse_record_key(k)[1]: k for k in record_keys(self.store, name)}
         other: dict[int, str] = {}
@@ -516,12 +524,12 @@ class Registry:
 
     def versions(self, name: str) -> list[VersionRecord]:
         """All version records of ``name`` from the store, oldest first."""
-        from .documents import versions_in
+        from tvreg.storage.documents import versions_in
 
         return [r for _, r in sorted(versions_in(self.store, name).items())]
 
     def _read_record(self, key: str) -> VersionRecord:
-        from .documents import read_record
+        from tvreg.storage.documents import read_record
 
         return read_record(self.store, key)
 
@@ -538,24 +546,24 @@ class Registry:
             raise NotFound(f"no tag {name}@{tag}") from None
 
     def _read_tag(self, key: str) -> TagRecord:
-        from .documents import read_tag
+        from tvreg.storage.documents import read_tag
 
         return read_tag(self.store, key)
 
     def all_records(self) -> list[VersionRecord]:
-        from .documents import read_many, record_keys
+        from tvreg.storage.documents import read_many, record_keys
 
         return read_many(self._read_record, record_keys(self.store))
 
     def tags_of(self, record: VersionRecord) -> list[str]:
         """Names of the tags that point at ``record`` (read from ``tags/NAME/``)."""
-        from .documents import tag_keys
+        from tvreg.storage.documents import tag_keys
 
         tags = [self._read_tag(k) for k in tag_keys(self.store, record.name)]
         return sorted(t.tag for t in tags if t.version == record.version)
 
     def all_tags(self) -> list[TagRecord]:
-        from .documents import read_many, tag_keys
+        from tvreg.storage.documents import read_many, tag_keys
 
         return read_many(self._read_tag, tag_keys(self.store))
 
@@ -612,7 +620,7 @@ class Registry:
 
     def get(self, ref: str) -> "TaskVector":
         """The task vector a ref names; tensors are read lazily and verified."""
-        from .taskvector import TaskVector
+        from tvreg.tensors.taskvector import TaskVector
 
         record, vector_id = self.resolve_ref(ref)
         return TaskVector(self, self.manifest(vector_id), record, vector_id)
@@ -620,7 +628,7 @@ class Registry:
     def load_tensor(self, entry: TensorEntry, out: "torch.Tensor | None" = None) -> "torch.Tensor":
         """Decode one tensor of a manifest (into ``out`` if given), its blobs checked. An
         exact-mode tensor reads the base's tensor of its name too (:meth:`base_tensor`)."""
-        from .encoding import decode_tensor, exact_codec
+        from tvreg.tensors.encoding import decode_tensor, exact_codec
 
         exact = exact_codec(entry)
         base = None if exact is None else (lambda: self.base_tensor(exact.base, entry.name))
@@ -630,14 +638,14 @@ class Registry:
     def finetuned_tensor(self, entry: TensorEntry, base: "torch.Tensor") -> "torch.Tensor":
         """The fine-tuned tensor an exact-mode entry rebuilds, bit for bit, over ``base`` (the
         base model's tensor of its name, in its dtype)."""
-        from .encoding import restore_finetuned
+        from tvreg.tensors.encoding import restore_finetuned
 
         return restore_finetuned(entry, self.objects.get, base, self.executor("chunks"))
 
     def base_tensor(self, base_hash: str, name: str) -> "torch.Tensor":
         """Tensor ``name`` of the base model ``base_hash``: from a checkpoint being applied to
         (:meth:`using_base`) or from the stored base; else :class:`BaseRequired`."""
-        from .codecs.bitdiff import BaseRequired
+        from tvreg.codecs.bitdiff import BaseRequired
 
         source = self._base_sources.get(base_hash)
         if source is None:
@@ -658,8 +666,8 @@ class Registry:
 
     def _ensure_base(self, checkpoint: Any, base_hash: str) -> None:
         """Store the base ``checkpoint`` (of hash ``base_hash``) unless it is stored."""
-        from .bases import add, base_record
-        from .checkpoints import InMemoryCheckpoint
+        from tvreg.repo.bases import add, base_record
+        from tvreg.tensors.checkpoints import InMemoryCheckpoint
 
         if base_record(self, base_hash) is None:
             add(self, checkpoint if isinstance(checkpoint, InMemoryCheckpoint)
@@ -684,7 +692,7 @@ class Registry:
         "operands": decoding the operands of a composition; "names": summing several names of a
         composition at once). Work of one kind waits only on kinds listed before it, never on
         its own pool, so nesting them cannot deadlock. Made on first use, shut down by close()."""
-        from .encoding import default_workers
+        from tvreg.tensors.encoding import default_workers
 
         with self._pool_lock:  # tensors may be loaded from several threads (prefetch)
             if kind not in self._pools:
@@ -703,9 +711,9 @@ class Registry:
         Refs are resolved and compatibility (architecture, base) checked from the manifests;
         no tensor is read until the composition's tensors are asked for.
         """
-        from .composition import Composition, Operand
-        from .expr import ExpressionError, canonical, linear_terms, runs
-        from .merge import MergeParams
+        from tvreg.compose.composition import Composition, Operand
+        from tvreg.compose.expr import ExpressionError, canonical, linear_terms, runs
+        from tvreg.compose.merge import MergeParams
 
         params = MergeParams(method=method, density=density, seed=seed, trim=trim,
                              majority_sign=majority_sign)
@@ -738,9 +746,9 @@ class Registry:
         method, parameters, operand refs and vector ids) and the operands as parents."""
         import torch
 
-        from .codecs import choose_pipeline
-        from .encoding import TensorEncoder
-        from .manifest import Manifest as _Manifest
+        from tvreg.codecs import choose_pipeline
+        from tvreg.format.manifest import Manifest as _Manifest
+        from tvreg.tensors.encoding import TensorEncoder
 
         validate_name(name)
         check_level(level)
@@ -777,8 +785,8 @@ class Registry:
         "codec", "source", "source_ref", "error"}``. The error is measured against the source
         vector as stored, so recoding an already lossy version reports the error added by
         this step only."""
-        from .lossy import LossyEncoder, encode_vector
-        from .taskvector import TaskVector
+        from tvreg.tensors.lossy import LossyEncoder, encode_vector
+        from tvreg.tensors.taskvector import TaskVector
 
         coder = LossyEncoder(codec, level)
         if name is not None:
@@ -807,8 +815,8 @@ class Registry:
         state dict in memory (a mapping of names to torch tensors or numpy arrays, or a
         ``torch.nn.Module``), a stored base's name or hash prefix, or None: the stored base of
         the composition's base hash (:meth:`add_base`)."""
-        from .apply import apply_to_checkpoint, check_output_path
-        from .bases import open_base
+        from tvreg.compose.apply import apply_to_checkpoint, check_output_path
+        from tvreg.repo.bases import open_base
 
         if output is None:
             raise InvalidInput("apply needs an output file")
@@ -831,9 +839,8 @@ class Registry:
         ``base`` is a checkpoint path, a stored base (its name or hash prefix; None: the
         expression's), or a state dict; the merged vector is computed once.
         """
-        from .composition import scale_grid, search
-
-        from .bases import open_base
+        from tvreg.compose.composition import scale_grid, search
+        from tvreg.repo.bases import open_base
 
         grid = scale_grid(grid)
         comp = self.resolve(expression, **params)
@@ -850,7 +857,7 @@ class Registry:
 
         return search(make, evaluate, grid)
 
-    # --- stored bases (tvreg.bases) ---------------------------------------------------------------
+    # --- stored bases (tvreg.repo.bases) ---------------------------------------------------------------
 
     def add_base(self, path: "str | os.PathLike | Mapping[str, Any] | torch.nn.Module",
                  name: str | None = None, *,
@@ -860,32 +867,32 @@ class Registry:
         base hash, and point base name ``name`` at it if given. A base already stored is not
         stored again (``created`` False, no object written). ``path`` may also be a state dict
         in memory (as for :meth:`create`)."""
-        from .bases import add
+        from tvreg.repo.bases import add
 
         return add(self, path, name, level=level, on_progress=on_progress)
 
     def stored_base(self, base_hash: str) -> "StoredBase | None":
         """The stored base of ``base_hash`` as a checkpoint (tensors decoded on demand, blobs
         verified), or None if none is stored."""
-        from .bases import stored_base
+        from tvreg.repo.bases import stored_base
 
         return stored_base(self, base_hash)
 
     def base(self, ref: str) -> "BaseRecord":
         """The record of the stored base a name or a hash prefix (>= 8 hex digits) names."""
-        from .bases import resolve
+        from tvreg.repo.bases import resolve
 
         return resolve(self, ref)
 
     def bases(self) -> list[dict[str, Any]]:
         """One row per stored base (from the catalog), oldest first, with its names."""
-        from .bases import LS_QUERY
+        from tvreg.repo.bases import LS_QUERY
 
         self._require()
         return self.catalog.rows(LS_QUERY)
 
     def show_base(self, ref: str, *, tensors: bool = False) -> dict[str, Any]:
-        from .bases import show
+        from tvreg.repo.bases import show
 
         self._require()
         return show(self, ref, tensors=tensors)
@@ -893,7 +900,7 @@ class Registry:
     def name_base(self, ref: str, name: str) -> tuple["BaseName", str | None]:
         """Point base name ``name`` at the stored base ``ref``; returns the name and the hash it
         pointed at before (None if new or unchanged)."""
-        from .bases import set_name
+        from tvreg.repo.bases import set_name
 
         validate_name(name)
         self._require()
@@ -901,7 +908,7 @@ class Registry:
 
     def export_base(self, ref: str, path: str | os.PathLike) -> int:
         """Write a stored base to a safetensors file (its tensors bit for bit as stored)."""
-        from .bases import export
+        from tvreg.repo.bases import export
 
         self._require()
         return export(self, ref, path)
@@ -910,7 +917,7 @@ class Registry:
 
     def remotes(self) -> dict[str, "Remote"]:
         """The named remotes of ``config.json`` (docs/format.md §9)."""
-        from .remotes import load
+        from tvreg.remote.config import load
 
         self._require()
         return load(self)
@@ -918,12 +925,12 @@ class Registry:
     def add_remote(self, name: str, url: str, options: dict[str, Any] | None = None) -> "Remote":
         """Add a remote: a URL (a path, ``file://``, ``s3://``, ``memory://``, ``http(s)://``…)
         and fsspec storage options without credentials."""
-        from .remotes import add
+        from tvreg.remote.config import add
 
         return add(self, name, url, options)
 
     def remove_remote(self, name: str) -> "Remote":
-        from .remotes import remove
+        from tvreg.remote.config import remove
 
         self._require()
         return remove(self, name)
@@ -931,9 +938,9 @@ class Registry:
     def push(self, remote: str = "origin", refs: list[str] | None = None, *,
              progress: "Transfer | None" = None, with_base: bool = False) -> "PushReport":
         """Copy versions (default: all) with their objects and tags to a remote; see
-        :mod:`tvreg.push` for the order and the numbering rules. ``with_base`` also copies
+        :mod:`tvreg.remote.push` for the order and the numbering rules. ``with_base`` also copies
         the stored bases of those versions (and their names)."""
-        from .push import push
+        from tvreg.remote.push import push
 
         self._require()
         return push(self, remote, refs, progress=progress, with_base=with_base)
@@ -942,9 +949,9 @@ class Registry:
              progress: "Transfer | None" = None, similarities: bool = True,
              with_base: bool = False) -> "PullReport":
         """Copy versions (default: all) of a remote here, every object checked against its
-        hash first; see :mod:`tvreg.pull`. ``with_base`` also copies the stored bases of
+        hash first; see :mod:`tvreg.remote.pull`. ``with_base`` also copies the stored bases of
         those versions (and their names)."""
-        from .pull import pull
+        from tvreg.remote.pull import pull
 
         self._require()
         return pull(self, remote, refs, progress=progress, similarities=similarities,
@@ -962,12 +969,12 @@ class Registry:
         return [dict(zip(cols, row)) for row in rows]
 
     def remote_sql_table(self, remote: str, query: str) -> tuple[list[str], list[tuple]]:
-        from .remote_index import remote_sql
+        from tvreg.remote.index import remote_sql
 
         return remote_sql(self.remote(remote), query)
 
     def remote(self, name: str) -> "Remote":
-        from .remotes import get
+        from tvreg.remote.config import get
 
         return get(self, name)
 
@@ -977,7 +984,7 @@ class Registry:
         """The ``k`` versions of ``ref``'s base most similar to it, best first: dicts with ref,
         name, version, vector_id, cosine, sign_conflict_rate and exact (False: a sketch
         estimate). Versions holding ``ref``'s own vector are left out."""
-        from .similarity import similar
+        from tvreg.similarity.compute import similar
 
         self._require()
         return similar(self, ref, k)
@@ -985,7 +992,7 @@ class Registry:
     def similarity_matrix(self, refs: list[str] | None = None) -> "SimilarityMatrix":
         """Cosines between ``refs`` (default: the newest version of every name), with labels;
         refs of another base than the first are skipped and listed in ``skipped``."""
-        from .similarity import similarity_matrix
+        from tvreg.similarity.compute import similarity_matrix
 
         self._require()
         return similarity_matrix(self, refs)
@@ -994,7 +1001,7 @@ class Registry:
                             on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
         """Compute the statistics and pairs that are missing, for the bases of ``refs`` (refs
         or vector ids; default every base). Idempotent."""
-        from .similarity import update
+        from tvreg.similarity.compute import update
 
         self._require()
         ids = None if refs is None else [r if _is_vector_id(r) else self.resolve_ref(r)[1]
@@ -1004,7 +1011,7 @@ class Registry:
     def rebuild_similarities(self, *, on_vector: Callable[[str], None] | None = None
                              ) -> dict[str, int]:
         """Recompute every statistic and pair from the stored vectors."""
-        from .similarity import clear, update
+        from tvreg.similarity.compute import clear, update
 
         self._require()
         clear(self)
@@ -1069,7 +1076,7 @@ class Registry:
         return rows
 
     def show(self, ref: str, *, tensors: bool = False) -> dict[str, Any]:
-        from .composition import dtype_label
+        from tvreg.compose.composition import dtype_label
 
         vec = self.get(ref)
         m = vec.manifest
@@ -1103,8 +1110,8 @@ class Registry:
 
     def export(self, ref: str, path: str | os.PathLike) -> int:
         """Write the task vector to a safetensors file, one tensor in memory at a time."""
-        from .apply import check_output_path
-        from .safetensors_io import write_safetensors
+        from tvreg.compose.apply import check_output_path
+        from tvreg.tensors.safetensors_io import write_safetensors
 
         path = check_output_path(os.fspath(path), registry=self.root)
         vec = self.get(ref)
@@ -1122,7 +1129,7 @@ class Registry:
 
     def _readable(self, prefix: str, read: Callable[[str], Any], problems: list[str]) -> list:
         """The documents under ``prefix`` that ``read`` accepts; the others go to ``problems``."""
-        from .documents import readable
+        from tvreg.storage.documents import readable
 
         return readable([k for k in self.store.list(prefix) if k.endswith(".json")], read,
                         problems)
@@ -1135,7 +1142,7 @@ class Registry:
         """
         if not self.exists:
             raise NotFound(f"no tvreg registry at {self.root}")
-        from .documents import read_many
+        from tvreg.storage.documents import read_many
 
         problems: list[str] = []
         counts: dict[str, int] = {}
@@ -1176,7 +1183,7 @@ class Registry:
             return records, manifests, tags
 
         def bases(con) -> None:
-            from .bases import reindex_into
+            from tvreg.repo.bases import reindex_into
 
             counts.update(reindex_into(self, con, problems))
 
@@ -1195,25 +1202,25 @@ class Registry:
         self._require()
         if repair is not None:
             return self._repair(repair, deep=deep, on_progress=on_progress)
-        from .maintenance import verify
+        from tvreg.maintenance.verify import verify
 
         return verify(self, on_progress=on_progress, deep=deep)
 
     def _repair(self, remote: str, **kwargs: Any):
-        from .remotes import get
-        from .repair import repair
+        from tvreg.maintenance.repair import repair
+        from tvreg.remote.config import get
 
         return repair(self, get(self, remote), **kwargs)
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False,
            remote: str | None = None):
         """Delete unreferenced objects older than ``grace_seconds`` here, or with ``remote``
-        on that remote (under its gc lock: :mod:`tvreg.remote_gc`; raises
-        :class:`~tvreg.remote_gc.RemoteBusy` while a push to it is in progress)."""
+        on that remote (under its gc lock: :mod:`tvreg.remote.gc`; raises
+        :class:`~tvreg.remote.gc.RemoteBusy` while a push to it is in progress)."""
         self._require()
         if remote is not None:
-            from .remote_gc import gc_remote, notes
-            from .remotes import get
+            from tvreg.remote.config import get
+            from tvreg.remote.gc import gc_remote, notes
 
             r = get(self, remote)
             pending = notes(self, r.name)
@@ -1224,7 +1231,7 @@ class Registry:
                     if not oids & kept:
                         self.store.delete(key)
             return rep
-        from .maintenance import gc
+        from tvreg.maintenance.gc import gc
 
         return gc(self, grace_seconds=grace_seconds, dry_run=dry_run)
 

@@ -9,12 +9,17 @@ import uuid
 
 import pytest
 import torch
+from helpers import snapshot
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from helpers import snapshot
-from tvreg.errors import (CorruptObject, IncompatibleCheckpoints, InvalidInput, NotFound,
-                          ReadOnlyRegistry)
+from tvreg.errors import (
+    CorruptObject,
+    IncompatibleCheckpoints,
+    InvalidInput,
+    NotFound,
+    ReadOnlyRegistry,
+)
 
 
 def _flip(path: pathlib.Path) -> None:
@@ -266,8 +271,8 @@ def test_verify_reports_names_of_missing_bases_and_a_stale_catalog(based):
 def test_deep_verify_recomputes_the_base_hash(reg, zoo, tmp_path):
     """A manifest rewritten with consistent blobs and sha256s but another base hash: only the
     deep check, which rehashes the decoded tensors, can tell."""
-    from tvreg.base_records import BaseRecord
-    from tvreg.manifest import Manifest
+    from tvreg.format.bases import BaseRecord
+    from tvreg.format.manifest import Manifest
 
     res = reg.add_base(zoo.base)
     m = reg.manifest(res.record.manifest)
@@ -373,9 +378,9 @@ def _schema(name: str):
 
 
 def test_documents_follow_their_schemas_and_broken_ones_are_refused(based):
-    from tvreg.base_records import BaseName, BaseRecord
     from tvreg.errors import FormatError
-    from tvreg.records import seal
+    from tvreg.format.bases import BaseName, BaseRecord
+    from tvreg.format.records import seal
 
     root = pathlib.Path(based.root)
     rec = json.loads((root / "bases" / f"{based.base('toy').base_hash}.json").read_bytes())

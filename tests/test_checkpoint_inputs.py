@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from tvreg.checkpoints import open_checkpoint
+from tvreg.tensors.checkpoints import open_checkpoint
 
 
 def _state() -> dict[str, torch.Tensor]:

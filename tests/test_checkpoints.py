@@ -1,4 +1,4 @@
-"""Real-file tests of checkpoint loading (tvreg.checkpoints) and the safetensors writer."""
+"""Real-file tests of checkpoint loading (tvreg.tensors.checkpoints) and the safetensors writer."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tvreg.checkpoints import Checkpoint, TensorInfo, open_checkpoint
 from tvreg.errors import CheckpointError, RegistryError
-from tvreg.safetensors_io import write_safetensors
+from tvreg.tensors.checkpoints import Checkpoint, TensorInfo, open_checkpoint
+from tvreg.tensors.safetensors_io import write_safetensors
 
 
 def _state_dict() -> dict[str, torch.Tensor]:

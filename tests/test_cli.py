@@ -9,11 +9,8 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
-
 from helpers import snapshot
-from tvreg.cli.main import cli
+from safetensors.torch import load_file, save_file
 
 
 def _create(run, zoo, task, *extra, code=0):

@@ -8,12 +8,12 @@ import pathlib
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import snapshot
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from helpers import snapshot
 from tvreg.cli.main import cli
-from tvreg.composition import BaseMismatchWarning
+from tvreg.compose.composition import BaseMismatchWarning
 from tvreg.errors import IncompatibleCheckpoints, InvalidInput, NotFound
 from tvreg.testing import ToyClassifier, accuracy, make_toy_zoo
 
@@ -253,9 +253,9 @@ def test_unknown_ref_in_python(filled):
     dict(method="magnitude_prune", density=0.2, trim="global"),
 ])
 def test_merge_methods_on_stored_vectors_equal_merge_tensor(filled, kw):
-    """The streamed composition gives, tensor by tensor, what tvreg.merge gives on the decoded
-    vectors held in memory (tvreg.merge itself is checked against peft in test_merge.py)."""
-    from tvreg.merge import MagnitudeQuantile, MergeParams, merge_tensor, needs_thresholds
+    """The streamed composition gives, tensor by tensor, what tvreg.compose.merge gives on the decoded
+    vectors held in memory (tvreg.compose.merge itself is checked against peft in test_merge.py)."""
+    from tvreg.compose.merge import MagnitudeQuantile, MergeParams, merge_tensor, needs_thresholds
 
     expr = "sentiment + 0.5*topic - 0.7*toxicity"
     comp = filled.resolve(expr, **kw)

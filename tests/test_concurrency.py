@@ -24,9 +24,17 @@ import pytest
 
 import tvreg
 from tvreg.errors import RegistryBusy
-from tvreg.testing.concurrency import (ORPHAN_AGE, check_local, check_remote, expected_vector_ids,
-                                       make_sources, make_variants, run_local, run_pushers,
-                                       seed_orphans)
+from tvreg.testing.concurrency import (
+    ORPHAN_AGE,
+    check_local,
+    check_remote,
+    expected_vector_ids,
+    make_sources,
+    make_variants,
+    run_local,
+    run_pushers,
+    seed_orphans,
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +178,7 @@ def test_gc_waits_for_a_write_between_its_check_and_its_record(reg, reg_path, zo
     written) holds the gc lock shared: `gc --grace 0` waits for it instead of deleting the
     objects the record is about to name (without the lock it deleted them: a broken version)."""
     reg.init()
-    p = paused("tvreg.documents:claim", reg_path, "create", name="topic", base=zoo.base,
+    p = paused("tvreg.storage.documents:claim", reg_path, "create", name="topic", base=zoo.base,
                ft=zoo.finetuned["topic"])
     report = []
     gc = threading.Thread(target=lambda: report.append(reg.gc(grace_seconds=0)))
@@ -187,7 +195,7 @@ def test_gc_waits_for_a_write_between_its_check_and_its_record(reg, reg_path, zo
 
 def test_gc_gives_up_on_the_lock_with_a_clear_error(reg, reg_path, zoo, paused, monkeypatch):
     reg.init()
-    p = paused("tvreg.documents:claim", reg_path, "create", name="topic", base=zoo.base,
+    p = paused("tvreg.storage.documents:claim", reg_path, "create", name="topic", base=zoo.base,
                ft=zoo.finetuned["topic"])
     monkeypatch.setenv("TVREG_LOCK_TIMEOUT", "0.3")
     before = sorted(os.listdir(reg_path / "objects"))
@@ -209,7 +217,7 @@ def test_a_write_waits_for_gc_and_gives_up_with_a_clear_error(filled, reg_path, 
     run again after gc, it succeeds."""
     junk = filled.objects.put(b"garbage of a crashed write")
     os.utime(object_path(reg_path, junk), (time.time() - ORPHAN_AGE,) * 2)
-    p = paused("tvreg.objects:ObjectDB.delete", reg_path, "gc", grace=60)
+    p = paused("tvreg.storage.objects:ObjectDB.delete", reg_path, "gc", grace=60)
     refs = sorted(pathlib.Path(reg_path, "refs").rglob("*.json"))
     cli = [sys.executable, "-m", "tvreg.cli", "--registry", str(reg_path), "create", "late",
            "--base", str(zoo.base), "--finetuned", str(zoo.finetuned["topic"])]
@@ -233,7 +241,7 @@ def test_gc_keeps_old_objects_a_create_in_progress_reuses(reg, reg_path, zoo, va
     ft, expected, reference = variants
     reg.init()
     reused, garbage = seed_orphans(reg_path, reference, [expected["topic-0"]], garbage=2)
-    p = paused("tvreg.objects:Staging.commit", reg_path, "create", name="again",
+    p = paused("tvreg.storage.objects:Staging.commit", reg_path, "create", name="again",
                base=zoo.base, ft=ft["topic-0"])
     rep = reg.gc(grace_seconds=3600)
     # the blobs were touched; the manifest is written (or, here, touched) after the commit, so
@@ -257,7 +265,7 @@ def test_a_create_whose_reused_objects_gc_deleted_fails_cleanly(reg, reg_path, z
     ft, expected, reference = variants
     reg.init()
     reused, _ = seed_orphans(reg_path, reference, [expected["topic-0"]])
-    p = paused("tvreg.objects:Staging.commit", reg_path, "create", name="again",
+    p = paused("tvreg.storage.objects:Staging.commit", reg_path, "create", name="again",
                base=zoo.base, ft=ft["topic-0"])
     assert reg.gc(grace_seconds=0).deleted_objects == len(reused)
     out = p.release()
@@ -284,7 +292,7 @@ def test_gc_keeps_old_local_objects_a_pull_in_progress_reuses(zoo, tmp_path, pau
     for oid in objects_of(origin, vid):  # what the interrupted pull had fetched, long ago
         local.objects.put(origin.objects.get(oid))
         os.utime(object_path(local_path, oid), (time.time() - ORPHAN_AGE,) * 2)
-    p = paused("tvreg.gclock:referencing", local_path, "pull")
+    p = paused("tvreg.storage.gclock:referencing", local_path, "pull")
     assert local.gc(grace_seconds=3600).deleted_objects == 0
     assert p.release() == {"ok": True, "result": ["topic@1"]}
     rep = local.verify(deep=True)
@@ -298,7 +306,7 @@ def test_gc_leaves_the_scratch_folder_of_a_write_in_progress(reg, reg_path, zoo,
     abandoned = pathlib.Path(reg.scratch, "stage-crashed")
     abandoned.mkdir()
     (abandoned / "x").write_bytes(b"a blob of a crashed write")
-    p = paused("tvreg.objects:Staging.commit", reg_path, "create", name="topic", base=zoo.base,
+    p = paused("tvreg.storage.objects:Staging.commit", reg_path, "create", name="topic", base=zoo.base,
                ft=zoo.finetuned["topic"])
     staging = [e for e in pathlib.Path(reg.scratch).iterdir() if e != abandoned]
     assert len(staging) == 1 and any(staging[0].iterdir())
@@ -337,7 +345,7 @@ def test_gc_does_not_unindex_a_vector_stored_again_meanwhile(reg, reg_path, zoo,
     ft, expected, reference = variants
     reg.init()
     seed_orphans(reg_path, reference, [expected["topic-0"]])
-    p = paused("tvreg.catalog:Catalog.forget_vectors", reg_path, "gc", grace=60)
+    p = paused("tvreg.catalog.db:Catalog.forget_vectors", reg_path, "gc", grace=60)
     made = reg.create("again", zoo.base, ft["topic-0"], similarities=False)
     assert made.record.vector_id == expected["topic-0"]
     assert p.release()["result"]["deleted_objects"] == len(objects_of(reg, expected["topic-0"]))

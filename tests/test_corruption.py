@@ -14,11 +14,11 @@ import uuid
 
 import pytest
 import torch
+from helpers import snapshot
 
 import tvreg
-from helpers import snapshot
 from tvreg.errors import CorruptObject, FormatError, NotFound, ReadOnlyRegistry
-from tvreg.objects import object_key
+from tvreg.storage.objects import object_key
 
 DAMAGE = (CorruptObject, FormatError)
 
@@ -115,7 +115,7 @@ def _flip(path: pathlib.Path, position: int, mask: int = 0x01) -> None:
 def _check_detected(reg, key: str, kind: str, expected, out: pathlib.Path) -> None:
     """verify names the damaged key; every read of it fails with a damage error; every other
     read still gives exactly what it gave before."""
-    from tvreg.bases import _MANIFESTS
+    from tvreg.repo.bases import _MANIFESTS
 
     rep = reg.verify()
     assert not rep.ok and key in rep.damaged, (key, rep.problems)
@@ -419,8 +419,8 @@ def test_restore_checks_the_bytes_and_replaces_atomically(copy):
 def test_a_restored_document_is_not_written_over_a_repaired_one(copy):
     """Documents are put back only while they are still damaged (another repair may have won):
     never a second write over good bytes."""
-    from tvreg import repair
-    from tvreg.documents import read_record
+    from tvreg.maintenance import repair
+    from tvreg.storage.documents import read_record
 
     path = pathlib.Path(copy.root, "refs/sentiment/1.json")
     good = path.read_bytes()

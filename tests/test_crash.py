@@ -81,7 +81,7 @@ def test_every_kind_of_step_is_named_in_the_hook():
     import re
 
     import tvreg
-    from tvreg import faults
+    from tvreg.util import faults
 
     source = "".join(p.read_text() for p in pathlib.Path(tvreg.__file__).parent.rglob("*.py"))
     assert set(re.findall(r'faults\.step\("([a-z-]+)"', source)) == faults.KINDS

@@ -12,10 +12,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import snapshot
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from helpers import snapshot
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import snapshot
 
 import tvreg
-from helpers import snapshot
-from tvreg.errors import InvalidInput, NotFound, SQLError
+from tvreg.errors import InvalidInput, SQLError
 
 
 def _cli(*args: str, env_home=None):
@@ -63,7 +63,7 @@ def test_a_too_short_id_prefix_says_how_many_digits(run, filled):
 def test_a_state_dict_entry_of_the_wrong_type_uses_the_right_article(tmp_path):
     import torch
 
-    from tvreg.checkpoints import open_checkpoint
+    from tvreg.tensors.checkpoints import open_checkpoint
     path = tmp_path / "model.bin"
     torch.save({"w": torch.zeros(2), "step": 3}, path)
     with pytest.raises(InvalidInput) as e:

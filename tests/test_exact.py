@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import snapshot
 from safetensors.torch import load_file
 
 import tvreg
-from helpers import snapshot
-from tvreg.checkpoints import open_checkpoint
 from tvreg.codecs import CodecPipeline, codec_from_spec
 from tvreg.codecs.bitdiff import BaseRequired, BitDiff
 from tvreg.errors import FormatError
-from tvreg.manifest import Manifest
+from tvreg.format.manifest import Manifest
+from tvreg.tensors.checkpoints import open_checkpoint
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,8 @@ def test_scaled_and_composed_it_is_its_float_delta(reg, zoo, tmp_path):
 
 
 def test_chunks_split_the_bit_differences_like_the_delta(zoo, tmp_path):
-    from tvreg.build import build_task_vector, check_pair
-    from tvreg.encoding import decode_tensor, restore_finetuned
+    from tvreg.tensors.build import build_task_vector, check_pair
+    from tvreg.tensors.encoding import decode_tensor, restore_finetuned
 
     blobs: dict[str, bytes] = {}
 

@@ -1,4 +1,4 @@
-"""The composition expression language (tvreg.expr): parsing, linearisation, errors, canonical."""
+"""The composition expression language (tvreg.compose.expr): parsing, linearisation, errors, canonical."""
 
 from __future__ import annotations
 
@@ -9,9 +9,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tvreg.compose.expr import (
+    MAX_DEPTH,
+    MAX_LENGTH,
+    ExpressionError,
+    Neg,
+    Number,
+    Product,
+    RefNode,
+    Sum,
+    Term,
+    canonical,
+    linear_terms,
+    parse,
+)
 from tvreg.errors import InvalidInput, InvalidRef
-from tvreg.expr import (MAX_DEPTH, MAX_LENGTH, ExpressionError, Neg, Number, Product, RefNode,
-                        Sum, Term, canonical, linear_terms, parse)
 
 
 def terms(text):

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from helpers import snapshot
 from safetensors.torch import load_file
 
-from helpers import snapshot
+from tvreg.compose.expr import ExpressionError, runs
 from tvreg.errors import NotFound
-from tvreg.expr import ExpressionError, runs
 
 
 def tau(zoo, task):

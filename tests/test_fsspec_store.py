@@ -6,8 +6,8 @@ import uuid
 
 import fsspec
 import pytest
-
 from store_contract import StoreContract
+
 from tvreg.errors import InvalidInput
 from tvreg.stores.fsspec_store import FsspecStore
 

@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from helpers import snapshot
+from safetensors.numpy import save_file
 
 
 def _mount(path, size: str) -> None:

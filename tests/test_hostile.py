@@ -24,27 +24,40 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import snapshot
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
 import tvreg
-from helpers import snapshot
-from tvreg import codec_spec
-from tvreg.base_records import BaseName, BaseRecord
-from tvreg.checkpoints import open_checkpoint
 from tvreg.cli.main import cli
 from tvreg.codecs import CodecPipeline
+from tvreg.codecs import spec as codec_spec
+from tvreg.compose.expr import ExpressionError, canonical, linear_terms
 from tvreg.digest import MAX_JSON_DEPTH, canonical_json, parse_json, sha256_hex
-from tvreg.errors import (CheckpointError, CorruptObject, FormatError, InvalidInput, InvalidName,
-                          InvalidRef, SQLError, TvregError)
-from tvreg.expr import MAX_LENGTH, ExpressionError, canonical, linear_terms
-from tvreg.manifest import MAX_SIZE, Manifest
+from tvreg.errors import (
+    CheckpointError,
+    CorruptObject,
+    FormatError,
+    InvalidInput,
+    InvalidName,
+    InvalidRef,
+    SQLError,
+)
+from tvreg.format.bases import BaseName, BaseRecord
+from tvreg.format.manifest import MAX_SIZE, Manifest
+from tvreg.format.records import (
+    Metadata,
+    TagRecord,
+    VersionRecord,
+    parse_meta_value,
+    record_key,
+    seal,
+)
 from tvreg.names import MAX_VERSION, parse_ref, validate_name, validate_tag
-from tvreg.records import Metadata, TagRecord, VersionRecord, parse_meta_value, record_key, seal
-from tvreg.remotes import parse_options
+from tvreg.remote.config import parse_options
 from tvreg.stores import LocalStore
 from tvreg.stores.base import check_key, is_key
+from tvreg.tensors.checkpoints import open_checkpoint
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -630,7 +643,7 @@ def test_s3_keys_that_escape_or_are_no_keys_are_never_listed_or_read(one, tmp_pa
     record = client.get_object(Bucket=bucket, Key="team/refs/sentiment/1.json")["Body"].read()
     for key in planted:
         client.put_object(Bucket=bucket, Key=key, Body=record)
-    store = tvreg.remotes.Remote("s3", f"s3://{bucket}/team", options).store()
+    store = tvreg.remote.config.Remote("s3", f"s3://{bucket}/team", options).store()
     assert list(store.list("refs")) == ["refs/sentiment/1.json"]
     before = snapshot(tmp_path)
     with tvreg.open(tmp_path / "clone") as clone:
@@ -641,7 +654,7 @@ def test_s3_keys_that_escape_or_are_no_keys_are_never_listed_or_read(one, tmp_pa
 
 
 def _lying_index(served: pathlib.Path, rows) -> None:
-    from tvreg import remote_index
+    from tvreg.remote import index as remote_index
 
     store = LocalStore(served)
     index = remote_index.read(store)
@@ -649,7 +662,7 @@ def _lying_index(served: pathlib.Path, rows) -> None:
 
 
 def test_an_http_remote_index_that_lies(pushed, tmp_path, serve_http, cli_at):
-    from tvreg import remote_index
+    from tvreg.remote import index as remote_index
 
     real = remote_index.read(LocalStore(pushed)).versions[0]
     url = serve_http(pushed)

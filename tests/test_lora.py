@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
+from helpers import snapshot
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from helpers import snapshot
 from tvreg.errors import CheckpointError, IncompatibleCheckpoints
 from tvreg.testing import toy
 
@@ -164,7 +164,7 @@ def test_lowrank_codec_sums_in_a_fixed_order(tmp_path):
 
     from tvreg.codecs import ByteGroup, CodecPipeline, LowRank, Zstd
     from tvreg.errors import CorruptObject, FormatError
-    from tvreg.manifest import FORMAT, Manifest
+    from tvreg.format.manifest import FORMAT, Manifest
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((3, 7)).astype(np.float32)

@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from tvreg.codecs import BgZstd, CodecPipeline, choose_pipeline, codec_from_spec
 from tvreg.codecs.bgzstd import run_blocks
 from tvreg.digest import tensor_bytes
-from tvreg.encoding import TensorEncoder, decode_tensor
 from tvreg.errors import CorruptObject, FormatError, InvalidInput
-from tvreg.manifest import Manifest
-from tvreg.objects import ObjectDB
+from tvreg.format.manifest import Manifest
+from tvreg.storage.objects import ObjectDB
 from tvreg.stores import LocalStore
+from tvreg.tensors.encoding import TensorEncoder, decode_tensor
 
 
 @pytest.fixture(scope="module")

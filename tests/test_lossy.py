@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 import zstandard
+from helpers import snapshot
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from helpers import snapshot
-from tvreg import catalog as catalog_module
-from tvreg.codec_spec import parse
+from tvreg.catalog import db as catalog_module
+from tvreg.codecs.spec import parse
 from tvreg.errors import InvalidInput
 from tvreg.testing import toy
 
@@ -495,7 +495,6 @@ def test_lossy_documents_validate_against_the_schemas(coded):
     import copy
 
     import jsonschema
-
     from test_schemas import load_schema
 
     reg, refs = coded
@@ -528,7 +527,7 @@ def test_lossy_documents_validate_against_the_schemas(coded):
     m = json.loads((root / "objects" / created["vector_id"][:2] / created["vector_id"][2:])
                    .read_bytes())
     from tvreg.errors import FormatError
-    from tvreg.manifest import Manifest
+    from tvreg.format.manifest import Manifest
 
     for conf in ({"dtype": "float64"}, {"cols": 0}, {"k": -1}, {"k": True}, {}):
         for name in ("cast", "int8", "topk", "ternary"):

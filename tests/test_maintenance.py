@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import tvreg
 from tvreg.cli.main import cli
 from tvreg.errors import FormatError
-from tvreg.records import VersionRecord, seal
+from tvreg.format.records import VersionRecord, seal
 
 
 def test_gc_removes_stale_temp_files_of_interrupted_writes_only(filled):
@@ -109,7 +109,7 @@ def test_failed_first_create_leaves_no_trace(zoo, tmp_path):
 
 def test_commit_fails_if_gc_deleted_a_reused_object_meanwhile(filled):
     from tvreg.errors import RegistryError
-    from tvreg.objects import Staging, object_key
+    from tvreg.storage.objects import Staging, object_key
 
     existing = filled.get("topic@1").manifest.tensors[0].chunks[0].blob
     data = filled.objects.get(existing)

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from tvreg.codecs import default_pipeline
 from tvreg.digest import BaseHasher, arch_fingerprint, canonical_json, sha256_hex, tensor_bytes
 from tvreg.errors import FormatError, InvalidInput, InvalidName, InvalidRef
-from tvreg.manifest import FORMAT, Chunk, Manifest, SkippedTensor, TensorEntry
+from tvreg.format.manifest import FORMAT, Chunk, Manifest, SkippedTensor, TensorEntry
+from tvreg.format.records import Metadata, TagRecord, VersionRecord, parse_meta_value, seal, unseal
 from tvreg.names import Ref, parse_ref, validate_name, validate_tag
-from tvreg.records import (Metadata, TagRecord, VersionRecord, parse_meta_value, seal, unseal)
 
 H = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20)]
 

@@ -15,9 +15,9 @@ import threading
 import pytest
 import torch
 
-from tvreg import similarity
 from tvreg.codecs import choose_pipeline
-from tvreg.encoding import TensorEncoder
+from tvreg.similarity import compute as similarity
+from tvreg.tensors.encoding import TensorEncoder
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 
@@ -41,8 +41,8 @@ def test_a_checkpoint_is_opened_and_a_delta_checked_within_a_small_data_limit(tm
     _sparse_safetensors(big, 4 << 30)
     script = textwrap.dedent(f"""
         import resource, torch
-        from tvreg.build import _check_finite
-        from tvreg.checkpoints import open_checkpoint
+        from tvreg.tensors.build import _check_finite
+        from tvreg.tensors.checkpoints import open_checkpoint
         data = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
                     if l.startswith("VmData:"))
         cap = data + (200 << 20)

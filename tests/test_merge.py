@@ -1,4 +1,4 @@
-"""tvreg.merge against peft.utils.merge_utils, plus validation, DARE seeding and global trim.
+"""tvreg.compose.merge against peft.utils.merge_utils, plus validation, DARE seeding and global trim.
 
 peft's ``merge_utils`` is loaded straight from its file in the installed package (it imports only
 torch), so the comparison does not pay for importing transformers; without peft those tests skip.
@@ -19,9 +19,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvreg.compose.merge import (
+    METHODS,
+    MagnitudeQuantile,
+    MergeParams,
+    dare_mask,
+    dare_seed,
+    merge_tensor,
+    needs_thresholds,
+)
 from tvreg.errors import InvalidInput, NonFiniteValues
-from tvreg.merge import (METHODS, MagnitudeQuantile, MergeParams, dare_mask, dare_seed,
-                         merge_tensor, needs_thresholds)
 
 
 def _load_peft_merge_utils():

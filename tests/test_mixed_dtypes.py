@@ -15,9 +15,8 @@ import torch
 from helpers import snapshot
 from safetensors.torch import load_file, save_file
 
-import tvreg
 from tvreg.errors import FormatError, IncompatibleCheckpoints, InvalidInput
-from tvreg.manifest import Manifest
+from tvreg.format.manifest import Manifest
 
 #: sentiment@1's vector id in docs/format.md §16 (the fp32 toy zoo), and the bf16 zoo's, as
 #: main computed them before mixed dtypes existed: a same-dtype pair keeps its id

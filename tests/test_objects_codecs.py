@@ -9,17 +9,17 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import snapshot
 from tvreg.codecs import ByteGroup, CodecPipeline, Zstd, codec_from_spec, default_pipeline
 from tvreg.digest import tensor_bytes
-from tvreg.encoding import TensorEncoder, decode_tensor
 from tvreg.errors import CorruptObject, FormatError, InvalidInput
-from tvreg.manifest import Chunk, Manifest, TensorEntry
-from tvreg.objects import ObjectDB, Staging, object_key
+from tvreg.format.manifest import Chunk, Manifest, TensorEntry
+from tvreg.storage.objects import ObjectDB, Staging, object_key
 from tvreg.stores import LocalStore
+from tvreg.tensors.encoding import TensorEncoder, decode_tensor
 
 
 @pytest.fixture

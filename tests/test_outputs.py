@@ -34,10 +34,9 @@ def test_broken_pipe_exits_0_quietly(tmp_path):
 import json  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import snapshot  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-
-from helpers import snapshot  # noqa: E402
 
 
 def _sharded(base, folder):

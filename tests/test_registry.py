@@ -15,14 +15,24 @@ import time
 import duckdb
 import pytest
 import torch
+from helpers import snapshot
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import tvreg
-from helpers import snapshot
-from tvreg.errors import (AmbiguousRef, CheckpointError, CorruptObject, FormatError,
-                          IncompatibleCheckpoints, InvalidInput, InvalidName, InvalidRef,
-                          NonFiniteValues, NotFound, SQLError)
+from tvreg.errors import (
+    AmbiguousRef,
+    CheckpointError,
+    CorruptObject,
+    FormatError,
+    IncompatibleCheckpoints,
+    InvalidInput,
+    InvalidName,
+    InvalidRef,
+    NonFiniteValues,
+    NotFound,
+    SQLError,
+)
 
 OLD = time.time() - 30 * 24 * 3600  # an mtime well past any gc grace period
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import snapshot
 
 import tvreg
-from helpers import snapshot
 from tvreg.errors import CorruptObject, InvalidInput, NotFound, ReadOnlyRegistry, RemoteError
-from tvreg.objects import object_key
+from tvreg.storage.objects import object_key
 from tvreg.stores import Store
 
 
@@ -175,7 +175,7 @@ def test_pull_renumbers_a_local_conflict(origin, tmp_path, backend, zoo):
 
 def test_corrupted_remote_object_is_refused_naming_it(origin, tmp_path, backend, run):
     blob = sorted(origin.get("toxicity").manifest.blob_ids())[0]
-    writer = tvreg.remotes.Remote("w", tvreg.remotes.normalize_url(backend.push_url),
+    writer = tvreg.remote.config.Remote("w", tvreg.remote.config.normalize_url(backend.push_url),
                                   backend.options).store()
     data = bytearray(writer.read(object_key(blob)))
     data[len(data) // 2] ^= 0xFF
@@ -234,14 +234,14 @@ def test_interrupted_pull_resumes(origin, tmp_path, backend, monkeypatch):
     clone = _clone(tmp_path, backend)
     clone.init()
     before = _visible(clone)
-    real = tvreg.remotes.Remote.reader
-    monkeypatch.setattr(tvreg.remotes.Remote, "reader", lambda self: _Flaky(real(self), 20))
+    real = tvreg.remote.config.Remote.reader
+    monkeypatch.setattr(tvreg.remote.config.Remote, "reader", lambda self: _Flaky(real(self), 20))
     with pytest.raises(RemoteError, match="dropped"):
         clone.pull()
     assert _visible(clone) == before  # no version yet
     kept = len(set(clone.objects.ids()))
     assert kept > 0  # the vectors fetched whole before the drop are kept
-    monkeypatch.setattr(tvreg.remotes.Remote, "reader", real)
+    monkeypatch.setattr(tvreg.remote.config.Remote, "reader", real)
     rep = clone.pull()
     assert rep.objects_skipped >= kept and rep.objects_fetched == \
         len(set(origin.objects.ids())) - kept
@@ -254,11 +254,11 @@ def test_interrupted_push_leaves_no_dangling_record_and_resumes(tmp_path, zoo, b
     for task, path in zoo.finetuned.items():
         reg.create(task, zoo.base, path, similarities=False)
     reg.add_remote("origin", backend.push_url, backend.options)
-    real = tvreg.remotes.Remote.store
-    monkeypatch.setattr(tvreg.remotes.Remote, "store", lambda self: _Flaky(real(self), 25))
+    real = tvreg.remote.config.Remote.store
+    monkeypatch.setattr(tvreg.remote.config.Remote, "store", lambda self: _Flaky(real(self), 25))
     with pytest.raises(RemoteError, match="dropped"):
         reg.push()
-    monkeypatch.setattr(tvreg.remotes.Remote, "store", real)
+    monkeypatch.setattr(tvreg.remote.config.Remote, "store", real)
     clone = _clone(tmp_path, backend)
     if backend.kind != "http":  # no record was written, so nothing can name a missing object
         assert not list(real(clone.remote("origin")).list("refs"))

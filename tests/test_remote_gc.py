@@ -2,7 +2,7 @@
 next successful push, and the remote locks that keep both safe against pushes in flight.
 
 Against a directory remote and a real S3 endpoint (moto's server on loopback); a push is made to
-fail by a real full disk (a small tmpfs) or killed by the fault hook (tvreg.faults)."""
+fail by a real full disk (a small tmpfs) or killed by the fault hook (tvreg.util.faults)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from safetensors.numpy import save_file
 
 import tvreg
 from tvreg.cli.main import cli
-from tvreg.objects import ObjectDB
-from tvreg.remote_gc import LOCKS, gc_lock, push_lock, read_locks
-from tvreg.remotes import Remote
+from tvreg.remote.config import Remote
+from tvreg.remote.gc import LOCKS, gc_lock, push_lock, read_locks
+from tvreg.storage.objects import ObjectDB
 
 
 def tv(registry, *args, code=0):
@@ -53,7 +53,7 @@ def remote(request, tmp_path):
 
 
 def store_of(url, options):
-    from tvreg.remotes import normalize_url
+    from tvreg.remote.config import normalize_url
 
     return Remote("team", normalize_url(url), dict(options)).store()
 
@@ -316,7 +316,7 @@ def test_a_push_waits_for_a_gc_then_gives_up(two, remote, monkeypatch):
 
 
 def test_a_long_push_refreshes_its_lock(remote, monkeypatch):
-    import tvreg.remote_gc as remote_gc
+    import tvreg.remote.gc as remote_gc
 
     url, options, _ = remote
     store = store_of(url, options)

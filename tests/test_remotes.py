@@ -93,7 +93,7 @@ def remote_url(request, tmp_path):
 
 
 def test_push_sends_everything_once_in_order_and_renumbers_conflicts(zoo, tmp_path, remote_url):
-    from tvreg.objects import object_key
+    from tvreg.storage.objects import object_key
 
     url, options = remote_url
     reg = tvreg.open(tmp_path / "a")
@@ -249,7 +249,7 @@ def test_the_remote_index_is_derived_data(zoo, tmp_path):
     """A missing or damaged index: listable remotes answer from their records, push rewrites
     it, and a re-push still recognises every version (it reads the records instead)."""
     from tvreg.errors import FormatError
-    from tvreg.remote_index import TAGS_KEY, VERSIONS_KEY
+    from tvreg.remote.index import TAGS_KEY, VERSIONS_KEY
 
     reg = tvreg.open(tmp_path / "a")
     for task in ("sentiment", "topic"):

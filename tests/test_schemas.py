@@ -17,8 +17,8 @@ import pytest
 
 import tvreg
 from tvreg.errors import FormatError
-from tvreg.manifest import Manifest
-from tvreg.records import TagRecord, VersionRecord, seal
+from tvreg.format.manifest import Manifest
+from tvreg.format.records import TagRecord, VersionRecord, seal
 
 NAMES = ("manifest", "version", "tag", "config")
 

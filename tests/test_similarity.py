@@ -7,12 +7,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 import tvreg
-from tvreg import similarity
 from tvreg.errors import InvalidInput, NotFound
+from tvreg.similarity import compute as similarity
 from tvreg.testing import TASKS, finetune, make_toy_zoo, pretrain, save_safetensors
 
 TABLES = ("vector_stats", "tensor_stats", "similarities", "tensor_similarities")
@@ -252,7 +250,7 @@ def test_sketch_is_linear_and_matches_a_direct_count_sketch():
 def test_sketch_file_and_catalog_give_the_same_estimates(zoo, tmp_path):
     import shutil
 
-    from tvreg import sketch_index
+    from tvreg.catalog import sketches as sketch_index
 
     reg = tvreg.open(tmp_path / "r")
     for task in zoo.finetuned:
@@ -274,7 +272,7 @@ def test_sketch_file_and_catalog_give_the_same_estimates(zoo, tmp_path):
 
 
 def test_sketch_file_drops_a_torn_record_before_appending(tmp_path):
-    from tvreg import sketch_index
+    from tvreg.catalog import sketches as sketch_index
 
     rng = np.random.default_rng(1)
     rows = [(f"{i:064x}", float(i), rng.standard_normal(similarity.SKETCH_DIM)) for i in range(3)]

@@ -164,7 +164,7 @@ def test_estimates_are_marked(run, zoo, reg_path):
     for task in ("sentiment", "topic", "toxicity"):
         run("create", task, "--base", str(zoo.base), "--finetuned", str(zoo.finetuned[task]),
             "--no-similarities")
-    from tvreg import similarity
+    from tvreg.similarity import compute as similarity
 
     with tvreg.open(reg_path) as reg:  # statistics and sketches only, no exact pair
         assert similarity.update(reg, exact_limit=1) == {"vectors": 3, "pairs": 0}
@@ -200,8 +200,8 @@ def test_heatmap_grows_to_fit_long_labels(tmp_path):
     import matplotlib.image
     import numpy as np
 
-    from tvreg.plot import heatmap
-    from tvreg.similarity import SimilarityMatrix
+    from tvreg.similarity.compute import SimilarityMatrix
+    from tvreg.similarity.plot import heatmap
 
     labels = ["a@1", "a_rather_long_name_of_a_task_vector@12", "b@1"]
     values = np.array([[1.0, 0.3, 0.0], [0.3, 1.0, -0.2], [0.0, -0.2, 1.0]])

@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-
 from store_contract import StoreContract, temp_name_for
+
 from tvreg.stores import LocalStore
 from tvreg.stores.local import TMP_PREFIX
 

@@ -21,8 +21,8 @@ from tvreg.testing import (
     param_count,
     pretrain,
     save_safetensors,
+    toy,
 )
-from tvreg.testing import toy
 
 DEFAULT_TASKS = ("sentiment", "topic", "toxicity")
 EXPECTED_NAMES = [

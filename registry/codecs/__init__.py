@@ -5,16 +5,22 @@ A manifest names each tensor's pipeline as a list of ``{"name": ..., "configurat
 dataclasses, deterministic (same input, same output) so identical tensors deduplicate.
 """
 
-from .base import Codec, CodecPipeline, codec_from_spec, register_codec, default_pipeline
-from .bgzstd import BgZstd
-from .bitdiff import BitDiff
-from .bytegroup import ByteGroup
-from .cast import Cast
-from .choose import choose_pipeline
-from .int8 import Int8
-from .lowrank import LowRank
-from .sparse import Ternary, TopK
-from .zstd import Zstd
+from tvreg.codecs.base import (
+                               Codec,
+                               CodecPipeline,
+                               codec_from_spec,
+                               default_pipeline,
+                               register_codec,
+)
+from tvreg.codecs.bgzstd import BgZstd
+from tvreg.codecs.bitdiff import BitDiff
+from tvreg.codecs.bytegroup import ByteGroup
+from tvreg.codecs.cast import Cast
+from tvreg.codecs.choose import choose_pipeline
+from tvreg.codecs.int8 import Int8
+from tvreg.codecs.lowrank import LowRank
+from tvreg.codecs.sparse import Ternary, TopK
+from tvreg.codecs.zstd import Zstd
 
 __all__ = ["Codec", "CodecPipeline", "codec_from_spec", "register_codec", "default_pipeline",
            "choose_pipeline", "BgZstd", "BitDiff", "ByteGroup", "Cast", "Int8", "LowRank", "Ternary",

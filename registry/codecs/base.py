@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ..errors import FormatError, InvalidInput
+from tvreg.errors import FormatError, InvalidInput
 
 _CODECS: dict[str, type["Codec"]] = {}
 
@@ -175,8 +175,8 @@ def scratch(nbytes: int, slot: str = "pipeline") -> np.ndarray:
 def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:
     """Byte grouping by item size (if > 1), then zstd: what tvreg 0.1.0 wrote for every delta.
     New deltas get :func:`tvreg.codecs.choose_pipeline`; this stays for its blobs and tests."""
-    from .bytegroup import ByteGroup
-    from .zstd import Zstd
+    from tvreg.codecs.bytegroup import ByteGroup
+    from tvreg.codecs.zstd import Zstd
 
     if itemsize < 1:
         raise InvalidInput(f"bad item size {itemsize}")

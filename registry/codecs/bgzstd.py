@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import CorruptObject
-from .base import Codec, register_codec, scratch
-from .zstd import compress, decompress_into
+from tvreg.codecs.base import Codec, register_codec, scratch
+from tvreg.codecs.zstd import compress, decompress_into
+from tvreg.errors import CorruptObject
 
 #: largest ``block`` a configuration may name (segment sizes are stored as 32-bit integers)
 MAX_BLOCK = 1 << 30

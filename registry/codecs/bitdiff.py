@@ -23,10 +23,10 @@ import dataclasses
 
 import numpy as np
 
-from .. import dtypes
-from ..digest import is_hex_digest
-from ..errors import CorruptObject, InvalidInput
-from .base import Codec, register_codec
+from tvreg import dtypes
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.digest import is_hex_digest
+from tvreg.errors import CorruptObject, InvalidInput
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 EXACT_DTYPES = tuple(sorted(dtypes.FLOATING))

@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import CorruptObject
-from .base import Codec, register_codec
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.errors import CorruptObject
 
 
 @register_codec

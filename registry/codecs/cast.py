@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import CorruptObject, InvalidInput
-from .base import Codec, register_codec
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.errors import CorruptObject, InvalidInput
 
 _LABEL = {"bfloat16": "bf16", "float16": "fp16"}
 _MAX = {"bfloat16": 3.3895313892515355e38, "float16": 65504.0}

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInput
-from .base import CodecPipeline
-from .bgzstd import BgZstd
-from .zstd import compress
+from tvreg.codecs.base import CodecPipeline
+from tvreg.codecs.bgzstd import BgZstd
+from tvreg.codecs.zstd import compress
+from tvreg.errors import InvalidInput
 
 #: zstd level of compressed streams: level 1 stores these deltas' streams as small as level 3
 #: (smaller for the mantissa bytes) and both encodes and decodes faster (docs/benchmarks.md)
@@ -75,7 +75,7 @@ def _as_uint8(data: Any) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     if hasattr(data, "detach") and hasattr(data, "element_size"):  # a torch tensor
-        from ..digest import tensor_bytes
+        from tvreg.digest import tensor_bytes
 
         return np.frombuffer(tensor_bytes(data), dtype=np.uint8)
     return np.frombuffer(data, dtype=np.uint8)

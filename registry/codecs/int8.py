@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import CorruptObject, InvalidInput
-from .base import Codec, register_codec
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.errors import CorruptObject, InvalidInput
 
 QMAX = 127
 

@@ -5,7 +5,7 @@ rank``), which later steps compress like any other bytes. Decoding is exactly re
 any machine: every product ``B[i,k] · A[k,j]`` of two float32 values is exact in float64, the
 products are summed in float64 in the order ``k = 0, 1, …``, the sum is multiplied by ``scale``
 in float64 and rounded once to float32 (no matrix-multiply kernel, whose summation order varies).
-The factors come from where they were made (a LoRA adapter, :mod:`tvreg.lora`); this step does
+The factors come from where they were made (a LoRA adapter, :mod:`tvreg.tensors.lora`); this step does
 not factor dense data, so :meth:`LowRank.encode` refuses it.
 """
 
@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from ..errors import CorruptObject, InvalidInput
-from .base import Codec, register_codec
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.errors import CorruptObject, InvalidInput
 
 MAX_RANK = 1 << 16
 _BLOCK_ELEMENTS = 1 << 15  # float64 elements of the accumulator per row block (256 KiB)

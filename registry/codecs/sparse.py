@@ -17,8 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import CorruptObject, InvalidInput
-from .base import Codec, register_codec
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.errors import CorruptObject, InvalidInput
 
 
 def top_k_support(x: np.ndarray, k: int) -> np.ndarray:

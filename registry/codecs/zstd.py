@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import zstandard
 
-from ..errors import CorruptObject
-from .base import Codec, register_codec
+from tvreg.codecs.base import Codec, register_codec
+from tvreg.errors import CorruptObject
 
 _local = threading.local()
 

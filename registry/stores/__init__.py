@@ -1,7 +1,7 @@
 """Key/value stores that hold a registry's objects and records (see :class:`Store`)."""
 
-from .base import MissingKey, Store
-from .fsspec_store import FsspecStore
-from .local import LocalStore
+from tvreg.stores.base import MissingKey, Store
+from tvreg.stores.fsspec_store import FsspecStore
+from tvreg.stores.local import LocalStore
 
 __all__ = ["Store", "LocalStore", "FsspecStore", "MissingKey"]

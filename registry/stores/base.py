@@ -1,6 +1,6 @@
 """The store contract: a flat namespace of ``/``-separated keys holding immutable-ish bytes.
 
-A store knows nothing of hashes or JSON; :mod:`tvreg.objects` and :mod:`tvreg.records` give keys
+A store knows nothing of hashes or JSON; :mod:`tvreg.storage.objects` and :mod:`tvreg.format.records` give keys
 their meaning. Every implementation must pass ``tests/store_contract.py``.
 """
 
@@ -10,7 +10,7 @@ import abc
 import re
 from typing import Iterator
 
-from ..errors import InvalidInput, NotFound
+from tvreg.errors import InvalidInput, NotFound
 
 _KEY_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]*")
 

@@ -12,9 +12,10 @@ import datetime as _dt
 import os
 from typing import Any, Iterator
 
-from .. import faults
-from ..errors import RemoteError, TvregError
-from .base import MissingKey, Store, check_key, is_key
+from tvreg.errors import RemoteError, TvregError
+from tvreg.stores.base import MissingKey, Store, check_key, is_key
+from tvreg.util import faults
+
 
 def _timestamp(info: dict[str, Any]) -> float | None:
     for field in ("mtime", "LastModified", "last_modified", "created", "updated"):
@@ -77,7 +78,7 @@ def _translated(method):
                 raise
             text = " ".join(str(e).split())[:300] or type(e).__name__
             if isinstance(e, TypeError):  # bad configuration, not a failing backend
-                from ..errors import InvalidInput
+                from tvreg.errors import InvalidInput
 
                 raise InvalidInput(f"{self}: the backend rejected an option ({text}); check "
                                    "the remote's options (tvreg remote add --option)") from None
@@ -115,7 +116,7 @@ class FsspecStore(Store):
 
     def _check_writable(self) -> None:
         if not self.writable:
-            from ..errors import InvalidInput
+            from tvreg.errors import InvalidInput
 
             raise InvalidInput(f"{self} is read-only")
 

@@ -10,8 +10,8 @@ import tempfile
 import time
 from typing import Iterator
 
-from .. import faults
-from .base import MissingKey, Store, check_key, is_key
+from tvreg.stores.base import MissingKey, Store, check_key, is_key
+from tvreg.util import faults
 
 TMP_PREFIX = ".tmp-"
 
@@ -215,7 +215,7 @@ _ATTEMPTS = range(5)
 
 def _vanished(tmp: str, attempt: int) -> None:
     """The temporary file of a write is gone: try again, or give up with a clear error."""
-    from ..errors import RegistryError
+    from tvreg.errors import RegistryError
 
     _unlink(tmp)
     if attempt == _ATTEMPTS[-1]:

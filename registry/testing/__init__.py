@@ -8,20 +8,20 @@ writes a base checkpoint and fine-tuned checkpoints (``.safetensors``) in about 
 leave (the crash-safety tests and benchmark).
 """
 
-from .toy import (
-    NUM_CLASSES,
-    SEQ_LEN,
-    TASKS,
-    VOCAB_SIZE,
-    ToyClassifier,
-    ToyZoo,
-    accuracy,
-    finetune,
-    make_dataset,
-    make_toy_zoo,
-    param_count,
-    pretrain,
-    save_safetensors,
+from tvreg.testing.toy import (
+                               NUM_CLASSES,
+                               SEQ_LEN,
+                               TASKS,
+                               VOCAB_SIZE,
+                               ToyClassifier,
+                               ToyZoo,
+                               accuracy,
+                               finetune,
+                               make_dataset,
+                               make_toy_zoo,
+                               param_count,
+                               pretrain,
+                               save_safetensors,
 )
 
 __all__ = [

@@ -44,12 +44,12 @@ def _timed_locks() -> tuple[list[float], list[float]]:
     be granted (lock waits included): two lists, filled as the worker goes."""
     import contextlib
 
-    import tvreg.gclock
-    from tvreg.catalog import Catalog
+    import tvreg.storage.gclock
+    from tvreg.catalog.db import Catalog
 
     catalog: list[float] = []
     gc_lock: list[float] = []
-    real_connection, real_gc_lock = Catalog._connection, tvreg.gclock.gc_lock
+    real_connection, real_gc_lock = Catalog._connection, tvreg.storage.gclock.gc_lock
 
     @contextlib.contextmanager
     def timed_connection(self, *args, **kwargs):
@@ -66,7 +66,7 @@ def _timed_locks() -> tuple[list[float], list[float]]:
             yield
 
     Catalog._connection = timed_connection
-    tvreg.gclock.gc_lock = timed_gc_lock
+    tvreg.storage.gclock.gc_lock = timed_gc_lock
     return catalog, gc_lock
 
 
@@ -264,7 +264,7 @@ def make_variants(base: str | os.PathLike, finetuned: dict[str, str | os.PathLik
     so that concurrent creates write new objects, not only reuse them: ``{"TASK-i": path}``."""
     from safetensors.torch import load_file
 
-    from .toy import save_safetensors
+    from tvreg.testing.toy import save_safetensors
 
     b = load_file(os.fspath(base))
     out = {}
@@ -300,7 +300,7 @@ def seed_orphans(registry: str | os.PathLike, reference: str | os.PathLike,
     the workers will create again and so reuse, and ``garbage`` objects nothing will reference.
     Returns (the reused ids, the garbage ids)."""
     import tvreg
-    from tvreg.objects import ObjectDB
+    from tvreg.storage.objects import ObjectDB
     from tvreg.stores import LocalStore
 
     target = ObjectDB(LocalStore(registry))
@@ -456,9 +456,9 @@ def check_remote(url: str, options: dict[str, Any] | None, sources: list[str], r
     overwritten), every tag points at a remote version of its vector, the remote index lists
     exactly the records and tags, and a pull of everything into a fresh registry verifies."""
     import tvreg
-    from tvreg.documents import read_record, read_tag, record_keys, tag_keys
-    from tvreg.remote_index import read as read_index
-    from tvreg.remotes import Remote
+    from tvreg.remote.config import Remote
+    from tvreg.remote.index import read as read_index
+    from tvreg.storage.documents import read_record, read_tag, record_keys, tag_keys
 
     problems: list[str] = []
     for x in run.lines:

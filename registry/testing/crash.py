@@ -3,7 +3,7 @@
 A :class:`Scenario` builds a starting state once (a registry, a remote: a template copied for
 every run), names one CLI command (``python -m tvreg.cli …`` in a subprocess) and knows what the
 command must achieve. :func:`attempt` runs the command and kills it, either just before its K-th
-durable step (the :mod:`tvreg.faults` hook, ``TVREG_FAULT_KILL_AT``) or after a wall-clock delay
+durable step (the :mod:`tvreg.util.faults` hook, ``TVREG_FAULT_KILL_AT``) or after a wall-clock delay
 (``os.killpg(…, SIGKILL)``), then checks:
 
 1. **verify**: ``tvreg verify`` passes, or reports only the state docs/format.md §11 documents
@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..faults import KILL_ENV, TRACE_ENV
+from tvreg.util.faults import KILL_ENV, TRACE_ENV
 
 _REF = re.compile(r"^([a-z0-9][a-z0-9._/-]*@\d+)$")
 #: the one verify problem §11 allows after a kill between a record and its catalog commit
@@ -293,7 +293,7 @@ def check_complete(root: pathlib.Path, env: dict[str, str], expected: Expected,
             problems.append(f"similarities incomplete: {rows['stats']} statistics, "
                             f"{rows['pairs']} pairs for {len(vids)} vectors")
         reg.gc(grace_seconds=0)
-        from ..maintenance import reachable_objects
+        from tvreg.maintenance.gc import reachable_objects
 
         extra = set(reg.objects.ids()) - reachable_objects(reg)
         if extra:
@@ -318,7 +318,7 @@ class RemoteSpec:
     options: dict[str, Any]
 
     def store(self):
-        from ..remotes import Remote
+        from tvreg.remote.config import Remote
 
         return Remote("check", self.url, self.options).store()
 
@@ -329,7 +329,7 @@ class RemoteSpec:
 
 def remote_records(spec: RemoteSpec) -> dict[str, Any]:
     """Every record on the remote that reads (seal and key checked), by ref; problems raise."""
-    from ..documents import read_record, record_keys
+    from tvreg.storage.documents import read_record, record_keys
 
     store = spec.store()
     return {(r := read_record(store, k)).ref: r for k in record_keys(store)}
@@ -344,13 +344,12 @@ def check_remote(spec: RemoteSpec, env: dict[str, str], work: pathlib.Path,
     only such versions, and each pulled one decodes exactly. Returns the remote's records by
     ref."""
     import tvreg
-
-    from ..digest import sha256_hex
-    from ..documents import read_many
-    from ..manifest import Manifest
-    from ..objects import object_key
-    from ..remote_index import read as read_index
-    from ..stores import MissingKey
+    from tvreg.digest import sha256_hex
+    from tvreg.format.manifest import Manifest
+    from tvreg.remote.index import read as read_index
+    from tvreg.storage.documents import read_many
+    from tvreg.storage.objects import object_key
+    from tvreg.stores import MissingKey
 
     problems: list[str] = []
     store = spec.store()
@@ -685,8 +684,8 @@ class PushScenario(Scenario):
                 {ref: r.vector_id for ref, r in ours.items()}:
             out.problems.append(f"the remote holds {sorted(records)} after the rerun, the "
                                 f"registry {sorted(ours)}")
-        from ..documents import read_tag, tag_keys
-        from ..remote_index import read as read_index
+        from tvreg.remote.index import read as read_index
+        from tvreg.storage.documents import read_tag, tag_keys
 
         store = spec.store()
         theirs = {(t.name, t.tag, t.version) for t in (read_tag(store, k)
@@ -786,9 +785,8 @@ class GcScenario(Scenario):
     def after_rerun(self, where: pathlib.Path, out: Outcome) -> None:
         root = where / "reg"
         before = len(out.problems)
-        from ..maintenance import reachable_objects
-
         import tvreg
+        from tvreg.maintenance.gc import reachable_objects
 
         with tvreg.open(root) as reg:
             extra = set(reg.objects.ids()) - reachable_objects(reg)

@@ -1,0 +1,489 @@
+"""Compositions: an expression over stored vectors, merged tensor by tensor.
+
+A :class:`Composition` knows its operands (refs, coefficients, manifests) and checks, before
+any tensor is read, that they share the architecture (names and shapes; floating dtypes may
+differ and are reported) and the base hash. Its tensors
+are produced one name at a time: each operand's tensor is decoded, the merge method combines
+them (fp32, or fp64 if an operand is fp64), λ scales the result; at most a few tensors per
+operand are in memory, never whole vectors.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping
+
+from tvreg.errors import IncompatibleCheckpoints, InvalidInput
+from tvreg.format.manifest import Manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from tvreg.compose.merge import MergeParams
+    from tvreg.registry import Registry
+    from tvreg.tensors.taskvector import TaskVector
+
+SHOW = 5
+#: bounds on the bytes of names (accumulators and operand buffers) task arithmetic sums at
+#: once: a quarter of the composed vector's size, clamped to this range (one name at least)
+AHEAD_BYTES_MIN, AHEAD_BYTES_MAX = 64 << 20, 512 << 20
+
+
+class BaseMismatchWarning(UserWarning):
+    """Operands (or a base checkpoint) of different base hashes, allowed on request."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    ref: str
+    coef: float
+    vector: "TaskVector"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.vector.ref if self.vector.record else self.ref,
+                "vector_id": self.vector.vector_id, "coef": self.coef}
+
+
+def _listing(items: list[str]) -> str:
+    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
+    return ", ".join(items[:SHOW]) + more
+
+
+def _layout(m: Manifest) -> dict[str, tuple[str, tuple[int, ...], bool]]:
+    """name -> (dtype in the checkpoints, shape, whether stored) of every tensor a manifest
+    names (skipped ones are not stored)."""
+    out = {t.name: (t.source_dtype, tuple(t.shape), True) for t in m.tensors}
+    out.update({s.name: (s.dtype, tuple(s.shape), False) for s in m.skipped})
+    return out
+
+
+def architecture_difference(a: Manifest, b: Manifest) -> str | None:
+    """None if two manifests describe the same architecture, else what differs (names first).
+
+    Names and shapes decide, read from the manifests: tensors that differ only in floating
+    dtype (a vector of a bf16 copy of a model and one of its fp32 copy) are the same
+    architecture, so equal fingerprints are a shortcut, not the rule. A tensor stored in one
+    vector and skipped (not floating) in the other differs. Where names or shapes differ,
+    dtypes that differ too are listed after them."""
+    if a.arch_fingerprint == b.arch_fingerprint:
+        return None
+    la, lb = _layout(a), _layout(b)
+    common = la.keys() & lb.keys()
+    diffs = sorted(f"{n} (only in one)" for n in la.keys() ^ lb.keys())
+    diffs += sorted(f"{n} ({la[n][0]}{list(la[n][1])} vs {lb[n][0]}{list(lb[n][1])})"
+                    for n in common if la[n][1:] != lb[n][1:]
+                    or (not la[n][2] and la[n][0] != lb[n][0]))
+    if not diffs:
+        return None
+    message = f"{len(diffs)} tensor(s) differ: {_listing(diffs)}"
+    dtype_only = sorted(f"{n} ({la[n][0]} vs {lb[n][0]})" for n in common
+                        if la[n][1:] == lb[n][1:] and la[n][2] and la[n][0] != lb[n][0])
+    if dtype_only:
+        message += (f"; {len(dtype_only)} more differ in dtype only (allowed): "
+                    f"{_listing(dtype_only)}")
+    return message
+
+
+def dtype_label(m: Manifest) -> str:
+    """The dtypes of a vector's checkpoints: ``float32``, or ``bfloat16 fine-tune of float32``
+    where the fine-tuned checkpoint's dtypes were not the base's (``finetuned_dtype``)."""
+    source = ",".join(sorted({t.source_dtype for t in m.tensors})) or "none"
+    tuned = ",".join(sorted({t.ft_dtype for t in m.tensors})) or "none"
+    return source if tuned == source else f"{tuned} fine-tune of {source}"
+
+
+def sum_dtype(manifests: list[Manifest]) -> str:
+    """The dtype operands are summed in: float64 if any delta is float64, else float32."""
+    return "float64" if any(e.dtype == "float64" for m in manifests for e in m.tensors) \
+        else "float32"
+
+
+def dtype_report(operands: list[Operand]) -> dict[str, Any] | None:
+    """``{"operands": [{"ref", "dtypes", "source_dtypes", "finetuned_dtypes"}], "summed_in"}``
+    where operands differ in dtype (of their base or of their fine-tuned checkpoints), else
+    None. Such operands compose: names and shapes decide (see docs/composition.md)."""
+    rows = []
+    for op in operands:
+        m = op.vector.manifest
+        rows.append({"ref": op.vector.ref, "dtypes": dtype_label(m),
+                     "source_dtypes": sorted({t.source_dtype for t in m.tensors}),
+                     "finetuned_dtypes": sorted({t.ft_dtype for t in m.tensors})})
+    if len({r["dtypes"] for r in rows}) <= 1:
+        return None
+    return {"operands": rows, "summed_in": sum_dtype([op.vector.manifest for op in operands])}
+
+
+def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = False) -> None:
+    """Same architecture (always: names and shapes) and same base (unless allowed), from the
+    manifests alone."""
+    first = operands[0]
+    for op in operands[1:]:
+        diff = architecture_difference(first.vector.manifest, op.vector.manifest)
+        if diff:
+            raise IncompatibleCheckpoints(
+                f"{first.vector.ref} and {op.vector.ref} have different architectures: {diff}")
+    for op in operands[1:]:
+        if op.vector.base_hash != first.vector.base_hash:
+            message = (f"{first.vector.ref} and {op.vector.ref} come from different base models "
+                       f"(base {first.vector.base_hash[:12]} vs {op.vector.base_hash[:12]})")
+            da, db = dtype_label(first.vector.manifest), dtype_label(op.vector.manifest)
+            if da != db:
+                message += f", of dtypes {da} vs {db}"
+            if not allow_base_mismatch:
+                raise IncompatibleCheckpoints(message + "; pass --allow-base-mismatch to compose "
+                                              "them anyway")
+            warnings.warn(message, BaseMismatchWarning, stacklevel=3)
+
+
+def _compile(pattern: str | None, option: str) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise InvalidInput(f"invalid {option} regex {pattern!r}: {e}") from None
+
+
+class Composition:
+    """A merged task vector, computed lazily from its operands."""
+
+    def __init__(self, registry: "Registry", expression: str, operands: list[Operand],
+                 params: "MergeParams", *, lam: float = 1.0, include: str | None = None,
+                 exclude: str | None = None, allow_base_mismatch: bool = False) -> None:
+        import math
+
+        if not operands:
+            raise InvalidInput("a composition needs at least one vector")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise InvalidInput(f"invalid lambda {lam!r}: a finite number")
+        self._registry = registry
+        self.expression = expression
+        self.operands = operands
+        self.params = params
+        self.lam = float(lam)
+        self.include, self.exclude = include, exclude
+        inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+        check_compatible(operands, allow_base_mismatch=allow_base_mismatch)
+        self.allow_base_mismatch = allow_base_mismatch
+        #: where the operands differ in dtype: what each is and the dtype they are summed in
+        self.dtype_report = dtype_report(operands)
+        first = operands[0].vector.manifest
+        self.entries = [t for t in first.tensors
+                        if (inc is None or inc.search(t.name)) and not (exc and exc.search(t.name))]
+        if not self.entries:
+            raise InvalidInput("--include/--exclude leave no tensor to compose")
+        self._thresholds: list[float] | None = None
+        from tvreg.tensors.encoding import default_workers
+        from tvreg.util.buffers import BufferPool
+
+        self._buffers = BufferPool(keep=4 * default_workers() + 4)
+
+    # --- identity --------------------------------------------------------------------------------
+
+    @property
+    def base_hash(self) -> str:
+        return self.operands[0].vector.base_hash
+
+    @property
+    def arch_fingerprint(self) -> str:
+        return self.operands[0].vector.arch_fingerprint
+
+    @property
+    def manifest(self) -> Manifest:
+        """The first operand's manifest: names, shapes and skipped tensors of the result."""
+        return self.operands[0].vector.manifest
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.entries]
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """How this vector was made: kept in the version record when it is saved."""
+        return {"expression": self.expression, "method": self.params.to_json(),
+                "lambda": self.lam, "include": self.include, "exclude": self.exclude,
+                "operands": [op.to_json() for op in self.operands]}
+
+    @property
+    def parents(self) -> list[str]:
+        return list(dict.fromkeys(op.vector.vector_id for op in self.operands))
+
+    # --- tensors ---------------------------------------------------------------------------------
+
+    def _global_thresholds(self) -> list[float]:
+        from tvreg.compose.merge import MagnitudeQuantile
+
+        if self._thresholds is None:
+            out = []
+            for op in self.operands:
+                total = sum(e.numel for e in self.entries)
+                q = MagnitudeQuantile(self.params.density, total)
+                for step in (q.pass1, q.pass2):
+                    for entry in self.entries:
+                        step(op.vector.tensor(entry.name))
+                out.append(q.threshold())
+            self._thresholds = out
+        return self._thresholds
+
+    def _decode_stream(self, pairs: list[tuple[str, Operand]],
+                       ahead: int | None = None) -> Iterator["torch.Tensor"]:
+        """The tensors of ``(name, operand)`` pairs in order, up to ``ahead`` (default: the
+        workers) decoded ahead on the registry's operand pool."""
+        from collections import deque
+
+        from tvreg.tensors.encoding import default_workers
+
+        pool = self._registry.executor("operands")
+        load = self._registry.load_tensor
+        ahead = ahead or default_workers()
+        queue = deque(pool.submit(load, op.vector.manifest.tensor(n)) for n, op in pairs[:ahead])
+        try:
+            for i in range(len(pairs)):
+                tensor = queue.popleft().result()
+                if i + ahead < len(pairs):
+                    n, op = pairs[i + ahead]
+                    queue.append(pool.submit(load, op.vector.manifest.tensor(n)))
+                yield tensor
+                del tensor
+        finally:
+            for f in queue:  # an error or an early stop: let the rest finish, keep no result
+                f.cancel()
+
+    def _sum_name(self, name: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(buffer, λ Σ w_i τ_i)`` of one name, the sum a view of a buffer of the pool.
+
+        The operands are decoded on the operand pool, up to one per worker at a time, each
+        scaled by its weight by the worker that decoded it, into recycled buffers (the first
+        into the accumulator itself); they are added in operand order, so the result does not
+        depend on timing. The sums run in numpy, not torch: torch's intra-op threads spin after
+        each operation on the cores the decoders need."""
+        from collections import deque
+
+        import numpy as np
+        import torch
+
+        from tvreg import dtypes
+        from tvreg.tensors.encoding import default_workers
+
+        pool = self._registry.executor("operands")
+        load, buffers = self._registry.load_tensor, self._buffers
+        ops = self.operands
+        entries = [op.vector.manifest.tensor(name) for op in ops]
+        wide = torch.float64 if any(e.dtype == "float64" for e in entries) else torch.float32
+
+        def decoded(i: int, dtype: "torch.dtype | None" = None) -> tuple["torch.Tensor", "np.ndarray"]:
+            e = entries[i]
+            buf, view = buffers.take(dtypes.torch_dtype(e.dtype), tuple(e.shape))
+            try:
+                load(e, out=view)
+            except BaseException:
+                buffers.give(buf)
+                raise
+            d = view.numpy()
+            if dtype is not None and view.dtype != dtype:  # a float32 operand of a float64 sum
+                wbuf, wview = buffers.take(dtype, tuple(e.shape))
+                wview.numpy()[...] = d
+                buffers.give(buf)
+                buf, d = wbuf, wview.numpy()
+            if ops[i].coef != 1.0:
+                np.multiply(d, ops[i].coef, out=d)  # the buffer is ours to change
+            return buf, d
+
+        window = min(len(ops), default_workers())
+        queue = deque([pool.submit(decoded, 0, wide)] + [pool.submit(decoded, i)
+                                                         for i in range(1, window)])
+        acc_buf = None
+        try:
+            for i in range(len(ops)):
+                buf, d = queue.popleft().result()
+                if i + window < len(ops):  # keep `window` decodes in flight
+                    queue.append(pool.submit(decoded, i + window))
+                if i == 0:
+                    acc_buf, acc = buf, d  # the first operand, in the sum's dtype
+                    continue
+                np.add(acc, d, out=acc)
+                del d
+                buffers.give(buf)
+        except BaseException:
+            buffers.give(acc_buf)
+            raise
+        finally:
+            for f in queue:
+                f.cancel()
+        if self.lam != 1.0:
+            np.multiply(acc, self.lam, out=acc)
+        return acc_buf, torch.from_numpy(acc)
+
+    def _task_arithmetic(self, names: list[str], ahead: bool
+                         ) -> Iterator[tuple[str, "torch.Tensor", "torch.Tensor"]]:
+        """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several names are summed at
+        once on the registry's "names" pool (so the workers never wait for the caller at the
+        end of a name, and the additions run in parallel too), as many as fit in a quarter of
+        the vector's size (within ``AHEAD_BYTES_MIN`` .. ``AHEAD_BYTES_MAX``); without, one
+        name at a time."""
+        from collections import deque
+
+        from tvreg.tensors.encoding import default_workers
+
+        pool = self._registry.executor("names")
+        window = min(len(self.operands), default_workers())
+        size = {e.name: e.nbytes * (1 + window) for e in self.entries}  # accumulator + buffers
+        budget = min(max(sum(e.nbytes for e in self.entries) // 4, AHEAD_BYTES_MIN),
+                     AHEAD_BYTES_MAX)
+        limit = default_workers() if ahead else 1
+        queue: deque = deque()
+        held, i = 0, 0
+        try:
+            while i < len(names) or queue:
+                while i < len(names) and (not queue or (len(queue) < limit
+                                                        and held + size[names[i]] <= budget)):
+                    queue.append((names[i], pool.submit(self._sum_name, names[i])))
+                    held += size[names[i]]
+                    i += 1
+                name, future = queue.popleft()
+                buf, tensor = future.result()
+                held -= size[name]
+                yield name, tensor, buf
+                del tensor
+        finally:
+            for _, f in queue:
+                f.cancel()
+
+    def _merged(self, name: str) -> "torch.Tensor":
+        """TIES, DARE, magnitude pruning: all k tensors of the name at once."""
+        from tvreg.compose.merge import merge_tensor, needs_thresholds
+
+        deltas = list(self._decode_stream([(name, op) for op in self.operands]))
+        weights = [op.coef for op in self.operands]
+        thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
+        out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds)
+        if self.lam != 1.0:
+            out.mul_(self.lam)
+        return out
+
+    def iter_tensors(self, device: Any = None, dtype: "torch.dtype | None" = None,
+                     prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """``(name, merged tensor)`` one at a time. With ``prefetch`` the next tensors are
+        decoded and merged in the background while the caller uses the current one (on CUDA the
+        copy overlaps the next decode); without, memory holds one name's tensors only."""
+        from tvreg.tensors.taskvector import to_device
+
+        for name, tensor, buf in self.stream(prefetch):
+            moved = to_device(tensor, device, dtype)
+            if moved.device.type != "cpu" or moved.data_ptr() != tensor.data_ptr():
+                self.recycle(buf)  # copied (pinned, cast): the host buffer is free again
+            del tensor
+            yield name, moved
+            del moved
+
+    def stream(self, prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor", Any]]:
+        """``(name, merged tensor, buffer)`` on the host, as :meth:`iter_tensors`. A caller that
+        is done with a tensor may hand its buffer to :meth:`recycle` (never use the tensor
+        after that): the next tensors reuse the memory instead of faulting in fresh pages."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = self.names()
+        try:
+            if self.params.method == "task_arithmetic":
+                yield from self._task_arithmetic(names, ahead=prefetch)
+            elif not prefetch:
+                for name in names:
+                    yield name, self._merged(name), None
+            else:
+                with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as pending_pool:
+                    pending = pending_pool.submit(self._merged, names[0])
+                    for i, name in enumerate(names):
+                        tensor = pending.result()
+                        if i + 1 < len(names):
+                            pending = pending_pool.submit(self._merged, names[i + 1])
+                        yield name, tensor, None
+                        del tensor
+        finally:
+            self._buffers.clear()
+
+    def recycle(self, buffer: Any) -> None:
+        """Give back the buffer of a tensor from :meth:`stream` (None is ignored)."""
+        self._buffers.give(buffer)
+
+    def state_dict(self, device: Any = None,
+                   dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        out = dict(self.iter_tensors(device, dtype))
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.current_stream(torch.device(device)).synchronize()
+        return out
+
+    def apply_to(self, target: "torch.nn.Module | MutableMapping[str, torch.Tensor]",
+                 scale: float = 1.0) -> Any:
+        """θ += scale · merged, in place, on a module's parameters/buffers or a state dict.
+
+        Every composed tensor must exist in the target with the same shape (checked for all
+        names before anything is changed); tensors not in the composition are left alone.
+        """
+        import torch
+
+        if isinstance(target, torch.nn.Module):
+            params = dict(target.named_parameters())
+            params.update(dict(target.named_buffers()))
+        elif isinstance(target, Mapping):
+            params = target
+        else:
+            raise InvalidInput("apply_to needs a torch.nn.Module or a state dict")
+        missing = [e.name for e in self.entries if e.name not in params]
+        wrong = [f"{e.name} ({list(params[e.name].shape)} vs {list(e.shape)})"
+                 for e in self.entries if e.name in params
+                 and tuple(params[e.name].shape) != tuple(e.shape)]
+        if missing or wrong:
+            raise IncompatibleCheckpoints(
+                "the target does not fit the composition: " + "; ".join(
+                    p for p in (f"{len(missing)} tensor(s) missing: {_listing(missing)}" if missing else "",
+                                f"{len(wrong)} tensor(s) of another shape: {_listing(wrong)}" if wrong else "")
+                    if p))
+        # a target on one CUDA device: each merged tensor goes there through pinned memory
+        # without blocking, so the copy overlaps the decoding of the next (iter_tensors)
+        devices = {params[e.name].device for e in self.entries}
+        device = next(iter(devices)) if len(devices) == 1 else None
+        device = device if device is not None and device.type == "cuda" else None
+        with torch.no_grad():
+            for name, delta in self.iter_tensors(device=device):
+                t = params[name]
+                t.add_(delta.to(device=t.device, dtype=t.dtype, non_blocking=True), alpha=scale)
+        if device is not None:
+            torch.cuda.current_stream(device).synchronize()
+        return target
+
+    def save(self, path: str) -> int:
+        """Write the composed vector to a safetensors file, one tensor at a time."""
+        from tvreg.tensors.outputs import check_output_path
+        from tvreg.tensors.safetensors_io import write_safetensors
+
+        path = check_output_path(path, registry=getattr(self._registry, "root", None))
+        dtype = sum_dtype([op.vector.manifest for op in self.operands])
+        specs = [(e.name, dtype, e.shape) for e in self.entries]
+        metadata = {"tvreg.expression": self.expression, "tvreg.base_hash": self.base_hash,
+                    "tvreg.arch_fingerprint": self.arch_fingerprint}
+        return write_safetensors(path, specs, self.iter_tensors(), metadata, progress="compose")
+
+    def __repr__(self) -> str:
+        return (f"<Composition {self.expression!r} method={self.params.method} lambda={self.lam} "
+                f"tensors={len(self.entries)}>")
+
+
+def scale_grid(grid: Any) -> list[float]:
+    values = list(grid)
+    if not values:
+        raise InvalidInput("the coefficient grid is empty")
+    return [float(v) for v in values]
+
+
+def search(make: Callable[[float], Any], evaluate: Callable[[Any], float],
+           grid: list[float]) -> dict[str, Any]:
+    """Evaluate ``make(λ)`` for each λ; the table and the best λ (highest score)."""
+    rows = []
+    for lam in grid:
+        score = float(evaluate(make(lam)))
+        rows.append({"lambda": lam, "score": score})
+    best = max(rows, key=lambda r: r["score"])
+    return {"rows": rows, "best_lambda": best["lambda"], "best_score": best["score"]}

@@ -1,0 +1,339 @@
+"""Merge methods: how the operands' deltas of one tensor combine into the merged delta.
+
+Pure math, no I/O. Every method works tensor by tensor and matches ``peft.utils.merge_utils``
+(peft 0.21) operation for operand-for-operand:
+
+* ``task_arithmetic``: ``Σ wᵢ·τᵢ``.
+* ``magnitude_prune``: ``Σ wᵢ·trim(τᵢ)``, where ``trim`` keeps the top ``density`` fraction of
+  entries by ``|x|`` (peft ``magnitude_prune``).
+* ``ties`` (Yadav et al., 2023): trim every τᵢ, elect a sign per entry from the *unweighted*
+  trimmed τᵢ (``total``: the sign of ``Σ trim(τᵢ)``; ``frequency``: the sign of
+  ``Σ sign(trim(τᵢ))``; a tie elects +), then the disjoint mean ``Σ_agree wᵢ·trim(τᵢ) /
+  max(1, #agree)``, where an operand agrees at an entry if its trimmed value there is nonzero and
+  has the elected sign (peft ``ties``; the weights enter after the election and the count is not
+  weighted, exactly as peft).
+* ``dare_linear`` / ``dare_ties`` (Yu et al., 2024): drop each entry of τᵢ with probability
+  ``1 - density`` and rescale the kept ones by ``1/density``, then sum as task arithmetic or
+  combine as TIES without the magnitude trim (peft ``dare_linear`` / ``dare_ties``).
+
+As in peft, ``density >= 1`` means no trimming/dropping at all, and the per-tensor trim keeps
+exactly ``k = int(density·numel)`` entries (``torch.topk``; ``k = 0`` keeps none).
+
+Differences from peft, on purpose:
+
+* Arithmetic is in float32, or float64 if any delta is float64 (peft computes in the inputs'
+  dtype); the result has that dtype.
+* DARE's drop masks do not use the global RNG: the mask of operand ``i`` of tensor ``name`` is
+  drawn by ``torch.bernoulli`` from a private ``torch.Generator`` seeded with the first 63 bits of
+  ``sha256(f"tvreg-dare\\0{seed}\\0{name}\\0{i}")`` (:func:`dare_mask`). A merge therefore does
+  not depend on the order tensors are visited in, on the thread, or on anything else drawn from
+  the RNG, and the global RNG is left untouched. The mask is drawn at float32 probability for
+  every dtype, so it depends only on ``(seed, name, i, shape, density)``.
+* ``trim="global"`` (as the TIES paper's code, which trims the flattened vector): the cut is one
+  magnitude per operand over the *whole* vector, computed by :class:`MagnitudeQuantile` and
+  passed to :func:`merge_tensor` as ``thresholds``. An entry is kept iff ``float32(|x|) >= t``,
+  so entries tied with the k-th largest magnitude are all kept (a vector may keep a few more than
+  ``k``; not exactly-k, which would need a tie-break across tensors). ``t = +inf`` (``k = 0``)
+  keeps nothing. For a vector that is a single tensor without ties at the cut, global and
+  per-tensor trims agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from tvreg.errors import InvalidInput, NonFiniteValues
+
+METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+TRIMS = ("tensor", "global")
+MAJORITY_SIGNS = ("total", "frequency")
+
+_DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "magnitude_prune"})
+_MAGNITUDE_METHODS = frozenset({"ties", "magnitude_prune"})  # trimmed by magnitude
+_RANDOM_METHODS = frozenset({"dare_linear", "dare_ties"})
+_SIGN_METHODS = frozenset({"ties", "dare_ties"})
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    """A merge method and its parameters. Invalid combinations raise :class:`InvalidInput`.
+
+    Parameters that have no meaning for the method (``density`` for ``task_arithmetic``, a
+    non-default ``seed`` outside ``dare_*``, ``trim="global"`` outside ``ties`` and
+    ``magnitude_prune``, ``majority_sign="frequency"`` outside ``ties`` and ``dare_ties``) are
+    refused rather than silently ignored, so a recipe never records a setting that did nothing.
+    """
+
+    method: str = "task_arithmetic"
+    density: float | None = None
+    seed: int = 0
+    trim: str = "tensor"
+    majority_sign: str = "total"
+
+    def __post_init__(self) -> None:
+        m = self.method
+        if m not in METHODS:
+            raise InvalidInput(f"unknown merge method {m!r}; known: {', '.join(METHODS)}")
+        d = self.density
+        if m in _DENSITY_METHODS:
+            if d is None:
+                raise InvalidInput(f"{m} needs a density in (0, 1] (the fraction of entries kept)")
+            if isinstance(d, bool) or not isinstance(d, numbers.Real):
+                raise InvalidInput(f"density must be a number in (0, 1], not {d!r}")
+            if not (0.0 < float(d) <= 1.0):  # also refuses NaN
+                raise InvalidInput(f"density must be in (0, 1], got {d!r}")
+            object.__setattr__(self, "density", float(d))
+        elif d is not None:
+            raise InvalidInput(f"density has no meaning for {m}; leave it out")
+        s = self.seed
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise InvalidInput(f"seed must be an integer, not {s!r}")
+        object.__setattr__(self, "seed", int(s))
+        if self.seed != 0 and m not in _RANDOM_METHODS:
+            raise InvalidInput(f"seed has no meaning for {m} (only for dare_linear, dare_ties)")
+        if self.trim not in TRIMS:
+            raise InvalidInput(f"unknown trim {self.trim!r}; known: {', '.join(TRIMS)}")
+        if self.trim != "tensor" and m not in _MAGNITUDE_METHODS:
+            raise InvalidInput(f"trim={self.trim} has no meaning for {m} "
+                               "(only for ties, magnitude_prune)")
+        if self.majority_sign not in MAJORITY_SIGNS:
+            raise InvalidInput(f"unknown majority_sign {self.majority_sign!r}; "
+                               f"known: {', '.join(MAJORITY_SIGNS)}")
+        if self.majority_sign != "total" and m not in _SIGN_METHODS:
+            raise InvalidInput(f"majority_sign={self.majority_sign} has no meaning for {m} "
+                               "(only for ties, dare_ties)")
+
+    def to_json(self) -> dict[str, Any]:
+        """The method and the parameters that mean something for it (for recipes)."""
+        out: dict[str, Any] = {"method": self.method}
+        if self.method in _DENSITY_METHODS:
+            out["density"] = self.density
+        if self.method in _RANDOM_METHODS:
+            out["seed"] = self.seed
+        if self.method in _MAGNITUDE_METHODS:
+            out["trim"] = self.trim
+        if self.method in _SIGN_METHODS:
+            out["majority_sign"] = self.majority_sign
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "MergeParams":
+        """Inverse of :meth:`to_json`."""
+        if not isinstance(doc, Mapping):
+            raise InvalidInput(f"merge parameters must be an object, not {type(doc).__name__}")
+        unknown = sorted(set(doc) - {"method", "density", "seed", "trim", "majority_sign"})
+        if unknown:
+            raise InvalidInput(f"unknown merge parameter(s): {', '.join(unknown)}")
+        return cls(**dict(doc))
+
+
+def needs_thresholds(params: MergeParams) -> bool:
+    """Whether :func:`merge_tensor` needs per-operand global ``thresholds`` for ``params``."""
+    return (params.trim == "global" and params.method in _MAGNITUDE_METHODS
+            and params.density is not None and params.density < 1.0)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def dare_seed(seed: int, name: str, index: int) -> int:
+    """The 63-bit seed of DARE's drop mask for operand ``index`` of tensor ``name``."""
+    digest = hashlib.sha256(f"tvreg-dare\0{seed}\0{name}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def dare_mask(seed: int, name: str, index: int, shape: Sequence[int] | torch.Size,
+              density: float) -> torch.Tensor:
+    """DARE's keep mask (float32 zeros and ones, 1 with probability ``density``)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(dare_seed(seed, name, index))
+    return torch.bernoulli(torch.full(tuple(shape), float(density), dtype=torch.float32),
+                           generator=gen)
+
+
+def _magnitude_trim(t: torch.Tensor, density: float) -> torch.Tensor:
+    """peft ``magnitude_based_pruning``: keep the top ``int(density·numel)`` entries by |x|."""
+    mask = torch.zeros_like(t).reshape(-1)
+    k = int(density * t.numel())
+    top = torch.topk(t.abs().reshape(-1), k=k, largest=True)
+    mask[top[1]] = 1
+    return t * mask.reshape(t.shape)
+
+
+def _threshold_trim(t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Keep the entries with ``float32(|x|) >= threshold``; ``+inf`` keeps none."""
+    if math.isinf(threshold) and threshold > 0:
+        return torch.zeros_like(t)
+    keep = t.abs().to(torch.float32) >= threshold
+    return t * keep.to(t.dtype)
+
+
+def _disjoint_ties(trimmed: torch.Tensor, weights: torch.Tensor, majority_sign: str
+                   ) -> torch.Tensor:
+    """peft ``calculate_majority_sign_mask`` + ``disjoint_merge`` on stacked trimmed deltas."""
+    sign = trimmed.sign()
+    magnitude = trimmed.sum(dim=0) if majority_sign == "total" else sign.sum(dim=0)
+    elected = torch.where(magnitude >= 0, 1, -1)
+    agree = sign == elected
+    weighted = trimmed * weights
+    mixed = (weighted * agree).sum(dim=0)
+    return mixed / torch.clamp(agree.sum(dim=0), min=1.0)
+
+
+def _compute_dtype(deltas: Sequence[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(d.dtype == torch.float64 for d in deltas) else torch.float32
+
+
+def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: Sequence[float],
+                 *, name: str = "", thresholds: Sequence[float] | None = None) -> torch.Tensor:
+    """The merged delta of one tensor: ``deltas[i]`` is operand ``i``'s delta, ``weights[i]`` its
+    coefficient. ``name`` seeds DARE's masks (with ``params.seed`` and the operand index);
+    ``thresholds`` (one per operand, from :class:`MagnitudeQuantile`) are needed iff
+    :func:`needs_thresholds`. Returns a new float32 tensor (float64 if any delta is float64).
+    """
+    if not isinstance(params, MergeParams):
+        raise InvalidInput(f"params must be MergeParams, not {type(params).__name__}")
+    deltas = list(deltas)
+    weights = [float(w) for w in weights]
+    if not deltas:
+        raise InvalidInput(f"nothing to merge for tensor {name!r}: no operands")
+    if len(weights) != len(deltas):
+        raise InvalidInput(f"{len(deltas)} deltas but {len(weights)} weights for tensor {name!r}")
+    shape = deltas[0].shape
+    for i, d in enumerate(deltas):
+        if not isinstance(d, torch.Tensor) or not d.is_floating_point():
+            raise InvalidInput(f"operand {i} of tensor {name!r} is not a floating-point tensor")
+        if d.shape != shape:
+            raise InvalidInput(f"operand {i} of tensor {name!r} has shape {list(d.shape)}, "
+                               f"operand 0 has {list(shape)}")
+    if not all(math.isfinite(w) for w in weights):
+        raise InvalidInput(f"non-finite weight in {weights} for tensor {name!r}")
+    global_trim = needs_thresholds(params)
+    if global_trim:
+        if thresholds is None:
+            raise InvalidInput("trim=global needs one threshold per operand (MagnitudeQuantile)")
+        thresholds = [float(t) for t in thresholds]
+        if len(thresholds) != len(deltas):
+            raise InvalidInput(f"{len(deltas)} deltas but {len(thresholds)} thresholds")
+        if any(math.isnan(t) for t in thresholds):
+            raise InvalidInput("a global-trim threshold is NaN")
+    elif thresholds is not None and params.trim != "global":
+        raise InvalidInput(f"thresholds given, but trim={params.trim} for {params.method}")
+
+    dtype = _compute_dtype(deltas)
+    ts = [d.to(dtype) for d in deltas]
+    method, density = params.method, params.density
+    w = torch.tensor(weights, dtype=dtype).view((len(ts),) + (1,) * len(shape))
+
+    if method == "task_arithmetic":
+        return (torch.stack(ts, dim=0) * w).sum(dim=0)
+
+    if density is not None and density >= 1.0:
+        pruned = ts  # peft: density >= 1 prunes nothing (and DARE does not rescale)
+    elif method in _MAGNITUDE_METHODS:
+        if global_trim:
+            pruned = [_threshold_trim(t, thr) for t, thr in zip(ts, thresholds)]
+        else:
+            pruned = [_magnitude_trim(t, density) for t in ts]
+    else:  # dare_*: peft random_pruning(..., rescale=True)
+        pruned = [t * dare_mask(params.seed, name, i, shape, density).to(dtype) / density
+                  for i, t in enumerate(ts)]
+    stacked = torch.stack(pruned, dim=0)
+
+    if method in ("magnitude_prune", "dare_linear"):
+        return (stacked * w).sum(dim=0)
+    return _disjoint_ties(stacked, w, params.majority_sign)
+
+
+# --- global trim ------------------------------------------------------------------------------
+
+_CHUNK = 1 << 22
+_INF_BITS = 0x7F800000
+
+
+class MagnitudeQuantile:
+    """The exact k-th largest ``|x|`` over many tensors, in two streaming passes.
+
+    ``k = int(density·total)`` (as peft's per-tensor trim). Pass 1 sees every tensor and counts
+    the high 16 bits of the float32 bit pattern of ``|x|`` (for non-negative floats the pattern
+    ordered as an unsigned integer orders the values); pass 2 sees every tensor again and counts
+    the low 16 bits of the entries that fall in the bucket holding the k-th largest. State is two
+    65536-bin histograms, whatever the number of entries. Magnitudes are ranked as float32
+    (bf16/fp16 exactly, float64 rounded to float32; :func:`merge_tensor` compares the same way).
+    ``-0.0`` counts as ``0``. NaN and ±Inf raise :class:`NonFiniteValues`: the cut of a vector
+    with non-finite entries is not defined.
+    """
+
+    def __init__(self, density: float, total: int) -> None:
+        if isinstance(density, bool) or not isinstance(density, numbers.Real) \
+                or not (0.0 < float(density) <= 1.0):
+            raise InvalidInput(f"density must be in (0, 1], got {density!r}")
+        if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < 0:
+            raise InvalidInput(f"total must be a non-negative integer, got {total!r}")
+        self.density = float(density)
+        self.total = int(total)
+        self.k = int(self.density * self.total)
+        self._high = torch.zeros(65536, dtype=torch.int64)
+        self._low = torch.zeros(65536, dtype=torch.int64)
+        self._seen1 = 0
+        self._seen2 = 0
+        self._bucket: int | None = None  # high 16 bits of the k-th largest
+        self._rank = 0                   # its rank (1-based, from the top) inside the bucket
+
+    @staticmethod
+    def _bits(t: torch.Tensor):
+        if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.numel() == 0):
+            raise InvalidInput("MagnitudeQuantile needs floating-point tensors")
+        flat = t.detach().reshape(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            bits = flat[start:start + _CHUNK].to("cpu", torch.float32).abs().view(torch.int32)
+            if bool((bits >= _INF_BITS).any()):
+                raise NonFiniteValues("global trim needs finite values; this vector has NaN or Inf")
+            yield bits
+
+    def pass1(self, t: torch.Tensor) -> None:
+        """Count one tensor's magnitudes by their high 16 bits (every tensor, once)."""
+        if self._bucket is not None:
+            raise InvalidInput("pass1 after pass2 has started")
+        for bits in self._bits(t):
+            self._high += torch.bincount(bits >> 16, minlength=65536)
+            self._seen1 += bits.numel()
+
+    def _select(self) -> None:
+        if self._seen1 != self.total:
+            raise InvalidInput(f"pass1 saw {self._seen1} values, expected total={self.total}")
+        above = torch.flip(self._high, dims=[0]).cumsum(0)  # above[j]: count with high >= 65535-j
+        j = int(torch.searchsorted(above, torch.tensor([self.k]), right=False)[0])
+        self._bucket = 65535 - j
+        self._rank = self.k - (int(above[j - 1]) if j > 0 else 0)
+
+    def pass2(self, t: torch.Tensor) -> None:
+        """Count the low 16 bits of the entries in the selected bucket (every tensor, once more)."""
+        if self.k == 0:
+            self._seen2 += t.numel()
+            return
+        if self._bucket is None:
+            self._select()
+        for bits in self._bits(t):
+            inside = bits[(bits >> 16) == self._bucket]
+            if inside.numel():
+                self._low += torch.bincount(inside & 0xFFFF, minlength=65536)
+            self._seen2 += bits.numel()
+
+    def threshold(self) -> float:
+        """The k-th largest ``|x|`` as a float32 value (``+inf`` if ``k == 0``: keep nothing)."""
+        if self.k == 0:
+            return math.inf
+        if self._bucket is None or self._seen2 != self.total:
+            raise InvalidInput(f"threshold needs both passes over all {self.total} values "
+                               f"(pass2 saw {self._seen2})")
+        above = torch.flip(self._low, dims=[0]).cumsum(0)
+        j = int(torch.searchsorted(above, torch.tensor([self._rank]), right=False)[0])
+        bits = (self._bucket << 16) | (65535 - j)
+        return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0])

@@ -1,0 +1,15 @@
+"""Registry upkeep (layer L5): verify, gc, and repair from a remote.
+"""
+
+from tvreg.util.lazy import lazy_exports
+
+#: public name -> the module of this package that defines it
+_EXPORTS = {
+    "GcReport": "gc",
+    "reachable_objects": "gc",
+    "VerifyReport": "verify",
+}
+
+__all__ = ["GcReport", "VerifyReport", "reachable_objects"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,674 @@
+"""Precomputed similarities between task vectors of the same base (docs/similarity.md).
+
+Per vector (one pass): its L2 norm and each tensor's, each tensor's *materiality threshold*
+(the 80th percentile of |value|, so the top 20 % of a tensor's parameters are "material"), and a
+CountSketch of :data:`SKETCH_DIM` numbers for approximate similarity at scale.
+
+Per pair of vectors of the same base and architecture (one pass over both): the exact dot
+product (products exact in float64, float64 sums) and so the cosine, per tensor and in all, and
+the sign-conflict rate: among parameters material in both, the fraction whose signs differ.
+
+A pass takes one vector X and decodes each of its tensors once, then the same tensor of each
+partner on the registry's operand pool; memory is one tensor of X (in float64) plus one tensor
+per worker. Results do not depend on which vector of a pair is X, nor on insertion order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
+
+from tvreg.catalog import sketches as sketch_index
+from tvreg.catalog.sketches import SKETCH_DIM
+from tvreg.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tvreg.format.manifest import Manifest, TensorEntry
+    from tvreg.registry import Registry
+
+_SKETCH_BITS = 12  # log2(SKETCH_DIM)
+#: a parameter is material in a tensor if |value| is in the top this fraction of the tensor
+MATERIAL_FRACTION = 0.2
+#: tensors larger than this estimate their threshold from a seeded sample of this many values
+THRESHOLD_SAMPLE = 1 << 16
+#: pairs are computed exactly for bases of at most this many vectors; beyond, new vectors get
+#: their statistics and sketch only, and queries estimate their cosines from the sketches
+EXACT_LIMIT = 256
+_CHUNK = 1 << 16
+_U64 = np.uint64
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+# --- per tensor --------------------------------------------------------------------------------
+
+
+def _hash_parameters(name: str) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64]:
+    """Multipliers and offsets of the multiply-shift hashes of tensor ``name`` (format-fixed)."""
+    d = hashlib.sha256(b"tvreg-countsketch-v1\0" + name.encode("utf-8")).digest()
+    a, b, c, e = (int.from_bytes(d[i:i + 8], "little") for i in range(0, 32, 8))
+    return _U64(a | 1), _U64(b), _U64(c | 1), _U64(e)
+
+
+def sketch_add(sketch: np.ndarray, name: str, values: np.ndarray) -> None:
+    """Add the CountSketch of one flattened tensor to ``sketch`` (float64, SKETCH_DIM):
+    parameter j goes to bucket h(j) with sign s(j), both multiply-shift hashes of j seeded by
+    the tensor's name."""
+    a, b, c, e = _hash_parameters(name)
+    shift, top = _U64(64 - _SKETCH_BITS), _U64(63)
+    with np.errstate(over="ignore"):
+        for i in range(0, values.size, _CHUNK):
+            part = values[i:i + _CHUNK]
+            j = np.arange(i, i + part.size, dtype=np.uint64)
+            bucket = ((j * a + b) >> shift).astype(np.intp)
+            w = part.astype(np.float64)
+            w[((j * c + e) >> top).astype(bool)] *= -1.0
+            sketch += np.bincount(bucket, weights=w, minlength=SKETCH_DIM)
+
+
+def material_threshold(values: np.ndarray) -> float:
+    """The 80th percentile of |value| (exact up to THRESHOLD_SAMPLE values, else of a sample
+    drawn with a seed fixed by the size, so every vector of a base uses the same positions)."""
+    if values.size == 0:
+        return 0.0
+    if values.size > THRESHOLD_SAMPLE:
+        rng = np.random.default_rng(values.size)
+        values = values[rng.integers(0, values.size, THRESHOLD_SAMPLE)]
+    mags = np.abs(values.astype(np.float64))
+    k = min(mags.size - 1, int(mags.size * (1.0 - MATERIAL_FRACTION)))
+    return float(np.partition(mags, k)[k])
+
+
+def _material(values: np.ndarray, threshold: float) -> np.ndarray:
+    mags = np.abs(values)
+    return (mags >= threshold) & (mags > 0)
+
+
+#: elements per block when a whole tensor's material positions are counted or listed, so the
+#: temporaries (|values| and three boolean masks) are of a block, not of the tensor
+_MATERIAL_BLOCK = 1 << 20
+
+
+def _count_material(values: np.ndarray, threshold: float) -> int:
+    return sum(int(np.count_nonzero(_material(values[i:i + _MATERIAL_BLOCK], threshold)))
+               for i in range(0, values.size, _MATERIAL_BLOCK))
+
+
+def _material_positions(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``np.flatnonzero(_material(values, threshold))``, a block at a time."""
+    parts = [np.flatnonzero(_material(values[i:i + _MATERIAL_BLOCK], threshold)) + i
+             for i in range(0, values.size, _MATERIAL_BLOCK)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ a_i b_i: float32 products are exact in float64; numpy's pairwise sums, in chunks, in an
+    order that does not depend on which argument is which."""
+    total = 0.0
+    for i in range(0, a.size, _CHUNK):
+        total += float(np.sum(a[i:i + _CHUNK].astype(np.float64) * b[i:i + _CHUNK]))
+    return total
+
+
+def _compare(a: np.ndarray, where: np.ndarray, negative: np.ndarray, b: np.ndarray,
+             threshold_b: float) -> tuple[float, int, int]:
+    """(dot, parameters material in both, of those with opposite signs) of one tensor of a pair;
+    ``where``/``negative``: a's material positions and their signs."""
+    picked = b[where]
+    material = _material(picked, threshold_b)
+    return (_dot(a, b), int(np.count_nonzero(material)),
+            int(np.count_nonzero(material & ((picked < 0) != negative))))
+
+
+@dataclass
+class TensorStats:
+    name: str
+    norm: float
+    threshold: float
+    n_material: int
+
+
+@dataclass
+class VectorStats:
+    vector_id: str
+    norm: float
+    n_params: int
+    n_material: int
+    sketch: np.ndarray
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+
+
+def _tensor_stats(name: str, values: np.ndarray, sketch: np.ndarray) -> TensorStats:
+    """One tensor's norm, threshold and material count; its CountSketch added to ``sketch``."""
+    threshold = material_threshold(values)
+    sketch_add(sketch, name, values)
+    return TensorStats(name, math.sqrt(_dot(values, values)), threshold,
+                       _count_material(values, threshold))
+
+
+def _flat(tensor: Any) -> np.ndarray:
+    return tensor.reshape(-1).numpy()
+
+
+# --- passes ------------------------------------------------------------------------------------
+
+
+def vector_stats(reg: "Registry", vector_id: str) -> VectorStats:
+    """Norms, thresholds and sketch of one vector: one pass, a tensor at a time."""
+    manifest = reg.manifest(vector_id)
+    sketch = np.zeros(SKETCH_DIM)
+    tensors: dict[str, TensorStats] = {}
+    for entry, tensor in _decoded(reg, [entry for entry in manifest.tensors]):
+        v = _flat(tensor)
+        tensors[entry.name] = _tensor_stats(entry.name, v, sketch)
+        del tensor, v
+    norm = math.sqrt(math.fsum(t.norm ** 2 for t in tensors.values()))
+    return VectorStats(vector_id, norm, manifest.n_params,
+                       sum(t.n_material for t in tensors.values()), sketch, tensors)
+
+
+#: at most this many bytes of tensors are decoded ahead of the one in use (at least one tensor)
+AHEAD_BYTES = 256 << 20
+
+
+def _decoded(reg: "Registry", entries: list["TensorEntry"]):
+    """(entry, tensor) in order, the next tensors decoded ahead on the operand pool: up to one
+    per worker, and up to :data:`AHEAD_BYTES` of them (but always the next one), so a model of
+    large tensors holds two or three, not one per worker."""
+    from tvreg.tensors.encoding import default_workers
+
+    pool = reg.executor("operands")
+    ahead = default_workers()
+    queue: deque = deque()
+    i = 0
+
+    def top_up() -> None:
+        nonlocal i
+        while i < len(entries) and len(queue) < ahead and (
+                not queue or sum(e.nbytes for e, _ in queue) + entries[i].nbytes <= AHEAD_BYTES):
+            queue.append((entries[i], pool.submit(reg.load_tensor, entries[i])))
+            i += 1
+
+    top_up()
+    try:
+        while queue:
+            entry, future = queue.popleft()
+            top_up()
+            yield entry, future.result()
+    finally:
+        for _, f in queue:
+            f.cancel()
+
+
+@dataclass
+class _PairTotals:
+    dot: float = 0.0
+    both: int = 0
+    conflicts: int = 0
+    tensors: list[tuple] = field(default_factory=list)
+
+
+def pair_pass(reg: "Registry", x: str, partners: list[str],
+              stats: dict[str, VectorStats]) -> dict[str, _PairTotals]:
+    """Dot products and sign conflicts of vector ``x`` with each partner, per tensor: each of
+    x's tensors is decoded once and prepared (float64 copy, its material positions and their
+    signs); the partners' tensors are decoded and compared on the operand pool."""
+    from tvreg.tensors.encoding import default_workers
+
+    pool = reg.executor("operands")
+    manifests = {v: reg.manifest(v) for v in [x, *partners]}
+    totals = {p: _PairTotals() for p in partners}
+    window = 2 * default_workers()
+
+    def compare(name: str, xv: np.ndarray, where: np.ndarray, negative: np.ndarray,
+                partner: str) -> tuple[str, float, int, int]:
+        pv = _flat(reg.load_tensor(manifests[partner].tensor(name)))
+        return (partner, *_compare(xv, where, negative, pv,
+                                   stats[partner].tensors[name].threshold))
+
+    own = None
+    if x not in stats:  # x's own statistics in the same pass (a new vector is read once)
+        own = VectorStats(x, 0.0, manifests[x].n_params, 0, np.zeros(SKETCH_DIM))
+    for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
+        xv = _flat(tensor)
+        if own is not None:
+            own.tensors[entry.name] = _tensor_stats(entry.name, xv, own.sketch)
+        threshold = (own or stats[x]).tensors[entry.name].threshold
+        where = _material_positions(xv, threshold)
+        negative = xv[where] < 0
+        jobs: deque = deque()
+        todo = list(partners)
+        while todo or jobs:
+            while todo and len(jobs) < window:
+                jobs.append(pool.submit(compare, entry.name, xv, where, negative, todo.pop(0)))
+            partner, dot, both, conflicts = jobs.popleft().result()
+            t = totals[partner]
+            t.dot += dot
+            t.both += both
+            t.conflicts += conflicts
+            t.tensors.append((entry.name, dot, both, conflicts))
+        del tensor, xv
+    if own is not None:
+        own.norm = math.sqrt(math.fsum(t.norm ** 2 for t in own.tensors.values()))
+        own.n_material = sum(t.n_material for t in own.tensors.values())
+        stats[x] = own
+    return totals
+
+
+#: the all-pairs pass holds one tensor of every vector of a base (plus its material positions)
+ALL_PAIRS_BYTES = 1 << 30
+
+
+def _fits_all_pairs(reg: "Registry", ids: list[str]) -> bool:
+    largest = max(e.nbytes for e in reg.manifest(ids[0]).tensors) if ids else 0
+    return len(ids) * largest * 3 <= ALL_PAIRS_BYTES
+
+
+def all_pairs_pass(reg: "Registry", ids: list[str], pairs: set[tuple[str, str]],
+                   stats: dict[str, VectorStats]) -> dict[tuple[str, str], _PairTotals]:
+    """The ``pairs`` among ``ids`` (and the statistics of those of ``ids`` not in ``stats``,
+    added to it), one tensor name at a time: each vector's tensor is decoded once and compared
+    with every other's, on the operand pool. The same numbers as :func:`pair_pass`."""
+    pool = reg.executor("operands")
+    manifests = {v: reg.manifest(v) for v in ids}
+    own = {v: VectorStats(v, 0.0, manifests[v].n_params, 0, np.zeros(SKETCH_DIM))
+           for v in ids if v not in stats}
+    order = sorted(pairs)
+    totals = {p: _PairTotals() for p in order}
+    involved = sorted({v for p in pairs for v in p} | set(own))
+    for entry in manifests[ids[0]].tensors:
+        name = entry.name
+
+        def prepare(v: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+            values = _flat(reg.load_tensor(manifests[v].tensor(name)))
+            if v in own:
+                own[v].tensors[name] = _tensor_stats(name, values, own[v].sketch)
+                threshold = own[v].tensors[name].threshold
+            else:
+                threshold = stats[v].tensors[name].threshold
+            where = _material_positions(values, threshold)
+            return values, threshold, where, values[where] < 0
+
+        prepared = dict(zip(involved, pool.map(prepare, involved)))
+
+        def compare(pair: tuple[str, str]) -> tuple[float, int, int]:
+            a, b = pair
+            va, _, where, negative = prepared[a]
+            vb, threshold_b, _, _ = prepared[b]
+            return _compare(va, where, negative, vb, threshold_b)
+
+        for pair, (dot, both, conflicts) in zip(order, pool.map(compare, order)):
+            t = totals[pair]
+            t.dot += dot
+            t.both += both
+            t.conflicts += conflicts
+            t.tensors.append((name, dot, both, conflicts))
+        del prepared
+    for v, st in own.items():
+        st.norm = math.sqrt(math.fsum(t.norm ** 2 for t in st.tensors.values()))
+        st.n_material = sum(t.n_material for t in st.tensors.values())
+        stats[v] = st
+    return totals
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+def _cosine(dot: float, na: float, nb: float) -> float | None:
+    if na == 0.0 or nb == 0.0:
+        return None
+    return max(-1.0, min(1.0, dot / (na * nb)))
+
+
+def _rate(conflicts: int, both: int) -> float | None:
+    return conflicts / both if both else None
+
+
+def _store_stats(con, s: VectorStats, m: "Manifest") -> None:
+    con.execute("DELETE FROM vector_stats WHERE vector_id = ?", [s.vector_id])
+    con.execute("DELETE FROM tensor_stats WHERE vector_id = ?", [s.vector_id])
+    con.execute("INSERT INTO vector_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [s.vector_id, m.base_hash, m.arch_fingerprint, s.norm, s.n_params, s.n_material,
+                 s.sketch.astype(np.float32).tolist(), _now()])
+    from tvreg.catalog.db import insert_rows
+
+    insert_rows(con, "tensor_stats", [(s.vector_id, t.name, t.norm, t.threshold, t.n_material)
+                                       for t in s.tensors.values()])
+
+
+def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
+    if not ids:
+        return {}
+    out: dict[str, VectorStats] = {}
+    for vid, norm, n_params, n_material in con.execute(
+            "SELECT vector_id, norm, n_params, n_material FROM vector_stats "
+            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall():
+        out[vid] = VectorStats(vid, norm, n_params, n_material, np.zeros(0))
+    for vid, tensor, norm, threshold, n_material in con.execute(
+            "SELECT vector_id, tensor, norm, threshold, n_material FROM tensor_stats "
+            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall():
+        out[vid].tensors[tensor] = TensorStats(tensor, norm, threshold, n_material)
+    return out
+
+
+def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
+                 stats: dict[str, VectorStats]) -> None:
+    """Rows of pairs keyed ``(a, b)`` with ``a < b``."""
+    from tvreg.catalog.db import insert_rows
+
+    now = _now()
+    rows, tensor_rows = [], []
+    for (a, b), t in totals.items():
+        na, nb = stats[a].norm, stats[b].norm
+        con.execute("DELETE FROM similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
+        con.execute("DELETE FROM tensor_similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
+        rows.append((a, b, t.dot, na, nb, _cosine(t.dot, na, nb), t.both, t.conflicts,
+                     _rate(t.conflicts, t.both), now))
+        for name, dot, both, conflicts in t.tensors:
+            cos = _cosine(dot, stats[a].tensors[name].norm, stats[b].tensors[name].norm)
+            tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both)))
+    insert_rows(con, "similarities", rows)
+    insert_rows(con, "tensor_similarities", tensor_rows)
+
+
+def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list[str]]:
+    """Vector ids of the catalog by (base hash, architecture), limited to the groups of
+    ``vector_ids`` if given."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for vid, base, arch in con.execute("SELECT vector_id, base_hash, arch_fingerprint FROM vectors "
+                                       "ORDER BY vector_id").fetchall():
+        groups.setdefault((base, arch), []).append(vid)
+    if vector_ids is not None:
+        wanted = set(vector_ids)
+        groups = {k: v for k, v in groups.items() if wanted & set(v)}
+    return groups
+
+
+def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
+           exact_limit: int = EXACT_LIMIT,
+           on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
+    statistics of vectors that have none, then every missing pair (for bases of at most
+    ``exact_limit`` vectors). Idempotent: a second call computes nothing. Each pass is stored
+    in its own transaction, so an interrupted update keeps what it finished."""
+    done = {"vectors": 0, "pairs": 0}
+    with reg.catalog.reader() as con:
+        groups = _groups(con, vector_ids)
+        everything = [v for ids in groups.values() for v in ids]
+        have = {r[0] for r in con.execute(
+            "SELECT vector_id FROM vector_stats WHERE vector_id IN (SELECT unnest(?))",
+            [everything]).fetchall()}
+        stored = {(a, b) for a, b in con.execute(
+            "SELECT vector_a, vector_b FROM similarities WHERE vector_a IN (SELECT unnest(?))",
+            [everything]).fetchall()}
+        stats = _load_stats(con, everything)
+    for ids in groups.values():
+        fresh = [vid for vid in ids if vid not in have]
+        missing = set()
+        if len(ids) <= exact_limit:
+            missing = {(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]} - stored
+        if len(missing) > len(ids) - 1 and _fits_all_pairs(reg, ids):
+            # many vectors' pairs (a rebuild, an import): one tensor name of every vector at a
+            # time, so each vector is read once, instead of a pass per vector
+            first_stats = dict(stats)
+            totals = all_pairs_pass(reg, ids, missing, stats)
+            pending = [(stats[v], reg.manifest(v)) for v in ids if v not in first_stats]
+            with reg.catalog.writer() as con:
+                for st, m in pending:
+                    _store_stats(con, st, m)
+                _store_pairs(con, totals, stats)
+            _index_sketches(reg, pending)
+            for vid in fresh:
+                done["vectors"] += 1
+                if on_vector:
+                    on_vector(vid)
+            done["pairs"] += len(missing)
+            continue
+        first = _most_missing(missing) if missing else None
+        pending: list[tuple[VectorStats, "Manifest"]] = []
+        for vid in fresh:
+            if vid != first:  # the first pass computes its x's statistics itself
+                stats[vid] = vector_stats(reg, vid)
+                pending.append((stats[vid], reg.manifest(vid)))
+            done["vectors"] += 1
+            if on_vector:
+                on_vector(vid)
+        if not missing and pending:
+            with reg.catalog.writer() as con:
+                for s, m in pending:
+                    _store_stats(con, s, m)
+            _index_sketches(reg, pending)
+        while missing:
+            # the vector in most missing pairs goes first: a new vector is read once, each
+            # stored vector once
+            x = _most_missing(missing)
+            partners = sorted(b if a == x else a for a, b in missing if x in (a, b))
+            computed_x = x not in stats
+            totals = pair_pass(reg, x, partners, stats)
+            if computed_x:
+                pending.append((stats[x], reg.manifest(x)))
+            with reg.catalog.writer() as con:
+                for s, m in pending:  # the new vectors' statistics go in with their first pairs
+                    _store_stats(con, s, m)
+                _store_pairs(con, {tuple(sorted((x, p))): t for p, t in totals.items()}, stats)
+            _index_sketches(reg, pending)
+            pending = []
+            missing -= {tuple(sorted((x, p))) for p in partners}
+            done["pairs"] += len(partners)
+    return done
+
+
+def _index_sketches(reg: "Registry", stored: list[tuple[VectorStats, "Manifest"]]) -> None:
+    """Append committed sketches to their base's sketch file (a cache: failures are ignored,
+    queries then read the catalog)."""
+    by_base: dict[tuple[str, str], list] = {}
+    for s, m in stored:
+        by_base.setdefault((m.base_hash, m.arch_fingerprint), []).append(
+            (s.vector_id, s.norm, s.sketch))
+    for (base, arch), rows in by_base.items():
+        try:
+            sketch_index.append(reg.root, base, arch, rows)
+        except OSError:
+            pass
+
+
+def _most_missing(missing: set[tuple[str, str]]) -> str:
+    count: dict[str, int] = {}
+    for a, b in missing:
+        count[a] = count.get(a, 0) + 1
+        count[b] = count.get(b, 0) + 1
+    return min(count, key=lambda v: (-count[v], v))
+
+
+def forget(con, vector_ids: list[str]) -> None:
+    """Delete the rows of these vectors (inside a catalog transaction)."""
+    for table in ("vector_stats", "tensor_stats"):
+        con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [vector_ids])
+    for table in ("similarities", "tensor_similarities"):
+        con.execute(f"DELETE FROM {table} WHERE vector_a IN (SELECT unnest(?)) "
+                    f"OR vector_b IN (SELECT unnest(?))", [vector_ids, vector_ids])
+
+
+def clear(reg: "Registry") -> None:
+    sketch_index.clear(reg.root)
+    with reg.catalog.writer() as con:
+        for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
+            con.execute(f"DELETE FROM {table}")
+
+
+def prune(con) -> None:
+    """Delete rows of vectors the catalog no longer lists (after a rebuild of the index)."""
+    gone = [r[0] for r in con.execute(
+        "SELECT vector_id FROM vector_stats WHERE vector_id NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_a FROM similarities WHERE vector_a NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_b FROM similarities WHERE vector_b NOT IN (SELECT vector_id FROM vectors)"
+    ).fetchall()]
+    if gone:
+        forget(con, gone)
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def _sketches(reg: "Registry", ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
+    with reg.catalog.reader() as con:
+        rows = con.execute("SELECT vector_id, norm, sketch FROM vector_stats "
+                           "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall()
+    return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
+
+
+def similar(reg: "Registry", ref: str, k: int = 10) -> list[dict[str, Any]]:
+    """The versions most similar to ``ref`` among those of its base, best first: exact cosines
+    where the pair is stored, sketch estimates otherwise (``exact`` says which). Estimates are
+    ranked from the base's sketch file (milliseconds for 10,000 vectors), or from the catalog
+    for vectors the file lacks."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInput(f"invalid --top {k!r}: a positive integer")
+    record, vid = reg.resolve_ref(ref)
+    m = reg.manifest(vid)
+    base, arch = m.base_hash, m.arch_fingerprint
+    with reg.catalog.reader() as con:
+        row = con.execute("SELECT norm FROM vector_stats WHERE vector_id = ?", [vid]).fetchone()
+        if row is None:
+            raise NotFound(f"no similarities computed for {record.ref if record else vid[:12]} "
+                           "yet; run `tvreg similarities`")
+        qnorm = row[0]
+        values: dict[str, tuple[float | None, float | None, bool]] = {
+            other: (cos, rate, True) for other, cos, rate in con.execute(
+                "SELECT CASE WHEN vector_a = $v THEN vector_b ELSE vector_a END, cosine, "
+                "sign_conflict_rate FROM similarities WHERE vector_a = $v OR vector_b = $v",
+                {"v": vid}).fetchall()}
+        others = [r[0] for r in con.execute(
+            "SELECT vector_id FROM vectors WHERE base_hash = ? AND arch_fingerprint = ? "
+            "AND vector_id <> ?", [base, arch, vid]).fetchall()]
+        want = [o for o in others if o not in values]
+        estimates, missing = _estimates_from_file(reg.root, base, arch, vid, qnorm, want)
+        if missing:
+            estimates.update(_estimates_from_catalog(con, vid, missing))
+        for other in want:
+            values[other] = (estimates.get(other), None, False)
+        ranked = sorted(others, key=lambda o: (values[o][0] is None, -(values[o][0] or 0.0), o))
+        top = ranked[:k]  # every vector has at least one version
+        versions = con.execute("SELECT name, version, vector_id FROM versions "
+                               "WHERE vector_id IN (SELECT unnest(?))", [top]).fetchall()
+    rows = [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
+             "cosine": _finite(values[other][0]), "sign_conflict_rate": _finite(values[other][1]),
+             "exact": values[other][2]} for name, version, other in versions]
+    rows.sort(key=lambda r: (r["cosine"] is None, -(r["cosine"] or 0.0), r["name"], r["version"]))
+    return rows[:k]
+
+
+def _estimates_from_file(root: str, base: str, arch: str, vid: str, qnorm: float,
+                         want: list[str]) -> tuple[dict[str, float | None], list[str]]:
+    """Sketch estimates of the cosines of ``vid`` with ``want`` from the base's sketch file,
+    and the ids it has no record of."""
+    table = sketch_index.load(root, base, arch) if want else None
+    if table is None:
+        return {}, want
+    ids = np.array(table["vector_id"])  # plain copies: indexing a memmap per item is slow
+    norms = np.array(table["norm"])
+    where = np.flatnonzero(ids == vid.encode("ascii"))
+    if not where.size:
+        return {}, want
+    query = np.asarray(table["sketch"][where[0]], dtype=np.float32)
+    dots = table["sketch"] @ query  # every record at once: one pass over the mapped file
+    picked = np.flatnonzero(np.isin(ids, np.array(want, dtype="S64")))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.clip(dots[picked].astype(np.float64) / (norms[picked] * qnorm), -1.0, 1.0)
+    defined = (norms[picked] > 0) & (qnorm > 0)
+    out: dict[str, float | None] = {
+        i.decode("ascii"): (float(c) if ok else None)
+        for i, c, ok in zip(ids[picked].tolist(), cos.tolist(), defined.tolist())}
+    return out, [w for w in want if w not in out]
+
+
+def _estimates_from_catalog(con, vid: str, ids: list[str]) -> dict[str, float | None]:
+    rows = con.execute(
+        "SELECT s.vector_id, array_inner_product(s.sketch, q.sketch), s.norm, q.norm "
+        "FROM vector_stats s, (SELECT sketch, norm FROM vector_stats WHERE vector_id = ?) q "
+        "WHERE s.vector_id IN (SELECT unnest(?))", [vid, ids]).fetchall()
+    return {other: _cosine(dot, na, nb) for other, dot, na, nb in rows}
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+@dataclass
+class SimilarityMatrix:
+    """Cosines between versions of one base: ``values[i, j]`` (NaN where undefined)."""
+
+    labels: list[str]
+    vector_ids: list[str]
+    values: np.ndarray
+    exact: np.ndarray
+    skipped: list[dict[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": self.labels, "vector_ids": self.vector_ids,
+                "matrix": [[None if not math.isfinite(v) else float(v) for v in row]
+                           for row in self.values],
+                "exact": self.exact.tolist(), "skipped": self.skipped}
+
+
+def similarity_matrix(reg: "Registry", refs: list[str] | None = None) -> SimilarityMatrix:
+    """Cosines between ``refs`` (default: the newest version of every name, if they share one
+    base). Refs of another base than the first are skipped, with the reason."""
+    if refs is None:
+        latest = reg.catalog.rows("SELECT name, version, base_hash, arch_fingerprint FROM latest "
+                                  "ORDER BY name")
+        bases = {(r["base_hash"], r["arch_fingerprint"]) for r in latest}
+        if len(bases) > 1:
+            raise InvalidInput(f"the registry holds vectors of {len(bases)} bases; name the refs "
+                               "to compare (e.g. `tvreg similar --matrix a b c`)")
+        refs = [f"{r['name']}@{r['version']}" for r in latest]
+    labels, ids, skipped = [], [], []
+    first = None
+    for ref in refs:
+        record, vid = reg.resolve_ref(ref)
+        m = reg.manifest(vid)
+        key = (m.base_hash, m.arch_fingerprint)
+        label = record.ref if record else vid[:12]
+        if first is None:
+            first = (label, key)
+        elif key != first[1]:
+            why = "another architecture" if key[1] != first[1][1] else "another base model"
+            skipped.append({"ref": label, "reason": f"{why} than {first[0]} "
+                                                    f"(base {key[0][:12]} vs {first[1][0][:12]})"})
+            continue
+        labels.append(label)
+        ids.append(vid)
+    n = len(ids)
+    values = np.full((n, n), np.nan)
+    exact = np.zeros((n, n), dtype=bool)
+    uniq = sorted(set(ids))
+    pair = {}
+    if uniq:
+        for r in reg.catalog.rows("SELECT vector_a, vector_b, cosine FROM similarities "
+                                  "WHERE vector_a IN (SELECT unnest(?)) AND vector_b IN (SELECT unnest(?))",
+                                  [uniq, uniq]):
+            pair[(r["vector_a"], r["vector_b"])] = r["cosine"]
+    sketches = _sketches(reg, uniq) if uniq else {}
+    norms = {v: sk[0] for v, sk in sketches.items()}
+    for i, a in enumerate(ids):
+        for j, b in enumerate(ids):
+            if a == b:
+                if norms.get(a, 0.0) > 0:
+                    values[i, j], exact[i, j] = 1.0, True
+                continue
+            key = tuple(sorted((a, b)))
+            if key in pair:
+                values[i, j] = np.nan if pair[key] is None else pair[key]
+                exact[i, j] = True
+            elif a in sketches and b in sketches:
+                c = _cosine(float(sketches[a][1] @ sketches[b][1]), norms[a], norms[b])
+                values[i, j] = np.nan if c is None else c
+    return SimilarityMatrix(labels, ids, values, exact, skipped)

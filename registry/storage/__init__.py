@@ -1,0 +1,37 @@
+"""Objects and documents in a store (layer L3): the content-addressed object database with its
+staging, reading and claiming records and tags, and the gc lock of a local registry.
+"""
+
+from tvreg.util.lazy import lazy_exports
+
+#: public name -> the module of this package that defines it
+_EXPORTS = {
+    "claim": "documents",
+    "documents_of": "documents",
+    "or_none": "documents",
+    "parse_record_key": "documents",
+    "read_keyed": "documents",
+    "read_many": "documents",
+    "read_record": "documents",
+    "read_tag": "documents",
+    "readable": "documents",
+    "record_keys": "documents",
+    "tag_keys": "documents",
+    "versions_in": "documents",
+    "LOCK_FILE": "gclock",
+    "gc_lock": "gclock",
+    "in_use": "gclock",
+    "referencing": "gclock",
+    "remove_unless_locked": "gclock",
+    "ObjectDB": "objects",
+    "PREFIX": "objects",
+    "Staging": "objects",
+    "object_key": "objects",
+}
+
+__all__ = ["LOCK_FILE", "ObjectDB", "PREFIX", "Staging", "claim", "documents_of", "gc_lock",
+           "in_use", "object_key", "or_none", "parse_record_key", "read_keyed",
+           "read_many", "read_record", "read_tag", "readable", "record_keys",
+           "referencing", "remove_unless_locked", "tag_keys", "versions_in"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

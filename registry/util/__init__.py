@@ -1,0 +1,17 @@
+"""Small helpers every layer may use (layer L0): lazy re-exports, fault injection for crash tests,
+progress bars, recycled buffers.
+"""
+
+from tvreg.util.lazy import lazy_exports
+
+#: public name -> the module of this package that defines it
+_EXPORTS = {
+    "BufferPool": "buffers",
+    "KILL_ENV": "faults",
+    "TRACE_ENV": "faults",
+    "Transfer": "progress",
+}
+
+__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
