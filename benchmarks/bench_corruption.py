@@ -101,8 +101,7 @@ def build(work: str, width: int) -> str:
 
 def classify(reg) -> dict[str, list[str]]:
     """Every file of the store by kind (the catalog, config.json and tmp/ are not objects)."""
-    from tvreg.format.bases import base_keys, base_name_keys, read_base
-    from tvreg.storage.documents import record_keys, tag_keys
+    from tvreg.storage.documents import base_keys, base_name_keys, read_base, record_keys, tag_keys
     from tvreg.storage.objects import object_key
 
     kinds: dict[str, set[str]] = defaultdict(set)

@@ -151,10 +151,10 @@ def _floor(reg, vids: list[str]) -> float:
 
 
 def _forget(reg, vid: str) -> None:
-    from tvreg.similarity import compute as similarity
+    from tvreg.catalog.db import forget_similarity_rows
 
     with reg.catalog.writer() as con:
-        similarity.forget(con, [vid])
+        forget_similarity_rows(con, [vid])
 
 
 def _count_pairs(reg) -> tuple[int, int, int]:

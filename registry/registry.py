@@ -33,8 +33,8 @@ from tvreg.format.manifest import Manifest, TensorEntry
 from tvreg.format.records import Metadata, TagRecord, VersionRecord, record_key, tag_key, utc_now
 from tvreg.names import _HEX as _HEX_RUN
 from tvreg.names import MIN_ID_PREFIX, Ref, parse_ref, validate_name, validate_tag
-from tvreg.storage.gclock import LOCK_FILE, referencing
-from tvreg.storage.objects import ObjectDB, Staging
+from tvreg.storage.gclock import LOCK_FILE
+from tvreg.storage.objects import ObjectDB, Staging, referencing
 from tvreg.stores import LocalStore, MissingKey
 from tvreg.stores.local import TMP_PREFIX
 from tvreg.util import progress
@@ -240,7 +240,13 @@ class Registry:
 
     @property
     def scratch(self) -> str:
+        """The registry's scratch folder (staging of writes in progress)."""
         return os.path.join(self.root, SCRATCH_DIR)
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds to wait for the catalog or gc lock (``$TVREG_LOCK_TIMEOUT``)."""
+        return self.catalog.timeout
 
     # --- create ----------------------------------------------------------------------------------
 

@@ -292,7 +292,7 @@ def test_gc_keeps_old_local_objects_a_pull_in_progress_reuses(zoo, tmp_path, pau
     for oid in objects_of(origin, vid):  # what the interrupted pull had fetched, long ago
         local.objects.put(origin.objects.get(oid))
         os.utime(object_path(local_path, oid), (time.time() - ORPHAN_AGE,) * 2)
-    p = paused("tvreg.storage.gclock:referencing", local_path, "pull")
+    p = paused("tvreg.storage.objects:referencing", local_path, "pull")
     assert local.gc(grace_seconds=3600).deleted_objects == 0
     assert p.release() == {"ok": True, "result": ["topic@1"]}
     rep = local.verify(deep=True)

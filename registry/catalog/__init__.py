@@ -9,7 +9,9 @@ _EXPORTS = {
     "CODEC_COLUMNS": "db",
     "Catalog": "db",
     "codec_columns": "db",
+    "forget_similarity_rows": "db",
     "insert_rows": "db",
+    "prune_similarity_rows": "db",
     "sandbox": "db",
     "tag_row": "db",
     "user_query": "db",
@@ -17,7 +19,8 @@ _EXPORTS = {
     "SKETCH_DIM": "sketches",
 }
 
-__all__ = ["CODEC_COLUMNS", "Catalog", "SKETCH_DIM", "codec_columns", "insert_rows", "sandbox",
-           "tag_row", "user_query", "version_row"]
+__all__ = ["CODEC_COLUMNS", "Catalog", "SKETCH_DIM", "codec_columns", "forget_similarity_rows",
+           "insert_rows", "prune_similarity_rows", "sandbox", "tag_row", "user_query",
+           "version_row"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

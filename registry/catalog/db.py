@@ -296,9 +296,7 @@ class Catalog:
                 con.execute(f"DELETE FROM {table}")
             self._insert(con, records, manifests)
             insert_rows(con, "tags", [tag_row(t) for t in tags])
-            from tvreg.similarity.compute import prune
-
-            prune(con)  # similarities of vectors still stored are kept (they are derived data)
+            prune_similarity_rows(con)  # similarities of vectors still stored are kept (they are derived data)
             if also is not None:
                 also(con)
 
@@ -309,8 +307,6 @@ class Catalog:
         ids = sorted(set(vector_ids))
         if not ids:
             return
-        from tvreg.similarity.compute import forget
-
         with self.writer() as con:
             ids = [r[0] for r in con.execute(
                 "SELECT unnest(?) AS v EXCEPT SELECT vector_id FROM versions", [ids]).fetchall()]
@@ -318,7 +314,7 @@ class Catalog:
                 return
             for table in ("tensors", "vectors"):
                 con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [ids])
-            forget(con, ids)
+            forget_similarity_rows(con, ids)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -434,3 +430,26 @@ def version_row(r: VersionRecord, m: Manifest) -> tuple:
 
 def tag_row(t: TagRecord) -> tuple:
     return (t.name, t.tag, t.version, t.vector_id, _timestamp(t.updated_at))
+
+
+# --- rows of derived similarity data (tables of schema/migrations; filled by tvreg.similarity)
+
+
+def forget_similarity_rows(con, vector_ids: list[str]) -> None:
+    """Delete the rows of these vectors (inside a catalog transaction)."""
+    for table in ("vector_stats", "tensor_stats"):
+        con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [vector_ids])
+    for table in ("similarities", "tensor_similarities"):
+        con.execute(f"DELETE FROM {table} WHERE vector_a IN (SELECT unnest(?)) "
+                    f"OR vector_b IN (SELECT unnest(?))", [vector_ids, vector_ids])
+
+
+def prune_similarity_rows(con) -> None:
+    """Delete rows of vectors the catalog no longer lists (after a rebuild of the index)."""
+    gone = [r[0] for r in con.execute(
+        "SELECT vector_id FROM vector_stats WHERE vector_id NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_a FROM similarities WHERE vector_a NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_b FROM similarities WHERE vector_b NOT IN (SELECT vector_id FROM vectors)"
+    ).fetchall()]
+    if gone:
+        forget_similarity_rows(con, gone)

@@ -5,18 +5,12 @@ A manifest names each tensor's pipeline as a list of ``{"name": ..., "configurat
 dataclasses, deterministic (same input, same output) so identical tensors deduplicate.
 """
 
-from tvreg.codecs.base import (
-                               Codec,
-                               CodecPipeline,
-                               codec_from_spec,
-                               default_pipeline,
-                               register_codec,
-)
+from tvreg.codecs.base import Codec, CodecPipeline, codec_from_spec, register_codec
 from tvreg.codecs.bgzstd import BgZstd
 from tvreg.codecs.bitdiff import BitDiff
 from tvreg.codecs.bytegroup import ByteGroup
 from tvreg.codecs.cast import Cast
-from tvreg.codecs.choose import choose_pipeline
+from tvreg.codecs.choose import choose_pipeline, default_pipeline
 from tvreg.codecs.int8 import Int8
 from tvreg.codecs.lowrank import LowRank
 from tvreg.codecs.sparse import Ternary, TopK

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from tvreg.errors import FormatError, InvalidInput
+from tvreg.errors import FormatError
 
 _CODECS: dict[str, type["Codec"]] = {}
 
@@ -170,15 +170,3 @@ def scratch(nbytes: int, slot: str = "pipeline") -> np.ndarray:
     if buf is None or buf.size < nbytes:
         buf = bufs[slot] = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
     return buf[:nbytes]
-
-
-def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:
-    """Byte grouping by item size (if > 1), then zstd: what tvreg 0.1.0 wrote for every delta.
-    New deltas get :func:`tvreg.codecs.choose_pipeline`; this stays for its blobs and tests."""
-    from tvreg.codecs.bytegroup import ByteGroup
-    from tvreg.codecs.zstd import Zstd
-
-    if itemsize < 1:
-        raise InvalidInput(f"bad item size {itemsize}")
-    steps: list[Codec] = [ByteGroup(itemsize)] if itemsize > 1 else []
-    return CodecPipeline(tuple(steps) + (Zstd(level),))

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from tvreg.codecs.base import CodecPipeline
+from tvreg.codecs.base import Codec, CodecPipeline
 from tvreg.codecs.bgzstd import BgZstd
-from tvreg.codecs.zstd import compress
+from tvreg.codecs.bytegroup import ByteGroup
+from tvreg.codecs.zstd import Zstd, compress
 from tvreg.errors import InvalidInput
 
 #: zstd level of compressed streams: level 1 stores these deltas' streams as small as level 3
@@ -79,3 +80,12 @@ def _as_uint8(data: Any) -> np.ndarray:
 
         return np.frombuffer(tensor_bytes(data), dtype=np.uint8)
     return np.frombuffer(data, dtype=np.uint8)
+
+
+def default_pipeline(itemsize: int, level: int = 3) -> CodecPipeline:
+    """Byte grouping by item size (if > 1), then zstd: what tvreg 0.1.0 wrote for every delta.
+    New deltas get :func:`tvreg.codecs.choose_pipeline`; this stays for its blobs and tests."""
+    if itemsize < 1:
+        raise InvalidInput(f"bad item size {itemsize}")
+    steps: list[Codec] = [ByteGroup(itemsize)] if itemsize > 1 else []
+    return CodecPipeline(tuple(steps) + (Zstd(level),))

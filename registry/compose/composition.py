@@ -10,13 +10,13 @@ operand are in memory, never whole vectors.
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping
 
 from tvreg.errors import IncompatibleCheckpoints, InvalidInput
 from tvreg.format.manifest import Manifest
+from tvreg.util.patterns import compile_option
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -137,15 +137,6 @@ def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = Fal
             warnings.warn(message, BaseMismatchWarning, stacklevel=3)
 
 
-def _compile(pattern: str | None, option: str) -> re.Pattern | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise InvalidInput(f"invalid {option} regex {pattern!r}: {e}") from None
-
-
 class Composition:
     """A merged task vector, computed lazily from its operands."""
 
@@ -164,7 +155,7 @@ class Composition:
         self.params = params
         self.lam = float(lam)
         self.include, self.exclude = include, exclude
-        inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+        inc, exc = compile_option(include, "--include"), compile_option(exclude, "--exclude")
         check_compatible(operands, allow_base_mismatch=allow_base_mismatch)
         self.allow_base_mismatch = allow_base_mismatch
         #: where the operands differ in dtype: what each is and the dtype they are summed in

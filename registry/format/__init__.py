@@ -10,11 +10,7 @@ _EXPORTS = {
     "BaseRecord": "bases",
     "MIN_HASH_PREFIX": "bases",
     "base_key": "bases",
-    "base_keys": "bases",
     "base_name_key": "bases",
-    "base_name_keys": "bases",
-    "read_base": "bases",
-    "read_base_name": "bases",
     "Chunk": "manifest",
     "FORMAT": "manifest",
     "MAX_SIZE": "manifest",
@@ -35,8 +31,7 @@ _EXPORTS = {
 
 __all__ = ["BaseName", "BaseRecord", "Chunk", "FORMAT", "MAX_SIZE", "MIN_HASH_PREFIX",
            "Manifest", "Metadata", "SkippedTensor", "TagRecord", "TensorEntry",
-           "VersionRecord", "base_key", "base_keys", "base_name_key",
-           "base_name_keys", "check_meta", "parse_meta_value", "read_base",
-           "read_base_name", "record_key", "seal", "tag_key", "unseal", "utc_now"]
+           "VersionRecord", "base_key", "base_name_key", "check_meta",
+           "parse_meta_value", "record_key", "seal", "tag_key", "unseal", "utc_now"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

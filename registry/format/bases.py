@@ -20,7 +20,6 @@ from tvreg.names import validate_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest
-    from tvreg.stores import Store
 
 BASE_FORMAT = "tvreg.base/1"
 BASE_NAME_FORMAT = "tvreg.base-name/1"
@@ -141,35 +140,3 @@ class BaseName:
         if not _valid_time(doc["updated_at"]):
             raise FormatError(f"{key}: invalid updated_at")
         return cls(doc["name"], doc["base_hash"], doc["updated_at"])
-
-
-# --- reading from a store ---------------------------------------------------------------------
-
-
-def read_base(store: "Store", key: str) -> BaseRecord:
-    from tvreg.storage.documents import read_keyed
-
-    return read_keyed(store, key, BaseRecord, "base record")
-
-
-def read_base_name(store: "Store", key: str) -> BaseName:
-    from tvreg.storage.documents import read_keyed
-
-    return read_keyed(store, key, BaseName, "base name")
-
-
-def base_keys(store: "Store") -> list[str]:
-    """Keys of the base records in ``store`` (the ``bases/HASH.json`` files); a store that
-    cannot list them (HTTP, listed through its index, which holds versions and tags) has none."""
-    from tvreg.storage.documents import documents_of
-
-    return [k for k in documents_of(store, BASES) if is_hex_digest(k[len(BASES) + 1:-5])]
-
-
-def base_name_keys(store: "Store") -> list[str]:
-    """Keys of the base names in ``store``; a store that cannot list them (HTTP) has none."""
-    try:
-        return sorted(k for k in store.list(NAMES) if k.endswith(".json"))
-    except InvalidInput:
-        return []
-

@@ -12,14 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tvreg.errors import CorruptObject, FormatError, TvregError
-from tvreg.format.bases import (
-    BaseRecord,
-    base_key,
-    base_keys,
-    base_name_keys,
-    read_base,
-    read_base_name,
-)
+from tvreg.format.bases import BaseRecord, base_key
+from tvreg.storage.documents import base_keys, base_name_keys, read_base, read_base_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest

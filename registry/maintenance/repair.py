@@ -269,8 +269,8 @@ def _tag(reg: "Registry", src: "Store", remote: str, key: str) -> None:
 
 
 def _base_name(reg: "Registry", src: "Store", remote: str, key: str) -> None:
-    from tvreg.format.bases import read_base_name
     from tvreg.repo.bases import _index_name
+    from tvreg.storage.documents import read_base_name
 
     theirs = read_base_name(src, key)
     row = _catalog_row(reg, "SELECT base_hash FROM base_names WHERE name = ?", [theirs.name])
@@ -284,7 +284,7 @@ def _base_name(reg: "Registry", src: "Store", remote: str, key: str) -> None:
 def _base_record(reg: "Registry", src: "Store", remote: str, key: str,
                  state: str) -> str | None:
     from tvreg.catalog.db import _timestamp
-    from tvreg.format.bases import read_base
+    from tvreg.storage.documents import read_base
 
     base_hash = key[len("bases/"):-len(".json")]
     row = _catalog_row(reg, "SELECT * FROM bases WHERE base_hash = ?", [base_hash])

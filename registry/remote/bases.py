@@ -11,16 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tvreg.errors import CorruptObject, FormatError, InvalidInput, NotFound
-from tvreg.format.bases import (
-    BaseName,
-    BaseRecord,
-    base_key,
-    base_name_keys,
-    read_base,
-    read_base_name,
-)
+from tvreg.format.bases import BaseName, BaseRecord, base_key
 from tvreg.format.records import utc_now
-from tvreg.storage.documents import or_none, read_many
+from tvreg.storage.documents import base_name_keys, or_none, read_base, read_base_name, read_many
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest

@@ -245,9 +245,8 @@ def reachable(store: "Store") -> set[str]:
     of their blobs. A record or manifest that does not read refuses gc (its blobs cannot be
     named)."""
     from tvreg.errors import CorruptObject
-    from tvreg.format.bases import base_keys, read_base
     from tvreg.format.manifest import Manifest
-    from tvreg.storage.documents import read_many, read_record, record_keys
+    from tvreg.storage.documents import base_keys, read_base, read_many, read_record, record_keys
 
     objects = ObjectDB(store)
     keep: set[str] = set()

@@ -219,7 +219,7 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     # every object is in: check it is still there (a concurrent gc cannot delete it from here
     # until the records naming it are written), then the base records and names, the version
     # records, then the catalog, tags and similarities
-    from tvreg.storage.gclock import referencing
+    from tvreg.storage.objects import referencing
 
     mapping: dict[tuple[str, int], VersionRecord] = {}
     ours: dict[str, dict[int, VersionRecord]] = {}

@@ -26,19 +26,10 @@ from tvreg.errors import (
     InvalidName,
     NotFound,
 )
-from tvreg.format.bases import (
-    MIN_HASH_PREFIX,
-    BaseName,
-    BaseRecord,
-    base_key,
-    base_keys,
-    base_name_key,
-    base_name_keys,
-    read_base,
-    read_base_name,
-)
+from tvreg.format.bases import MIN_HASH_PREFIX, BaseName, BaseRecord, base_key, base_name_key
 from tvreg.format.records import utc_now
 from tvreg.names import validate_name
+from tvreg.storage.documents import base_keys, base_name_keys, read_base, read_base_name
 from tvreg.stores import MissingKey
 from tvreg.util import progress
 
@@ -264,7 +255,7 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
             manifest, manifest_id, new_objects = reg._write_vector(produce)
     new_objects += 0 if had_manifest[0] else 1
     record = BaseRecord.of(manifest, manifest_id, utc_now())
-    from tvreg.storage.gclock import referencing
+    from tvreg.storage.objects import referencing
 
     with referencing(reg, [manifest_id, *manifest.blob_ids()],  # still there: see gclock
                      restore={manifest_id: manifest.to_bytes()}):

@@ -8,15 +8,12 @@ from tvreg.util.lazy import lazy_exports
 _EXPORTS = {
     "SimilarityMatrix": "compute",
     "clear": "compute",
-    "forget": "compute",
-    "prune": "compute",
     "similar": "compute",
     "similarity_matrix": "compute",
     "update": "compute",
     "heatmap": "plot",
 }
 
-__all__ = ["SimilarityMatrix", "clear", "forget", "heatmap", "prune", "similar",
-           "similarity_matrix", "update"]
+__all__ = ["SimilarityMatrix", "clear", "heatmap", "similar", "similarity_matrix", "update"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -488,31 +488,11 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
     return min(count, key=lambda v: (-count[v], v))
 
 
-def forget(con, vector_ids: list[str]) -> None:
-    """Delete the rows of these vectors (inside a catalog transaction)."""
-    for table in ("vector_stats", "tensor_stats"):
-        con.execute(f"DELETE FROM {table} WHERE vector_id IN (SELECT unnest(?))", [vector_ids])
-    for table in ("similarities", "tensor_similarities"):
-        con.execute(f"DELETE FROM {table} WHERE vector_a IN (SELECT unnest(?)) "
-                    f"OR vector_b IN (SELECT unnest(?))", [vector_ids, vector_ids])
-
-
 def clear(reg: "Registry") -> None:
     sketch_index.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
             con.execute(f"DELETE FROM {table}")
-
-
-def prune(con) -> None:
-    """Delete rows of vectors the catalog no longer lists (after a rebuild of the index)."""
-    gone = [r[0] for r in con.execute(
-        "SELECT vector_id FROM vector_stats WHERE vector_id NOT IN (SELECT vector_id FROM vectors) "
-        "UNION SELECT vector_a FROM similarities WHERE vector_a NOT IN (SELECT vector_id FROM vectors) "
-        "UNION SELECT vector_b FROM similarities WHERE vector_b NOT IN (SELECT vector_id FROM vectors)"
-    ).fetchall()]
-    if gone:
-        forget(con, gone)
 
 
 # --- queries -----------------------------------------------------------------------------------

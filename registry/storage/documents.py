@@ -9,7 +9,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
+from tvreg.digest import is_hex_digest
 from tvreg.errors import CorruptObject, FormatError, InvalidInput, TvregError
+from tvreg.format.bases import BASES, NAMES, BaseName, BaseRecord
 from tvreg.format.records import TagRecord, VersionRecord, record_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,3 +155,28 @@ def readable(keys: list[str], read: Callable[[str], Any], problems: list[str], *
         else:
             out.append(got)
     return out
+
+
+# --- base records and base names (format/bases.py) in a store ---------------------------------------------------------------------
+
+
+def read_base(store: "Store", key: str) -> BaseRecord:
+    return read_keyed(store, key, BaseRecord, "base record")
+
+
+def read_base_name(store: "Store", key: str) -> BaseName:
+    return read_keyed(store, key, BaseName, "base name")
+
+
+def base_keys(store: "Store") -> list[str]:
+    """Keys of the base records in ``store`` (the ``bases/HASH.json`` files); a store that
+    cannot list them (HTTP, listed through its index, which holds versions and tags) has none."""
+    return [k for k in documents_of(store, BASES) if is_hex_digest(k[len(BASES) + 1:-5])]
+
+
+def base_name_keys(store: "Store") -> list[str]:
+    """Keys of the base names in ``store``; a store that cannot list them (HTTP) has none."""
+    try:
+        return sorted(k for k in store.list(NAMES) if k.endswith(".json"))
+    except InvalidInput:
+        return []

@@ -22,18 +22,15 @@ import contextlib
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import Iterator
 
-from tvreg.errors import RegistryBusy, RegistryError
+from tvreg.errors import RegistryBusy
 from tvreg.util import faults
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.registry import Registry
 
 LOCK_FILE = ".gc-lock"
 
@@ -76,31 +73,6 @@ def _busy(fd: int, path: str, exclusive: bool, timeout: float) -> str:
     who = f" (PID {holder})" if holder.isdigit() else ""
     return (f"{path}: a running gc{who} kept the gc lock for {timeout:g}s; nothing was recorded: "
             "run the command again, or raise $TVREG_LOCK_TIMEOUT")
-
-
-@contextlib.contextmanager
-def referencing(reg: "Registry", oids: Iterable[str],
-                restore: Mapping[str, bytes] | None = None) -> Iterator[None]:
-    """Hold the gc lock shared and check that every object of ``oids`` is stored, touching it
-    (its grace period restarts). The caller writes the records that name them inside the
-    block. An object that a concurrent gc deleted is written again from ``restore`` (the bytes
-    of objects the caller holds, e.g. its manifest); any other fails the write with
-    :class:`~tvreg.errors.RegistryError` before a record names it."""
-    from tvreg.storage.objects import object_key
-    from tvreg.stores import MissingKey
-
-    restore = restore or {}
-    with gc_lock(reg.root, exclusive=False, timeout=reg.catalog.timeout):
-        for oid in sorted(set(oids)):
-            try:
-                reg.store.touch(object_key(oid))
-            except MissingKey:
-                if oid not in restore:
-                    raise RegistryError(f"object {oid} was deleted by a concurrent gc before "
-                                        "this write could reference it; nothing was recorded: "
-                                        "run the command again") from None
-                reg.objects.put(restore[oid])
-        yield
 
 
 # --- scratch folders -----------------------------------------------------------------------------

@@ -7,14 +7,16 @@ a scratch folder so a failed write leaves the store exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping, Protocol
 
 from tvreg.digest import is_hex_digest, sha256_hex
 from tvreg.errors import CorruptObject, FormatError, RegistryError
+from tvreg.storage.gclock import gc_lock, lock_new_folder
 from tvreg.stores import MissingKey, Store
 from tvreg.util import faults
 
@@ -101,8 +103,6 @@ class Staging:
     """
 
     def __init__(self, db: ObjectDB, scratch_root: str) -> None:
-        from tvreg.storage.gclock import lock_new_folder
-
         self.db = db
         os.makedirs(scratch_root, exist_ok=True)
         while True:  # locked while in use: gc removes only unlocked scratch folders
@@ -173,3 +173,40 @@ class Staging:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- referencing stored objects under the gc lock (storage/gclock.py) -------------------------
+
+
+class Referencer(Protocol):
+    """What :func:`referencing` needs of a registry: its folder, store, object database and
+    lock timeout (a local registry's ``Registry`` has them)."""
+
+    root: str
+    store: Store
+    objects: ObjectDB
+
+    @property
+    def lock_timeout(self) -> float: ...
+
+
+@contextlib.contextmanager
+def referencing(reg: Referencer, oids: Iterable[str],
+                restore: Mapping[str, bytes] | None = None) -> Iterator[None]:
+    """Hold the gc lock shared and check that every object of ``oids`` is stored, touching it
+    (its grace period restarts). The caller writes the records that name them inside the
+    block. An object that a concurrent gc deleted is written again from ``restore`` (the bytes
+    of objects the caller holds, e.g. its manifest); any other fails the write with
+    :class:`~tvreg.errors.RegistryError` before a record names it."""
+    restore = restore or {}
+    with gc_lock(reg.root, exclusive=False, timeout=reg.lock_timeout):
+        for oid in sorted(set(oids)):
+            try:
+                reg.store.touch(object_key(oid))
+            except MissingKey:
+                if oid not in restore:
+                    raise RegistryError(f"object {oid} was deleted by a concurrent gc before "
+                                        "this write could reference it; nothing was recorded: "
+                                        "run the command again") from None
+                reg.objects.put(restore[oid])
+        yield

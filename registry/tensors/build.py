@@ -22,6 +22,7 @@ from tvreg.errors import IncompatibleCheckpoints, InvalidInput, NonFiniteValues,
 from tvreg.format.manifest import Manifest, SkippedTensor, TensorEntry
 from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
 from tvreg.tensors.encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
+from tvreg.util.patterns import compile_option
 
 SHOW = 5
 
@@ -60,9 +61,7 @@ def compile_filter(include: str | None, exclude: str | None) -> Callable[[str], 
     compose's --include/--exclude); None if neither is given."""
     if include is None and exclude is None:
         return None
-    from tvreg.compose.composition import _compile
-
-    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+    inc, exc = compile_option(include, "--include"), compile_option(exclude, "--exclude")
     return lambda name: (inc is None or inc.search(name) is not None) \
         and not (exc is not None and exc.search(name))
 

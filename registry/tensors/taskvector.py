@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tvreg.format.manifest import Manifest, TensorEntry
 from tvreg.format.records import VersionRecord
@@ -13,7 +13,14 @@ from tvreg.format.records import VersionRecord
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from tvreg.registry import Registry
+
+class TensorSource(Protocol):
+    """What a :class:`TaskVector` needs of its registry: decoded tensors and a thread pool."""
+
+    def load_tensor(self, entry: TensorEntry, out: torch.Tensor | None = None
+                    ) -> torch.Tensor: ...
+
+    def executor(self, kind: str) -> ThreadPoolExecutor: ...
 
 
 def to_device(t: torch.Tensor, device: str | torch.device | None,
@@ -56,7 +63,7 @@ class TensorMap(Mapping):
 
 
 class TaskVector:
-    def __init__(self, registry: "Registry", manifest: Manifest, record: VersionRecord | None,
+    def __init__(self, registry: TensorSource, manifest: Manifest, record: VersionRecord | None,
                  vector_id: str) -> None:
         self._registry = registry
         self.manifest = manifest

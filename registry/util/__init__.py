@@ -9,9 +9,11 @@ _EXPORTS = {
     "BufferPool": "buffers",
     "KILL_ENV": "faults",
     "TRACE_ENV": "faults",
+    "lazy_exports": "lazy",
+    "compile_option": "patterns",
     "Transfer": "progress",
 }
 
-__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer"]
+__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer", "compile_option", "lazy_exports"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
