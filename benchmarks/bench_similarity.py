@@ -170,7 +170,7 @@ def _breakdown_update(reg, vid: str) -> tuple:
 
     _forget(reg, vid)
     tr = _Tracer()
-    tr.wrap(reg, "load_tensor", "decode a tensor (reg.load_tensor)")
+    tr.wrap(reg.repo, "load_tensor", "decode a tensor (reg.load_tensor)")
     tr.wrap(similarity, "_dot", "dot products (_dot, float64)")
     tr.wrap(similarity, "_material", "material masks (_material)")
     tr.wrap(similarity, "material_threshold", "thresholds of the new vector")

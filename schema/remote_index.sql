@@ -1,7 +1,10 @@
 -- tvreg remote index: the tables `tvreg push` writes to a remote as Parquet files
 -- (index/versions.parquet, index/tags.parquet; docs/format.md §9), so that `tvreg ls --remote`
 -- and `tvreg sql --remote` answer without pulling. Same columns as the catalog's tables of the
--- same names (migrations/0001_core.sql); the index is derived data: records and tags are the truth.
+-- same names (migrations/0001_core.sql and 0004_codec_error.sql; tests/test_remote_index_schema.py
+-- keeps them equal); the index is derived data: records and tags are the truth.
+-- versions.parquet holds the columns up to `recipe`; the last three, derived from `recipe` as the
+-- catalog derives them, are filled in when the index is loaded.
 
 CREATE TABLE versions (
     name             VARCHAR NOT NULL,
@@ -21,6 +24,9 @@ CREATE TABLE versions (
     created_at       TIMESTAMP NOT NULL,
     parents          JSON    NOT NULL,
     recipe           JSON,
+    codec_spec       VARCHAR,   -- derived from recipe on load (not in versions.parquet)
+    rel_l2           DOUBLE,
+    cosine_to_exact  DOUBLE,
     PRIMARY KEY (name, version)
 );
 

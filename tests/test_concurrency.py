@@ -364,7 +364,7 @@ def test_two_tags_of_one_name_leave_the_catalog_with_the_last_file(filled, reg_p
     after its file, so the last to write the catalog indexes the file as it is then, not its
     own target (it indexed its own: the catalog kept a target the file no longer had)."""
     filled.create("topic", zoo.base, zoo.finetuned["sentiment"], similarities=False)  # topic@2
-    first = paused("tvreg.registry:Registry._index_tag", reg_path, "tag", ref="topic@1",
+    first = paused("tvreg.repo.write:index_tag", reg_path, "tag", ref="topic@1",
                    tag="prod")
     filled.tag("topic@2", "prod")        # written after the paused one's file: it stays
     assert first.release() == {"ok": True, "result": 1}

@@ -115,7 +115,7 @@ def _flip(path: pathlib.Path, position: int, mask: int = 0x01) -> None:
 def _check_detected(reg, key: str, kind: str, expected, out: pathlib.Path) -> None:
     """verify names the damaged key; every read of it fails with a damage error; every other
     read still gives exactly what it gave before."""
-    from tvreg.repo.bases import _MANIFESTS
+    from tvreg.repo.repo import _BASE_MANIFESTS as _MANIFESTS
 
     rep = reg.verify()
     assert not rep.ok and key in rep.damaged, (key, rep.problems)

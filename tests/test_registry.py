@@ -852,9 +852,9 @@ def test_concurrent_creates_from_two_processes(reg, reg_path, zoo, tmp_path, ini
 _SLOW_REINDEX = textwrap.dedent("""
     import os, sys, time
     import tvreg
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     root, listed, proceed = sys.argv[1:4]
-    readable = Registry._readable
+    readable = Repo.readable
 
     def paused(self, prefix, read, problems):
         found = readable(self, prefix, read, problems)
@@ -865,7 +865,7 @@ _SLOW_REINDEX = textwrap.dedent("""
                 time.sleep(0.005)
         return found
 
-    Registry._readable = paused
+    Repo.readable = paused
     with tvreg.open(root) as reg:
         print(reg.reindex()["versions"])
 """)
@@ -905,7 +905,8 @@ def test_a_version_indexed_during_a_reindex_is_not_lost(filled, reg_path, zoo, t
 def test_create_with_many_versions_reads_only_candidates(reg, zoo, monkeypatch):
     """Past a few dozen versions, create reads only the versions the catalog does not show
     under another vector; the dedup rule and the numbering are unchanged."""
-    from tvreg.registry import _READ_ALL_VERSIONS, Registry
+    from tvreg.repo.repo import Repo
+    from tvreg.repo.write import READ_ALL_VERSIONS as _READ_ALL_VERSIONS
 
     tasks = list(zoo.finetuned)
     n = _READ_ALL_VERSIONS + 6
@@ -913,8 +914,8 @@ def test_create_with_many_versions_reads_only_candidates(reg, zoo, monkeypatch):
         task = tasks[i % 3]
         reg.create("many", zoo.base, zoo.finetuned[task], steps=i, similarities=False)
     read = []
-    real = Registry._read_record
-    monkeypatch.setattr(Registry, "_read_record", lambda self, key: read.append(key) or real(self, key))
+    real = Repo.read_record
+    monkeypatch.setattr(Repo, "read_record", lambda self, key: read.append(key) or real(self, key))
     again = reg.create("many", zoo.base, zoo.finetuned[tasks[1]], steps=4, similarities=False)
     assert (again.created, again.record.version) == (False, 5)  # the same content exists as @5
     assert len(read) == len([i for i in range(n) if i % 3 == 1])  # only topic's versions

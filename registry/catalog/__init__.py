@@ -14,13 +14,14 @@ _EXPORTS = {
     "prune_similarity_rows": "db",
     "sandbox": "db",
     "tag_row": "db",
+    "timestamp": "db",
     "user_query": "db",
     "version_row": "db",
     "SKETCH_DIM": "sketches",
 }
 
 __all__ = ["CODEC_COLUMNS", "Catalog", "SKETCH_DIM", "codec_columns", "forget_similarity_rows",
-           "insert_rows", "prune_similarity_rows", "sandbox", "tag_row", "user_query",
-           "version_row"]
+           "insert_rows", "prune_similarity_rows", "sandbox", "tag_row", "timestamp",
+           "user_query", "version_row"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -44,7 +44,8 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def _timestamp(text: str) -> _dt.datetime:
+def timestamp(text: str) -> _dt.datetime:
+    """A record's UTC time (``2026-01-02T03:04:05.123456Z``) as the catalog stores it."""
     return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -400,7 +401,7 @@ def _tensor_rows(vid: str, m: Manifest) -> list[tuple]:
 VERSION_COLUMNS = ("name", "version", "vector_id", "base_hash", "arch_fingerprint", "task",
                    "dataset", "lr", "steps", "meta", "n_params", "raw_bytes", "stored_bytes",
                    "codec", "created_at", "parents", "recipe")
-#: the columns of :func:`codec_columns` (migration 4; catalog only)
+#: the columns of :func:`codec_columns` (migration 4; the remote index derives them on load)
 CODEC_COLUMNS = ("codec_spec", "rel_l2", "cosine_to_exact")
 
 
@@ -424,12 +425,12 @@ def version_row(r: VersionRecord, m: Manifest) -> tuple:
     md = r.metadata
     return (r.name, r.version, r.vector_id, r.base_hash, r.arch_fingerprint, md.task, md.dataset,
             md.lr, md.steps, json.dumps(md.meta, sort_keys=True), m.n_params, m.raw_bytes,
-            m.stored_bytes, m.codec_label, _timestamp(r.created_at), json.dumps(list(r.parents)),
+            m.stored_bytes, m.codec_label, timestamp(r.created_at), json.dumps(list(r.parents)),
             None if r.recipe is None else json.dumps(r.recipe, sort_keys=True))
 
 
 def tag_row(t: TagRecord) -> tuple:
-    return (t.name, t.tag, t.version, t.vector_id, _timestamp(t.updated_at))
+    return (t.name, t.tag, t.version, t.vector_id, timestamp(t.updated_at))
 
 
 # --- rows of derived similarity data (tables of schema/migrations; filled by tvreg.similarity)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tvreg import dtypes
 from tvreg.compose.composition import BaseMismatchWarning, _listing
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from tvreg.compose.composition import Composition
     from tvreg.format.manifest import TensorEntry
+    from tvreg.repo.repo import Repo
     from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
 
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
@@ -143,7 +144,7 @@ def _restored_weights(comp: "Composition", ck: "Checkpoint", infos: list["Tensor
                       ) -> Iterator[tuple[str, "torch.Tensor"]]:
     """θ_ft rebuilt bit for bit from the base's bits and the stored bit differences (exact
     mode at weight 1), tensor by tensor; tensors the composition leaves out stay the base's."""
-    registry = comp._registry
+    registry = comp.repo
     for info in infos:
         t = ck.tensor(info.name)
         if info.name in exact:
@@ -165,7 +166,7 @@ def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: s
         raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
     inputs = [] if isinstance(base, InMemoryCheckpoint) else \
         [base if isinstance(base, (str, os.PathLike)) else getattr(base, "path", None)]
-    output = check_output_path(output, inputs, getattr(comp._registry, "root", None))
+    output = check_output_path(output, inputs, comp.repo.root)
     with (base if isinstance(base, Checkpoint) else open_checkpoint(base)) as ck:
         infos, same_base = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
@@ -176,6 +177,25 @@ def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: s
             return write_safetensors(output, specs,
                                      merged_weights(comp, ck, infos, dtype, restore=False),
                                      metadata, progress="apply")
-        with comp._registry.using_base(ck, comp.base_hash):
+        with comp.repo.using_base(ck, comp.base_hash):
             return write_safetensors(output, specs, merged_weights(comp, ck, infos, dtype),
                                      metadata, progress="apply")
+
+
+def apply(repo: "Repo", comp: "Composition | str", base: Any = None,
+          output: str | os.PathLike | None = None, *, dtype: str | None = None,
+          allow_base_mismatch: bool | None = None) -> int:
+    """Write θ_base + merged into a safetensors file; see :meth:`tvreg.Registry.apply`."""
+    from tvreg.compose.resolve import resolve
+    from tvreg.repo.bases import open_base
+
+    if output is None:
+        raise InvalidInput("apply needs an output file")
+    check_output_path(os.fspath(output),
+                      [base] if isinstance(base, (str, os.PathLike)) else (), repo.root)
+    if isinstance(comp, str):
+        comp = resolve(repo, comp, allow_base_mismatch=bool(allow_base_mismatch))
+    if allow_base_mismatch is None:
+        allow_base_mismatch = comp.allow_base_mismatch
+    return apply_to_checkpoint(comp, open_base(repo, base, comp.base_hash), os.fspath(output),
+                               dtype=dtype, allow_base_mismatch=allow_base_mismatch)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from tvreg.compose.merge import MergeParams
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     from tvreg.tensors.taskvector import TaskVector
 
 SHOW = 5
@@ -89,9 +89,7 @@ def architecture_difference(a: Manifest, b: Manifest) -> str | None:
 def dtype_label(m: Manifest) -> str:
     """The dtypes of a vector's checkpoints: ``float32``, or ``bfloat16 fine-tune of float32``
     where the fine-tuned checkpoint's dtypes were not the base's (``finetuned_dtype``)."""
-    source = ",".join(sorted({t.source_dtype for t in m.tensors})) or "none"
-    tuned = ",".join(sorted({t.ft_dtype for t in m.tensors})) or "none"
-    return source if tuned == source else f"{tuned} fine-tune of {source}"
+    return m.dtype_label
 
 
 def sum_dtype(manifests: list[Manifest]) -> str:
@@ -140,7 +138,7 @@ def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = Fal
 class Composition:
     """A merged task vector, computed lazily from its operands."""
 
-    def __init__(self, registry: "Registry", expression: str, operands: list[Operand],
+    def __init__(self, repo: "Repo", expression: str, operands: list[Operand],
                  params: "MergeParams", *, lam: float = 1.0, include: str | None = None,
                  exclude: str | None = None, allow_base_mismatch: bool = False) -> None:
         import math
@@ -149,7 +147,7 @@ class Composition:
             raise InvalidInput("a composition needs at least one vector")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
             raise InvalidInput(f"invalid lambda {lam!r}: a finite number")
-        self._registry = registry
+        self.repo = repo  # where the operands' tensors are read
         self.expression = expression
         self.operands = operands
         self.params = params
@@ -225,8 +223,8 @@ class Composition:
 
         from tvreg.tensors.encoding import default_workers
 
-        pool = self._registry.executor("operands")
-        load = self._registry.load_tensor
+        pool = self.repo.executor("operands")
+        load = self.repo.load_tensor
         ahead = ahead or default_workers()
         queue = deque(pool.submit(load, op.vector.manifest.tensor(n)) for n, op in pairs[:ahead])
         try:
@@ -257,8 +255,8 @@ class Composition:
         from tvreg import dtypes
         from tvreg.tensors.encoding import default_workers
 
-        pool = self._registry.executor("operands")
-        load, buffers = self._registry.load_tensor, self._buffers
+        pool = self.repo.executor("operands")
+        load, buffers = self.repo.load_tensor, self._buffers
         ops = self.operands
         entries = [op.vector.manifest.tensor(name) for op in ops]
         wide = torch.float64 if any(e.dtype == "float64" for e in entries) else torch.float32
@@ -317,7 +315,7 @@ class Composition:
 
         from tvreg.tensors.encoding import default_workers
 
-        pool = self._registry.executor("names")
+        pool = self.repo.executor("names")
         window = min(len(self.operands), default_workers())
         size = {e.name: e.nbytes * (1 + window) for e in self.entries}  # accumulator + buffers
         budget = min(max(sum(e.nbytes for e in self.entries) // 4, AHEAD_BYTES_MIN),
@@ -450,7 +448,7 @@ class Composition:
         from tvreg.tensors.outputs import check_output_path
         from tvreg.tensors.safetensors_io import write_safetensors
 
-        path = check_output_path(path, registry=getattr(self._registry, "root", None))
+        path = check_output_path(path, registry=self.repo.root)
         dtype = sum_dtype([op.vector.manifest for op in self.operands])
         specs = [(e.name, dtype, e.shape) for e in self.entries]
         metadata = {"tvreg.expression": self.expression, "tvreg.base_hash": self.base_hash,

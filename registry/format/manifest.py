@@ -122,6 +122,14 @@ class Manifest:
         labels = sorted({t.codecs.label for t in self.tensors})
         return ",".join(labels) if labels else ""
 
+    @property
+    def dtype_label(self) -> str:
+        """The dtypes of the vector's checkpoints: ``float32``, or ``bfloat16 fine-tune of
+        float32`` where the fine-tuned checkpoint's dtypes were not the base's."""
+        source = ",".join(sorted({t.source_dtype for t in self.tensors})) or "none"
+        tuned = ",".join(sorted({t.ft_dtype for t in self.tensors})) or "none"
+        return source if tuned == source else f"{tuned} fine-tune of {source}"
+
     def blob_ids(self) -> set[str]:
         return {c.blob for t in self.tensors for c in t.chunks}
 

@@ -7,9 +7,14 @@ from tvreg.util.lazy import lazy_exports
 _EXPORTS = {
     "GcReport": "gc",
     "reachable_objects": "gc",
-    "VerifyReport": "verify",
+    "VerifyReport": "report",
+    "blobs_intact": "report",
+    "check_manifest": "report",
+    "read_each": "report",
+    "verify": "verify",
 }
 
-__all__ = ["GcReport", "VerifyReport", "reachable_objects"]
+__all__ = ["GcReport", "VerifyReport", "blobs_intact", "check_manifest", "reachable_objects",
+           "read_each", "verify"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

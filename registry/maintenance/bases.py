@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 
 from tvreg.errors import CorruptObject, FormatError, TvregError
 from tvreg.format.bases import BaseRecord, base_key
+from tvreg.maintenance.report import VerifyReport, blobs_intact, check_manifest, read_each
 from tvreg.storage.documents import base_keys, base_name_keys, read_base, read_base_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest
-    from tvreg.maintenance.verify import VerifyReport
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
 
 
-def base_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]:
+def base_objects(reg: "Repo", seen: set[str] | None = None) -> set[str]:
     """Ids of every base manifest and of its blobs; raises if one cannot be known. With
     ``seen``, only the base records whose keys are not in it are read (and their keys added)."""
     keep: set[str] = set()
@@ -42,30 +42,19 @@ def base_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]:
     return keep
 
 
-def verify_bases(reg: "Registry", rep: "VerifyReport", bad: set[str], *, deep: bool) -> None:
+def verify_bases(reg: "Repo", rep: "VerifyReport", bad: set[str], *, deep: bool) -> None:
     """Add the stored bases' problems to ``rep`` (``bad``: objects that failed their hash)."""
     parsed: set[str] = set()
-    for key in base_keys(reg.store):
-        try:
-            rec = read_base(reg.store, key)
-        except TvregError as e:
-            rep.problems.append(str(e))
-            rep.damage(key, "corrupted")
-            continue
+    for rec in read_each(base_keys(reg.store), lambda k: read_base(reg.store, k), rep):
         rep.bases += 1
         parsed.add(rec.base_hash)
         manifest = _check(reg, rec, bad, rep)
         ok = manifest is not None and (not deep or _decode(reg, rec, manifest, rep))
         if not ok:
             rep.problems.append(f"base {rec.base_hash[:12]} is incomplete or corrupted")
-    for key in base_name_keys(reg.store):
-        rep.base_names += 1
-        try:
-            doc = read_base_name(reg.store, key)
-        except TvregError as e:
-            rep.problems.append(str(e))
-            rep.damage(key, "corrupted")
-            continue
+    name_keys = base_name_keys(reg.store)
+    rep.base_names += len(name_keys)
+    for doc in read_each(name_keys, lambda k: read_base_name(reg.store, k), rep):
         if doc.base_hash not in parsed:
             rep.problems.append(f"base name {doc.name} points at base {doc.base_hash[:12]}, "
                                 "which is not stored")
@@ -78,11 +67,10 @@ def verify_bases(reg: "Registry", rep: "VerifyReport", bad: set[str], *, deep: b
                 rep.damage(base_key(base_hash), "missing")
 
 
-def _check(reg: "Registry", rec: BaseRecord, bad: set[str],
+def _check(reg: "Repo", rec: BaseRecord, bad: set[str],
            rep: "VerifyReport") -> "Manifest | None":
     """The base's manifest if it, and every blob it names, is there and intact."""
     from tvreg.digest import arch_fingerprint
-    from tvreg.maintenance.verify import blobs_intact, check_manifest
 
     manifest = check_manifest(reg, rec.manifest, bad, rep, f"base {rec.base_hash[:12]}",
                               f"base {rec.base_hash[:12]}: ")
@@ -96,7 +84,7 @@ def _check(reg: "Registry", rec: BaseRecord, bad: set[str],
     return manifest if blobs_intact(manifest, rep) else None
 
 
-def _decode(reg: "Registry", rec: BaseRecord, manifest: "Manifest", rep: "VerifyReport") -> bool:
+def _decode(reg: "Repo", rec: BaseRecord, manifest: "Manifest", rep: "VerifyReport") -> bool:
     """Decode every tensor (checked against its sha256) and recompute the base hash."""
     from tvreg import dtypes
     from tvreg.digest import BaseHasher, tensor_bytes

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from tvreg.errors import CorruptObject, FormatError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
 
 
 
@@ -28,7 +28,7 @@ class GcReport:
         return dict(self.__dict__)
 
 
-def reachable_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]:
+def reachable_objects(reg: "Repo", seen: set[str] | None = None) -> set[str]:
     """Ids of every manifest a version record or a base record references, and of their
     blobs. With ``seen``, only the records whose keys are not in it are read (and their keys
     added): what was recorded since an earlier call."""
@@ -40,7 +40,7 @@ def reachable_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]
     if seen is not None:
         keys = [k for k in keys if k not in seen]
         seen.update(keys)
-    for rec in read_many(reg._read_record, keys):
+    for rec in read_many(reg.read_record, keys):
         if rec.vector_id in keep:
             continue
         keep.add(rec.vector_id)
@@ -54,7 +54,7 @@ def reachable_objects(reg: "Registry", seen: set[str] | None = None) -> set[str]
     return keep
 
 
-def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
+def gc(reg: "Repo", *, grace_seconds: float, dry_run: bool) -> GcReport:
     """Delete objects no version references, stale scratch folders and the temp files of
     interrupted writes (docs/format.md §11).
 
@@ -68,6 +68,8 @@ def gc(reg: "Registry", *, grace_seconds: float, dry_run: bool) -> GcReport:
     """
     from tvreg.storage.gclock import gc_lock, in_use, remove_unless_locked
     from tvreg.stores import MissingKey
+
+    reg.require_writable()
 
     rep = GcReport(dry_run=dry_run)
     seen: set[str] = set()

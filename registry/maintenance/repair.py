@@ -19,32 +19,41 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tvreg.digest import sha256_hex
 from tvreg.errors import CorruptObject, FormatError
 from tvreg.storage.objects import PREFIX, object_key
+from tvreg.repo.write import index_tag
 from tvreg.stores import MissingKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.records import VersionRecord
-    from tvreg.maintenance.verify import VerifyReport
-    from tvreg.registry import Registry
-    from tvreg.remote.config import Remote
+    from tvreg.maintenance.report import VerifyReport
+    from tvreg.repo.repo import Repo
     from tvreg.stores import Store
+
+class Source(Protocol):
+    """Where repair reads from: a named remote that can be read (``tvreg.remote.Remote``)."""
+
+    name: str
+
+    def reader(self) -> "Store": ...
+
 
 #: a repaired manifest's blobs are checked in a further round; manifests name blobs only, so
 #: two rounds suffice (a third is a safety margin)
 _ROUNDS = 3
 
 
-def repair(reg: "Registry", remote: "Remote", *, deep: bool = False, workers: int = 8,
+def repair(reg: "Repo", remote: Source, *, deep: bool = False, workers: int = 8,
            on_progress: Callable[[int], None] | None = None) -> "VerifyReport":
     """Verify; put back each damaged or missing object and document from ``remote`` that
     checks; verify again. The returned report is the last verification's, with ``repaired``
     (keys put back) and ``unrepaired`` (``KEY: why``) filled in."""
     from tvreg.maintenance.verify import verify
 
+    reg.require_writable()
     first = verify(reg, on_progress, deep=deep)
     repaired: list[str] = []
     unrepaired: list[str] = []
@@ -106,7 +115,7 @@ def _oid(key: str) -> str:
     return key[len(PREFIX) + 1:].replace("/", "")
 
 
-def _damaged_parts(reg: "Registry", manifest_ids: list[str], first: "VerifyReport") -> list[str]:
+def _damaged_parts(reg: "Repo", manifest_ids: list[str], first: "VerifyReport") -> list[str]:
     """Keys of the objects among ``manifest_ids`` and their blobs that are damaged or missing
     (a manifest that reads is intact: it is checked against its name; the first verification
     re-hashed every object there was, so a blob not among its damage is intact or missing)."""
@@ -129,7 +138,7 @@ def _damaged_parts(reg: "Registry", manifest_ids: list[str], first: "VerifyRepor
 # --- objects ----------------------------------------------------------------------------------
 
 
-def _object(reg: "Registry", src: "Store", remote: str, key: str,
+def _object(reg: "Repo", src: "Store", remote: str, key: str,
             first: "VerifyReport") -> str | None:
     """Put back object ``key`` from ``src``; None when done, else why not."""
     oid = _oid(key)
@@ -153,7 +162,7 @@ class _NotRepaired(Exception):
     """Why a document was not put back (one line)."""
 
 
-def _document(reg: "Registry", src: "Store", remote: str, key: str,
+def _document(reg: "Repo", src: "Store", remote: str, key: str,
               state: str) -> str | None:
     """Put back document ``key`` from ``src`` if the catalog vouches for the remote's copy.
     Returns the manifest id a restored record or base record names (None for a tag or a name);
@@ -175,7 +184,7 @@ def _document(reg: "Registry", src: "Store", remote: str, key: str,
     raise _NotRepaired("not a document a repair knows")
 
 
-def _still_damaged(reg: "Registry", key: str, read: Callable[[Any, str], Any]) -> bool:
+def _still_damaged(reg: "Repo", key: str, read: Callable[[Any, str], Any]) -> bool:
     """Whether ``key`` still does not read here (another process may have repaired it)."""
     try:
         read(reg.store, key)
@@ -184,7 +193,7 @@ def _still_damaged(reg: "Registry", key: str, read: Callable[[Any, str], Any]) -
     return False
 
 
-def _put(reg: "Registry", key: str, data: bytes, state: str,
+def _put(reg: "Repo", key: str, data: bytes, state: str,
          read: Callable[[Any, str], Any]) -> None:
     """Write a checked document: a missing one by exclusive create (a number taken meanwhile is
     not overwritten), a damaged one by atomic replace, only if it is still damaged."""
@@ -195,18 +204,18 @@ def _put(reg: "Registry", key: str, data: bytes, state: str,
         reg.store.write(key, data)
 
 
-def _catalog_row(reg: "Registry", query: str, params: list) -> dict[str, Any] | None:
+def _catalog_row(reg: "Repo", query: str, params: list) -> dict[str, Any] | None:
     rows = reg.catalog.rows(query, params)
     return rows[0] if rows else None
 
 
 def _record_fields(rec: "VersionRecord") -> tuple:
     """What the catalog's ``versions`` row holds of a record (migration 1), as it stores it."""
-    from tvreg.catalog.db import _timestamp
+    from tvreg.catalog.db import timestamp
 
     md = rec.metadata
     return (rec.vector_id, rec.base_hash, rec.arch_fingerprint, md.task, md.dataset, md.lr,
-            md.steps, json.loads(json.dumps(md.meta, sort_keys=True)), _timestamp(rec.created_at),
+            md.steps, json.loads(json.dumps(md.meta, sort_keys=True)), timestamp(rec.created_at),
             list(rec.parents), rec.recipe)
 
 
@@ -225,7 +234,7 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _record(reg: "Registry", src: "Store", remote: str, key: str, state: str) -> str | None:
+def _record(reg: "Repo", src: "Store", remote: str, key: str, state: str) -> str | None:
     from tvreg.format.records import VersionRecord
     from tvreg.storage.documents import parse_record_key, read_record, record_keys
 
@@ -254,7 +263,7 @@ def _record(reg: "Registry", src: "Store", remote: str, key: str, state: str) ->
                        f"for it (vector {row['vector_id'][:12]}, created {row['created_at']})")
 
 
-def _tag(reg: "Registry", src: "Store", remote: str, key: str) -> None:
+def _tag(reg: "Repo", src: "Store", remote: str, key: str) -> None:
     from tvreg.storage.documents import read_tag
 
     theirs = read_tag(src, key)  # FormatError: damaged there too
@@ -265,10 +274,10 @@ def _tag(reg: "Registry", src: "Store", remote: str, key: str) -> None:
                            f"({theirs.vector_id[:12]}), which is not what the catalog lists "
                            "for it")
     _put(reg, key, theirs.to_bytes(), "corrupted", read_tag)
-    reg._index_tag(theirs.name, theirs.tag)
+    index_tag(reg, theirs.name, theirs.tag)
 
 
-def _base_name(reg: "Registry", src: "Store", remote: str, key: str) -> None:
+def _base_name(reg: "Repo", src: "Store", remote: str, key: str) -> None:
     from tvreg.repo.bases import _index_name
     from tvreg.storage.documents import read_base_name
 
@@ -281,9 +290,9 @@ def _base_name(reg: "Registry", src: "Store", remote: str, key: str) -> None:
     _index_name(reg, theirs)
 
 
-def _base_record(reg: "Registry", src: "Store", remote: str, key: str,
+def _base_record(reg: "Repo", src: "Store", remote: str, key: str,
                  state: str) -> str | None:
-    from tvreg.catalog.db import _timestamp
+    from tvreg.catalog.db import timestamp
     from tvreg.storage.documents import read_base
 
     base_hash = key[len("bases/"):-len(".json")]
@@ -295,7 +304,7 @@ def _base_record(reg: "Registry", src: "Store", remote: str, key: str,
     mine = (row["arch_fingerprint"], row["manifest_id"], row["n_tensors"], row["n_params"],
             row["raw_bytes"], row["stored_bytes"], row["created_at"])
     if (theirs.arch_fingerprint, theirs.manifest, theirs.n_tensors, theirs.n_params,
-            theirs.raw_bytes, theirs.stored_bytes, _timestamp(theirs.created_at)) != mine:
+            theirs.raw_bytes, theirs.stored_bytes, timestamp(theirs.created_at)) != mine:
         raise _NotRepaired(f"remote {remote}'s copy does not match what the catalog lists for "
                            f"it (manifest {row['manifest_id'][:12]})")
     _put(reg, key, theirs.to_bytes(), state, read_base)

@@ -17,6 +17,7 @@ _EXPORTS = {
     "gc_lock": "gc",
     "gc_remote": "gc",
     "notes": "gc",
+    "collect": "gc",
     "push_lock": "gc",
     "read_locks": "gc",
     "TAGS_KEY": "index",
@@ -25,12 +26,12 @@ _EXPORTS = {
     "remote_sql": "index",
     "PullReport": "pull",
     "PushReport": "push",
-    "RemoteRegistry": "view",
+    "RemoteRepo": "view",
     "is_url": "view",
 }
 
-__all__ = ["LOCKS", "PullReport", "PushReport", "Remote", "RemoteRegistry", "TAGS_KEY",
-           "VERSIONS_KEY", "add", "gc_lock", "gc_remote", "get", "is_url", "load",
+__all__ = ["LOCKS", "PullReport", "PushReport", "Remote", "RemoteRepo", "TAGS_KEY",
+           "VERSIONS_KEY", "add", "collect", "gc_lock", "gc_remote", "get", "is_url", "load",
            "normalize_url", "notes", "parse_options", "push_lock", "read",
            "read_locks", "remote_sql", "remove"]
 

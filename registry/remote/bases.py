@@ -18,7 +18,7 @@ from tvreg.storage.documents import base_name_keys, or_none, read_base, read_bas
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest
     from tvreg.format.records import VersionRecord
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     from tvreg.stores import Store
 
 SHOW = 3
@@ -64,14 +64,14 @@ def _there(store: "Store", hashes: list[str]) -> dict[str, BaseRecord | None]:
 # --- push -------------------------------------------------------------------------------------
 
 
-def plan_push(reg: "Registry", records: list["VersionRecord"], store: "Store", *,
+def plan_push(reg: "Repo", records: list["VersionRecord"], store: "Store", *,
               exact_only: bool = False) -> BaseTransfer:
     """The bases of ``records`` to send: every one must be stored here (else InvalidInput,
     before anything is sent); those the remote already has are left out."""
-    from tvreg.repo.bases import base_manifest, base_record, names_of
+    from tvreg.repo.bases import names_of
 
     users = _bases_of(records)
-    ours = {h: base_record(reg, h) for h in sorted(users)}
+    ours = {h: reg.base_record(h) for h in sorted(users)}
     missing = [h for h, rec in ours.items() if rec is None]
     if missing:
         h = missing[0]
@@ -85,7 +85,7 @@ def plan_push(reg: "Registry", records: list["VersionRecord"], store: "Store", *
     for h, rec in ours.items():
         if there[h] is None:
             plan.records[h] = rec
-            plan.manifests[rec.manifest] = base_manifest(reg, rec, fresh=True)
+            plan.manifests[rec.manifest] = reg.base_manifest(rec, fresh=True)
     plan.names = [BaseName(n, h, "") for n, h in sorted(names_of(reg).items()) if h in users]
     return plan
 
@@ -107,16 +107,14 @@ def push_records(store: "Store", plan: BaseTransfer) -> tuple[int, int]:
 # --- pull -------------------------------------------------------------------------------------
 
 
-def plan_pull(reg: "Registry", src: "Store", records: list["VersionRecord"],
+def plan_pull(reg: "Repo", src: "Store", records: list["VersionRecord"],
               remote: str, *, exact_only: bool = False) -> BaseTransfer:
     """The bases of ``records`` to fetch from ``src``: those not stored here, each of which
     the remote must hold (else NotFound, before anything is written); their manifests are
     filled in by the caller (fetched and checked with the vectors')."""
-    from tvreg.repo.bases import base_record
-
     users = _bases_of(records)
     plan = BaseTransfer(hashes=set(users))
-    wanted = [h for h in sorted(users) if base_record(reg, h) is None]
+    wanted = [h for h in sorted(users) if reg.base_record(h) is None]
     for h in wanted:
         try:
             rec = read_base(src, base_key(h))
@@ -149,7 +147,7 @@ def check_manifests(plan: BaseTransfer, manifests: dict[str, "Manifest"], remote
         plan.manifests[rec.manifest] = manifests[rec.manifest]
 
 
-def pull_records(reg: "Registry", plan: BaseTransfer) -> tuple[int, int]:
+def pull_records(reg: "Repo", plan: BaseTransfer) -> tuple[int, int]:
     """After the objects: the base records here (exclusive create) and the catalog, then the
     names (moved here like tags). Returns (bases added, names set)."""
     from tvreg.repo.bases import _index, set_name

@@ -17,7 +17,7 @@ from tvreg.digest import parse_json
 from tvreg.errors import InvalidInput, InvalidName, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     from tvreg.stores import Store
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -130,8 +130,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def load(reg: "Registry") -> dict[str, Remote]:
-    config = reg._check_config()
+def load(reg: "Repo") -> dict[str, Remote]:
+    """The named remotes of ``config.json``."""
+    config = reg.check_config()
     raw = config.get("remotes", {})
     if not isinstance(raw, dict):
         from tvreg.errors import FormatError
@@ -147,13 +148,15 @@ def load(reg: "Registry") -> dict[str, Remote]:
     return out
 
 
-def _save(reg: "Registry", remotes: dict[str, Remote]) -> None:
-    config = reg._check_config()
+def _save(reg: "Repo", remotes: dict[str, Remote]) -> None:
+    config = reg.check_config()
     config["remotes"] = {n: r.to_json() for n, r in sorted(remotes.items())}
     reg.store.write("config.json", json.dumps(config, indent=2).encode() + b"\n")
 
 
-def add(reg: "Registry", name: str, url: str, options: dict[str, Any] | None = None) -> Remote:
+def add(reg: "Repo", name: str, url: str, options: dict[str, Any] | None = None) -> Remote:
+    """Add remote ``name`` to ``config.json`` (creating the registry if needed)."""
+    reg.require_writable()
     validate_remote_name(name)
     remote = Remote(name, normalize_url(check_url(url)), dict(options or {}))
     for key in remote.options:
@@ -170,19 +173,19 @@ def add(reg: "Registry", name: str, url: str, options: dict[str, Any] | None = N
     return remote
 
 
-def remove(reg: "Registry", name: str) -> Remote:
+def remove(reg: "Repo", name: str) -> Remote:
+    """Remove remote ``name`` from ``config.json``."""
+    reg.require_writable()
     remotes = load(reg)
     if name not in remotes:
         raise NotFound(f"no remote {name!r} (known: {', '.join(sorted(remotes)) or 'none'})")
     gone = remotes.pop(name)
     _save(reg, remotes)
-    from tvreg.remote.gc import forget
-
-    forget(reg, name)  # notes of failed pushes to it: no push to it will collect them now
     return gone
 
 
-def get(reg: "Registry", name: str) -> Remote:
+def get(reg: "Repo", name: str) -> Remote:
+    """Remote ``name``; :class:`NotFound` (naming the known ones) if there is none."""
     remotes = load(reg)
     if name not in remotes:
         raise NotFound(f"no remote {name!r} (known: {', '.join(sorted(remotes)) or 'none'}); "

@@ -43,7 +43,7 @@ from tvreg.errors import FormatError, InvalidInput, RemoteBusy, TvregError
 from tvreg.storage.objects import ObjectDB
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     from tvreg.remote.config import Remote
     from tvreg.stores import Store
 
@@ -354,7 +354,7 @@ class PushNote:
     """The local note of one push to ``remote_name``: written before its first object is sent,
     removed when it succeeds."""
 
-    def __init__(self, reg: "Registry", remote_name: str) -> None:
+    def __init__(self, reg: "Repo", remote_name: str) -> None:
         self.reg, self.remote_name = reg, remote_name
         self.key = f"{_notes_folder(remote_name)}/push-{uuid.uuid4().hex}.json"
         self.written = False
@@ -370,7 +370,7 @@ class PushNote:
             self.written = False
 
 
-def notes(reg: "Registry", remote_name: str) -> dict[str, set[str]]:
+def notes(reg: "Repo", remote_name: str) -> dict[str, set[str]]:
     """The notes left by pushes to ``remote_name`` that did not succeed: key -> object ids (a
     note that does not read names nothing; it is removed with the others)."""
     out: dict[str, set[str]] = {}
@@ -383,13 +383,13 @@ def notes(reg: "Registry", remote_name: str) -> dict[str, set[str]]:
     return out
 
 
-def forget(reg: "Registry", remote_name: str) -> None:
+def forget(reg: "Repo", remote_name: str) -> None:
     """Remove every note of ``remote_name`` (the remote was removed from the config)."""
     for key in list(reg.store.list(_notes_folder(remote_name))):
         reg.store.delete(key)
 
 
-def collect_after_push(reg: "Registry", remote: "Remote") -> tuple[RemoteGcReport | None, str]:
+def collect_after_push(reg: "Repo", remote: "Remote") -> tuple[RemoteGcReport | None, str]:
     """After a successful push: if earlier pushes left notes, delete the orphans they list
     (unreferenced, any age: they are this registry's own) and the notes. Returns the report
     (None if nothing was tried or the remote was busy) and, for a failure other than a busy
@@ -407,3 +407,18 @@ def collect_after_push(reg: "Registry", remote: "Remote") -> tuple[RemoteGcRepor
     for key in pending:
         reg.store.delete(key)
     return rep, ""
+
+
+def collect(reg: "Repo", remote: "Remote", *, grace_seconds: float,
+            dry_run: bool = False) -> RemoteGcReport:
+    """``tvreg gc --remote``: :func:`gc_remote`, then (unless ``dry_run``) the notes of failed
+    pushes to it are done with, unless they list an orphan that was younger than the grace
+    (the next push deletes it)."""
+    pending = notes(reg, remote.name)
+    rep = gc_remote(remote, grace_seconds=grace_seconds, dry_run=dry_run)
+    if not dry_run:
+        kept = set(rep.kept)
+        for key, oids in pending.items():
+            if not oids & kept:
+                reg.store.delete(key)
+    return rep

@@ -14,7 +14,7 @@ import importlib.resources
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import duckdb
 
@@ -35,7 +35,18 @@ from tvreg.stores.base import is_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.records import VersionRecord
-    from tvreg.remote.config import Remote
+
+
+class Source(Protocol):
+    """What the index needs of a remote (a :class:`tvreg.remote.config.Remote`)."""
+
+    name: str
+    url: str
+
+    @property
+    def listable(self) -> bool: ...
+
+    def store(self) -> Store: ...
 
 VERSIONS_KEY = "index/versions.parquet"
 TAGS_KEY = "index/tags.parquet"
@@ -44,6 +55,29 @@ _TABLES = {"versions": VERSIONS_KEY, "tags": TAGS_KEY}
 
 def _ddl() -> str:
     return (importlib.resources.files("tvreg.schema") / "remote_index.sql").read_text("utf-8")
+
+
+def _stored_columns() -> str:
+    """The ``versions`` columns ``versions.parquet`` holds (the catalog's, without the codec
+    columns derived from ``recipe``)."""
+    from tvreg.catalog.db import VERSION_COLUMNS
+
+    return ", ".join(VERSION_COLUMNS)
+
+
+def _derive_codec_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill ``codec_spec``, ``rel_l2`` and ``cosine_to_exact`` from ``recipe``, as the catalog
+    does (schema/migrations/0004_codec_error.sql)."""
+    con.execute("""UPDATE versions SET codec_spec = recipe->>'$.codec',
+                   rel_l2 = TRY_CAST(recipe->'$.error'->>'$.rel_l2' AS DOUBLE),
+                   cosine_to_exact = TRY_CAST(recipe->'$.error'->>'$.cosine' AS DOUBLE)
+                   WHERE recipe->>'$.codec' IS NOT NULL""")
+
+
+def _insert_versions(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
+    from tvreg.catalog.db import VERSION_COLUMNS, insert_rows
+
+    insert_rows(con, "versions", rows, VERSION_COLUMNS)
 
 
 @dataclass
@@ -104,14 +138,16 @@ def load_into(con: duckdb.DuckDBPyConnection, store: Store) -> bool:
             path = os.path.join(tmp, table + ".parquet")
             with open(path, "wb") as f:
                 f.write(data)
+            into = f"versions ({_stored_columns()})" if table == "versions" else table
             try:
-                con.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?)", [path])
+                con.execute(f"INSERT INTO {into} SELECT * FROM read_parquet(?)", [path])
             except duckdb.Error:
                 # DuckDB's text quotes our SQL (INSERT … read_parquet(?)): say what it means
                 raise FormatError(f"the index of {store} is unreadable: {key} is corrupt or not "
                                   "a tvreg index table; push again to rewrite the index")\
                     from None
             found = True
+    _derive_codec_columns(con)
     return found
 
 
@@ -121,7 +157,8 @@ def read(store: Store) -> Index | None:
     try:
         if not load_into(con, store):
             return None
-        return Index(con.execute("SELECT * FROM versions ORDER BY name, version").fetchall(),
+        return Index(con.execute(f"SELECT {_stored_columns()} FROM versions "
+                                 "ORDER BY name, version").fetchall(),
                      con.execute("SELECT * FROM tags ORDER BY name, tag").fetchall())
     finally:
         con.close()
@@ -134,12 +171,13 @@ def write(store: Store, index: Index) -> None:
     con = duckdb.connect()
     try:
         con.execute(_ddl())
-        insert_rows(con, "versions", index.versions)
+        _insert_versions(con, index.versions)
         insert_rows(con, "tags", index.tags)
         with tempfile.TemporaryDirectory(prefix="tvreg-index-") as tmp:
             for table, key in _TABLES.items():
                 path = os.path.join(tmp, table + ".parquet")
-                con.execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO '{path}' "
+                columns = _stored_columns() if table == "versions" else "*"
+                con.execute(f"COPY (SELECT {columns} FROM {table} ORDER BY ALL) TO '{path}' "
                             "(FORMAT parquet, COMPRESSION zstd)")
                 with open(path, "rb") as f:
                     store.write(key, f.read())
@@ -198,7 +236,7 @@ def refresh(store: Store, manifest_of: Callable[[str], "Manifest"], *,
     return index
 
 
-def require_content(remote: "Remote", store: Store) -> None:
+def require_content(remote: Source, store: Store) -> None:
     """A remote that holds nothing of tvreg's is most often a wrong URL or bucket: say so."""
     if store.exists(VERSIONS_KEY) or (remote.listable and record_keys(store)):
         return
@@ -206,7 +244,7 @@ def require_content(remote: "Remote", store: Store) -> None:
                    "there, or the URL, bucket or endpoint is wrong")
 
 
-def remote_sql(remote: "Remote", query: str) -> tuple[list[str], list[tuple]]:
+def remote_sql(remote: Source, query: str) -> tuple[list[str], list[tuple]]:
     """A user query on a remote's index (``versions``, ``tags``, ``latest``), in a sandboxed
     in-memory database. A listable remote without an index (never pushed to by this tvreg)
     is indexed on the fly from its records, without writing."""
@@ -223,7 +261,8 @@ def remote_sql(remote: "Remote", query: str) -> tuple[list[str], list[tuple]]:
                                    f"({VERSIONS_KEY}): push to it first")
             objects = ObjectDB(store)
             index = build(store, lambda vid: Manifest.from_bytes(objects.get(vid)))
-            insert_rows(con, "versions", index.versions)
+            _insert_versions(con, index.versions)
+            _derive_codec_columns(con)
             insert_rows(con, "tags", index.tags)
         sandbox(con)
         return user_query(con, query)

@@ -21,6 +21,7 @@ from tvreg.errors import CorruptObject, FormatError, InvalidInput, NotFound, Tvr
 from tvreg.format.manifest import Manifest
 from tvreg.format.records import TagRecord, VersionRecord, record_key, tag_key, utc_now
 from tvreg.names import parse_ref
+from tvreg.repo.write import index_tag, unindexed, without_stats
 from tvreg.storage.documents import (
     claim,
     read_many,
@@ -34,13 +35,17 @@ from tvreg.storage.objects import Staging, object_key
 from tvreg.stores import MissingKey
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
+    from tvreg.repo.write import AfterInsert
     from tvreg.stores import Store
     from tvreg.util.progress import Transfer
 
 
 @dataclass
 class PullReport:
+    """What a pull did: objects and versions fetched or already here, tags set, versions
+    renumbered (remote ref -> local ref), bases fetched, and what could not be read there."""
+
     remote: str
     objects_fetched: int = 0
     bytes_fetched: int = 0
@@ -56,6 +61,7 @@ class PullReport:
     # read (damaged there): not pulled, one line each
 
     def to_json(self) -> dict:
+        """The report as a JSON-able dict (``tvreg pull --json``)."""
         return dict(self.__dict__)
 
 
@@ -108,13 +114,16 @@ def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[V
     return [chosen[k] for k in sorted(chosen)]
 
 
-def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
-         workers: int = 8, progress: "Transfer | None" = None,
-         similarities: bool = True, with_base: bool = False) -> PullReport:
+def pull(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None, *,
+         workers: int = 8, progress: "Transfer | None" = None, with_base: bool = False,
+         after_insert: "AfterInsert | None" = None) -> PullReport:
+    """See :meth:`tvreg.Registry.pull`; ``after_insert(*records)`` is called with the versions
+    it stored once they are indexed (their similarities)."""
     from tvreg.remote.bases import check_manifests, plan_pull, pull_records
     from tvreg.remote.config import get
     from tvreg.remote.index import require_content
 
+    reg.require_writable()
     remote = get(reg, remote_name)
     src = remote.reader()
     require_content(remote, remote.store())
@@ -244,7 +253,7 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
     created = {r.key for r in new}
     held_before = sorted({r.key: r for r in mapping.values() if r.key not in created}.values(),
                          key=lambda r: (r.name, r.version))
-    indexed = new + reg._unindexed(held_before)
+    indexed = new + unindexed(reg, held_before)
     if indexed:
         try:
             reg.catalog.index(indexed, {r.vector_id: manifests[r.vector_id] for r in indexed})
@@ -265,20 +274,20 @@ def pull(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
             current = None
         if current is not None and (current.version, current.vector_id) == want:
             if indexed_tags.get((tag.name, tag.tag)) != want:  # a pull killed in between
-                reg._index_tag(current.name, current.tag)
+                index_tag(reg, current.name, current.tag)
             continue
         moved = TagRecord(tag.name, tag.tag, target.version, target.vector_id, utc_now())
         reg.store.write(moved.key, moved.to_bytes())
-        reg._index_tag(moved.name, moved.tag)
+        index_tag(reg, moved.name, moved.tag)
         report.tags_set += 1
-    if similarities:  # and those of versions a killed pull indexed but did not get to
-        pending = new + reg._without_stats(held_before)
+    if after_insert is not None:  # and for versions a killed pull indexed but did not get to
+        pending = new + without_stats(reg, held_before)
         if pending:
-            reg._similarities_after_insert(*pending)
+            after_insert(*pending)
     return report
 
 
-def _catalog_tags(reg: "Registry", names: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
+def _catalog_tags(reg: "Repo", names: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
     """The catalog's tags of ``names``: (name, tag) -> (version, vector id)."""
     try:
         rows = reg.catalog.rows("SELECT name, tag, version, vector_id FROM tags "
@@ -288,7 +297,7 @@ def _catalog_tags(reg: "Registry", names: set[str]) -> dict[tuple[str, str], tup
     return {(r["name"], r["tag"]): (r["version"], r["vector_id"]) for r in rows}
 
 
-def _reuse(reg: "Registry", oid: str) -> bool:
+def _reuse(reg: "Repo", oid: str) -> bool:
     """Whether object ``oid`` is here already; if so it is touched, so that gc's grace period
     restarts (an old unreferenced object, e.g. of an interrupted pull, is about to be used)."""
     try:

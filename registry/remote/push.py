@@ -29,7 +29,7 @@ from tvreg.storage.documents import read_tag
 from tvreg.storage.objects import PREFIX, ObjectDB, object_key
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     from tvreg.remote.index import Index
     from tvreg.stores import Store
     from tvreg.util.progress import Transfer
@@ -57,7 +57,7 @@ class PushReport:
         return dict(self.__dict__)
 
 
-def select_records(reg: "Registry", refs: list[str] | None) -> list[VersionRecord]:
+def select_records(reg: "Repo", refs: list[str] | None) -> list[VersionRecord]:
     """Every version (no refs); a bare NAME: all its versions; NAME@N / NAME@TAG: that one."""
     from tvreg.names import parse_ref
 
@@ -123,13 +123,14 @@ def _remote_versions(store: "Store", names: set[str]
     return out, index, listed
 
 
-def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
+def push(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None, *,
          workers: int = 8, progress: "Transfer | None" = None,
          with_base: bool = False) -> PushReport:
     """See :meth:`Registry.push`. A remote whose disk fills up fails with one line that names
     it and its URL (not the file the store was writing)."""
     import errno
 
+    reg.require_writable()
     try:
         return _push(reg, remote_name, refs, workers=workers, progress=progress,
                      with_base=with_base)
@@ -144,7 +145,7 @@ def push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = 
                           "disk): free some space there and push again") from None
 
 
-def _push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None = None, *,
+def _push(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None, *,
           workers: int = 8, progress: "Transfer | None" = None,
           with_base: bool = False) -> PushReport:
     from tvreg.remote.config import get
@@ -169,7 +170,7 @@ def _push(reg: "Registry", remote_name: str = "origin", refs: list[str] | None =
     return report
 
 
-def _push_locked(reg: "Registry", remote, store: "Store", note, records: list[VersionRecord], *,
+def _push_locked(reg: "Repo", remote, store: "Store", note, records: list[VersionRecord], *,
                  workers: int, progress: "Transfer | None", with_base: bool) -> PushReport:
     """The push itself, under a push lock on the remote (:mod:`tvreg.remote.gc`)."""
     from tvreg.remote.bases import plan_push, push_records

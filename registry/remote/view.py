@@ -5,8 +5,9 @@ against their sha256 and kept in a local cache shared by every remote (``$TVREG_
 ``~/.cache/tvreg``; objects are content-addressed, so one copy serves all). The catalog that
 ``ls``, ``sql`` and ref resolution use lives in the cache too, one per remote, and is rebuilt
 from the remote's records the first time a registry object needs it (manifests come through
-the cache, so a reopen reads only what is new). Everything that would write is refused with
-:class:`ReadOnlyRegistry`; pull into a local registry to change things.
+the cache, so a reopen reads only what is new). It is a read-only :class:`~tvreg.repo.repo.Repo`:
+every write is refused with :class:`ReadOnlyRegistry` by the one check all writers make
+(``require_writable``); pull into a local registry to change things.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import os
 from typing import Any, NoReturn
 
 from tvreg.digest import sha256_hex
-from tvreg.errors import CorruptObject, InvalidInput, ReadOnlyRegistry
-from tvreg.registry import CONFIG_FORMAT, Registry
+from tvreg.errors import CorruptObject, InvalidInput, NotFound, ReadOnlyRegistry
 from tvreg.remote.index import VERSIONS_KEY
+from tvreg.repo.repo import CONFIG_FORMAT, Repo
 from tvreg.storage.objects import ObjectDB, object_key
 from tvreg.stores import LocalStore, MissingKey, Store
 
@@ -76,7 +77,13 @@ class CachedObjectDB(ObjectDB):
         raise ReadOnlyRegistry(f"{self.remote!r} is opened read-only")
 
 
-class RemoteRegistry(Registry):
+class RemoteRepo(Repo):
+    """A remote opened read-only by URL: records and tags read there, objects through the
+    cache, the catalog rebuilt in the cache on the first read (:meth:`refresh` reads the
+    remote's records again). :meth:`Repo.require_writable` refuses every write."""
+
+    writable = False
+
     def __init__(self, url: str, *, options: dict[str, Any] | None = None,
                  cache: str | os.PathLike | None = None, check_tensors: bool = False) -> None:
         from tvreg.remote.config import Remote, check_url, normalize_url
@@ -97,6 +104,10 @@ class RemoteRegistry(Registry):
         return f"<tvreg.Registry {self.url} (read-only, cache {self.root})>"
 
     @property
+    def label(self) -> str:
+        return self.url
+
+    @property
     def exists(self) -> bool:
         if self.store.exists(VERSIONS_KEY):
             return True
@@ -105,15 +116,14 @@ class RemoteRegistry(Registry):
         except InvalidInput:  # cannot list (HTTP) and has no index: nothing to read
             return False
 
-    def _check_config(self) -> dict[str, Any]:
+    def check_config(self) -> dict[str, Any]:
+        """A remote has no config of its own here (and no remotes)."""
         return {"format": CONFIG_FORMAT, "remotes": {}}
 
-    def _require(self) -> None:
+    def require(self) -> None:
         """The first read refreshes the cached catalog from the remote's records."""
         if self._fresh:
             return
-        from tvreg.errors import NotFound
-
         if not self.exists:
             raise NotFound(f"no tvreg registry at {self.url} (nothing was pushed there)")
         os.makedirs(self.root, exist_ok=True)
@@ -123,15 +133,4 @@ class RemoteRegistry(Registry):
     def refresh(self) -> None:
         """Read the remote's records again (new pushes since this object first read them)."""
         self._fresh = False
-        self._require()
-
-    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise ReadOnlyRegistry(f"{self.url} is opened read-only; pull from it into a local "
-                               "registry (`tvreg remote add` + `tvreg pull`) to change it")
-
-    init = create = recode = save_composition = tag = push = pull = gc = _read_only
-    add_base = name_base = _repair = _read_only
-    add_remote = remove_remote = _read_only
-
-    def remotes(self) -> dict[str, Any]:
-        return {}
+        self.require()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,9 +25,11 @@ from tvreg.errors import (
     InvalidName,
     NotFound,
 )
-from tvreg.format.bases import MIN_HASH_PREFIX, BaseName, BaseRecord, base_key, base_name_key
+from tvreg.format.bases import MIN_HASH_PREFIX, BaseName, BaseRecord, base_name_key
 from tvreg.format.records import utc_now
 from tvreg.names import validate_name
+from tvreg.repo.index import base_name_row, base_row
+from tvreg.repo.write import write_vector
 from tvreg.storage.documents import base_keys, base_name_keys, read_base, read_base_name
 from tvreg.stores import MissingKey
 from tvreg.util import progress
@@ -38,9 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from tvreg.codecs import CodecPipeline
     from tvreg.format.manifest import Manifest
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
     from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
-    from tvreg.tensors.stored_base import StoredBase
 
 _HEX = re.compile(r"[0-9a-f]+")
 SHOW = 5
@@ -48,6 +48,9 @@ SHOW = 5
 
 @dataclass(frozen=True)
 class AddBaseResult:
+    """What ``add`` did: the base's ``record``, whether it stored it now (``created``), the
+    objects it wrote, and the base name it set (with the hash that name pointed at before)."""
+
     record: BaseRecord
     created: bool               # False: this base was already stored
     new_objects: int            # objects written (0 when the base was already stored)
@@ -56,6 +59,7 @@ class AddBaseResult:
 
     @property
     def base_hash(self) -> str:
+        """The stored base's hash."""
         return self.record.base_hash
 
 
@@ -69,55 +73,11 @@ def pipeline_for(tensor: "torch.Tensor", level: int | None = None) -> "CodecPipe
 # --- reading ----------------------------------------------------------------------------------
 
 
-def base_record(reg: "Registry", base_hash: str) -> BaseRecord | None:
-    """The base record of ``base_hash``, or None if no such base is stored."""
-    try:
-        return read_base(reg.store, base_key(base_hash))
-    except MissingKey:
-        return None
-
-
-_MANIFESTS: dict[str, "Manifest"] = {}
-_MANIFESTS_LOCK = threading.Lock()
-_MANIFESTS_KEEP = 16
-
-
-def base_manifest(reg: "Registry", record: BaseRecord, *, fresh: bool = False) -> "Manifest":
-    """The manifest a base record names, checked to be what the record says. Manifests are
-    content-addressed (immutable), so a few recent ones are kept in memory: opening a stored
-    base again reads only its record. ``fresh`` reads (and re-hashes) the object anyway."""
-    with _MANIFESTS_LOCK:
-        manifest = None if fresh else _MANIFESTS.get(record.manifest)
-    if manifest is None:
-        manifest = reg.manifest(record.manifest)
-        with _MANIFESTS_LOCK:
-            if len(_MANIFESTS) >= _MANIFESTS_KEEP:
-                _MANIFESTS.pop(next(iter(_MANIFESTS)))
-            _MANIFESTS[record.manifest] = manifest
-    if not record.describes(manifest):
-        raise FormatError(f"{record.key}: its manifest {record.manifest[:12]} does not match it "
-                          "(base hash, architecture, sizes or skipped tensors differ)")
-    return manifest
-
-
-def stored_base(reg: "Registry", base_hash: str, *, label: str | None = None
-                ) -> "StoredBase | None":
-    """The stored base of ``base_hash`` as a checkpoint, or None if it is not stored."""
-    from tvreg.tensors.stored_base import StoredBase
-
-    record = base_record(reg, base_hash)
-    if record is None:
-        return None
-    return StoredBase(record, base_manifest(reg, record), reg.objects.get,
-                      reg.executor("chunks"), check_tensors=reg.check_tensors,
-                      label=label or f"stored base {base_hash[:12]}")
-
-
 def _is_prefix(text: str) -> bool:
     return MIN_HASH_PREFIX <= len(text) <= 64 and _HEX.fullmatch(text) is not None
 
 
-def resolve(reg: "Registry", ref: str) -> BaseRecord:
+def resolve(repo: "Repo", ref: str) -> BaseRecord:
     """The stored base a NAME or a hash prefix (>= 8 hex digits) names; names win."""
     if not isinstance(ref, str) or not ref:
         raise InvalidInput("invalid base: empty")
@@ -128,21 +88,21 @@ def resolve(reg: "Registry", ref: str) -> BaseRecord:
         is_name = False
     if is_name:
         try:
-            named = read_base_name(reg.store, base_name_key(ref))
+            named = read_base_name(repo.store, base_name_key(ref))
         except MissingKey:
             pass
         else:
-            record = base_record(reg, named.base_hash)
+            record = repo.base_record(named.base_hash)
             if record is None:
                 raise FormatError(f"base name {ref!r} points at base {named.base_hash[:12]}, "
                                   "which is not stored; run `tvreg verify`")
             return record
     if _is_prefix(ref):
         if len(ref) == 64:
-            record = base_record(reg, ref)
+            record = repo.base_record(ref)
             found = [record] if record else []
         else:
-            found = [read_base(reg.store, k) for k in base_keys(reg.store)
+            found = [read_base(repo.store, k) for k in base_keys(repo.store)
                      if k[len("bases/"):].startswith(ref)]
         if len(found) > 1:
             raise AmbiguousRef(f"base hash prefix {ref!r} matches {len(found)} stored bases; "
@@ -156,25 +116,25 @@ def resolve(reg: "Registry", ref: str) -> BaseRecord:
                    "(`tvreg base ls` lists them)")
 
 
-def names_of(reg: "Registry", base_hash: str | None = None) -> dict[str, str]:
+def names_of(repo: "Repo", base_hash: str | None = None) -> dict[str, str]:
     """Base names and the hashes they point at (those of ``base_hash`` only, if given); a
     damaged name file is left out (``verify`` reports it)."""
     from tvreg.storage.documents import or_none, read_many
 
-    read = or_none(lambda k: read_base_name(reg.store, k))
+    read = or_none(lambda k: read_base_name(repo.store, k))
     out = {}
-    for doc in read_many(read, base_name_keys(reg.store)):
+    for doc in read_many(read, base_name_keys(repo.store)):
         if doc is not None and (base_hash is None or doc.base_hash == base_hash):
             out[doc.name] = doc.base_hash
     return out
 
 
-def label(reg: "Registry", record: BaseRecord) -> str:
-    names = sorted(names_of(reg, record.base_hash))
+def label(repo: "Repo", record: BaseRecord) -> str:
+    names = sorted(names_of(repo, record.base_hash))
     return f"stored base {names[0] if names else record.base_hash[:12]}"
 
 
-def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
+def open_base(repo: "Repo", base: "str | os.PathLike | Checkpoint | None",
               base_hash: str) -> "Checkpoint":
     """What ``apply``'s ``base`` means: None, the stored base of ``base_hash`` (the vectors'
     base); a state dict in memory or an existing path, that checkpoint; otherwise a stored
@@ -186,32 +146,32 @@ def open_base(reg: "Registry", base: "str | os.PathLike | Checkpoint | None",
     if is_in_memory(base):
         return open_checkpoint(base, label="base")
     if base is None:
-        ck = stored_base(reg, base_hash)
+        ck = repo.stored_base(base_hash)
         if ck is None:
             raise InvalidInput(f"no stored base for {base_hash[:12]}…: pass --base P or run "
                                "`tvreg base add P`")
         record = ck.record
-        ck.path = label(reg, record)
+        ck.path = label(repo, record)
         return ck
     path = os.fspath(base)
     if os.path.exists(path):
         return open_checkpoint(path)
     try:
-        record = resolve(reg, path)
+        record = resolve(repo, path)
     except AmbiguousRef:
         raise
     except InvalidInput:  # not found, or neither a name nor a hash prefix
         raise InvalidInput(f"{path}: no such file or directory, nor a stored base name or "
                            "hash prefix") from None
-    ck = stored_base(reg, record.base_hash)
-    ck.path = label(reg, record)
+    ck = repo.stored_base(record.base_hash)
+    ck.path = label(repo, record)
     return ck
 
 
 # --- adding -----------------------------------------------------------------------------------
 
 
-def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
+def add(repo: "Repo", path: str | os.PathLike, name: str | None = None, *,
         level: int | None = None,
         on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
     """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`.
@@ -221,6 +181,7 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
     from tvreg.digest import arch_fingerprint
     from tvreg.tensors.checkpoints import Checkpoint, open_checkpoint
 
+    repo.require_writable()
     if name is not None:
         validate_name(name)
     with (contextlib.nullcontext(path) if isinstance(path, Checkpoint)
@@ -231,13 +192,13 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
         fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)
         total = sum(i.numel * dtypes.itemsize(i.dtype) for i in infos)
         record = None
-        if reg.exists and any(r.arch_fingerprint == fingerprint for r in _records(reg)):
+        if repo.exists and any(r.arch_fingerprint == fingerprint for r in _records(repo)):
             # a base of this architecture is stored: hash first (reading is cheaper than
             # encoding), and store nothing if it is this one
             base_hash, digests = _hash(ck, infos)
-            record = base_record(reg, base_hash)
-            if record is not None and _holds(reg, record, ck, infos, digests):
-                previous = set_name(reg, name, record.base_hash)[1] if name else None
+            record = repo.base_record(base_hash)
+            if record is not None and _holds(repo, record, ck, infos, digests):
+                previous = set_name(repo, name, record.base_hash)[1] if name else None
                 return AddBaseResult(record, False, 0, name, previous)
         with progress.bar(total, f"base add {os.path.basename(ck.path)}") as bar:
             def tick(n: int) -> None:
@@ -249,31 +210,31 @@ def add(reg: "Registry", path: str | os.PathLike, name: str | None = None, *,
 
             def produce(put: Callable[[bytes], str]) -> "Manifest":
                 manifest = _encode(ck, infos, fingerprint, put, level, tick)
-                had_manifest.append(reg.exists and reg.objects.exists(manifest.vector_id))
+                had_manifest.append(repo.exists and repo.objects.exists(manifest.vector_id))
                 return manifest
 
-            manifest, manifest_id, new_objects = reg._write_vector(produce)
+            manifest, manifest_id, new_objects = write_vector(repo, produce)
     new_objects += 0 if had_manifest[0] else 1
     record = BaseRecord.of(manifest, manifest_id, utc_now())
     from tvreg.storage.objects import referencing
 
-    with referencing(reg, [manifest_id, *manifest.blob_ids()],  # still there: see gclock
+    with referencing(repo, [manifest_id, *manifest.blob_ids()],  # still there: see gclock
                      restore={manifest_id: manifest.to_bytes()}):
-        created = reg.store.write_new(record.key, record.to_bytes())
+        created = repo.store.write_new(record.key, record.to_bytes())
     if not created:  # stored meanwhile, or an earlier add whose objects are now repaired
-        record = read_base(reg.store, record.key)
+        record = read_base(repo.store, record.key)
         if record.manifest != manifest_id:  # the first stored wins
-            manifest = base_manifest(reg, record)
-    _index(reg, [record], {record.base_hash: manifest})
-    previous = set_name(reg, name, record.base_hash)[1] if name else None
+            manifest = repo.base_manifest(record)
+    _index(repo, [record], {record.base_hash: manifest})
+    previous = set_name(repo, name, record.base_hash)[1] if name else None
     return AddBaseResult(record, created, new_objects, name, previous)
 
 
-def _records(reg: "Registry") -> list[BaseRecord]:
+def _records(repo: "Repo") -> list[BaseRecord]:
     from tvreg.storage.documents import or_none, read_many
 
-    read = or_none(lambda k: read_base(reg.store, k))
-    return [r for r in read_many(read, base_keys(reg.store)) if r is not None]
+    read = or_none(lambda k: read_base(repo.store, k))
+    return [r for r in read_many(read, base_keys(repo.store)) if r is not None]
 
 
 def _hash(ck: "Checkpoint", infos: list["TensorInfo"]) -> tuple[str, dict[str, str]]:
@@ -289,7 +250,7 @@ def _hash(ck: "Checkpoint", infos: list["TensorInfo"]) -> tuple[str, dict[str, s
     return hasher.hexdigest(), digests
 
 
-def _holds(reg: "Registry", record: BaseRecord, ck: "Checkpoint", infos: list["TensorInfo"],
+def _holds(repo: "Repo", record: BaseRecord, ck: "Checkpoint", infos: list["TensorInfo"],
            digests: dict[str, str]) -> bool:
     """Whether the stored base ``record`` holds exactly this checkpoint, all its objects there.
     A damaged stored base (False) is repaired by storing the checkpoint again. One base hash
@@ -298,7 +259,7 @@ def _holds(reg: "Registry", record: BaseRecord, ck: "Checkpoint", infos: list["T
     from tvreg.errors import CorruptObject
 
     try:
-        manifest = base_manifest(reg, record)
+        manifest = repo.base_manifest(record)
     except (CorruptObject, FormatError):
         return False
     have = {t.name: (t.source_dtype, tuple(t.shape), t.sha256) for t in manifest.tensors}
@@ -310,7 +271,7 @@ def _holds(reg: "Registry", record: BaseRecord, ck: "Checkpoint", infos: list["T
             f"{ck.path} has the base hash of stored base {record.base_hash[:12]} but other "
             f"non-floating tensors ({', '.join(differ[:SHOW])}{more}); a base hash names one "
             "stored base")
-    return all(reg.objects.exists(b) for b in manifest.blob_ids())
+    return all(repo.objects.exists(b) for b in manifest.blob_ids())
 
 
 def _encode(ck: "Checkpoint", infos: list["TensorInfo"], fingerprint: str,
@@ -336,113 +297,63 @@ def _encode(ck: "Checkpoint", infos: list["TensorInfo"], fingerprint: str,
 # --- names ------------------------------------------------------------------------------------
 
 
-def set_name(reg: "Registry", name: str, base_hash: str) -> tuple[BaseName, str | None]:
+def set_name(repo: "Repo", name: str, base_hash: str) -> tuple[BaseName, str | None]:
     """Point base name ``name`` at ``base_hash`` (a stored base); returns the name and the
     hash it pointed at before (None if the name is new; ``base_hash`` if unchanged). A
     damaged name file is replaced."""
     from tvreg.errors import CorruptObject
 
+    repo.require_writable()
     validate_name(name)
     try:
-        current = read_base_name(reg.store, base_name_key(name))
+        current = read_base_name(repo.store, base_name_key(name))
     except (MissingKey, FormatError, CorruptObject):
         current = None
     if current is not None and current.base_hash == base_hash:
         return current, base_hash
     doc = BaseName(name, base_hash, utc_now())
-    reg.store.write(doc.key, doc.to_bytes())
-    _index_name(reg, doc)
+    repo.store.write(doc.key, doc.to_bytes())
+    _index_name(repo, doc)
     return doc, current.base_hash if current else None
 
 
 # --- the catalog ------------------------------------------------------------------------------
 
 
-def _row(record: BaseRecord, manifest: "Manifest") -> tuple:
-    from tvreg.catalog.db import _timestamp
-
-    return (record.base_hash, record.arch_fingerprint, record.manifest, record.n_tensors,
-            sum(1 for t in manifest.tensors if dtypes.is_floating(t.source_dtype)),
-            record.n_params, record.raw_bytes, record.stored_bytes, manifest.codec_label,
-            _timestamp(record.created_at))
-
-
-def _name_row(doc: BaseName) -> tuple:
-    from tvreg.catalog.db import _timestamp
-
-    return (doc.name, doc.base_hash, _timestamp(doc.updated_at))
-
-
-def _index(reg: "Registry", records: list[BaseRecord], manifests: dict[str, "Manifest"]) -> None:
+def _index(repo: "Repo", records: list[BaseRecord], manifests: dict[str, "Manifest"]) -> None:
     from tvreg.catalog.db import insert_rows
     from tvreg.errors import TvregError
 
     try:
-        if not os.path.exists(reg.catalog.path):
-            reg.reindex()
+        if not os.path.exists(repo.catalog.path):
+            repo.reindex()
             return
-        with reg.catalog.writer() as con:
+        with repo.catalog.writer() as con:
             for r in records:
                 con.execute("DELETE FROM bases WHERE base_hash = ?", [r.base_hash])
-            insert_rows(con, "bases", [_row(r, manifests[r.base_hash]) for r in records])
+            insert_rows(con, "bases", [base_row(r, manifests[r.base_hash]) for r in records])
     except TvregError as e:
         raise type(e)(f"base {', '.join(r.base_hash[:12] for r in records)} is stored, but the "
                       f"catalog was not updated ({e}); run `tvreg reindex`") from None
 
 
-def _index_name(reg: "Registry", doc: BaseName) -> None:
+def _index_name(repo: "Repo", doc: BaseName) -> None:
     """Index base name ``doc.name`` as its file holds it now, read under the catalog's write
     lock (names move like tags: the last to index must index the last file)."""
     from tvreg.catalog.db import insert_rows
     from tvreg.errors import CorruptObject
 
-    if not os.path.exists(reg.catalog.path):
-        reg.reindex()
+    if not os.path.exists(repo.catalog.path):
+        repo.reindex()
         return
-    with reg.catalog.writer() as con:
+    with repo.catalog.writer() as con:
         try:
-            current = read_base_name(reg.store, doc.key)
+            current = read_base_name(repo.store, doc.key)
         except (MissingKey, FormatError, CorruptObject):
             current = None
         con.execute("DELETE FROM base_names WHERE name = ?", [doc.name])
         if current is not None:
-            insert_rows(con, "base_names", [_name_row(current)])
-
-
-def reindex_into(reg: "Registry", con: Any, problems: list[str]) -> dict[str, int]:
-    """Replace the catalog's ``bases`` and ``base_names`` rows (inside the caller's rebuild
-    transaction) with what the store holds; what does not read goes to ``problems``."""
-    from tvreg.catalog.db import insert_rows
-    from tvreg.errors import TvregError
-    from tvreg.storage.documents import read_many, readable
-
-    records = readable(base_keys(reg.store), lambda k: read_base(reg.store, k), problems)
-
-    def manifest(r: BaseRecord) -> Any:
-        try:
-            return base_manifest(reg, r, fresh=True)
-        except TvregError as e:
-            return e
-
-    rows, stored = [], set()
-    for r, m in zip(records, read_many(manifest, records)):
-        if isinstance(m, TvregError):
-            problems.append(f"{r.key}: manifest {r.manifest[:12]}: {m}")
-            continue
-        rows.append(_row(r, m))
-        stored.add(r.base_hash)
-    names = []
-    for doc in readable(base_name_keys(reg.store), lambda k: read_base_name(reg.store, k),
-                         problems):
-        if doc.base_hash in stored:
-            names.append(_name_row(doc))
-        else:
-            problems.append(f"{doc.key}: points at a base that is missing or unreadable")
-    for table in ("base_names", "bases"):
-        con.execute(f"DELETE FROM {table}")
-    insert_rows(con, "bases", rows)
-    insert_rows(con, "base_names", names)
-    return {"bases": len(rows), "base_names": len(names)}
+            insert_rows(con, "base_names", [base_name_row(current)])
 
 
 # --- listing, showing, exporting --------------------------------------------------------------
@@ -458,11 +369,11 @@ LS_QUERY = """
     FROM bases b ORDER BY b.created_at, b.base_hash"""
 
 
-def show(reg: "Registry", ref: str, *, tensors: bool = False) -> dict[str, Any]:
-    record = resolve(reg, ref)
-    manifest = base_manifest(reg, record)
+def show_base(repo: "Repo", ref: str, *, tensors: bool = False) -> dict[str, Any]:
+    record = resolve(repo, ref)
+    manifest = repo.base_manifest(record)
     out: dict[str, Any] = {
-        "base_hash": record.base_hash, "names": sorted(names_of(reg, record.base_hash)),
+        "base_hash": record.base_hash, "names": sorted(names_of(repo, record.base_hash)),
         "arch_fingerprint": record.arch_fingerprint, "manifest": record.manifest,
         "n_tensors": record.n_tensors,
         "n_floating": sum(1 for t in manifest.tensors if dtypes.is_floating(t.source_dtype)),
@@ -477,15 +388,15 @@ def show(reg: "Registry", ref: str, *, tensors: bool = False) -> dict[str, Any]:
     return out
 
 
-def export(reg: "Registry", ref: str, path: str | os.PathLike) -> int:
+def export_base(repo: "Repo", ref: str, path: str | os.PathLike) -> int:
     """Write the stored base to a safetensors file, one tensor in memory at a time; its
     tensors are bit for bit those of the checkpoint it was stored from."""
-    from tvreg.compose.apply import check_output_path
+    from tvreg.tensors.outputs import check_output_path
     from tvreg.tensors.safetensors_io import write_safetensors
 
-    record = resolve(reg, ref)
-    output = check_output_path(os.fspath(path), registry=getattr(reg, "root", None))
-    ck = stored_base(reg, record.base_hash)
+    record = resolve(repo, ref)
+    output = check_output_path(os.fspath(path), registry=repo.root)
+    ck = repo.stored_base(record.base_hash)
     entries = ck.manifest.tensors
     specs = [(t.name, t.dtype, t.shape) for t in entries]
     metadata = {"tvreg.base_hash": record.base_hash,

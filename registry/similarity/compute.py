@@ -30,7 +30,7 @@ from tvreg.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest, TensorEntry
-    from tvreg.registry import Registry
+    from tvreg.repo.repo import Repo
 
 _SKETCH_BITS = 12  # log2(SKETCH_DIM)
 #: a parameter is material in a tensor if |value| is in the top this fraction of the tensor
@@ -161,7 +161,7 @@ def _flat(tensor: Any) -> np.ndarray:
 # --- passes ------------------------------------------------------------------------------------
 
 
-def vector_stats(reg: "Registry", vector_id: str) -> VectorStats:
+def vector_stats(reg: "Repo", vector_id: str) -> VectorStats:
     """Norms, thresholds and sketch of one vector: one pass, a tensor at a time."""
     manifest = reg.manifest(vector_id)
     sketch = np.zeros(SKETCH_DIM)
@@ -179,7 +179,7 @@ def vector_stats(reg: "Registry", vector_id: str) -> VectorStats:
 AHEAD_BYTES = 256 << 20
 
 
-def _decoded(reg: "Registry", entries: list["TensorEntry"]):
+def _decoded(reg: "Repo", entries: list["TensorEntry"]):
     """(entry, tensor) in order, the next tensors decoded ahead on the operand pool: up to one
     per worker, and up to :data:`AHEAD_BYTES` of them (but always the next one), so a model of
     large tensors holds two or three, not one per worker."""
@@ -216,7 +216,7 @@ class _PairTotals:
     tensors: list[tuple] = field(default_factory=list)
 
 
-def pair_pass(reg: "Registry", x: str, partners: list[str],
+def pair_pass(reg: "Repo", x: str, partners: list[str],
               stats: dict[str, VectorStats]) -> dict[str, _PairTotals]:
     """Dot products and sign conflicts of vector ``x`` with each partner, per tensor: each of
     x's tensors is decoded once and prepared (float64 copy, its material positions and their
@@ -267,12 +267,12 @@ def pair_pass(reg: "Registry", x: str, partners: list[str],
 ALL_PAIRS_BYTES = 1 << 30
 
 
-def _fits_all_pairs(reg: "Registry", ids: list[str]) -> bool:
+def _fits_all_pairs(reg: "Repo", ids: list[str]) -> bool:
     largest = max(e.nbytes for e in reg.manifest(ids[0]).tensors) if ids else 0
     return len(ids) * largest * 3 <= ALL_PAIRS_BYTES
 
 
-def all_pairs_pass(reg: "Registry", ids: list[str], pairs: set[tuple[str, str]],
+def all_pairs_pass(reg: "Repo", ids: list[str], pairs: set[tuple[str, str]],
                    stats: dict[str, VectorStats]) -> dict[tuple[str, str], _PairTotals]:
     """The ``pairs`` among ``ids`` (and the statistics of those of ``ids`` not in ``stats``,
     added to it), one tensor name at a time: each vector's tensor is decoded once and compared
@@ -392,7 +392,7 @@ def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list
     return groups
 
 
-def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
+def update(reg: "Repo", vector_ids: Iterable[str] | None = None, *,
            exact_limit: int = EXACT_LIMIT,
            on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
     """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
@@ -466,7 +466,7 @@ def update(reg: "Registry", vector_ids: Iterable[str] | None = None, *,
     return done
 
 
-def _index_sketches(reg: "Registry", stored: list[tuple[VectorStats, "Manifest"]]) -> None:
+def _index_sketches(reg: "Repo", stored: list[tuple[VectorStats, "Manifest"]]) -> None:
     """Append committed sketches to their base's sketch file (a cache: failures are ignored,
     queries then read the catalog)."""
     by_base: dict[tuple[str, str], list] = {}
@@ -488,7 +488,7 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
     return min(count, key=lambda v: (-count[v], v))
 
 
-def clear(reg: "Registry") -> None:
+def clear(reg: "Repo") -> None:
     sketch_index.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
@@ -498,14 +498,14 @@ def clear(reg: "Registry") -> None:
 # --- queries -----------------------------------------------------------------------------------
 
 
-def _sketches(reg: "Registry", ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
+def _sketches(reg: "Repo", ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
     with reg.catalog.reader() as con:
         rows = con.execute("SELECT vector_id, norm, sketch FROM vector_stats "
                            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall()
     return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
 
 
-def similar(reg: "Registry", ref: str, k: int = 10) -> list[dict[str, Any]]:
+def similar(reg: "Repo", ref: str, k: int = 10) -> list[dict[str, Any]]:
     """The versions most similar to ``ref`` among those of its base, best first: exact cosines
     where the pair is stored, sketch estimates otherwise (``exact`` says which). Estimates are
     ranked from the base's sketch file (milliseconds for 10,000 vectors), or from the catalog
@@ -599,7 +599,7 @@ class SimilarityMatrix:
                 "exact": self.exact.tolist(), "skipped": self.skipped}
 
 
-def similarity_matrix(reg: "Registry", refs: list[str] | None = None) -> SimilarityMatrix:
+def similarity_matrix(reg: "Repo", refs: list[str] | None = None) -> SimilarityMatrix:
     """Cosines between ``refs`` (default: the newest version of every name, if they share one
     base). Refs of another base than the first are skipped, with the reason."""
     if refs is None:

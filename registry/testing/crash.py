@@ -295,7 +295,7 @@ def check_complete(root: pathlib.Path, env: dict[str, str], expected: Expected,
         reg.gc(grace_seconds=0)
         from tvreg.maintenance.gc import reachable_objects
 
-        extra = set(reg.objects.ids()) - reachable_objects(reg)
+        extra = set(reg.objects.ids()) - reachable_objects(reg.repo)
         if extra:
             problems.append(f"gc --grace 0 left {len(extra)} unreferenced object(s)")
         problems += [m for r in records.values() if (m := expected.mismatch(reg, r))]
@@ -789,7 +789,7 @@ class GcScenario(Scenario):
         from tvreg.maintenance.gc import reachable_objects
 
         with tvreg.open(root) as reg:
-            extra = set(reg.objects.ids()) - reachable_objects(reg)
+            extra = set(reg.objects.ids()) - reachable_objects(reg.repo)
         left = [str(p.relative_to(root)) for p in root.rglob(".tmp-*")] + \
             [str(p.relative_to(root)) for p in (root / "tmp").glob("*")]
         if extra or left:
