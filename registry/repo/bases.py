@@ -32,6 +32,7 @@ from tvreg.names import validate_name
 from tvreg.storage.documents import base_keys, base_name_keys, read_base, read_base_name
 from tvreg.stores import MissingKey
 from tvreg.util import progress
+from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.tensors.stored_base import StoredBase
 
 _HEX = re.compile(r"[0-9a-f]+")
-SHOW = 5
 
 
 @dataclass(frozen=True)
@@ -305,10 +305,9 @@ def _holds(reg: "Registry", record: BaseRecord, ck: "Checkpoint", infos: list["T
     want = {i.name: (i.dtype, tuple(i.shape), digests[i.name]) for i in infos}
     if have != want:
         differ = sorted(n for n in have.keys() | want.keys() if have.get(n) != want.get(n))
-        more = f" and {len(differ) - SHOW} more" if len(differ) > SHOW else ""
         raise IncompatibleCheckpoints(
             f"{ck.path} has the base hash of stored base {record.base_hash[:12]} but other "
-            f"non-floating tensors ({', '.join(differ[:SHOW])}{more}); a base hash names one "
+            f"non-floating tensors ({listing(differ)}); a base hash names one "
             "stored base")
     return all(reg.objects.exists(b) for b in manifest.blob_ids())
 

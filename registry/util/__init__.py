@@ -1,5 +1,5 @@
 """Small helpers every layer may use (layer L0): lazy re-exports, fault injection for crash tests,
-progress bars, recycled buffers.
+progress bars, recycled buffers, short listings in messages.
 """
 
 from tvreg.util.lazy import lazy_exports
@@ -10,10 +10,12 @@ _EXPORTS = {
     "KILL_ENV": "faults",
     "TRACE_ENV": "faults",
     "lazy_exports": "lazy",
+    "listing": "listings",
     "compile_option": "patterns",
     "Transfer": "progress",
 }
 
-__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer", "compile_option", "lazy_exports"]
+__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer", "compile_option", "lazy_exports",
+           "listing"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
