@@ -1,5 +1,5 @@
 """Small helpers every layer may use (layer L0): lazy re-exports, fault injection for crash tests,
-progress bars, recycled buffers, short listings in messages.
+progress bars, recycled buffers, short listings in messages, fsync of a folder.
 """
 
 from tvreg.util.lazy import lazy_exports
@@ -9,13 +9,14 @@ _EXPORTS = {
     "BufferPool": "buffers",
     "KILL_ENV": "faults",
     "TRACE_ENV": "faults",
+    "fsync_dir": "fsio",
     "lazy_exports": "lazy",
     "listing": "listings",
     "compile_option": "patterns",
     "Transfer": "progress",
 }
 
-__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer", "compile_option", "lazy_exports",
-           "listing"]
+__all__ = ["BufferPool", "KILL_ENV", "TRACE_ENV", "Transfer", "compile_option", "fsync_dir",
+           "lazy_exports", "listing"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
