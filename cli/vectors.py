@@ -20,13 +20,13 @@ from .output import (
 def codec_note(rec) -> str:
     """``, codec int8 (rel L2 0.0041, cosine 0.99999)`` for a version stored with a codec."""
     from tvreg.catalog.db import codec_columns
+    from tvreg.util.listings import listing
 
     spec, rel, cos = codec_columns(rec)
     if spec is None:
         return ""
     kept = rec.recipe.get("lossless") or []
-    more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
-    lossless = (f", {len(kept)} tensor(s) kept lossless: {', '.join(kept[:3])}{more}"
+    lossless = (f", {len(kept)} tensor(s) kept lossless: {listing(kept, 3)}"
                 if kept else "")
     return (f", codec {spec} (rel L2 {'n/a' if rel is None else f'{rel:.3g}'}, "
             f"cosine {'n/a' if cos is None else f'{cos:.6f}'}){lossless}")

@@ -121,3 +121,29 @@ def serve_http():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size) -> folder``: a real tmpfs of ``size`` (e.g. ``"1m"``) mounted under
+    ``tmp_path``, unmounted after the test; the test is skipped where mounting is not allowed
+    (it needs root; CI runs as root)."""
+    import subprocess
+
+    mounts = []
+
+    def make(size: str):
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
+        mounts.append(path)
+        return path
+
+    yield make
+    for m in mounts:
+        subprocess.run(["umount", "-l", str(m)], capture_output=True)

@@ -6,10 +6,10 @@ import uuid
 
 import fsspec
 import pytest
-from store_contract import StoreContract
 
 from tvreg.errors import InvalidInput
 from tvreg.stores.fsspec_store import FsspecStore
+from tvreg.testing.store import StoreContract
 
 
 class TestMemoryStore(StoreContract):

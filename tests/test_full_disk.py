@@ -14,31 +14,6 @@ from helpers import snapshot
 from safetensors.numpy import save_file
 
 
-def _mount(path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mounts = []
-
-    def make(size: str):
-        path = tmp_path / f"disk{len(mounts)}"
-        _mount(path, size)
-        mounts.append(path)
-        return path
-
-    yield make
-    for m in mounts:
-        subprocess.run(["umount", "-l", str(m)], capture_output=True)
-
-
 @pytest.fixture
 def ckpts(tmp_path):
     rng = np.random.default_rng(0)

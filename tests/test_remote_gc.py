@@ -172,22 +172,9 @@ def test_a_push_that_sends_nothing_leaves_no_note_and_no_lock(two, remote):
 # --- a real full disk --------------------------------------------------------------------------
 
 
-def _mount(path, size):
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
-
-
 @pytest.fixture
-def full_remote(tmp_path):
-    disk = tmp_path / "disk"
-    _mount(disk, "2m")
-    yield disk / "remote"
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+def full_remote(small_disk):
+    return small_disk("2m") / "remote"
 
 
 def test_orphans_of_a_push_to_a_full_remote(full_remote, tmp_path):

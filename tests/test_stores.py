@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
-from store_contract import StoreContract, temp_name_for
 
 from tvreg.stores import LocalStore
 from tvreg.stores.local import TMP_PREFIX
+from tvreg.testing.store import StoreContract, temp_name_for
 
 
 class TestLocalStore(StoreContract):

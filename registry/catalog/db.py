@@ -21,6 +21,7 @@ import duckdb
 
 from tvreg.errors import CatalogBusy, InvalidInput, RegistryError, SQLError
 from tvreg.util import faults
+from tvreg.util.locks import flock_until, read_holder, write_holder
 
 try:
     import fcntl
@@ -138,24 +139,13 @@ class Catalog:
             yield
             return
         try:
-            delay = 0.002
-            while True:
-                try:
-                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                                | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        # a reader waits only on a writer, which wrote its PID there
-                        pid = "" if exclusive else os.pread(fd, 32, 0).decode(errors="replace")
-                        raise CatalogBusy(self._busy(f"PID {pid.strip()}" if pid.strip().isdigit()
-                                                     else None)) from None
-                    time.sleep(delay)
-                    delay = min(delay * 1.5, 0.1)
+            if not flock_until(fd, exclusive=exclusive, deadline=deadline):
+                # a reader waits only on a writer, which wrote its PID there
+                pid = None if exclusive else read_holder(fd)
+                raise CatalogBusy(self._busy(f"PID {pid}" if pid else None)) from None
             if exclusive:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, str(os.getpid()).encode(), 0)
+                with contextlib.suppress(OSError):  # a read-only lock file (_lock_file)
+                    write_holder(fd)
             held[self.path] = exclusive
             try:
                 yield

@@ -12,8 +12,9 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
 from tvreg import dtypes
-from tvreg.compose.composition import BaseMismatchWarning, _listing
+from tvreg.compose.composition import BaseMismatchWarning
 from tvreg.errors import IncompatibleCheckpoints, InvalidInput
+from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -60,7 +61,7 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
                         if not fits(n))
         if diffs:
             raise IncompatibleCheckpoints(f"{ck.path} is not the vectors' architecture: "
-                                          f"{len(diffs)} tensor(s) differ: {_listing(diffs)}")
+                                          f"{len(diffs)} tensor(s) differ: {listing(diffs)}")
     from tvreg.util.buffers import BufferPool
 
     base_hash = ck.known_base_hash()

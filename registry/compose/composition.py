@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMappi
 
 from tvreg.errors import IncompatibleCheckpoints, InvalidInput
 from tvreg.format.manifest import Manifest
+from tvreg.util.listings import listing
 from tvreg.util.patterns import compile_option
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
     from tvreg.tensors.taskvector import TaskVector
 
-SHOW = 5
 #: bounds on the bytes of names (accumulators and operand buffers) task arithmetic sums at
 #: once: a quarter of the composed vector's size, clamped to this range (one name at least)
 AHEAD_BYTES_MIN, AHEAD_BYTES_MAX = 64 << 20, 512 << 20
@@ -44,11 +44,6 @@ class Operand:
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.vector.ref if self.vector.record else self.ref,
                 "vector_id": self.vector.vector_id, "coef": self.coef}
-
-
-def _listing(items: list[str]) -> str:
-    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
-    return ", ".join(items[:SHOW]) + more
 
 
 def _layout(m: Manifest) -> dict[str, tuple[str, tuple[int, ...], bool]]:
@@ -77,12 +72,12 @@ def architecture_difference(a: Manifest, b: Manifest) -> str | None:
                     or (not la[n][2] and la[n][0] != lb[n][0]))
     if not diffs:
         return None
-    message = f"{len(diffs)} tensor(s) differ: {_listing(diffs)}"
+    message = f"{len(diffs)} tensor(s) differ: {listing(diffs)}"
     dtype_only = sorted(f"{n} ({la[n][0]} vs {lb[n][0]})" for n in common
                         if la[n][1:] == lb[n][1:] and la[n][2] and la[n][0] != lb[n][0])
     if dtype_only:
         message += (f"; {len(dtype_only)} more differ in dtype only (allowed): "
-                    f"{_listing(dtype_only)}")
+                    f"{listing(dtype_only)}")
     return message
 
 
@@ -427,8 +422,8 @@ class Composition:
         if missing or wrong:
             raise IncompatibleCheckpoints(
                 "the target does not fit the composition: " + "; ".join(
-                    p for p in (f"{len(missing)} tensor(s) missing: {_listing(missing)}" if missing else "",
-                                f"{len(wrong)} tensor(s) of another shape: {_listing(wrong)}" if wrong else "")
+                    p for p in (f"{len(missing)} tensor(s) missing: {listing(missing)}" if missing else "",
+                                f"{len(wrong)} tensor(s) of another shape: {listing(wrong)}" if wrong else "")
                     if p))
         # a target on one CUDA device: each merged tensor goes there through pinned memory
         # without blocking, so the copy overlaps the decoding of the next (iter_tensors)

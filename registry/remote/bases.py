@@ -14,6 +14,7 @@ from tvreg.errors import CorruptObject, FormatError, InvalidInput, NotFound
 from tvreg.format.bases import BaseName, BaseRecord, base_key
 from tvreg.format.records import utc_now
 from tvreg.storage.documents import base_name_keys, or_none, read_base, read_base_name, read_many
+from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
     from tvreg.stores import Store
 
-SHOW = 3
+SHOW = 3  # users of a base named in a message
 
 
 @dataclass
@@ -44,11 +45,6 @@ def _bases_of(records: list["VersionRecord"]) -> dict[str, list[str]]:
     for r in records:
         out.setdefault(r.base_hash, []).append(r.ref)
     return out
-
-
-def _users(refs: list[str]) -> str:
-    more = f" and {len(refs) - SHOW} more" if len(refs) > SHOW else ""
-    return ", ".join(refs[:SHOW]) + more
 
 
 def _there(store: "Store", hashes: list[str]) -> dict[str, BaseRecord | None]:
@@ -75,7 +71,7 @@ def plan_push(reg: "Repo", records: list["VersionRecord"], store: "Store", *,
     missing = [h for h, rec in ours.items() if rec is None]
     if missing:
         h = missing[0]
-        raise InvalidInput(f"no stored base for {h[:12]}… (the base of {_users(users[h])})"
+        raise InvalidInput(f"no stored base for {h[:12]}… (the base of {listing(users[h], SHOW)})"
                            + (f" and {len(missing) - 1} other base(s)" if len(missing) > 1 else "")
                            + (": exact-mode versions are read with their base; run `tvreg base "
                               "add P` first" if exact_only else
@@ -122,7 +118,7 @@ def plan_pull(reg: "Repo", src: "Store", records: list["VersionRecord"],
             raise CorruptObject(f"remote {remote}: {e}") from None
         except NotFound:
             raise NotFound(f"remote {remote} has no stored base {h[:12]}… (the base of "
-                           f"{_users(users[h])}): "
+                           f"{listing(users[h], SHOW)}): "
                            + ("exact-mode versions are read with their base; push it there "
                               "with `tvreg push --with-base`" if exact_only else
                               "pull without --with-base, or push it there with `tvreg push "

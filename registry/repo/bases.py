@@ -33,6 +33,7 @@ from tvreg.repo.write import write_vector
 from tvreg.storage.documents import base_keys, base_name_keys, read_base, read_base_name
 from tvreg.stores import MissingKey
 from tvreg.util import progress
+from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
 
 _HEX = re.compile(r"[0-9a-f]+")
-SHOW = 5
 
 
 @dataclass(frozen=True)
@@ -266,10 +266,9 @@ def _holds(repo: "Repo", record: BaseRecord, ck: "Checkpoint", infos: list["Tens
     want = {i.name: (i.dtype, tuple(i.shape), digests[i.name]) for i in infos}
     if have != want:
         differ = sorted(n for n in have.keys() | want.keys() if have.get(n) != want.get(n))
-        more = f" and {len(differ) - SHOW} more" if len(differ) > SHOW else ""
         raise IncompatibleCheckpoints(
             f"{ck.path} has the base hash of stored base {record.base_hash[:12]} but other "
-            f"non-floating tensors ({', '.join(differ[:SHOW])}{more}); a base hash names one "
+            f"non-floating tensors ({listing(differ)}); a base hash names one "
             "stored base")
     return all(repo.objects.exists(b) for b in manifest.blob_ids())
 

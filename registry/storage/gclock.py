@@ -26,6 +26,7 @@ from typing import Iterator
 
 from tvreg.errors import RegistryBusy
 from tvreg.util import faults
+from tvreg.util.locks import flock_until, read_holder, write_holder
 
 try:
     import fcntl
@@ -46,20 +47,10 @@ def gc_lock(root: str, *, exclusive: bool, timeout: float) -> Iterator[None]:
     path = os.path.join(root, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
     try:
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RegistryBusy(_busy(fd, path, exclusive, timeout)) from None
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.1)
+        if not flock_until(fd, exclusive=exclusive, deadline=time.monotonic() + timeout):
+            raise RegistryBusy(_busy(fd, path, exclusive, timeout)) from None
         if exclusive:  # say who holds it, for the message of a write that waits too long
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            write_holder(fd)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -69,8 +60,8 @@ def _busy(fd: int, path: str, exclusive: bool, timeout: float) -> str:
     if exclusive:
         return (f"{path}: writes kept the gc lock for {timeout:g}s; run gc again, or raise "
                 "$TVREG_LOCK_TIMEOUT")
-    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    who = f" (PID {holder})" if holder.isdigit() else ""
+    holder = read_holder(fd)
+    who = f" (PID {holder})" if holder else ""
     return (f"{path}: a running gc{who} kept the gc lock for {timeout:g}s; nothing was recorded: "
             "run the command again, or raise $TVREG_LOCK_TIMEOUT")
 

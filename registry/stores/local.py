@@ -12,6 +12,7 @@ from typing import Iterator
 
 from tvreg.stores.base import MissingKey, Store, check_key, is_key
 from tvreg.util import faults
+from tvreg.util.fsio import fsync_dir
 
 TMP_PREFIX = ".tmp-"
 
@@ -24,19 +25,6 @@ def _file_mode() -> int:
 
 
 _FILE_MODE = _file_mode()
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LocalStore(Store):
@@ -92,7 +80,7 @@ class LocalStore(Store):
                 _unlink(tmp)
                 raise
         if self.fsync:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
 
     def write_new(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -147,7 +135,7 @@ class LocalStore(Store):
         faults.step("unlink", tmp)
         _unlink(tmp)
         if created and self.fsync:
-            _fsync_dir(os.path.dirname(dest))
+            fsync_dir(os.path.dirname(dest))
         return created
 
     def exists(self, key: str) -> bool:

@@ -22,9 +22,8 @@ from tvreg.errors import IncompatibleCheckpoints, InvalidInput, NonFiniteValues,
 from tvreg.format.manifest import Manifest, SkippedTensor, TensorEntry
 from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
 from tvreg.tensors.encoding import DEFAULT_CHUNK_BYTES, TensorEncoder
+from tvreg.util.listings import listing
 from tvreg.util.patterns import compile_option
-
-SHOW = 5
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,6 @@ class Factored:
 
     pipeline: "CodecPipeline"
     payload: bytes
-
-
-def _describe(names: list[str]) -> str:
-    more = f" and {len(names) - SHOW} more" if len(names) > SHOW else ""
-    return ", ".join(names[:SHOW]) + more
 
 
 #: the hint that ends the error for tensors in one checkpoint only
@@ -93,9 +87,9 @@ def plan_pair(base: Checkpoint, finetuned: Checkpoint, include: str | None = Non
     only_ft = sorted(b.keys() - a.keys())
     problems = []
     if only_base:
-        problems.append(f"{len(only_base)} tensor(s) only in the base: {_describe(only_base)}")
+        problems.append(f"{len(only_base)} tensor(s) only in the base: {listing(only_base)}")
     if only_ft:
-        problems.append(f"{len(only_ft)} tensor(s) only in the fine-tuned: {_describe(only_ft)}")
+        problems.append(f"{len(only_ft)} tensor(s) only in the fine-tuned: {listing(only_ft)}")
     common = sorted(a.keys() & b.keys())
     differ = [f"{n} ({a[n].dtype}{list(a[n].shape)} vs {b[n].dtype}{list(b[n].shape)})"
               for n in common if a[n].shape != b[n].shape or not _dtypes_fit(a[n], b[n])]
@@ -105,7 +99,7 @@ def plan_pair(base: Checkpoint, finetuned: Checkpoint, include: str | None = Non
                 else "differ in shape")
         note = ("; only floating tensors may differ in dtype"
                 if any(not _dtypes_fit(a[n], b[n]) for n in common) else "")
-        problems.append(f"{len(differ)} tensor(s) {what}: {_describe(differ)}{note}")
+        problems.append(f"{len(differ)} tensor(s) {what}: {listing(differ)}{note}")
     if problems:
         raise IncompatibleCheckpoints("checkpoints do not match: " + "; ".join(problems)
                                       + (FILTER_HINT if only_base or only_ft else ""))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tvreg.digest import parse_json
 from tvreg.errors import CheckpointError, IncompatibleCheckpoints
+from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -34,7 +35,6 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<which>[AB])\.weight")
-SHOW = 5
 
 
 @dataclass
@@ -78,11 +78,6 @@ class LoraAdapter:
 
 def _fail(path: str, message: str) -> CheckpointError:
     return CheckpointError(f"{path}: {message}")
-
-
-def _describe(names: list[str]) -> str:
-    more = f" and {len(names) - SHOW} more" if len(names) > SHOW else ""
-    return ", ".join(names[:SHOW]) + more
 
 
 def read_adapter(path: str | os.PathLike) -> LoraAdapter:
@@ -134,7 +129,7 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
     if unsupported:
         raise _fail(path, f"{len(unsupported)} adapter tensor(s) tvreg cannot import "
                           f"(embedding/convolution LoRA, trained biases, modules_to_save, "
-                          f"DoRA…): {_describe(sorted(unsupported))}")
+                          f"DoRA…): {listing(sorted(unsupported))}")
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
             raise _fail(path, f"module {module} has lora_{'A' if 'A' in ab else 'B'} only")
@@ -171,9 +166,9 @@ def check_against_base(adapter: LoraAdapter, infos: list["TensorInfo"]) -> dict[
             targets[name] = module
     problems = []
     if missing:
-        problems.append(f"{len(missing)} adapted tensor(s) not in the base: {_describe(missing)}")
+        problems.append(f"{len(missing)} adapted tensor(s) not in the base: {listing(missing)}")
     if differ:
-        problems.append(f"{len(differ)} tensor(s) of another shape: {_describe(differ)}")
+        problems.append(f"{len(differ)} tensor(s) of another shape: {listing(differ)}")
     if problems:
         raise IncompatibleCheckpoints(f"adapter {adapter.path} does not fit this base: "
                                       + "; ".join(problems))

@@ -45,13 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.tensors.encoding import TensorEncoder
     from tvreg.tensors.taskvector import TaskVector
 
-SHOW = 5
 _BLOCK = 1 << 20  # elements per float64 block when summing errors
-
-
-def _describe(items: list[str]) -> str:
-    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
-    return ", ".join(items[:SHOW]) + more
 
 
 def error_sums(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:

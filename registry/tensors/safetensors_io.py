@@ -21,6 +21,7 @@ import torch
 
 from tvreg.dtypes import SAFETENSORS_CODES, dtype_name, itemsize
 from tvreg.errors import FormatError, RegistryError
+from tvreg.util.fsio import fsync_dir
 
 __all__ = ["write_safetensors"]
 
@@ -103,19 +104,6 @@ def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator,
     return total
 
 
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_safetensors(
     path: str | os.PathLike[str],
     specs: Sequence[Spec],
@@ -181,5 +169,5 @@ def _write(path: str, specs: list[Spec], header: bytes, tensors: Iterable, bar: 
         if isinstance(exc, OSError):
             raise RegistryError(f"{path}: cannot write: {exc}") from exc
         raise
-    _fsync_directory(directory)
+    fsync_dir(directory)
     return written

@@ -1,7 +1,11 @@
-"""The contract every :class:`tvreg.stores.Store` must meet (zarr's ``zarr/testing/store.py`` style).
+"""The contract every :class:`tvreg.stores.Store` must meet, in the style of ``zarr.testing.store``:
+shipped with tvreg so that a store of another package can be checked against it too. It needs
+pytest (importing this module imports it; ``import tvreg.testing`` does not).
 
 Subclass :class:`StoreContract` in a ``test_*.py`` file and provide a ``store`` fixture that returns
 a fresh, empty, writable store::
+
+    from tvreg.testing.store import StoreContract
 
     class TestLocalStore(StoreContract):
         @pytest.fixture
