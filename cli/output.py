@@ -6,7 +6,8 @@ import contextlib
 import datetime as _dt
 import json
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import click
 
@@ -70,7 +71,7 @@ def cell(v: Any) -> str:
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     text = [[cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
     click.echo(line(columns))
     for r in text:
         click.echo(line(r))

@@ -21,7 +21,7 @@ def sql(reg, query, remote, as_json):
     """
     columns, rows = reg.remote_sql_table(remote, query) if remote else reg.sql_table(query)
     if as_json:
-        emit_json([dict(zip(columns, row)) for row in rows])
+        emit_json([dict(zip(columns, row, strict=True)) for row in rows])
     else:
         table(columns, rows)
 

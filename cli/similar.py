@@ -89,8 +89,8 @@ def _matrix(reg, refs, plot_path, as_json) -> None:
 def _matrix_table(m) -> None:
     import numpy as np  # not at import time: every command would pay for it
 
-    table(["", *m.labels], [(label, *(_cosine(v, e, 3) for v, e in zip(row, exact)))
-                            for label, row, exact in zip(m.labels, m.values, m.exact)])
+    table(["", *m.labels], [(label, *(_cosine(v, e, 3) for v, e in zip(row, exact, strict=True)))
+                            for label, row, exact in zip(m.labels, m.values, m.exact, strict=True)])
     _footnote(bool((~m.exact & np.isfinite(m.values)).any()))
 
 

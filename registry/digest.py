@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -63,7 +64,7 @@ def parse_json(data: bytes | str) -> Any:
     return value
 
 
-def tensor_bytes(t: "torch.Tensor") -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor in C order (works for bfloat16 too)."""
     import torch
 

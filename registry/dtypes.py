@@ -51,7 +51,7 @@ def check(name: str) -> str:
     return name
 
 
-def dtype_name(dtype: "torch.dtype") -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     name = str(dtype).removeprefix("torch.")
     if name not in ITEMSIZE:
@@ -59,7 +59,7 @@ def dtype_name(dtype: "torch.dtype") -> str:
     return name
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     """``"float32"`` -> ``torch.float32``; unknown names raise :class:`FormatError`."""
     import torch
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Callable, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tvreg.errors import InvalidInput, TvregError
 from tvreg.format.manifest import Manifest, TensorEntry
@@ -21,9 +22,8 @@ from tvreg.repo.repo import CATALOG_FILE, CONFIG_FILE, CONFIG_FORMAT, SCRATCH_DI
 from tvreg.repo.write import CreateResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from concurrent.futures import ThreadPoolExecutor
-
     from collections.abc import Mapping
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.util.progress import Transfer
 
     #: what ``create``, ``apply`` and ``add_base`` read a checkpoint from
-    Checkpointish = Union[str, os.PathLike, Mapping[str, Any], torch.nn.Module]
+    Checkpointish = str | os.PathLike | Mapping[str, Any] | torch.nn.Module
 
 # torch and the modules that need it are imported where tensors are touched, so commands that
 # only read the catalog (ls, sql, log, show) start in a fraction of the time
@@ -64,7 +64,7 @@ def default_root() -> str:
 
 def open(path: str | os.PathLike | None = None, *,  # noqa: A001 - the API name
          check_tensors: bool = False, options: dict[str, Any] | None = None,
-         cache: str | os.PathLike | None = None) -> "Registry":
+         cache: str | os.PathLike | None = None) -> Registry:
     """Open the registry at ``path`` (default ``$TVREG_HOME``, else ``~/.tvreg``).
 
     Nothing is created until the first write; reads of a registry that does not exist raise
@@ -95,7 +95,7 @@ class Registry:
     instead. Use it as a context manager, or call :meth:`close`, to stop its thread pools.
     """
 
-    def __init__(self, root: "str | os.PathLike | Repo", *, check_tensors: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike | Repo, *, check_tensors: bool = False) -> None:
         self.repo = root if isinstance(root, Repo) else Repo(root, check_tensors=check_tensors)
 
     def __repr__(self) -> str:
@@ -109,17 +109,17 @@ class Registry:
         return self.repo.root
 
     @property
-    def store(self) -> "Store":
+    def store(self) -> Store:
         """The object store (key -> bytes) holding everything the registry is."""
         return self.repo.store
 
     @property
-    def objects(self) -> "ObjectDB":
+    def objects(self) -> ObjectDB:
         """Content-addressed objects (blobs and manifests), checked on read."""
         return self.repo.objects
 
     @property
-    def catalog(self) -> "Catalog":
+    def catalog(self) -> Catalog:
         """The DuckDB catalog: an index of the store."""
         return self.repo.catalog
 
@@ -144,7 +144,7 @@ class Registry:
 
     # --- create --------------------------------------------------------------------------------
 
-    def create(self, name: str, base: Checkpointish, finetuned: "Checkpointish | None" = None,
+    def create(self, name: str, base: Checkpointish, finetuned: Checkpointish | None = None,
                *, lora: str | os.PathLike | None = None,
                task: str | None = None, dataset: str | None = None, lr: float | None = None,
                steps: int | None = None, meta: dict[str, Any] | None = None,
@@ -259,19 +259,19 @@ class Registry:
         """
         return self.repo.resolve_ref(ref)
 
-    def get(self, ref: str) -> "TaskVector":
+    def get(self, ref: str) -> TaskVector:
         """The task vector a ref names; tensors are read lazily and verified."""
         return self.repo.get(ref)
 
-    def load_tensor(self, entry: TensorEntry, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+    def load_tensor(self, entry: TensorEntry, out: torch.Tensor | None = None) -> torch.Tensor:
         """Decode one tensor of a manifest (into ``out`` if given), its blobs checked."""
         return self.repo.load_tensor(entry, out)
 
-    def finetuned_tensor(self, entry: TensorEntry, base: "torch.Tensor") -> "torch.Tensor":
+    def finetuned_tensor(self, entry: TensorEntry, base: torch.Tensor) -> torch.Tensor:
         """The fine-tuned tensor an exact-mode entry rebuilds, bit for bit, over ``base``."""
         return self.repo.finetuned_tensor(entry, base)
 
-    def base_tensor(self, base_hash: str, name: str) -> "torch.Tensor":
+    def base_tensor(self, base_hash: str, name: str) -> torch.Tensor:
         """Tensor ``name`` of base model ``base_hash`` (given with :meth:`using_base`, or
         stored); else :class:`BaseRequired`."""
         return self.repo.base_tensor(base_hash, name)
@@ -280,7 +280,7 @@ class Registry:
         """Within the block, exact-mode tensors of base ``base_hash`` read ``checkpoint``."""
         return self.repo.using_base(checkpoint, base_hash)
 
-    def executor(self, kind: str) -> "ThreadPoolExecutor":
+    def executor(self, kind: str) -> ThreadPoolExecutor:
         """The registry's thread pool for one kind of work (see :meth:`Repo.executor`)."""
         return self.repo.executor(kind)
 
@@ -289,7 +289,7 @@ class Registry:
     def resolve(self, expression: str, *, method: str = "task_arithmetic",
                 density: float | None = None, seed: int = 0, trim: str = "tensor",
                 majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
-                exclude: str | None = None, allow_base_mismatch: bool = False) -> "Composition":
+                exclude: str | None = None, allow_base_mismatch: bool = False) -> Composition:
         """A composition of stored vectors, e.g. ``reg.resolve("0.5*a + b - c@2")``.
 
         Refs are resolved and compatibility (architecture, base) checked from the manifests;
@@ -301,7 +301,7 @@ class Registry:
                        trim=trim, majority_sign=majority_sign, lam=lam, include=include,
                        exclude=exclude, allow_base_mismatch=allow_base_mismatch)
 
-    def save_composition(self, name: str, comp: "Composition", *, task: str | None = None,
+    def save_composition(self, name: str, comp: Composition, *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,
                          level: int | None = None, similarities: bool = True) -> CreateResult:
         """Store a composition as a version of ``name``; its record keeps the recipe (expression,
@@ -311,7 +311,7 @@ class Registry:
         return save_composition(self.repo, name, comp, task=task, dataset=dataset, meta=meta,
                                 level=level, after_insert=self._after_insert(similarities))
 
-    def apply(self, comp: "Composition | str", base: "Checkpointish | None" = None,
+    def apply(self, comp: Composition | str, base: Checkpointish | None = None,
               output: str | os.PathLike | None = None, *, dtype: str | None = None,
               allow_base_mismatch: bool | None = None) -> int:
         """Write θ_base + merged into a safetensors file. ``base`` is a checkpoint path, a
@@ -340,7 +340,7 @@ class Registry:
 
     def add_base(self, path: Checkpointish, name: str | None = None, *,
                  level: int | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> "AddBaseResult":
+                 on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
         """Store every tensor of the base checkpoint at ``path`` (floating and not) under its
         base hash, and point base name ``name`` at it if given. A base already stored is not
         stored again (``created`` False, no object written). ``path`` may also be a state dict
@@ -349,12 +349,12 @@ class Registry:
 
         return add(self.repo, path, name, level=level, on_progress=on_progress)
 
-    def stored_base(self, base_hash: str) -> "StoredBase | None":
+    def stored_base(self, base_hash: str) -> StoredBase | None:
         """The stored base of ``base_hash`` as a checkpoint (tensors decoded on demand, blobs
         verified), or None if none is stored."""
         return self.repo.stored_base(base_hash)
 
-    def base(self, ref: str) -> "BaseRecord":
+    def base(self, ref: str) -> BaseRecord:
         """The record of the stored base a name or a hash prefix (>= 8 hex digits) names."""
         from tvreg.repo.bases import resolve
 
@@ -374,7 +374,7 @@ class Registry:
         self.repo.require()
         return show_base(self.repo, ref, tensors=tensors)
 
-    def name_base(self, ref: str, name: str) -> tuple["BaseName", str | None]:
+    def name_base(self, ref: str, name: str) -> tuple[BaseName, str | None]:
         """Point base name ``name`` at the stored base ``ref``; returns the name and the hash it
         pointed at before (None if new or unchanged)."""
         from tvreg.repo.bases import set_name
@@ -393,21 +393,21 @@ class Registry:
 
     # --- remotes ---------------------------------------------------------------------------------
 
-    def remotes(self) -> dict[str, "Remote"]:
+    def remotes(self) -> dict[str, Remote]:
         """The named remotes of ``config.json`` (docs/format.md §9)."""
         from tvreg.remote.config import load
 
         self.repo.require()
         return load(self.repo)
 
-    def add_remote(self, name: str, url: str, options: dict[str, Any] | None = None) -> "Remote":
+    def add_remote(self, name: str, url: str, options: dict[str, Any] | None = None) -> Remote:
         """Add a remote: a URL (a path, ``file://``, ``s3://``, ``memory://``, ``http(s)://``…)
         and fsspec storage options without credentials."""
         from tvreg.remote.config import add
 
         return add(self.repo, name, url, options)
 
-    def remove_remote(self, name: str) -> "Remote":
+    def remove_remote(self, name: str) -> Remote:
         """Remove a remote (nothing on it is touched)."""
         from tvreg.remote.config import remove
         from tvreg.remote.gc import forget
@@ -418,14 +418,14 @@ class Registry:
         forget(self.repo, name)  # notes of failed pushes to it: no push will collect them now
         return gone
 
-    def remote(self, name: str) -> "Remote":
+    def remote(self, name: str) -> Remote:
         """The remote of that name."""
         from tvreg.remote.config import get
 
         return get(self.repo, name)
 
     def push(self, remote: str = "origin", refs: list[str] | None = None, *,
-             progress: "Transfer | None" = None, with_base: bool = False) -> "PushReport":
+             progress: Transfer | None = None, with_base: bool = False) -> PushReport:
         """Copy versions (default: all) with their objects and tags to a remote; see
         :mod:`tvreg.remote.push` for the order and the numbering rules. ``with_base`` also
         copies the stored bases of those versions (and their names)."""
@@ -436,8 +436,8 @@ class Registry:
         return push(self.repo, remote, refs, progress=progress, with_base=with_base)
 
     def pull(self, remote: str = "origin", refs: list[str] | None = None, *,
-             progress: "Transfer | None" = None, similarities: bool = True,
-             with_base: bool = False) -> "PullReport":
+             progress: Transfer | None = None, similarities: bool = True,
+             with_base: bool = False) -> PullReport:
         """Copy versions (default: all) of a remote here, every object checked against its
         hash first; see :mod:`tvreg.remote.pull`. ``with_base`` also copies the stored bases of
         those versions (and their names)."""
@@ -459,7 +459,7 @@ class Registry:
         """A read-only query on a remote's index (tables ``versions``, ``tags``, view
         ``latest``), without pulling."""
         cols, rows = self.remote_sql_table(remote, query)
-        return [dict(zip(cols, row)) for row in rows]
+        return [dict(zip(cols, row, strict=True)) for row in rows]
 
     def remote_sql_table(self, remote: str, query: str) -> tuple[list[str], list[tuple]]:
         """:meth:`remote_sql` as ``(columns, rows)``."""
@@ -478,7 +478,7 @@ class Registry:
         self.repo.require()
         return similar(self.repo, ref, k)
 
-    def similarity_matrix(self, refs: list[str] | None = None) -> "SimilarityMatrix":
+    def similarity_matrix(self, refs: list[str] | None = None) -> SimilarityMatrix:
         """Cosines between ``refs`` (default: the newest version of every name), with labels;
         refs of another base than the first are skipped and listed in ``skipped``."""
         from tvreg.similarity.compute import similarity_matrix
@@ -541,7 +541,7 @@ class Registry:
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Run a read-only SQL query on the catalog; rows as dicts."""
         cols, rows = self.sql_table(query)
-        return [dict(zip(cols, row)) for row in rows]
+        return [dict(zip(cols, row, strict=True)) for row in rows]
 
     def sql_table(self, query: str) -> tuple[list[str], list[tuple]]:
         """:meth:`sql` as ``(columns, rows)`` (what ``tvreg sql`` prints)."""
@@ -567,7 +567,7 @@ class Registry:
         return self.repo.reindex()
 
     def verify(self, *, deep: bool = False, on_progress: Callable[[int], None] | None = None,
-               repair: str | None = None) -> "VerifyReport":
+               repair: str | None = None) -> VerifyReport:
         """Check the whole registry (see docs/format.md §12); ``deep`` also decodes every
         stored tensor and checks its sha256.
 
@@ -588,7 +588,7 @@ class Registry:
         return verify(self.repo, on_progress=on_progress, deep=deep)
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False,
-           remote: str | None = None) -> "GcReport | RemoteGcReport":
+           remote: str | None = None) -> GcReport | RemoteGcReport:
         """Delete unreferenced objects older than ``grace_seconds`` here, or with ``remote``
         on that remote (under its gc lock: :mod:`tvreg.remote.gc`; raises
         :class:`~tvreg.remote.gc.RemoteBusy` while a push to it is in progress). ``dry_run``
@@ -609,7 +609,7 @@ class Registry:
         """Shut down the registry's thread pools (reading again makes them anew)."""
         self.repo.close()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,7 +15,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import duckdb
 
@@ -313,7 +314,7 @@ class Catalog:
         with self.reader() as con:
             cur = con.execute(query, params or [])
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def sql(self, query: str) -> tuple[list[str], list[tuple]]:
         """Run one read-only statement for a user: SELECT (incl. DESCRIBE/SHOW) or EXPLAIN only,

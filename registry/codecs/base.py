@@ -5,14 +5,15 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from tvreg.errors import FormatError
 
-_CODECS: dict[str, type["Codec"]] = {}
+_CODECS: dict[str, type[Codec]] = {}
 
 
 class Codec(abc.ABC):
@@ -75,7 +76,7 @@ class CodecPipeline:
     codecs: tuple[Codec, ...]
 
     @classmethod
-    def from_specs(cls, specs: Sequence[Any]) -> "CodecPipeline":
+    def from_specs(cls, specs: Sequence[Any]) -> CodecPipeline:
         if not isinstance(specs, (list, tuple)) or not specs:
             raise FormatError("a tensor needs a non-empty codec list")
         codecs = tuple(codec_from_spec(s) for s in specs)
@@ -96,7 +97,7 @@ class CodecPipeline:
     def lossless(self) -> bool:
         return all(c.lossless for c in self.codecs)
 
-    def encode(self, data: bytes | memoryview, pool: "Executor | None" = None) -> bytes:
+    def encode(self, data: bytes | memoryview, pool: Executor | None = None) -> bytes:
         """Encode one chunk; steps that can split it (``bgzstd``) also use ``pool``'s threads,
         with the same output whatever the number of threads."""
         out: bytes | memoryview = data
@@ -119,11 +120,11 @@ class CodecPipeline:
         """Step i decodes to the size that entered it (:meth:`sizes`)."""
         sizes = self.sizes(nbytes)
         out: bytes | memoryview = data
-        for c, size in zip(reversed(self.codecs), reversed(sizes)):
+        for c, size in zip(reversed(self.codecs), reversed(sizes), strict=True):
             out = c.decode(out, size)
         return out if isinstance(out, bytes) else bytes(out)
 
-    def decode_into(self, data: bytes, dest: "np.ndarray", pool: "Executor | None" = None) -> None:
+    def decode_into(self, data: bytes, dest: np.ndarray, pool: Executor | None = None) -> None:
         """Decode into ``dest`` (a writable uint8 array of the decoded size). Steps that can
         write into a buffer do: the last step (zstd) into this thread's scratch buffer, the first
         (byte grouping) from there into ``dest``; a one-step pipeline straight into ``dest``

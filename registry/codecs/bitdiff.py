@@ -67,7 +67,7 @@ class BitDiff(Codec):
             raise CorruptObject(f"bitdiff: {nbytes} bytes are not whole {self.delta_dtype} items")
         return nbytes // wide * self.width
 
-    def payload(self, finetuned: "np.ndarray", base: "np.ndarray") -> bytes:
+    def payload(self, finetuned: np.ndarray, base: np.ndarray) -> bytes:
         """The step's encoding of the elements of ``finetuned`` over ``base`` (both 1-D uint8
         views of the same number of source-dtype elements)."""
         u = _UINT[self.width]
@@ -82,7 +82,7 @@ class BitDiff(Codec):
         raise BaseRequired(f"an exact-mode tensor needs its base model (hash {self.base[:12]}) "
                            "to be read: store it with `tvreg base add`, or pass --base")
 
-    def restore(self, data: bytes | memoryview, base: "np.ndarray") -> "np.ndarray":
+    def restore(self, data: bytes | memoryview, base: np.ndarray) -> np.ndarray:
         """The fine-tuned elements' bytes (uint8) from this step's encoding and the base's
         elements (a uint8 view of the same number of source-dtype elements)."""
         u = _UINT[self.width]
@@ -92,7 +92,7 @@ class BitDiff(Codec):
                                 "base elements")
         return (base.view(u) + _unzigzag(z.astype(u, copy=False), self.width)).view(np.uint8)
 
-    def delta_into(self, data: bytes | memoryview, base: "np.ndarray", dest: "np.ndarray") -> None:
+    def delta_into(self, data: bytes | memoryview, base: np.ndarray, dest: np.ndarray) -> None:
         """Write the delta (ft − base in the delta dtype, as build computes it) into ``dest``
         (uint8, the delta's bytes)."""
         import torch

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from tvreg import dtypes
 from tvreg.compose.composition import BaseMismatchWarning
@@ -35,8 +36,8 @@ def check_output_path(path: str, inputs=(), registry=None) -> str:
     return check(path, inputs, registry)
 
 
-def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bool
-               ) -> tuple[list["TensorInfo"], bool]:
+def check_base(comp: Composition, ck: Checkpoint, *, allow_base_mismatch: bool
+               ) -> tuple[list[TensorInfo], bool]:
     """The checkpoint's infos, if it is a base the composition applies to, and whether it is
     the vectors' very base (same base hash; else a mismatch was allowed)."""
     from tvreg.digest import BaseHasher, arch_fingerprint, tensor_bytes
@@ -85,7 +86,7 @@ def check_base(comp: "Composition", ck: "Checkpoint", *, allow_base_mismatch: bo
     return infos, True
 
 
-def exact_entries(comp: "Composition") -> dict[str, "TensorEntry"]:
+def exact_entries(comp: Composition) -> dict[str, TensorEntry]:
     """The exact-mode entries whose fine-tuned tensors ``comp`` applies as they are: a single
     vector at weight 1 by task arithmetic (``tvreg apply NAME``), tensor by tensor."""
     from tvreg.tensors.encoding import exact_codec
@@ -96,9 +97,9 @@ def exact_entries(comp: "Composition") -> dict[str, "TensorEntry"]:
     return {e.name: e for e in comp.entries if exact_codec(e) is not None}
 
 
-def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
+def merged_weights(comp: Composition, ck: Checkpoint, infos: list[TensorInfo],
                    out_dtype: str | None, *, restore: bool = True
-                   ) -> Iterator[tuple[str, "torch.Tensor"]]:
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, θ_base + merged)`` for every tensor of the base, in the base's (sorted) order.
 
     Each tensor is used once (written) before the next is asked for, so the buffers of the
@@ -140,9 +141,9 @@ def merged_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInf
         raise IncompatibleCheckpoints(f"tensor {pending[0]!r} of the composition is not in the base")
 
 
-def _restored_weights(comp: "Composition", ck: "Checkpoint", infos: list["TensorInfo"],
-                      out_dtype: str | None, exact: dict[str, "TensorEntry"]
-                      ) -> Iterator[tuple[str, "torch.Tensor"]]:
+def _restored_weights(comp: Composition, ck: Checkpoint, infos: list[TensorInfo],
+                      out_dtype: str | None, exact: dict[str, TensorEntry]
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
     """θ_ft rebuilt bit for bit from the base's bits and the stored bit differences (exact
     mode at weight 1), tensor by tensor; tensors the composition leaves out stay the base's."""
     registry = comp.repo
@@ -156,7 +157,7 @@ def _restored_weights(comp: "Composition", ck: "Checkpoint", infos: list["Tensor
         del t
 
 
-def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: str, *,
+def apply_to_checkpoint(comp: Composition, base: str | Checkpoint, output: str, *,
                         dtype: str | None = None, allow_base_mismatch: bool = False) -> int:
     """``base`` is a checkpoint's path, or an open :class:`Checkpoint` (e.g. a stored base),
     closed when done."""
@@ -183,7 +184,7 @@ def apply_to_checkpoint(comp: "Composition", base: "str | Checkpoint", output: s
                                      metadata, progress="apply")
 
 
-def apply(repo: "Repo", comp: "Composition | str", base: Any = None,
+def apply(repo: Repo, comp: Composition | str, base: Any = None,
           output: str | os.PathLike | None = None, *, dtype: str | None = None,
           allow_base_mismatch: bool | None = None) -> int:
     """Write θ_base + merged into a safetensors file; see :meth:`tvreg.Registry.apply`."""

@@ -11,8 +11,9 @@ operand are in memory, never whole vectors.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from tvreg.errors import IncompatibleCheckpoints, InvalidInput
 from tvreg.format.manifest import Manifest
@@ -39,7 +40,7 @@ class BaseMismatchWarning(UserWarning):
 class Operand:
     ref: str
     coef: float
-    vector: "TaskVector"
+    vector: TaskVector
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.vector.ref if self.vector.record else self.ref,
@@ -133,8 +134,8 @@ def check_compatible(operands: list[Operand], *, allow_base_mismatch: bool = Fal
 class Composition:
     """A merged task vector, computed lazily from its operands."""
 
-    def __init__(self, repo: "Repo", expression: str, operands: list[Operand],
-                 params: "MergeParams", *, lam: float = 1.0, include: str | None = None,
+    def __init__(self, repo: Repo, expression: str, operands: list[Operand],
+                 params: MergeParams, *, lam: float = 1.0, include: str | None = None,
                  exclude: str | None = None, allow_base_mismatch: bool = False) -> None:
         import math
 
@@ -211,7 +212,7 @@ class Composition:
         return self._thresholds
 
     def _decode_stream(self, pairs: list[tuple[str, Operand]],
-                       ahead: int | None = None) -> Iterator["torch.Tensor"]:
+                       ahead: int | None = None) -> Iterator[torch.Tensor]:
         """The tensors of ``(name, operand)`` pairs in order, up to ``ahead`` (default: the
         workers) decoded ahead on the registry's operand pool."""
         from collections import deque
@@ -234,7 +235,7 @@ class Composition:
             for f in queue:  # an error or an early stop: let the rest finish, keep no result
                 f.cancel()
 
-    def _sum_name(self, name: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def _sum_name(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(buffer, λ Σ w_i τ_i)`` of one name, the sum a view of a buffer of the pool.
 
         The operands are decoded on the operand pool, up to one per worker at a time, each
@@ -256,7 +257,7 @@ class Composition:
         entries = [op.vector.manifest.tensor(name) for op in ops]
         wide = torch.float64 if any(e.dtype == "float64" for e in entries) else torch.float32
 
-        def decoded(i: int, dtype: "torch.dtype | None" = None) -> tuple["torch.Tensor", "np.ndarray"]:
+        def decoded(i: int, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, np.ndarray]:
             e = entries[i]
             buf, view = buffers.take(dtypes.torch_dtype(e.dtype), tuple(e.shape))
             try:
@@ -300,7 +301,7 @@ class Composition:
         return acc_buf, torch.from_numpy(acc)
 
     def _task_arithmetic(self, names: list[str], ahead: bool
-                         ) -> Iterator[tuple[str, "torch.Tensor", "torch.Tensor"]]:
+                         ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several names are summed at
         once on the registry's "names" pool (so the workers never wait for the caller at the
         end of a name, and the additions run in parallel too), as many as fit in a quarter of
@@ -334,7 +335,7 @@ class Composition:
             for _, f in queue:
                 f.cancel()
 
-    def _merged(self, name: str) -> "torch.Tensor":
+    def _merged(self, name: str) -> torch.Tensor:
         """TIES, DARE, magnitude pruning: all k tensors of the name at once."""
         from tvreg.compose.merge import merge_tensor, needs_thresholds
 
@@ -346,8 +347,8 @@ class Composition:
             out.mul_(self.lam)
         return out
 
-    def iter_tensors(self, device: Any = None, dtype: "torch.dtype | None" = None,
-                     prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor"]]:
+    def iter_tensors(self, device: Any = None, dtype: torch.dtype | None = None,
+                     prefetch: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, merged tensor)`` one at a time. With ``prefetch`` the next tensors are
         decoded and merged in the background while the caller uses the current one (on CUDA the
         copy overlaps the next decode); without, memory holds one name's tensors only."""
@@ -361,7 +362,7 @@ class Composition:
             yield name, moved
             del moved
 
-    def stream(self, prefetch: bool = True) -> Iterator[tuple[str, "torch.Tensor", Any]]:
+    def stream(self, prefetch: bool = True) -> Iterator[tuple[str, torch.Tensor, Any]]:
         """``(name, merged tensor, buffer)`` on the host, as :meth:`iter_tensors`. A caller that
         is done with a tensor may hand its buffer to :meth:`recycle` (never use the tensor
         after that): the next tensors reuse the memory instead of faulting in fresh pages."""
@@ -391,7 +392,7 @@ class Composition:
         self._buffers.give(buffer)
 
     def state_dict(self, device: Any = None,
-                   dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:
+                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         import torch
 
         out = dict(self.iter_tensors(device, dtype))
@@ -399,7 +400,7 @@ class Composition:
             torch.cuda.current_stream(torch.device(device)).synchronize()
         return out
 
-    def apply_to(self, target: "torch.nn.Module | MutableMapping[str, torch.Tensor]",
+    def apply_to(self, target: torch.nn.Module | MutableMapping[str, torch.Tensor],
                  scale: float = 1.0) -> Any:
         """θ += scale · merged, in place, on a module's parameters/buffers or a state dict.
 

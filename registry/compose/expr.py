@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from tvreg.errors import InvalidInput, InvalidRef
 from tvreg.names import parse_ref
@@ -104,7 +103,7 @@ class RefNode:
 
 @dataclass(frozen=True)
 class Neg:
-    operand: "Node"
+    operand: Node
     column: int       # of the "-"
 
 
@@ -112,19 +111,19 @@ class Neg:
 class Sum:
     """``first (op operand)*``, op ``"+"`` or ``"-"``; ``rest`` holds (op, op column, operand)."""
 
-    first: "Node"
-    rest: tuple[tuple[str, int, "Node"], ...]
+    first: Node
+    rest: tuple[tuple[str, int, Node], ...]
 
 
 @dataclass(frozen=True)
 class Product:
     """``first (op operand)*``, op ``"*"`` or ``"/"``; ``rest`` holds (op, op column, operand)."""
 
-    first: "Node"
-    rest: tuple[tuple[str, int, "Node"], ...]
+    first: Node
+    rest: tuple[tuple[str, int, Node], ...]
 
 
-Node = Union[Number, RefNode, Neg, Sum, Product]
+Node = Number | RefNode | Neg | Sum | Product
 
 
 # --- lexer --------------------------------------------------------------------------------------
@@ -336,7 +335,7 @@ def parse(text: str) -> Node:
 
 # --- linearisation ------------------------------------------------------------------------------
 
-_Value = Union[float, dict]  # a number, or {ref: coef} in order of first appearance
+_Value = float | dict  # a number, or {ref: coef} in order of first appearance
 
 
 def _first_column(node: Node) -> int:

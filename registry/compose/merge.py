@@ -43,8 +43,9 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -123,7 +124,7 @@ class MergeParams:
         return out
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "MergeParams":
+    def from_json(cls, doc: Mapping[str, Any]) -> MergeParams:
         """Inverse of :meth:`to_json`."""
         if not isinstance(doc, Mapping):
             raise InvalidInput(f"merge parameters must be an object, not {type(doc).__name__}")
@@ -238,7 +239,7 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
         pruned = ts  # peft: density >= 1 prunes nothing (and DARE does not rescale)
     elif method in _MAGNITUDE_METHODS:
         if global_trim:
-            pruned = [_threshold_trim(t, thr) for t, thr in zip(ts, thresholds)]
+            pruned = [_threshold_trim(t, thr) for t, thr in zip(ts, thresholds, strict=True)]
         else:
             pruned = [_magnitude_trim(t, density) for t in ts]
     else:  # dare_*: peft random_pruning(..., rescale=True)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
 
 
-def resolve(repo: "Repo", expression: str, *, method: str = "task_arithmetic",
+def resolve(repo: Repo, expression: str, *, method: str = "task_arithmetic",
             density: float | None = None, seed: int = 0, trim: str = "tensor",
             majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
             exclude: str | None = None, allow_base_mismatch: bool = False) -> Composition:

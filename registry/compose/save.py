@@ -4,7 +4,8 @@ grid (``search_coefficients``)."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tvreg.codecs.choose import check_level
 from tvreg.compose.composition import Composition, scale_grid, search
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
 
 
-def save_composition(repo: "Repo", name: str, comp: Composition, *, task: str | None = None,
+def save_composition(repo: Repo, name: str, comp: Composition, *, task: str | None = None,
                      dataset: str | None = None, meta: dict[str, Any] | None = None,
                      level: int | None = None, after_insert: AfterInsert | None = None
                      ) -> CreateResult:
@@ -55,7 +56,7 @@ def save_composition(repo: "Repo", name: str, comp: Composition, *, task: str | 
                          after_insert)
 
 
-def search_coefficients(repo: "Repo", expression: str, evaluate: Callable[[dict], float],
+def search_coefficients(repo: Repo, expression: str, evaluate: Callable[[dict], float],
                         grid: Any, *, base: Any = None, **params: Any) -> dict[str, Any]:
     """For each λ in ``grid``, θ_base + λ·merged scored by ``evaluate``; see
     :meth:`tvreg.Registry.search_coefficients`. The merged vector is computed once."""

@@ -62,12 +62,12 @@ class BaseRecord:
         return base_key(self.base_hash)
 
     @classmethod
-    def of(cls, manifest: "Manifest", manifest_id: str, created_at: str) -> "BaseRecord":
+    def of(cls, manifest: Manifest, manifest_id: str, created_at: str) -> BaseRecord:
         return cls(manifest.base_hash, manifest.arch_fingerprint, manifest_id,
                    len(manifest.tensors), manifest.n_params, manifest.raw_bytes,
                    manifest.stored_bytes, created_at)
 
-    def describes(self, manifest: "Manifest") -> bool:
+    def describes(self, manifest: Manifest) -> bool:
         """Whether ``manifest`` is what this record says it is: hashes and sizes, nothing
         skipped, every tensor stored in its own dtype."""
         return (manifest.base_hash, manifest.arch_fingerprint, len(manifest.tensors),
@@ -88,7 +88,7 @@ class BaseRecord:
         return seal(self.to_json())
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: str = "base record") -> "BaseRecord":
+    def from_bytes(cls, data: bytes, key: str = "base record") -> BaseRecord:
         doc = unseal(data, key)
         expected = {"format", "base_hash", "arch_fingerprint", "manifest", "n_tensors",
                     "n_params", "raw_bytes", "stored_bytes", "created_at"}
@@ -126,7 +126,7 @@ class BaseName:
         return seal(self.to_json())
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: str = "base name") -> "BaseName":
+    def from_bytes(cls, data: bytes, key: str = "base name") -> BaseName:
         doc = unseal(data, key)
         if set(doc) != {"format", "name", "base_hash", "updated_at"} \
                 or doc["format"] != BASE_NAME_FORMAT:

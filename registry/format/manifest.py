@@ -140,7 +140,7 @@ class Manifest:
         raise KeyError(name)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Manifest":
+    def from_bytes(cls, data: bytes) -> Manifest:
         try:
             doc = parse_json(data)
         except ValueError as e:
@@ -148,7 +148,7 @@ class Manifest:
         return cls.from_json(doc)
 
     @classmethod
-    def from_json(cls, doc: Any) -> "Manifest":
+    def from_json(cls, doc: Any) -> Manifest:
         _expect(isinstance(doc, dict), "manifest is not a JSON object")
         _expect(doc.get("format") == FORMAT, f"unsupported manifest format {doc.get('format')!r}")
         _keys(doc, {"format", "base_hash", "arch_fingerprint", "tensors", "skipped"}, "manifest")

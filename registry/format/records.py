@@ -103,7 +103,7 @@ class Metadata:
                 "meta": dict(self.meta)}
 
     @classmethod
-    def from_json(cls, doc: Any) -> "Metadata":
+    def from_json(cls, doc: Any) -> Metadata:
         if not isinstance(doc, dict) or set(doc) != {"task", "dataset", "lr", "steps", "meta"}:
             raise FormatError("malformed metadata in version record")
         try:
@@ -168,13 +168,13 @@ class VersionRecord:
     def to_bytes(self) -> bytes:
         return seal(self.to_json())
 
-    def same_content(self, other: "VersionRecord") -> bool:
+    def same_content(self, other: VersionRecord) -> bool:
         """Equal vector, metadata and lineage (the creation time is ignored)."""
         return (self.vector_id, self.metadata, self.parents, self.recipe) == \
                (other.vector_id, other.metadata, other.parents, other.recipe)
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: str = "version record") -> "VersionRecord":
+    def from_bytes(cls, data: bytes, key: str = "version record") -> VersionRecord:
         doc = unseal(data, key)
         expected = {"format", "name", "version", "vector_id", "base_hash", "arch_fingerprint",
                     "metadata", "created_at", "parents", "recipe"}
@@ -224,7 +224,7 @@ class TagRecord:
         return seal(self.to_json())
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: str = "tag") -> "TagRecord":
+    def from_bytes(cls, data: bytes, key: str = "tag") -> TagRecord:
         doc = unseal(data, key)
         if set(doc) != {"format", "name", "tag", "version", "vector_id", "updated_at"} \
                 or doc["format"] != TAG_FORMAT:

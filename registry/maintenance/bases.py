@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
 
 
-def base_objects(reg: "Repo", seen: set[str] | None = None) -> set[str]:
+def base_objects(reg: Repo, seen: set[str] | None = None) -> set[str]:
     """Ids of every base manifest and of its blobs; raises if one cannot be known. With
     ``seen``, only the base records whose keys are not in it are read (and their keys added)."""
     keep: set[str] = set()
@@ -42,7 +42,7 @@ def base_objects(reg: "Repo", seen: set[str] | None = None) -> set[str]:
     return keep
 
 
-def verify_bases(reg: "Repo", rep: "VerifyReport", bad: set[str], *, deep: bool) -> None:
+def verify_bases(reg: Repo, rep: VerifyReport, bad: set[str], *, deep: bool) -> None:
     """Add the stored bases' problems to ``rep`` (``bad``: objects that failed their hash)."""
     parsed: set[str] = set()
     for rec in read_each(base_keys(reg.store), lambda k: read_base(reg.store, k), rep):
@@ -67,8 +67,8 @@ def verify_bases(reg: "Repo", rep: "VerifyReport", bad: set[str], *, deep: bool)
                 rep.damage(base_key(base_hash), "missing")
 
 
-def _check(reg: "Repo", rec: BaseRecord, bad: set[str],
-           rep: "VerifyReport") -> "Manifest | None":
+def _check(reg: Repo, rec: BaseRecord, bad: set[str],
+           rep: VerifyReport) -> Manifest | None:
     """The base's manifest if it, and every blob it names, is there and intact."""
     from tvreg.digest import arch_fingerprint
 
@@ -84,7 +84,7 @@ def _check(reg: "Repo", rec: BaseRecord, bad: set[str],
     return manifest if blobs_intact(manifest, rep) else None
 
 
-def _decode(reg: "Repo", rec: BaseRecord, manifest: "Manifest", rep: "VerifyReport") -> bool:
+def _decode(reg: Repo, rec: BaseRecord, manifest: Manifest, rep: VerifyReport) -> bool:
     """Decode every tensor (checked against its sha256) and recompute the base hash."""
     from tvreg import dtypes
     from tvreg.digest import BaseHasher, tensor_bytes

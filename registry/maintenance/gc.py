@@ -28,7 +28,7 @@ class GcReport:
         return dict(self.__dict__)
 
 
-def reachable_objects(reg: "Repo", seen: set[str] | None = None) -> set[str]:
+def reachable_objects(reg: Repo, seen: set[str] | None = None) -> set[str]:
     """Ids of every manifest a version record or a base record references, and of their
     blobs. With ``seen``, only the records whose keys are not in it are read (and their keys
     added): what was recorded since an earlier call."""
@@ -54,7 +54,7 @@ def reachable_objects(reg: "Repo", seen: set[str] | None = None) -> set[str]:
     return keep
 
 
-def gc(reg: "Repo", *, grace_seconds: float, dry_run: bool) -> GcReport:
+def gc(reg: Repo, *, grace_seconds: float, dry_run: bool) -> GcReport:
     """Delete objects no version references, stale scratch folders and the temp files of
     interrupted writes (docs/format.md §11).
 

@@ -18,13 +18,14 @@ Nothing is written that was not damaged or missing, and nothing is written that 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tvreg.digest import sha256_hex
 from tvreg.errors import CorruptObject, FormatError
-from tvreg.storage.objects import PREFIX, object_key
 from tvreg.repo.write import index_tag
+from tvreg.storage.objects import PREFIX, object_key
 from tvreg.stores import MissingKey
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +39,7 @@ class Source(Protocol):
 
     name: str
 
-    def reader(self) -> "Store": ...
+    def reader(self) -> Store: ...
 
 
 #: a repaired manifest's blobs are checked in a further round; manifests name blobs only, so
@@ -46,8 +47,8 @@ class Source(Protocol):
 _ROUNDS = 3
 
 
-def repair(reg: "Repo", remote: Source, *, deep: bool = False, workers: int = 8,
-           on_progress: Callable[[int], None] | None = None) -> "VerifyReport":
+def repair(reg: Repo, remote: Source, *, deep: bool = False, workers: int = 8,
+           on_progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify; put back each damaged or missing object and document from ``remote`` that
     checks; verify again. The returned report is the last verification's, with ``repaired``
     (keys put back) and ``unrepaired`` (``KEY: why``) filled in."""
@@ -86,7 +87,7 @@ def repair(reg: "Repo", remote: Source, *, deep: bool = False, workers: int = 8,
             with ThreadPoolExecutor(max(1, min(workers, len(todo))),
                                     thread_name_prefix="tvreg-repair") as pool:
                 for key, outcome in zip(todo, pool.map(
-                        lambda k: _object(reg, src, remote.name, k, first), todo)):
+                        lambda k: _object(reg, src, remote.name, k, first), todo), strict=True):
                     if outcome is None:
                         repaired.append(key)
                         oid = _oid(key)
@@ -115,7 +116,7 @@ def _oid(key: str) -> str:
     return key[len(PREFIX) + 1:].replace("/", "")
 
 
-def _damaged_parts(reg: "Repo", manifest_ids: list[str], first: "VerifyReport") -> list[str]:
+def _damaged_parts(reg: Repo, manifest_ids: list[str], first: VerifyReport) -> list[str]:
     """Keys of the objects among ``manifest_ids`` and their blobs that are damaged or missing
     (a manifest that reads is intact: it is checked against its name; the first verification
     re-hashed every object there was, so a blob not among its damage is intact or missing)."""
@@ -138,8 +139,8 @@ def _damaged_parts(reg: "Repo", manifest_ids: list[str], first: "VerifyReport") 
 # --- objects ----------------------------------------------------------------------------------
 
 
-def _object(reg: "Repo", src: "Store", remote: str, key: str,
-            first: "VerifyReport") -> str | None:
+def _object(reg: Repo, src: Store, remote: str, key: str,
+            first: VerifyReport) -> str | None:
     """Put back object ``key`` from ``src``; None when done, else why not."""
     oid = _oid(key)
     try:
@@ -162,7 +163,7 @@ class _NotRepaired(Exception):
     """Why a document was not put back (one line)."""
 
 
-def _document(reg: "Repo", src: "Store", remote: str, key: str,
+def _document(reg: Repo, src: Store, remote: str, key: str,
               state: str) -> str | None:
     """Put back document ``key`` from ``src`` if the catalog vouches for the remote's copy.
     Returns the manifest id a restored record or base record names (None for a tag or a name);
@@ -184,7 +185,7 @@ def _document(reg: "Repo", src: "Store", remote: str, key: str,
     raise _NotRepaired("not a document a repair knows")
 
 
-def _still_damaged(reg: "Repo", key: str, read: Callable[[Any, str], Any]) -> bool:
+def _still_damaged(reg: Repo, key: str, read: Callable[[Any, str], Any]) -> bool:
     """Whether ``key`` still does not read here (another process may have repaired it)."""
     try:
         read(reg.store, key)
@@ -193,7 +194,7 @@ def _still_damaged(reg: "Repo", key: str, read: Callable[[Any, str], Any]) -> bo
     return False
 
 
-def _put(reg: "Repo", key: str, data: bytes, state: str,
+def _put(reg: Repo, key: str, data: bytes, state: str,
          read: Callable[[Any, str], Any]) -> None:
     """Write a checked document: a missing one by exclusive create (a number taken meanwhile is
     not overwritten), a damaged one by atomic replace, only if it is still damaged."""
@@ -204,12 +205,12 @@ def _put(reg: "Repo", key: str, data: bytes, state: str,
         reg.store.write(key, data)
 
 
-def _catalog_row(reg: "Repo", query: str, params: list) -> dict[str, Any] | None:
+def _catalog_row(reg: Repo, query: str, params: list) -> dict[str, Any] | None:
     rows = reg.catalog.rows(query, params)
     return rows[0] if rows else None
 
 
-def _record_fields(rec: "VersionRecord") -> tuple:
+def _record_fields(rec: VersionRecord) -> tuple:
     """What the catalog's ``versions`` row holds of a record (migration 1), as it stores it."""
     from tvreg.catalog.db import timestamp
 
@@ -234,7 +235,7 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _record(reg: "Repo", src: "Store", remote: str, key: str, state: str) -> str | None:
+def _record(reg: Repo, src: Store, remote: str, key: str, state: str) -> str | None:
     from tvreg.format.records import VersionRecord
     from tvreg.storage.documents import parse_record_key, read_record, record_keys
 
@@ -263,7 +264,7 @@ def _record(reg: "Repo", src: "Store", remote: str, key: str, state: str) -> str
                        f"for it (vector {row['vector_id'][:12]}, created {row['created_at']})")
 
 
-def _tag(reg: "Repo", src: "Store", remote: str, key: str) -> None:
+def _tag(reg: Repo, src: Store, remote: str, key: str) -> None:
     from tvreg.storage.documents import read_tag
 
     theirs = read_tag(src, key)  # FormatError: damaged there too
@@ -277,7 +278,7 @@ def _tag(reg: "Repo", src: "Store", remote: str, key: str) -> None:
     index_tag(reg, theirs.name, theirs.tag)
 
 
-def _base_name(reg: "Repo", src: "Store", remote: str, key: str) -> None:
+def _base_name(reg: Repo, src: Store, remote: str, key: str) -> None:
     from tvreg.repo.bases import _index_name
     from tvreg.storage.documents import read_base_name
 
@@ -290,7 +291,7 @@ def _base_name(reg: "Repo", src: "Store", remote: str, key: str) -> None:
     _index_name(reg, theirs)
 
 
-def _base_record(reg: "Repo", src: "Store", remote: str, key: str,
+def _base_record(reg: Repo, src: Store, remote: str, key: str,
                  state: str) -> str | None:
     from tvreg.catalog.db import timestamp
     from tvreg.storage.documents import read_base

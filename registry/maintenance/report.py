@@ -3,8 +3,9 @@ read (:func:`read_each`), each manifest and the blobs it names (:func:`check_man
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tvreg.errors import CorruptObject, FormatError, TvregError
 from tvreg.storage.objects import object_key
@@ -80,8 +81,8 @@ def read_each(keys: Iterable[str], read: Callable[[str], T], rep: VerifyReport) 
         yield doc
 
 
-def check_manifest(reg: "Repo", manifest_id: str, bad: set[str], rep: VerifyReport,
-                   what: str, prefix: str = "") -> "Manifest | None":
+def check_manifest(reg: Repo, manifest_id: str, bad: set[str], rep: VerifyReport,
+                   what: str, prefix: str = "") -> Manifest | None:
     """The manifest ``manifest_id`` of ``what`` (a vector or a base) if it reads, else None;
     each blob it names must exist (the object pass re-hashed them all and put the damaged ones
     in ``bad``: :func:`blobs_intact` says whether all are fine). Problems (``prefix`` first) and
@@ -105,6 +106,6 @@ def check_manifest(reg: "Repo", manifest_id: str, bad: set[str], rep: VerifyRepo
     return manifest
 
 
-def blobs_intact(manifest: "Manifest", rep: VerifyReport) -> bool:
+def blobs_intact(manifest: Manifest, rep: VerifyReport) -> bool:
     """Whether no blob of ``manifest`` is damaged."""
     return not any(object_key(b) in rep.damaged for b in manifest.blob_ids())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tvreg.errors import CorruptObject
 from tvreg.format.records import record_key
@@ -16,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["VerifyReport", "verify"]
 
 
-def verify(reg: "Repo", on_progress: Callable[[int], None] | None = None, *,
+def verify(reg: Repo, on_progress: Callable[[int], None] | None = None, *,
            deep: bool = False) -> VerifyReport:
     """Re-hash every object; check that every record's manifest and blobs exist and parse, that
     every tag points at its version, and that the catalog indexes exactly the stored versions.
@@ -64,16 +65,16 @@ def verify(reg: "Repo", on_progress: Callable[[int], None] | None = None, *,
     return rep
 
 
-def _documents(reg: "Repo", prefix: str) -> list[str]:
+def _documents(reg: Repo, prefix: str) -> list[str]:
     return sorted(k for k in reg.store.list(prefix) if k.endswith(".json"))
 
 
-def _check_vector(reg: "Repo", vector_id: str, bad: set[str], rep: VerifyReport) -> bool:
+def _check_vector(reg: Repo, vector_id: str, bad: set[str], rep: VerifyReport) -> bool:
     manifest = check_manifest(reg, vector_id, bad, rep, f"vector {vector_id[:12]}")
     return manifest is not None and blobs_intact(manifest, rep)
 
 
-def _decode_vector(reg: "Repo", vector_id: str, rep: VerifyReport) -> bool:
+def _decode_vector(reg: Repo, vector_id: str, rep: VerifyReport) -> bool:
     from tvreg.codecs.bitdiff import BaseRequired
     from tvreg.tensors.encoding import decode_tensor, exact_codec
 

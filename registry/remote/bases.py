@@ -31,7 +31,7 @@ class BaseTransfer:
     of every base of the versions."""
 
     records: dict[str, BaseRecord] = field(default_factory=dict)   # base hash -> record
-    manifests: dict[str, "Manifest"] = field(default_factory=dict)  # manifest id -> manifest
+    manifests: dict[str, Manifest] = field(default_factory=dict)  # manifest id -> manifest
     names: list[BaseName] = field(default_factory=list)
     hashes: set[str] = field(default_factory=set)                   # every base of the versions
     problems: list[str] = field(default_factory=list)               # pull: damaged names there
@@ -40,18 +40,18 @@ class BaseTransfer:
         return {b for m in self.manifests.values() for b in m.blob_ids()}
 
 
-def _bases_of(records: list["VersionRecord"]) -> dict[str, list[str]]:
+def _bases_of(records: list[VersionRecord]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for r in records:
         out.setdefault(r.base_hash, []).append(r.ref)
     return out
 
 
-def _there(store: "Store", hashes: list[str]) -> dict[str, BaseRecord | None]:
+def _there(store: Store, hashes: list[str]) -> dict[str, BaseRecord | None]:
     read = or_none(lambda key: read_base(store, key))  # damaged there: it holds the key anyway
     keys = [base_key(h) for h in hashes]
-    found = dict(zip(hashes, read_many(read, keys)))
-    for h, key in zip(hashes, keys):
+    found = dict(zip(hashes, read_many(read, keys), strict=True))
+    for h, key in zip(hashes, keys, strict=True):
         if found[h] is None and store.exists(key):  # damaged: never overwritten; skip it
             found[h] = False  # type: ignore[assignment]
     return found
@@ -60,7 +60,7 @@ def _there(store: "Store", hashes: list[str]) -> dict[str, BaseRecord | None]:
 # --- push -------------------------------------------------------------------------------------
 
 
-def plan_push(reg: "Repo", records: list["VersionRecord"], store: "Store", *,
+def plan_push(reg: Repo, records: list[VersionRecord], store: Store, *,
               exact_only: bool = False) -> BaseTransfer:
     """The bases of ``records`` to send: every one must be stored here (else InvalidInput,
     before anything is sent); those the remote already has are left out."""
@@ -86,13 +86,13 @@ def plan_push(reg: "Repo", records: list["VersionRecord"], store: "Store", *,
     return plan
 
 
-def push_records(store: "Store", plan: BaseTransfer) -> tuple[int, int]:
+def push_records(store: Store, plan: BaseTransfer) -> tuple[int, int]:
     """After the objects: the base records (exclusive create), then the names that differ
     there. Returns (records written, names written)."""
     sent = sum(store.write_new(r.key, r.to_bytes()) for r in plan.records.values())
     read = or_none(lambda key: read_base_name(store, key))
     named = 0
-    for name, current in zip(plan.names, read_many(read, [n.key for n in plan.names])):
+    for name, current in zip(plan.names, read_many(read, [n.key for n in plan.names]), strict=True):
         if current is not None and current.base_hash == name.base_hash:
             continue
         store.write(name.key, BaseName(name.name, name.base_hash, utc_now()).to_bytes())
@@ -103,7 +103,7 @@ def push_records(store: "Store", plan: BaseTransfer) -> tuple[int, int]:
 # --- pull -------------------------------------------------------------------------------------
 
 
-def plan_pull(reg: "Repo", src: "Store", records: list["VersionRecord"],
+def plan_pull(reg: Repo, src: Store, records: list[VersionRecord],
               remote: str, *, exact_only: bool = False) -> BaseTransfer:
     """The bases of ``records`` to fetch from ``src``: those not stored here, each of which
     the remote must hold (else NotFound, before anything is written); their manifests are
@@ -134,7 +134,7 @@ def plan_pull(reg: "Repo", src: "Store", records: list["VersionRecord"],
     return plan
 
 
-def check_manifests(plan: BaseTransfer, manifests: dict[str, "Manifest"], remote: str) -> None:
+def check_manifests(plan: BaseTransfer, manifests: dict[str, Manifest], remote: str) -> None:
     """Every fetched base manifest is what its record says (hashes, sizes)."""
     for rec in plan.records.values():
         if not rec.describes(manifests[rec.manifest]):
@@ -143,7 +143,7 @@ def check_manifests(plan: BaseTransfer, manifests: dict[str, "Manifest"], remote
         plan.manifests[rec.manifest] = manifests[rec.manifest]
 
 
-def pull_records(reg: "Repo", plan: BaseTransfer) -> tuple[int, int]:
+def pull_records(reg: Repo, plan: BaseTransfer) -> tuple[int, int]:
     """After the objects: the base records here (exclusive create) and the catalog, then the
     names (moved here like tags). Returns (bases added, names set)."""
     from tvreg.repo.bases import _index, set_name

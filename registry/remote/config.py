@@ -52,7 +52,7 @@ class Remote:
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "options": dict(self.options)}
 
-    def reader(self) -> "Store":
+    def reader(self) -> Store:
         """The store to read from: :meth:`store`, listed through the remote index where the
         backend cannot list (HTTP)."""
         from tvreg.remote.index import IndexListedStore
@@ -60,7 +60,7 @@ class Remote:
         store = self.store()
         return store if self.listable else IndexListedStore(store)
 
-    def store(self) -> "Store":
+    def store(self) -> Store:
         """The remote's object layout as a store (a local directory gets :class:`LocalStore`)."""
         from tvreg.stores import FsspecStore, LocalStore
 
@@ -130,7 +130,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def load(reg: "Repo") -> dict[str, Remote]:
+def load(reg: Repo) -> dict[str, Remote]:
     """The named remotes of ``config.json``."""
     config = reg.check_config()
     raw = config.get("remotes", {})
@@ -148,13 +148,13 @@ def load(reg: "Repo") -> dict[str, Remote]:
     return out
 
 
-def _save(reg: "Repo", remotes: dict[str, Remote]) -> None:
+def _save(reg: Repo, remotes: dict[str, Remote]) -> None:
     config = reg.check_config()
     config["remotes"] = {n: r.to_json() for n, r in sorted(remotes.items())}
     reg.store.write("config.json", json.dumps(config, indent=2).encode() + b"\n")
 
 
-def add(reg: "Repo", name: str, url: str, options: dict[str, Any] | None = None) -> Remote:
+def add(reg: Repo, name: str, url: str, options: dict[str, Any] | None = None) -> Remote:
     """Add remote ``name`` to ``config.json`` (creating the registry if needed)."""
     reg.require_writable()
     validate_remote_name(name)
@@ -173,7 +173,7 @@ def add(reg: "Repo", name: str, url: str, options: dict[str, Any] | None = None)
     return remote
 
 
-def remove(reg: "Repo", name: str) -> Remote:
+def remove(reg: Repo, name: str) -> Remote:
     """Remove remote ``name`` from ``config.json``."""
     reg.require_writable()
     remotes = load(reg)
@@ -184,7 +184,7 @@ def remove(reg: "Repo", name: str) -> Remote:
     return gone
 
 
-def get(reg: "Repo", name: str) -> Remote:
+def get(reg: Repo, name: str) -> Remote:
     """Remote ``name``; :class:`NotFound` (naming the known ones) if there is none."""
     remotes = load(reg)
     if name not in remotes:

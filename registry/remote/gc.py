@@ -36,15 +36,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from tvreg.errors import FormatError, InvalidInput, RemoteBusy, TvregError
 from tvreg.storage.objects import ObjectDB
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.repo.repo import Repo
     from tvreg.remote.config import Remote
+    from tvreg.repo.repo import Repo
     from tvreg.stores import Store
 
 LOCKS = "locks"
@@ -126,7 +127,7 @@ def _dead_here(doc: dict) -> bool:
     return bool(recorded) and started != recorded
 
 
-def read_locks(store: "Store", now: float | None = None) -> list[Lock]:
+def read_locks(store: Store, now: float | None = None) -> list[Lock]:
     """Every lock on the remote, each judged fresh or stale. A lock that does not parse (a
     write cut short) is judged by the time the store gives it."""
     now = time.time() if now is None else now
@@ -153,7 +154,7 @@ def read_locks(store: "Store", now: float | None = None) -> list[Lock]:
 class _Held:
     """A lock this process created; rewritten every :data:`REFRESH_SECONDS` until released."""
 
-    def __init__(self, store: "Store", kind: str) -> None:
+    def __init__(self, store: Store, kind: str) -> None:
         self.store, self.kind = store, kind
         self.key = f"{LOCKS}/{kind}-{uuid.uuid4().hex}.json"
         self._doc = _holder(kind)
@@ -193,7 +194,7 @@ class _Held:
 
 
 @contextlib.contextmanager
-def push_lock(store: "Store", timeout: float, label: str) -> Iterator[None]:
+def push_lock(store: Store, timeout: float, label: str) -> Iterator[None]:
     """Hold a push lock on the remote; waits (backoff, up to ``timeout`` seconds) while a
     fresh gc lock is there, then raises :class:`RemoteBusy`."""
     deadline = time.monotonic() + timeout
@@ -221,7 +222,7 @@ def push_lock(store: "Store", timeout: float, label: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def gc_lock(store: "Store", label: str) -> Iterator[list[Lock]]:
+def gc_lock(store: Store, label: str) -> Iterator[list[Lock]]:
     """Hold the gc lock of the remote; raises :class:`RemoteBusy` at once if any other fresh
     lock is there. Yields the stale locks found (the caller may remove them)."""
     held = _Held(store, "gc")
@@ -240,7 +241,7 @@ def gc_lock(store: "Store", label: str) -> Iterator[list[Lock]]:
 # --- what a remote references --------------------------------------------------------------------
 
 
-def reachable(store: "Store") -> set[str]:
+def reachable(store: Store) -> set[str]:
     """Ids of every manifest that a version record or a base record of the remote names, and
     of their blobs. A record or manifest that does not read refuses gc (its blobs cannot be
     named)."""
@@ -292,14 +293,14 @@ class RemoteGcReport:
         return out
 
 
-def writable_store(remote: "Remote") -> "Store":
+def writable_store(remote: Remote) -> Store:
     if not remote.writable:
         raise InvalidInput(f"remote {remote.name} ({remote.url}) is read-only: "
                            f"{remote.protocol} remotes cannot be garbage-collected")
     return remote.store()
 
 
-def gc_remote(remote: "Remote", *, grace_seconds: float, dry_run: bool = False,
+def gc_remote(remote: Remote, *, grace_seconds: float, dry_run: bool = False,
               only: Iterable[str] | None = None) -> RemoteGcReport:
     """Delete the remote's objects that nothing there references and that are older than
     ``grace_seconds`` (with ``only``: just those of these ids), its stale locks and the temp
@@ -339,7 +340,7 @@ def gc_remote(remote: "Remote", *, grace_seconds: float, dry_run: bool = False,
 
 
 @contextlib.contextmanager
-def _stale_only(store: "Store") -> Iterator[list[Lock]]:
+def _stale_only(store: Store) -> Iterator[list[Lock]]:
     yield [lk for lk in read_locks(store) if lk.stale]
 
 
@@ -354,7 +355,7 @@ class PushNote:
     """The local note of one push to ``remote_name``: written before its first object is sent,
     removed when it succeeds."""
 
-    def __init__(self, reg: "Repo", remote_name: str) -> None:
+    def __init__(self, reg: Repo, remote_name: str) -> None:
         self.reg, self.remote_name = reg, remote_name
         self.key = f"{_notes_folder(remote_name)}/push-{uuid.uuid4().hex}.json"
         self.written = False
@@ -370,7 +371,7 @@ class PushNote:
             self.written = False
 
 
-def notes(reg: "Repo", remote_name: str) -> dict[str, set[str]]:
+def notes(reg: Repo, remote_name: str) -> dict[str, set[str]]:
     """The notes left by pushes to ``remote_name`` that did not succeed: key -> object ids (a
     note that does not read names nothing; it is removed with the others)."""
     out: dict[str, set[str]] = {}
@@ -383,13 +384,13 @@ def notes(reg: "Repo", remote_name: str) -> dict[str, set[str]]:
     return out
 
 
-def forget(reg: "Repo", remote_name: str) -> None:
+def forget(reg: Repo, remote_name: str) -> None:
     """Remove every note of ``remote_name`` (the remote was removed from the config)."""
     for key in list(reg.store.list(_notes_folder(remote_name))):
         reg.store.delete(key)
 
 
-def collect_after_push(reg: "Repo", remote: "Remote") -> tuple[RemoteGcReport | None, str]:
+def collect_after_push(reg: Repo, remote: Remote) -> tuple[RemoteGcReport | None, str]:
     """After a successful push: if earlier pushes left notes, delete the orphans they list
     (unreferenced, any age: they are this registry's own) and the notes. Returns the report
     (None if nothing was tried or the remote was busy) and, for a failure other than a busy
@@ -409,7 +410,7 @@ def collect_after_push(reg: "Repo", remote: "Remote") -> tuple[RemoteGcReport | 
     return rep, ""
 
 
-def collect(reg: "Repo", remote: "Remote", *, grace_seconds: float,
+def collect(reg: Repo, remote: Remote, *, grace_seconds: float,
             dry_run: bool = False) -> RemoteGcReport:
     """``tvreg gc --remote``: :func:`gc_remote`, then (unless ``dry_run``) the notes of failed
     pushes to it are done with, unless they list an orphan that was younger than the grace

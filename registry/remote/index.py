@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib.resources
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
@@ -96,7 +97,7 @@ class Index:
         return [tag_key(row[0], row[1]) for row in self.tags]
 
 
-def records_of(index: Index) -> dict[str, "VersionRecord"]:
+def records_of(index: Index) -> dict[str, VersionRecord]:
     """The version records an index describes, by key. They are what a push of those records
     wrote, but unverified (no seal): use them as hints, e.g. to skip re-reading records that
     an unchanged push would only compare with its own (docs/format.md §9.2)."""
@@ -185,7 +186,7 @@ def write(store: Store, index: Index) -> None:
         con.close()
 
 
-def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
+def build(store: Store, manifest_of: Callable[[str], Manifest], *,
           previous: Index | None = None, keys: list[str] | None = None,
           workers: int = 16) -> Index:
     """The index of what ``store`` holds now (``keys``: its record keys, if just listed). Rows
@@ -200,7 +201,7 @@ def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
     records = [r for r in read_many(or_none(lambda k: read_record(store, k)), fresh,
                                     workers=workers) if r is not None]
     vids = sorted({r.vector_id for r in records})
-    manifests = dict(zip(vids, read_many(or_none(manifest_of), vids, workers=workers)))
+    manifests = dict(zip(vids, read_many(or_none(manifest_of), vids, workers=workers), strict=True))
     rows += [version_row(r, manifests[r.vector_id]) for r in records
              if manifests[r.vector_id] is not None]
     held = {(row[0], row[1], row[2]) for row in rows}
@@ -212,7 +213,7 @@ def build(store: Store, manifest_of: Callable[[str], "Manifest"], *,
                  frozenset(keys))
 
 
-def refresh(store: Store, manifest_of: Callable[[str], "Manifest"], *,
+def refresh(store: Store, manifest_of: Callable[[str], Manifest], *,
             previous: Index | None | bool = True, keys: list[str] | None = None,
             workers: int = 16, rounds: int = 3) -> Index:
     """Rebuild the index after a push and write it if it changed. ``previous``: the index as

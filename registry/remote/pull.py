@@ -69,7 +69,7 @@ def _remote_error(remote: str, e: Exception) -> TvregError:
     return CorruptObject(f"remote {remote}: {e}")
 
 
-def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[VersionRecord]:
+def select_remote(store: Store, refs: list[str] | None, remote: str) -> list[VersionRecord]:
     """The remote's versions named by ``refs`` (default all): a bare NAME is all its versions,
     NAME@N and NAME@TAG one. Every record is read and its seal checked."""
     def read(key: str) -> VersionRecord:
@@ -114,9 +114,9 @@ def select_remote(store: "Store", refs: list[str] | None, remote: str) -> list[V
     return [chosen[k] for k in sorted(chosen)]
 
 
-def pull(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None, *,
-         workers: int = 8, progress: "Transfer | None" = None, with_base: bool = False,
-         after_insert: "AfterInsert | None" = None) -> PullReport:
+def pull(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, *,
+         workers: int = 8, progress: Transfer | None = None, with_base: bool = False,
+         after_insert: AfterInsert | None = None) -> PullReport:
     """See :meth:`tvreg.Registry.pull`; ``after_insert(*records)`` is called with the versions
     it stored once they are indexed (their similarities)."""
     from tvreg.remote.bases import check_manifests, plan_pull, pull_records
@@ -149,7 +149,7 @@ def pull(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None
         local.update(here)
         manifests.update({v: reg.manifest(v) for v in here})
         todo = [v for v in ids if v not in here]
-        for vid, data in zip(todo, read_many(fetch, todo, workers=workers)):
+        for vid, data in zip(todo, read_many(fetch, todo, workers=workers), strict=True):
             if sha256_hex(data) != vid:
                 raise CorruptObject(f"remote {remote.name}: object {object_key(vid)} is "
                                     "corrupted (its sha256 does not match its name); nothing "
@@ -287,7 +287,7 @@ def pull(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None
     return report
 
 
-def _catalog_tags(reg: "Repo", names: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
+def _catalog_tags(reg: Repo, names: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
     """The catalog's tags of ``names``: (name, tag) -> (version, vector id)."""
     try:
         rows = reg.catalog.rows("SELECT name, tag, version, vector_id FROM tags "
@@ -297,7 +297,7 @@ def _catalog_tags(reg: "Repo", names: set[str]) -> dict[tuple[str, str], tuple[i
     return {(r["name"], r["tag"]): (r["version"], r["vector_id"]) for r in rows}
 
 
-def _reuse(reg: "Repo", oid: str) -> bool:
+def _reuse(reg: Repo, oid: str) -> bool:
     """Whether object ``oid`` is here already; if so it is touched, so that gc's grace period
     restarts (an old unreferenced object, e.g. of an interrupted pull, is about to be used)."""
     try:
@@ -307,7 +307,7 @@ def _reuse(reg: "Repo", oid: str) -> bool:
     return True
 
 
-def _remote_tags(store: "Store", names: set[str], remote: str,
+def _remote_tags(store: Store, names: set[str], remote: str,
                  problems: list[str]) -> list[TagRecord]:
     """The remote's tags of ``names``; a damaged one is not pulled, and goes to ``problems``."""
     from tvreg.storage.documents import readable

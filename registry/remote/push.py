@@ -29,8 +29,8 @@ from tvreg.storage.documents import read_tag
 from tvreg.storage.objects import PREFIX, ObjectDB, object_key
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.repo.repo import Repo
     from tvreg.remote.index import Index
+    from tvreg.repo.repo import Repo
     from tvreg.stores import Store
     from tvreg.util.progress import Transfer
 
@@ -57,7 +57,7 @@ class PushReport:
         return dict(self.__dict__)
 
 
-def select_records(reg: "Repo", refs: list[str] | None) -> list[VersionRecord]:
+def select_records(reg: Repo, refs: list[str] | None) -> list[VersionRecord]:
     """Every version (no refs); a bare NAME: all its versions; NAME@N / NAME@TAG: that one."""
     from tvreg.names import parse_ref
 
@@ -78,7 +78,7 @@ def select_records(reg: "Repo", refs: list[str] | None) -> list[VersionRecord]:
     return [chosen[k] for k in sorted(chosen)]
 
 
-def _remote_ids(store: "Store") -> set[str]:
+def _remote_ids(store: Store) -> set[str]:
     out = set()
     for key in store.list(PREFIX):
         parts = key.split("/")
@@ -87,8 +87,8 @@ def _remote_ids(store: "Store") -> set[str]:
     return out
 
 
-def _remote_versions(store: "Store", names: set[str]
-                     ) -> tuple[dict[str, dict[int, VersionRecord]], "Index | None", list[str]]:
+def _remote_versions(store: Store, names: set[str]
+                     ) -> tuple[dict[str, dict[int, VersionRecord]], Index | None, list[str]]:
     """The remote's versions of ``names``: one listing of ``refs/``; records the remote index
     describes are taken from it (a re-push of an unchanged registry reads no record), the
     others are read in parallel. A damaged record is left out but still holds its number
@@ -123,8 +123,8 @@ def _remote_versions(store: "Store", names: set[str]
     return out, index, listed
 
 
-def push(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None, *,
-         workers: int = 8, progress: "Transfer | None" = None,
+def push(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, *,
+         workers: int = 8, progress: Transfer | None = None,
          with_base: bool = False) -> PushReport:
     """See :meth:`Registry.push`. A remote whose disk fills up fails with one line that names
     it and its URL (not the file the store was writing)."""
@@ -145,8 +145,8 @@ def push(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None
                           "disk): free some space there and push again") from None
 
 
-def _push(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = None, *,
-          workers: int = 8, progress: "Transfer | None" = None,
+def _push(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, *,
+          workers: int = 8, progress: Transfer | None = None,
           with_base: bool = False) -> PushReport:
     from tvreg.remote.config import get
     from tvreg.remote.gc import PushNote, collect_after_push, push_lock
@@ -170,8 +170,8 @@ def _push(reg: "Repo", remote_name: str = "origin", refs: list[str] | None = Non
     return report
 
 
-def _push_locked(reg: "Repo", remote, store: "Store", note, records: list[VersionRecord], *,
-                 workers: int, progress: "Transfer | None", with_base: bool) -> PushReport:
+def _push_locked(reg: Repo, remote, store: Store, note, records: list[VersionRecord], *,
+                 workers: int, progress: Transfer | None, with_base: bool) -> PushReport:
     """The push itself, under a push lock on the remote (:mod:`tvreg.remote.gc`)."""
     from tvreg.remote.bases import plan_push, push_records
     from tvreg.remote.index import refresh
@@ -235,7 +235,7 @@ def _push_locked(reg: "Repo", remote, store: "Store", note, records: list[Versio
     current = or_none(lambda key: read_tag(store, key))  # missing or unreadable: write ours
     wanted = [(tag, mapping[(tag.name, tag.version)]) for tag in reg.all_tags()
               if (tag.name, tag.version) in mapping]
-    for (tag, target), there in zip(wanted, read_many(current, [t.key for t, _ in wanted])):
+    for (tag, target), there in zip(wanted, read_many(current, [t.key for t, _ in wanted]), strict=True):
         if there is not None and (there.version, there.vector_id) == (target, tag.vector_id):
             continue
         store.write(tag.key, TagRecord(tag.name, tag.tag, target, tag.vector_id,

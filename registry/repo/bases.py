@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tvreg import dtypes
 from tvreg.errors import (
@@ -63,7 +64,7 @@ class AddBaseResult:
         return self.record.base_hash
 
 
-def pipeline_for(tensor: "torch.Tensor", level: int | None = None) -> "CodecPipeline":
+def pipeline_for(tensor: torch.Tensor, level: int | None = None) -> CodecPipeline:
     """The codec pipeline of a base tensor: the lossless choice every writer makes."""
     from tvreg.codecs import choose_pipeline
 
@@ -77,7 +78,7 @@ def _is_prefix(text: str) -> bool:
     return MIN_HASH_PREFIX <= len(text) <= 64 and _HEX.fullmatch(text) is not None
 
 
-def resolve(repo: "Repo", ref: str) -> BaseRecord:
+def resolve(repo: Repo, ref: str) -> BaseRecord:
     """The stored base a NAME or a hash prefix (>= 8 hex digits) names; names win."""
     if not isinstance(ref, str) or not ref:
         raise InvalidInput("invalid base: empty")
@@ -116,7 +117,7 @@ def resolve(repo: "Repo", ref: str) -> BaseRecord:
                    "(`tvreg base ls` lists them)")
 
 
-def names_of(repo: "Repo", base_hash: str | None = None) -> dict[str, str]:
+def names_of(repo: Repo, base_hash: str | None = None) -> dict[str, str]:
     """Base names and the hashes they point at (those of ``base_hash`` only, if given); a
     damaged name file is left out (``verify`` reports it)."""
     from tvreg.storage.documents import or_none, read_many
@@ -129,13 +130,13 @@ def names_of(repo: "Repo", base_hash: str | None = None) -> dict[str, str]:
     return out
 
 
-def label(repo: "Repo", record: BaseRecord) -> str:
+def label(repo: Repo, record: BaseRecord) -> str:
     names = sorted(names_of(repo, record.base_hash))
     return f"stored base {names[0] if names else record.base_hash[:12]}"
 
 
-def open_base(repo: "Repo", base: "str | os.PathLike | Checkpoint | None",
-              base_hash: str) -> "Checkpoint":
+def open_base(repo: Repo, base: str | os.PathLike | Checkpoint | None,
+              base_hash: str) -> Checkpoint:
     """What ``apply``'s ``base`` means: None, the stored base of ``base_hash`` (the vectors'
     base); a state dict in memory or an existing path, that checkpoint; otherwise a stored
     base's name or hash prefix."""
@@ -171,7 +172,7 @@ def open_base(repo: "Repo", base: "str | os.PathLike | Checkpoint | None",
 # --- adding -----------------------------------------------------------------------------------
 
 
-def add(repo: "Repo", path: str | os.PathLike, name: str | None = None, *,
+def add(repo: Repo, path: str | os.PathLike, name: str | None = None, *,
         level: int | None = None,
         on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
     """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`.
@@ -208,7 +209,7 @@ def add(repo: "Repo", path: str | os.PathLike, name: str | None = None, *,
 
             had_manifest: list[bool] = []
 
-            def produce(put: Callable[[bytes], str]) -> "Manifest":
+            def produce(put: Callable[[bytes], str]) -> Manifest:
                 manifest = _encode(ck, infos, fingerprint, put, level, tick)
                 had_manifest.append(repo.exists and repo.objects.exists(manifest.vector_id))
                 return manifest
@@ -230,14 +231,14 @@ def add(repo: "Repo", path: str | os.PathLike, name: str | None = None, *,
     return AddBaseResult(record, created, new_objects, name, previous)
 
 
-def _records(repo: "Repo") -> list[BaseRecord]:
+def _records(repo: Repo) -> list[BaseRecord]:
     from tvreg.storage.documents import or_none, read_many
 
     read = or_none(lambda k: read_base(repo.store, k))
     return [r for r in read_many(read, base_keys(repo.store)) if r is not None]
 
 
-def _hash(ck: "Checkpoint", infos: list["TensorInfo"]) -> tuple[str, dict[str, str]]:
+def _hash(ck: Checkpoint, infos: list[TensorInfo]) -> tuple[str, dict[str, str]]:
     """The checkpoint's base hash and the sha256 of every tensor's bytes, in one pass."""
     from tvreg.digest import BaseHasher, tensor_bytes
 
@@ -250,7 +251,7 @@ def _hash(ck: "Checkpoint", infos: list["TensorInfo"]) -> tuple[str, dict[str, s
     return hasher.hexdigest(), digests
 
 
-def _holds(repo: "Repo", record: BaseRecord, ck: "Checkpoint", infos: list["TensorInfo"],
+def _holds(repo: Repo, record: BaseRecord, ck: Checkpoint, infos: list[TensorInfo],
            digests: dict[str, str]) -> bool:
     """Whether the stored base ``record`` holds exactly this checkpoint, all its objects there.
     A damaged stored base (False) is repaired by storing the checkpoint again. One base hash
@@ -273,8 +274,8 @@ def _holds(repo: "Repo", record: BaseRecord, ck: "Checkpoint", infos: list["Tens
     return all(repo.objects.exists(b) for b in manifest.blob_ids())
 
 
-def _encode(ck: "Checkpoint", infos: list["TensorInfo"], fingerprint: str,
-            put: Callable[[bytes], str], level: int | None, tick: Callable[[int], None]) -> "Manifest":
+def _encode(ck: Checkpoint, infos: list[TensorInfo], fingerprint: str,
+            put: Callable[[bytes], str], level: int | None, tick: Callable[[int], None]) -> Manifest:
     from tvreg.digest import BaseHasher, tensor_bytes
     from tvreg.format.manifest import Manifest
     from tvreg.tensors.encoding import TensorEncoder
@@ -296,7 +297,7 @@ def _encode(ck: "Checkpoint", infos: list["TensorInfo"], fingerprint: str,
 # --- names ------------------------------------------------------------------------------------
 
 
-def set_name(repo: "Repo", name: str, base_hash: str) -> tuple[BaseName, str | None]:
+def set_name(repo: Repo, name: str, base_hash: str) -> tuple[BaseName, str | None]:
     """Point base name ``name`` at ``base_hash`` (a stored base); returns the name and the
     hash it pointed at before (None if the name is new; ``base_hash`` if unchanged). A
     damaged name file is replaced."""
@@ -319,7 +320,7 @@ def set_name(repo: "Repo", name: str, base_hash: str) -> tuple[BaseName, str | N
 # --- the catalog ------------------------------------------------------------------------------
 
 
-def _index(repo: "Repo", records: list[BaseRecord], manifests: dict[str, "Manifest"]) -> None:
+def _index(repo: Repo, records: list[BaseRecord], manifests: dict[str, Manifest]) -> None:
     from tvreg.catalog.db import insert_rows
     from tvreg.errors import TvregError
 
@@ -336,7 +337,7 @@ def _index(repo: "Repo", records: list[BaseRecord], manifests: dict[str, "Manife
                       f"catalog was not updated ({e}); run `tvreg reindex`") from None
 
 
-def _index_name(repo: "Repo", doc: BaseName) -> None:
+def _index_name(repo: Repo, doc: BaseName) -> None:
     """Index base name ``doc.name`` as its file holds it now, read under the catalog's write
     lock (names move like tags: the last to index must index the last file)."""
     from tvreg.catalog.db import insert_rows
@@ -368,7 +369,7 @@ LS_QUERY = """
     FROM bases b ORDER BY b.created_at, b.base_hash"""
 
 
-def show_base(repo: "Repo", ref: str, *, tensors: bool = False) -> dict[str, Any]:
+def show_base(repo: Repo, ref: str, *, tensors: bool = False) -> dict[str, Any]:
     record = resolve(repo, ref)
     manifest = repo.base_manifest(record)
     out: dict[str, Any] = {
@@ -387,7 +388,7 @@ def show_base(repo: "Repo", ref: str, *, tensors: bool = False) -> dict[str, Any
     return out
 
 
-def export_base(repo: "Repo", ref: str, path: str | os.PathLike) -> int:
+def export_base(repo: Repo, ref: str, path: str | os.PathLike) -> int:
     """Write the stored base to a safetensors file, one tensor in memory at a time; its
     tensors are bit for bit those of the checkpoint it was stored from."""
     from tvreg.tensors.outputs import check_output_path

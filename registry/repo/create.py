@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tvreg.codecs.choose import check_level
 from tvreg.errors import InvalidInput
@@ -41,7 +42,7 @@ def filter_meta(include: str | None, exclude: str | None, left_out: list[str]
     return dict(sorted(meta.items()))
 
 
-def create(repo: "Repo", name: str, base: Any, finetuned: Any = None, *,
+def create(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
            lora: str | os.PathLike | None = None, task: str | None = None,
            dataset: str | None = None, lr: float | None = None, steps: int | None = None,
            meta: dict[str, Any] | None = None, allow_nonfinite: bool = False,
@@ -143,7 +144,7 @@ def create(repo: "Repo", name: str, base: Any, finetuned: Any = None, *,
     return CreateResult(record, created, new_objects, manifest)
 
 
-def ensure_base(repo: "Repo", checkpoint: Any, base_hash: str) -> None:
+def ensure_base(repo: Repo, checkpoint: Any, base_hash: str) -> None:
     """Store the base ``checkpoint`` (of hash ``base_hash``) unless it is stored."""
     from tvreg.repo.bases import add
     from tvreg.tensors.checkpoints import InMemoryCheckpoint
@@ -152,7 +153,7 @@ def ensure_base(repo: "Repo", checkpoint: Any, base_hash: str) -> None:
         add(repo, checkpoint if isinstance(checkpoint, InMemoryCheckpoint) else checkpoint.path)
 
 
-def recode(repo: "Repo", ref: str, codec: str, *, name: str | None = None,
+def recode(repo: Repo, ref: str, codec: str, *, name: str | None = None,
            level: int | None = None, after_insert: AfterInsert | None = None) -> CreateResult:
     """Store the vector ``ref`` names again with a lossy ``codec`` as a new version of ``name``
     (default: ``ref``'s name); see :meth:`tvreg.Registry.recode`."""
@@ -180,7 +181,7 @@ def recode(repo: "Repo", ref: str, codec: str, *, name: str | None = None,
     return CreateResult(new, created, new_objects, manifest)
 
 
-def export(repo: "Repo", ref: str, path: str | os.PathLike) -> int:
+def export(repo: Repo, ref: str, path: str | os.PathLike) -> int:
     """Write the task vector to a safetensors file, one tensor in memory at a time."""
     from tvreg.tensors.outputs import check_output_path
     from tvreg.tensors.safetensors_io import write_safetensors

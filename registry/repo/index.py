@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tvreg import dtypes
 from tvreg.catalog.db import insert_rows, timestamp
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.stores import Store
 
 
-def base_row(record: BaseRecord, manifest: "Manifest") -> tuple:
+def base_row(record: BaseRecord, manifest: Manifest) -> tuple:
     """The ``bases`` row of a stored base."""
     return (record.base_hash, record.arch_fingerprint, record.manifest, record.n_tensors,
             sum(1 for t in manifest.tensors if dtypes.is_floating(t.source_dtype)),
@@ -35,7 +36,7 @@ def base_name_row(doc: BaseName) -> tuple:
     return (doc.name, doc.base_hash, timestamp(doc.updated_at))
 
 
-def reindex_bases(store: "Store", manifest_of: Callable[[BaseRecord], "Manifest"], con: Any,
+def reindex_bases(store: Store, manifest_of: Callable[[BaseRecord], Manifest], con: Any,
                   problems: list[str]) -> dict[str, int]:
     """Replace the catalog's ``bases`` and ``base_names`` rows (inside the caller's rebuild
     transaction ``con``) with what ``store`` holds; what does not read goes to ``problems``."""
@@ -48,7 +49,7 @@ def reindex_bases(store: "Store", manifest_of: Callable[[BaseRecord], "Manifest"
             return e
 
     rows, stored = [], set()
-    for r, m in zip(records, read_many(manifest, records)):
+    for r, m in zip(records, read_many(manifest, records), strict=True):
         if isinstance(m, TvregError):
             problems.append(f"{r.key}: manifest {r.manifest[:12]}: {m}")
             continue

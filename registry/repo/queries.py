@@ -32,10 +32,10 @@ def ls_query(all_versions: bool) -> str:
 def codec_fields(record: VersionRecord | None) -> dict[str, Any]:
     """``codec_spec``, ``rel_l2`` and ``cosine_to_exact`` of a version (None if lossless)."""
     values = codec_columns(record) if record is not None else (None,) * len(CODEC_COLUMNS)
-    return dict(zip(CODEC_COLUMNS, values))
+    return dict(zip(CODEC_COLUMNS, values, strict=True))
 
 
-def log(repo: "Repo", name: str) -> list[dict[str, Any]]:
+def log(repo: Repo, name: str) -> list[dict[str, Any]]:
     """Every version of ``name``, newest first, with its tags."""
     validate_name(name)
     repo.require()
@@ -54,7 +54,7 @@ def log(repo: "Repo", name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def show(repo: "Repo", ref: str, *, tensors: bool = False) -> dict[str, Any]:
+def show(repo: Repo, ref: str, *, tensors: bool = False) -> dict[str, Any]:
     """One version described: ids, base, metadata, tags, sizes, codec and dtypes (with each
     tensor's if ``tensors``)."""
     vec = repo.get(ref)

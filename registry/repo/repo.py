@@ -17,8 +17,9 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from tvreg.catalog.db import Catalog
 from tvreg.digest import parse_json
@@ -272,7 +273,7 @@ class Repo:
         rec = self.record(rows[0]["name"], rows[0]["version"]) if rows else None
         return rec, ids[0]
 
-    def get(self, ref: str) -> "TaskVector":
+    def get(self, ref: str) -> TaskVector:
         """The task vector a ref names; tensors are read lazily and verified."""
         from tvreg.tensors.taskvector import TaskVector
 
@@ -281,7 +282,7 @@ class Repo:
 
     # --- tensors ---------------------------------------------------------------------------------
 
-    def load_tensor(self, entry: TensorEntry, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+    def load_tensor(self, entry: TensorEntry, out: torch.Tensor | None = None) -> torch.Tensor:
         """Decode one tensor of a manifest (into ``out`` if given), its blobs checked. An
         exact-mode tensor reads the base's tensor of its name too (:meth:`base_tensor`)."""
         from tvreg.tensors.encoding import decode_tensor, exact_codec
@@ -291,14 +292,14 @@ class Repo:
         return decode_tensor(entry, self.objects.get, self.executor("chunks"), out=out,
                              check_tensor=self.check_tensors, base=base)
 
-    def finetuned_tensor(self, entry: TensorEntry, base: "torch.Tensor") -> "torch.Tensor":
+    def finetuned_tensor(self, entry: TensorEntry, base: torch.Tensor) -> torch.Tensor:
         """The fine-tuned tensor an exact-mode entry rebuilds, bit for bit, over ``base`` (the
         base model's tensor of its name, in its dtype)."""
         from tvreg.tensors.encoding import restore_finetuned
 
         return restore_finetuned(entry, self.objects.get, base, self.executor("chunks"))
 
-    def base_tensor(self, base_hash: str, name: str) -> "torch.Tensor":
+    def base_tensor(self, base_hash: str, name: str) -> torch.Tensor:
         """Tensor ``name`` of the base model ``base_hash``: from a checkpoint being applied to
         (:meth:`using_base`) or from the stored base; else :class:`BaseRequired`."""
         from tvreg.codecs.bitdiff import BaseRequired
@@ -370,7 +371,7 @@ class Repo:
                               "it (base hash, architecture, sizes or skipped tensors differ)")
         return manifest
 
-    def stored_base(self, base_hash: str, *, label: str | None = None) -> "StoredBase | None":
+    def stored_base(self, base_hash: str, *, label: str | None = None) -> StoredBase | None:
         """The stored base of ``base_hash`` as a checkpoint (tensors decoded on demand, blobs
         verified), or None if none is stored."""
         from tvreg.tensors.stored_base import StoredBase
@@ -409,7 +410,7 @@ class Repo:
                     return e
 
             vids = sorted({rec.vector_id for rec in found})
-            for vid, got in zip(vids, documents.read_many(manifest, vids)):
+            for vid, got in zip(vids, documents.read_many(manifest, vids), strict=True):
                 if isinstance(got, TvregError):
                     broken[vid] = str(got)
                 else:

@@ -13,10 +13,18 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from tvreg.errors import CorruptObject, FormatError, InvalidInput, NotFound, RegistryError, TvregError
+from tvreg.errors import (
+    CorruptObject,
+    FormatError,
+    InvalidInput,
+    NotFound,
+    RegistryError,
+    TvregError,
+)
 from tvreg.format.manifest import Manifest
 from tvreg.format.records import Metadata, TagRecord, VersionRecord, utc_now
 from tvreg.names import validate_tag
@@ -50,7 +58,7 @@ class CreateResult:
         return self.record.ref
 
 
-def write_vector(repo: "Repo", produce: Callable[[Callable[[bytes], str]], Manifest]
+def write_vector(repo: Repo, produce: Callable[[Callable[[bytes], str]], Manifest]
                  ) -> tuple[Manifest, str, int]:
     """Blobs, then the manifest: ``produce(put)`` encodes the tensors through ``put``; returns
     the manifest, its id and the number of objects written.
@@ -85,7 +93,7 @@ def write_vector(repo: "Repo", produce: Callable[[Callable[[bytes], str]], Manif
     return manifest, manifest_id, new_objects
 
 
-def _undo_write(repo: "Repo", staging: Staging | None, existing: bool,
+def _undo_write(repo: Repo, staging: Staging | None, existing: bool,
                 root_existed: bool) -> None:
     """After a failed :func:`write_vector`: a registry it created is removed again; in an
     existing one, the objects its commit added (no manifest or record names them yet) are
@@ -110,7 +118,7 @@ def _undo_write(repo: "Repo", staging: Staging | None, existing: bool,
                 repo.objects.delete(oid)
 
 
-def claim_version(repo: "Repo", name: str, manifest: Manifest, vector_id: str,
+def claim_version(repo: Repo, name: str, manifest: Manifest, vector_id: str,
                   metadata: Metadata, parents: tuple[str, ...] = (),
                   recipe: dict[str, Any] | None = None) -> tuple[VersionRecord, bool]:
     """Claim the next number of ``name`` unless a version holds the same content (then that
@@ -139,7 +147,7 @@ def claim_version(repo: "Repo", name: str, manifest: Manifest, vector_id: str,
         return claim(repo.store, record, existing, taken=set(keys))
 
 
-def finish_version(repo: "Repo", record: VersionRecord, created: bool, manifest: Manifest,
+def finish_version(repo: Repo, record: VersionRecord, created: bool, manifest: Manifest,
                    after_insert: AfterInsert | None = None) -> None:
     """Index a version just claimed, then call ``after_insert(record)`` (its similarities). A
     version the write found already stored (``created`` False) may be what an earlier run of
@@ -152,7 +160,7 @@ def finish_version(repo: "Repo", record: VersionRecord, created: bool, manifest:
         after_insert(record)
 
 
-def store_version(repo: "Repo", name: str, produce: Callable[[Callable[[bytes], str]], Manifest],
+def store_version(repo: Repo, name: str, produce: Callable[[Callable[[bytes], str]], Manifest],
                   metadata: Metadata, parents: tuple[str, ...] = (),
                   recipe: dict[str, Any] | None = None,
                   after_insert: AfterInsert | None = None) -> CreateResult:
@@ -163,7 +171,7 @@ def store_version(repo: "Repo", name: str, produce: Callable[[Callable[[bytes], 
     return CreateResult(record, created, new_objects, manifest)
 
 
-def unindexed(repo: "Repo", records: list[VersionRecord]) -> list[VersionRecord]:
+def unindexed(repo: Repo, records: list[VersionRecord]) -> list[VersionRecord]:
     """Those of ``records`` the catalog does not list (all, if it cannot be read)."""
     if not records or not os.path.exists(repo.catalog.path):
         return list(records)
@@ -177,7 +185,7 @@ def unindexed(repo: "Repo", records: list[VersionRecord]) -> list[VersionRecord]
     return [r for r in records if (r.name, r.version, r.vector_id) not in have]
 
 
-def without_stats(repo: "Repo", records: list[VersionRecord]) -> list[VersionRecord]:
+def without_stats(repo: Repo, records: list[VersionRecord]) -> list[VersionRecord]:
     """Those of ``records`` whose vector has no statistics in the catalog: its similarities
     were never computed (they are stored with its statistics, in one transaction)."""
     if not records:
@@ -191,7 +199,7 @@ def without_stats(repo: "Repo", records: list[VersionRecord]) -> list[VersionRec
     return [r for r in records if r.vector_id not in have]
 
 
-def index_new(repo: "Repo", record: VersionRecord, manifest: Manifest) -> None:
+def index_new(repo: Repo, record: VersionRecord, manifest: Manifest) -> None:
     """Add a stored version to the catalog (rebuilt whole if it was deleted)."""
     try:
         if os.path.exists(repo.catalog.path):
@@ -206,7 +214,7 @@ def index_new(repo: "Repo", record: VersionRecord, manifest: Manifest) -> None:
 # --- tags ----------------------------------------------------------------------------------------
 
 
-def set_tag(repo: "Repo", ref: str, tag: str) -> tuple[TagRecord, int | None]:
+def set_tag(repo: Repo, ref: str, tag: str) -> tuple[TagRecord, int | None]:
     """Point ``NAME@tag`` at the version ``ref`` names; returns the tag and the version it
     pointed at before (None if new)."""
     repo.require_writable()
@@ -228,7 +236,7 @@ def set_tag(repo: "Repo", ref: str, tag: str) -> tuple[TagRecord, int | None]:
     return rec, previous
 
 
-def index_tag(repo: "Repo", name: str, tag: str) -> None:
+def index_tag(repo: Repo, name: str, tag: str) -> None:
     """Index the tag as its file holds it now, read under the catalog's write lock: of two
     concurrent `tag` commands, the one that writes the catalog last may not have written
     the file last, and must index the file's target, not its own."""

@@ -16,11 +16,13 @@ per worker. Results do not depend on which vector of a pair is X, nor on inserti
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import math
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -161,7 +163,7 @@ def _flat(tensor: Any) -> np.ndarray:
 # --- passes ------------------------------------------------------------------------------------
 
 
-def vector_stats(reg: "Repo", vector_id: str) -> VectorStats:
+def vector_stats(reg: Repo, vector_id: str) -> VectorStats:
     """Norms, thresholds and sketch of one vector: one pass, a tensor at a time."""
     manifest = reg.manifest(vector_id)
     sketch = np.zeros(SKETCH_DIM)
@@ -179,7 +181,7 @@ def vector_stats(reg: "Repo", vector_id: str) -> VectorStats:
 AHEAD_BYTES = 256 << 20
 
 
-def _decoded(reg: "Repo", entries: list["TensorEntry"]):
+def _decoded(reg: Repo, entries: list[TensorEntry]):
     """(entry, tensor) in order, the next tensors decoded ahead on the operand pool: up to one
     per worker, and up to :data:`AHEAD_BYTES` of them (but always the next one), so a model of
     large tensors holds two or three, not one per worker."""
@@ -216,7 +218,7 @@ class _PairTotals:
     tensors: list[tuple] = field(default_factory=list)
 
 
-def pair_pass(reg: "Repo", x: str, partners: list[str],
+def pair_pass(reg: Repo, x: str, partners: list[str],
               stats: dict[str, VectorStats]) -> dict[str, _PairTotals]:
     """Dot products and sign conflicts of vector ``x`` with each partner, per tensor: each of
     x's tensors is decoded once and prepared (float64 copy, its material positions and their
@@ -267,12 +269,12 @@ def pair_pass(reg: "Repo", x: str, partners: list[str],
 ALL_PAIRS_BYTES = 1 << 30
 
 
-def _fits_all_pairs(reg: "Repo", ids: list[str]) -> bool:
+def _fits_all_pairs(reg: Repo, ids: list[str]) -> bool:
     largest = max(e.nbytes for e in reg.manifest(ids[0]).tensors) if ids else 0
     return len(ids) * largest * 3 <= ALL_PAIRS_BYTES
 
 
-def all_pairs_pass(reg: "Repo", ids: list[str], pairs: set[tuple[str, str]],
+def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
                    stats: dict[str, VectorStats]) -> dict[tuple[str, str], _PairTotals]:
     """The ``pairs`` among ``ids`` (and the statistics of those of ``ids`` not in ``stats``,
     added to it), one tensor name at a time: each vector's tensor is decoded once and compared
@@ -284,28 +286,29 @@ def all_pairs_pass(reg: "Repo", ids: list[str], pairs: set[tuple[str, str]],
     order = sorted(pairs)
     totals = {p: _PairTotals() for p in order}
     involved = sorted({v for p in pairs for v in p} | set(own))
+    Prepared = tuple[np.ndarray, float, np.ndarray, np.ndarray]
+
+    def prepare(name: str, v: str) -> Prepared:
+        values = _flat(reg.load_tensor(manifests[v].tensor(name)))
+        if v in own:
+            own[v].tensors[name] = _tensor_stats(name, values, own[v].sketch)
+            threshold = own[v].tensors[name].threshold
+        else:
+            threshold = stats[v].tensors[name].threshold
+        where = _material_positions(values, threshold)
+        return values, threshold, where, values[where] < 0
+
+    def compare(prepared: dict[str, Prepared], pair: tuple[str, str]) -> tuple[float, int, int]:
+        a, b = pair
+        va, _, where, negative = prepared[a]
+        vb, threshold_b, _, _ = prepared[b]
+        return _compare(va, where, negative, vb, threshold_b)
+
     for entry in manifests[ids[0]].tensors:
         name = entry.name
-
-        def prepare(v: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-            values = _flat(reg.load_tensor(manifests[v].tensor(name)))
-            if v in own:
-                own[v].tensors[name] = _tensor_stats(name, values, own[v].sketch)
-                threshold = own[v].tensors[name].threshold
-            else:
-                threshold = stats[v].tensors[name].threshold
-            where = _material_positions(values, threshold)
-            return values, threshold, where, values[where] < 0
-
-        prepared = dict(zip(involved, pool.map(prepare, involved)))
-
-        def compare(pair: tuple[str, str]) -> tuple[float, int, int]:
-            a, b = pair
-            va, _, where, negative = prepared[a]
-            vb, threshold_b, _, _ = prepared[b]
-            return _compare(va, where, negative, vb, threshold_b)
-
-        for pair, (dot, both, conflicts) in zip(order, pool.map(compare, order)):
+        prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved), strict=True))
+        for pair, (dot, both, conflicts) in zip(
+                order, pool.map(functools.partial(compare, prepared), order), strict=True):
             t = totals[pair]
             t.dot += dot
             t.both += both
@@ -332,7 +335,7 @@ def _rate(conflicts: int, both: int) -> float | None:
     return conflicts / both if both else None
 
 
-def _store_stats(con, s: VectorStats, m: "Manifest") -> None:
+def _store_stats(con, s: VectorStats, m: Manifest) -> None:
     con.execute("DELETE FROM vector_stats WHERE vector_id = ?", [s.vector_id])
     con.execute("DELETE FROM tensor_stats WHERE vector_id = ?", [s.vector_id])
     con.execute("INSERT INTO vector_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -392,7 +395,7 @@ def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list
     return groups
 
 
-def update(reg: "Repo", vector_ids: Iterable[str] | None = None, *,
+def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
            exact_limit: int = EXACT_LIMIT,
            on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
     """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
@@ -433,7 +436,7 @@ def update(reg: "Repo", vector_ids: Iterable[str] | None = None, *,
             done["pairs"] += len(missing)
             continue
         first = _most_missing(missing) if missing else None
-        pending: list[tuple[VectorStats, "Manifest"]] = []
+        pending: list[tuple[VectorStats, Manifest]] = []
         for vid in fresh:
             if vid != first:  # the first pass computes its x's statistics itself
                 stats[vid] = vector_stats(reg, vid)
@@ -466,7 +469,7 @@ def update(reg: "Repo", vector_ids: Iterable[str] | None = None, *,
     return done
 
 
-def _index_sketches(reg: "Repo", stored: list[tuple[VectorStats, "Manifest"]]) -> None:
+def _index_sketches(reg: Repo, stored: list[tuple[VectorStats, Manifest]]) -> None:
     """Append committed sketches to their base's sketch file (a cache: failures are ignored,
     queries then read the catalog)."""
     by_base: dict[tuple[str, str], list] = {}
@@ -488,7 +491,7 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
     return min(count, key=lambda v: (-count[v], v))
 
 
-def clear(reg: "Repo") -> None:
+def clear(reg: Repo) -> None:
     sketch_index.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
@@ -498,14 +501,14 @@ def clear(reg: "Repo") -> None:
 # --- queries -----------------------------------------------------------------------------------
 
 
-def _sketches(reg: "Repo", ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
+def _sketches(reg: Repo, ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
     with reg.catalog.reader() as con:
         rows = con.execute("SELECT vector_id, norm, sketch FROM vector_stats "
                            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall()
     return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
 
 
-def similar(reg: "Repo", ref: str, k: int = 10) -> list[dict[str, Any]]:
+def similar(reg: Repo, ref: str, k: int = 10) -> list[dict[str, Any]]:
     """The versions most similar to ``ref`` among those of its base, best first: exact cosines
     where the pair is stored, sketch estimates otherwise (``exact`` says which). Estimates are
     ranked from the base's sketch file (milliseconds for 10,000 vectors), or from the catalog
@@ -566,7 +569,7 @@ def _estimates_from_file(root: str, base: str, arch: str, vid: str, qnorm: float
     defined = (norms[picked] > 0) & (qnorm > 0)
     out: dict[str, float | None] = {
         i.decode("ascii"): (float(c) if ok else None)
-        for i, c, ok in zip(ids[picked].tolist(), cos.tolist(), defined.tolist())}
+        for i, c, ok in zip(ids[picked].tolist(), cos.tolist(), defined.tolist(), strict=True)}
     return out, [w for w in want if w not in out]
 
 
@@ -599,7 +602,7 @@ class SimilarityMatrix:
                 "exact": self.exact.tolist(), "skipped": self.skipped}
 
 
-def similarity_matrix(reg: "Repo", refs: list[str] | None = None) -> SimilarityMatrix:
+def similarity_matrix(reg: Repo, refs: list[str] | None = None) -> SimilarityMatrix:
     """Cosines between ``refs`` (default: the newest version of every name, if they share one
     base). Refs of another base than the first are skipped, with the reason."""
     if refs is None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.similarity.compute import SimilarityMatrix
 
 
-def heatmap(m: "SimilarityMatrix", path: str | os.PathLike) -> None:
+def heatmap(m: SimilarityMatrix, path: str | os.PathLike) -> None:
     """Write ``m`` as a PNG: one square cell per pair, its value written in it (``~`` before an
     estimate from sketches), blank where undefined, a diverging colour scale centred on 0
     (−1 … 1)."""

@@ -6,8 +6,9 @@ is an exclusive create, so two writers never hold the same ``NAME@N`` and nothin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tvreg.digest import is_hex_digest
 from tvreg.errors import CorruptObject, FormatError, InvalidInput, TvregError
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 T = TypeVar("T")
 
 
-def read_keyed(store: "Store", key: str, cls: type, what: str) -> Any:
+def read_keyed(store: Store, key: str, cls: type, what: str) -> Any:
     """The document of class ``cls`` (sealed, with a ``key`` property) at ``key``, which must
     be the key its content names (a copy under another key is refused)."""
     doc = cls.from_bytes(store.read(key), key)
@@ -29,11 +30,11 @@ def read_keyed(store: "Store", key: str, cls: type, what: str) -> Any:
     return doc
 
 
-def read_record(store: "Store", key: str) -> VersionRecord:
+def read_record(store: Store, key: str) -> VersionRecord:
     return read_keyed(store, key, VersionRecord, "record")
 
 
-def read_tag(store: "Store", key: str) -> TagRecord:
+def read_tag(store: Store, key: str) -> TagRecord:
     return read_keyed(store, key, TagRecord, "tag")
 
 
@@ -54,7 +55,7 @@ def parse_record_key(key: str) -> tuple[str, int]:
     return key[len("refs/"):key.rindex("/")], int(key.rsplit("/", 1)[1][:-len(".json")])
 
 
-def documents_of(store: "Store", folder: str) -> list[str]:
+def documents_of(store: Store, folder: str) -> list[str]:
     """Keys of the ``*.json`` files directly in ``folder`` (not in sub-folders, which hold the
     documents of longer names such as ``NAME/sub``)."""
     prefix = folder + "/"
@@ -65,7 +66,7 @@ def documents_of(store: "Store", folder: str) -> list[str]:
     return sorted(k for k in keys if "/" not in k[len(prefix):] and k.endswith(".json"))
 
 
-def record_keys(store: "Store", name: str | None = None) -> list[str]:
+def record_keys(store: Store, name: str | None = None) -> list[str]:
     """Keys of the version records of ``name`` (default: of every name)."""
     if name is None:
         keys = [k for k in store.list("refs") if k.endswith(".json")]
@@ -74,7 +75,7 @@ def record_keys(store: "Store", name: str | None = None) -> list[str]:
     return sorted(k for k in keys if k.rsplit("/", 1)[1][:-5].isdigit())
 
 
-def tag_keys(store: "Store", name: str | None = None) -> list[str]:
+def tag_keys(store: Store, name: str | None = None) -> list[str]:
     if name is None:
         return sorted(k for k in store.list("tags") if k.endswith(".json"))
     return documents_of(store, f"tags/{name}")
@@ -89,7 +90,7 @@ def read_many(read: Callable[[str], T], keys: Iterable[str], *, workers: int = 1
         return list(pool.map(read, keys))
 
 
-def versions_in(store: "Store", name: str, *, skip_damaged: bool = False) -> dict[int, VersionRecord]:
+def versions_in(store: Store, name: str, *, skip_damaged: bool = False) -> dict[int, VersionRecord]:
     """The versions of ``name`` in ``store`` by number. With ``skip_damaged`` a record that does
     not read is left out (it still holds its number: :func:`claim` never writes over it)."""
     out: dict[int, VersionRecord] = {}
@@ -104,7 +105,7 @@ def versions_in(store: "Store", name: str, *, skip_damaged: bool = False) -> dic
     return out
 
 
-def claim(store: "Store", rec: VersionRecord, known: dict[int, VersionRecord],
+def claim(store: Store, rec: VersionRecord, known: dict[int, VersionRecord],
           taken: set[int] = frozenset()) -> tuple[VersionRecord, bool]:
     """Store ``rec`` (its content, metadata and creation time) as a version of its name.
 
@@ -149,7 +150,7 @@ def readable(keys: list[str], read: Callable[[str], Any], problems: list[str], *
             return e
 
     out = []
-    for key, got in zip(keys, read_many(attempt, keys)):
+    for key, got in zip(keys, read_many(attempt, keys), strict=True):
         if isinstance(got, TvregError):
             problems.append(f"{key}: {got}" if keyed else str(got))
         else:
@@ -160,21 +161,21 @@ def readable(keys: list[str], read: Callable[[str], Any], problems: list[str], *
 # --- base records and base names (format/bases.py) in a store ---------------------------------------------------------------------
 
 
-def read_base(store: "Store", key: str) -> BaseRecord:
+def read_base(store: Store, key: str) -> BaseRecord:
     return read_keyed(store, key, BaseRecord, "base record")
 
 
-def read_base_name(store: "Store", key: str) -> BaseName:
+def read_base_name(store: Store, key: str) -> BaseName:
     return read_keyed(store, key, BaseName, "base name")
 
 
-def base_keys(store: "Store") -> list[str]:
+def base_keys(store: Store) -> list[str]:
     """Keys of the base records in ``store`` (the ``bases/HASH.json`` files); a store that
     cannot list them (HTTP, listed through its index, which holds versions and tags) has none."""
     return [k for k in documents_of(store, BASES) if is_hex_digest(k[len(BASES) + 1:-5])]
 
 
-def base_name_keys(store: "Store") -> list[str]:
+def base_name_keys(store: Store) -> list[str]:
     """Keys of the base names in ``store``; a store that cannot list them (HTTP) has none."""
     try:
         return sorted(k for k in store.list(NAMES) if k.endswith(".json"))

@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from tvreg.errors import RegistryBusy
 from tvreg.util import faults

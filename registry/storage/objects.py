@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Iterable, Iterator, Mapping, Protocol
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
 from tvreg.digest import is_hex_digest, sha256_hex
 from tvreg.errors import CorruptObject, FormatError, RegistryError
@@ -168,7 +169,7 @@ class Staging:
             os.close(self._lock)
             self._lock = None
 
-    def __enter__(self) -> "Staging":
+    def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from tvreg.errors import InvalidInput, NotFound
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tvreg.errors import RemoteError, TvregError
 from tvreg.stores.base import MissingKey, Store, check_key, is_key
@@ -95,7 +96,7 @@ class FsspecStore(Store):
         self.writable = writable
 
     @classmethod
-    def from_url(cls, url: str, **storage_options: Any) -> "FsspecStore":
+    def from_url(cls, url: str, **storage_options: Any) -> FsspecStore:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(url, **storage_options)

@@ -8,7 +8,7 @@ import shutil
 import stat
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from tvreg.stores.base import MissingKey, Store, check_key, is_key
 from tvreg.util import faults
@@ -171,7 +171,7 @@ class LocalStore(Store):
 
     def clean_temporary(self, older_than: float, dry_run: bool = False) -> int:
         now, removed = time.time(), 0
-        for folder, dirs, files in os.walk(self.root):
+        for folder, _dirs, files in os.walk(self.root):
             for name in files:
                 path = os.path.join(folder, name)
                 if name.startswith(TMP_PREFIX):

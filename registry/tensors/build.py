@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -30,7 +30,7 @@ from tvreg.util.patterns import compile_option
 class Factored:
     """A delta given as the encoding of a size-changing first step (``lowrank`` factors)."""
 
-    pipeline: "CodecPipeline"
+    pipeline: CodecPipeline
     payload: bytes
 
 

@@ -12,8 +12,9 @@ import hashlib
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -182,7 +183,7 @@ class TensorEncoder:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "TensorEncoder":
+    def __enter__(self) -> TensorEncoder:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -233,7 +234,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     return out
 
 
-def exact_codec(entry: TensorEntry) -> "BitDiff | None":
+def exact_codec(entry: TensorEntry) -> BitDiff | None:
     """The ``bitdiff`` step of an exact-mode entry, else None."""
     from tvreg.codecs.bitdiff import BitDiff
 
@@ -241,7 +242,7 @@ def exact_codec(entry: TensorEntry) -> "BitDiff | None":
     return first if isinstance(first, BitDiff) else None
 
 
-def _exact_decoder(entry: TensorEntry, first: "BitDiff", base: Callable[[], torch.Tensor] | None
+def _exact_decoder(entry: TensorEntry, first: BitDiff, base: Callable[[], torch.Tensor] | None
                    ) -> Callable[[bytes, np.ndarray, int], None]:
     """Decodes one chunk of an exact-mode entry into its slice of the delta (given with the
     slice's byte offset in the delta): the rest of the pipeline gives the bit differences, the

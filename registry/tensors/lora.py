@@ -42,7 +42,7 @@ class LoraAdapter:
     path: str
     config: dict[str, Any]
     #: module name -> (A, B) float tensors as stored
-    modules: dict[str, tuple["torch.Tensor", "torch.Tensor"]] = field(default_factory=dict)
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def use_rslora(self) -> bool:
@@ -148,7 +148,7 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
     return adapter
 
 
-def check_against_base(adapter: LoraAdapter, infos: list["TensorInfo"]) -> dict[str, str]:
+def check_against_base(adapter: LoraAdapter, infos: list[TensorInfo]) -> dict[str, str]:
     """``{base tensor name: module}`` if every adapted module has a floating ``MODULE.weight``
     of the matching shape in the base; else say which modules do not fit (another base)."""
     by_name = {i.name: i for i in infos}
@@ -175,7 +175,7 @@ def check_against_base(adapter: LoraAdapter, infos: list["TensorInfo"]) -> dict[
     return targets
 
 
-def lowrank_codec(adapter: LoraAdapter, module: str) -> "LowRank":
+def lowrank_codec(adapter: LoraAdapter, module: str) -> LowRank:
     from tvreg.codecs import LowRank
 
     a, b = adapter.modules[module]
@@ -190,7 +190,7 @@ def _factors(adapter: LoraAdapter, module: str):
     return a.to(torch.float32).numpy(), b.to(torch.float32).numpy()
 
 
-def delta_weight(adapter: LoraAdapter, module: str, dtype: "torch.dtype") -> "torch.Tensor":
+def delta_weight(adapter: LoraAdapter, module: str, dtype: torch.dtype) -> torch.Tensor:
     """scale · B @ A (transposed for fan_in_fan_out), summed exactly as the ``lowrank`` codec
     decodes it (float64, in rank order), rounded once to ``dtype``."""
     import numpy as np
@@ -201,7 +201,7 @@ def delta_weight(adapter: LoraAdapter, module: str, dtype: "torch.dtype") -> "to
     return torch.from_numpy(lowrank_codec(adapter, module).product(a, b, np_dtype)).to(dtype)
 
 
-def delta_source(adapter: LoraAdapter, infos: list["TensorInfo"], *,
+def delta_source(adapter: LoraAdapter, infos: list[TensorInfo], *,
                  allow_nonfinite: bool = False):
     """``delta_of(info, base_tensor)`` for :func:`tvreg.tensors.build.build_task_vector`: the factors
     of each adapted float32-delta tensor as they are (``lowrank`` codec), B·A computed for a
@@ -225,7 +225,7 @@ def delta_source(adapter: LoraAdapter, infos: list["TensorInfo"], *,
             if not bound < float(np.finfo(np.float32).max):
                 raise NonFiniteValues(f"LoRA delta of {module!r} may overflow float32")
 
-    def delta_of(info: "TensorInfo", base_tensor: "torch.Tensor"):
+    def delta_of(info: TensorInfo, base_tensor: torch.Tensor):
         work = dtypes.torch_dtype(dtypes.delta_dtype(info.dtype))
         module = targets.get(info.name)
         if module is None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class LossyEncoder:
 
     # --- encoding ----------------------------------------------------------------------------
 
-    def submit(self, encoder: "TensorEncoder", name: str, delta: "torch.Tensor",
+    def submit(self, encoder: TensorEncoder, name: str, delta: torch.Tensor,
                source_dtype: str) -> Future:
         """Encode one delta tensor; a future of its manifest entry."""
         from tvreg import dtypes
@@ -229,8 +230,8 @@ class LossyEncoder:
                 **({"lossless": kept} if kept else {})}
 
 
-def encode_vector(vec: "TaskVector", coder: LossyEncoder, put: Callable[[bytes], str], *,
-                  on_tensor: Callable[[int], None] | None = None) -> "Manifest":
+def encode_vector(vec: TaskVector, coder: LossyEncoder, put: Callable[[bytes], str], *,
+                  on_tensor: Callable[[int], None] | None = None) -> Manifest:
     """The manifest of ``vec``'s tensors re-encoded by ``coder`` (same base, architecture and
     skipped tensors), its blobs stored through ``put``."""
     from tvreg.format.manifest import Manifest
@@ -239,10 +240,10 @@ def encode_vector(vec: "TaskVector", coder: LossyEncoder, put: Callable[[bytes],
     m = vec.manifest
     with TensorEncoder(put) as encoder:
         futures = []
-        for entry, (name, tensor) in zip(m.tensors, vec.iter_tensors()):
+        for entry, (name, tensor) in zip(m.tensors, vec.iter_tensors(), strict=True):
             futures.append(coder.submit(encoder, name, tensor, entry.source_dtype))
             if on_tensor:
                 on_tensor(entry.nbytes)
         entries = tuple(dataclasses.replace(f.result(), finetuned_dtype=e.finetuned_dtype)
-                        for f, e in zip(futures, m.tensors))  # the source's dtypes, kept
+                        for f, e in zip(futures, m.tensors, strict=True))  # the source's dtypes, kept
     return Manifest(m.base_hash, m.arch_fingerprint, entries, m.skipped)

@@ -9,8 +9,9 @@ was opened with ``check_tensors``, the decoded bytes against the manifest's sha2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class StoredBase(Checkpoint):
     """The tensors of a stored base, decoded on demand (one at a time, nothing cached)."""
 
-    def __init__(self, record: "BaseRecord", manifest: "Manifest", get: Callable[[str], bytes],
+    def __init__(self, record: BaseRecord, manifest: Manifest, get: Callable[[str], bytes],
                  pool: ThreadPoolExecutor | None = None, *, check_tensors: bool = False,
                  label: str | None = None) -> None:
         super().__init__(label or f"stored base {record.base_hash[:12]}")
@@ -52,11 +53,11 @@ class StoredBase(Checkpoint):
         e = self._entry(name)
         return TensorInfo(name, e.source_dtype, tuple(e.shape))
 
-    def entry(self, name: str) -> "TensorEntry":
+    def entry(self, name: str) -> TensorEntry:
         """The manifest entry of ``name`` (its dtype, shape, chunks and sha256)."""
         return self._entry(name)
 
-    def tensor(self, name: str, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+    def tensor(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``name`` (into ``out`` if given). A tensor of several chunks is decoded on
         the registry's "chunks" pool: call this from any thread but that pool's."""
         from tvreg.tensors.encoding import decode_tensor
@@ -67,7 +68,7 @@ class StoredBase(Checkpoint):
                              "or not contiguous")
         return decode_tensor(entry, self._get, self._pool, out=out, check_tensor=self._check)
 
-    def _entry(self, name: str) -> "TensorEntry":
+    def _entry(self, name: str) -> TensorEntry:
         if self._closed:
             raise self._error("checkpoint is closed")
         try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tvreg.format.manifest import Manifest, TensorEntry
 from tvreg.format.records import VersionRecord
@@ -113,8 +113,8 @@ class TaskVector:
         """Lazy mapping of the delta tensors, decoded and verified on access."""
         return TensorMap(self.manifest.tensors, self._registry.load_tensor, device, dtype)
 
-    def iter_tensors(self, device: Any = None, dtype: "torch.dtype | None" = None,
-                     prefetch: int = 1) -> Iterator[tuple[str, "torch.Tensor"]]:
+    def iter_tensors(self, device: Any = None, dtype: torch.dtype | None = None,
+                     prefetch: int = 1) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` in manifest order, decoding up to ``prefetch`` tensors ahead on a
         background thread while the caller works on the current one (at most ``prefetch + 1``
         decoded tensors in memory)."""
@@ -142,7 +142,7 @@ class TaskVector:
         pool = self._registry.executor("operands")  # waits only on "chunks": cannot deadlock
         futures = [pool.submit(self._registry.load_tensor, e) for e in entries]
         try:
-            out = {e.name: to_device(f.result(), device, dtype) for e, f in zip(entries, futures)}
+            out = {e.name: to_device(f.result(), device, dtype) for e, f in zip(entries, futures, strict=True)}
         finally:
             for f in futures:
                 f.cancel()

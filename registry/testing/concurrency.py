@@ -479,7 +479,7 @@ def check_remote(url: str, options: dict[str, Any] | None, sources: list[str], r
         by_name.setdefault(r.name, {}).setdefault(content(r), []).append(r.version)
     dups = sum(len(v) - 1 for d in by_name.values() for v in d.values())
     for name, d in sorted(by_name.items()):
-        for c, versions in d.items():
+        for versions in d.values():
             if len(versions) > 1:
                 problems.append(f"{name}: the same content is there {len(versions)} times "
                                 f"(versions {sorted(versions)})")

@@ -366,11 +366,11 @@ def check_remote(spec: RemoteSpec, env: dict[str, str], work: pathlib.Path,
             return False
 
     vids = sorted({r.vector_id for r in records.values()})
-    whole = dict(zip(vids, read_many(intact, vids)))
+    whole = dict(zip(vids, read_many(intact, vids), strict=True))
     blobs = {v: sorted(Manifest.from_bytes(store.read(object_key(v))).blob_ids())
              for v in vids if whole[v]}
     every = sorted({b for bs in blobs.values() for b in bs})
-    good = dict(zip(every, read_many(intact, every)))
+    good = dict(zip(every, read_many(intact, every), strict=True))
     for ref, rec in sorted(records.items()):
         if not whole[rec.vector_id]:
             problems.append(f"remote {ref}: manifest {rec.vector_id[:12]} missing or damaged")

@@ -304,7 +304,7 @@ def _adam_step(
     """
     bias1 = 1 - _BETA1**step
     bias2 = 1 - _BETA2**step
-    for p, grad, (m, v) in zip(params, grads, state):
+    for p, grad, (m, v) in zip(params, grads, state, strict=True):
         m.lerp_(grad, 1 - _BETA1)
         v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
         denom = (v.sqrt() / bias2**0.5).add_(_EPS)

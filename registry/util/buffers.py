@@ -22,10 +22,10 @@ class BufferPool:
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self._free: list["torch.Tensor"] = []
+        self._free: list[torch.Tensor] = []
         self._lock = threading.Lock()
 
-    def take(self, dtype: "torch.dtype", shape: tuple[int, ...]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def take(self, dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(buffer, view)``: a buffer of at least the size of a ``dtype`` tensor of ``shape``
         (the smallest free one that fits, else a new one) and that tensor as a view of it."""
         import torch
@@ -39,7 +39,7 @@ class BufferPool:
             buf = torch.empty(max(n, itemsize), dtype=torch.uint8)
         return buf, buf[:n].view(dtype).view(shape)
 
-    def give(self, buf: "torch.Tensor | None") -> None:
+    def give(self, buf: torch.Tensor | None) -> None:
         """Return a buffer taken from this pool; its views must no longer be used."""
         if buf is None:
             return

@@ -36,7 +36,7 @@ import re
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 KILL_ENV = "TVREG_FAULT_KILL_AT"
 TRACE_ENV = "TVREG_FAULT_TRACE"

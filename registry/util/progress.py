@@ -20,7 +20,7 @@ class _Null:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "_Null":
+    def __enter__(self) -> _Null:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -64,7 +64,7 @@ class Transfer:
     def close(self) -> None:
         self._bar.close()
 
-    def __enter__(self) -> "Transfer":
+    def __enter__(self) -> Transfer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
