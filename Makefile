@@ -10,12 +10,12 @@ STAMP  := $(VENV)/.installed-stamp
 # CPU wheel of torch (an unpinned torch would pull multi-GB CUDA wheels)
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test walkthrough bench clean
+.PHONY: install demo test lint walkthrough bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,examples]'
+	$(BIN)/python -m pip install -q -e '.[test,examples,lint]'
 	@# the extras must not replace the pinned CPU torch (a CUDA build is gigabytes)
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH)'.split('==')[-1] else 'the extras replaced $(TORCH) with torch ' + torch.__version__)"
 	touch $(STAMP)
@@ -27,6 +27,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff (lint + import order, pyproject.toml) on registry/ and cli/; mypy (check_untyped_defs) on the
+# package, which mypy must see under its import name: build/typecheck/tvreg -> registry
+lint: $(STAMP)
+	$(BIN)/ruff check registry cli
+	mkdir -p build/typecheck && ln -sfn ../../registry build/typecheck/tvreg
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p tvreg
 
 walkthrough: $(STAMP)
 	$(BIN)/python examples/walkthrough.py

@@ -23,7 +23,8 @@ from .output import message
 
 
 def _is_broken_pipe(exc: BaseException) -> bool:
-    return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+    return isinstance(exc, BrokenPipeError) or (
+        isinstance(exc, OSError) and exc.errno == errno.EPIPE)
 
 
 def _silence_stdout() -> None:
@@ -61,6 +62,9 @@ def _tvreg_warnings_as_lines():
 
 
 class TvregGroup(click.Group):
+    """The `tvreg` command group: one-line errors with exit code 2, and commands listed in the
+    order of the docs."""
+
     def invoke(self, ctx: click.Context):
         try:
             with _tvreg_warnings_as_lines():

@@ -1,4 +1,5 @@
-"""Rendering: JSON for scripts, aligned tables for people. Data goes to stdout, messages to stderr."""
+"""Rendering: JSON for scripts, aligned tables for people. Data goes to stdout, messages to
+stderr."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(-1).view(torch.uint8).numpy())
+    return t.view(-1).view(torch.uint8).numpy().data  # the array's buffer, no copy
 
 
 class BaseHasher:

@@ -80,7 +80,7 @@ def parse_ref(text: str) -> Ref:
             raise InvalidRef(f"invalid ref {text!r}: after @ comes a version number or a tag "
                              "([a-z][a-z0-9._-]*)") from None
         return Ref(text, name, tag=suffix)
-    prefix = text if (len(text) >= MIN_ID_PREFIX and len(text) <= 64 and _HEX.fullmatch(text)) else None
+    prefix = text if (MIN_ID_PREFIX <= len(text) <= 64 and _HEX.fullmatch(text)) else None
     try:
         validate_name(text)
     except InvalidName as e:

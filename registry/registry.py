@@ -54,7 +54,8 @@ __all__ = ["CATALOG_FILE", "CONFIG_FILE", "CONFIG_FORMAT", "SCRATCH_DIR", "Creat
            "Registry", "SimilarityWarning", "default_root", "open"]
 
 class SimilarityWarning(UserWarning):
-    """A version was stored but its similarities could not be computed (run `tvreg similarities`)."""
+    """A version was stored but its similarities could not be computed (run `tvreg
+    similarities`)."""
 
 
 def default_root() -> str:
@@ -79,7 +80,7 @@ def open(path: str | os.PathLike | None = None, *,  # noqa: A001 - the API name
     path = path if path is not None else default_root()
     from tvreg.remote.view import RemoteRepo, is_url
 
-    if is_url(path):
+    if isinstance(path, str) and is_url(path):
         return Registry(RemoteRepo(path, options=options, cache=cache,
                                    check_tensors=check_tensors))
     if options or cache is not None:
@@ -276,7 +277,8 @@ class Registry:
         stored); else :class:`BaseRequired`."""
         return self.repo.base_tensor(base_hash, name)
 
-    def using_base(self, checkpoint: Any, base_hash: str) -> contextlib.AbstractContextManager[None]:
+    def using_base(self, checkpoint: Any, base_hash: str
+                   ) -> contextlib.AbstractContextManager[None]:
         """Within the block, exact-mode tensors of base ``base_hash`` read ``checkpoint``."""
         return self.repo.using_base(checkpoint, base_hash)
 

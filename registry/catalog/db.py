@@ -81,6 +81,9 @@ def _is_lock_error(e: Exception) -> bool:
 
 
 class Catalog:
+    """The DuckDB catalog of one registry (``catalog.duckdb``): schema migrations, the write lock,
+    rebuilds from the store, and sandboxed read-only SQL."""
+
     def __init__(self, path: str, timeout: float | None = None) -> None:
         self.path = path
         if timeout is None:
@@ -189,7 +192,8 @@ class Catalog:
     def reader(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if not self._migrated or not os.path.exists(self.path):
             self._ensure_migrated()
-        config = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
+        config = ({"enable_external_access": False, "lock_configuration": True} if sandboxed
+                  else None)
         with self._connection(read_only=True, config=config) as con:
             yield con
 
@@ -212,7 +216,8 @@ class Catalog:
 
     def _migrate(self, con) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
+                    "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+                    "applied_at TIMESTAMP NOT NULL)")
         done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
         known = _migrations()
         unknown = done - {m[0] for m in known}
@@ -237,7 +242,9 @@ class Catalog:
 
     def schema_version(self) -> int:
         with self.reader() as con:
-            return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+            row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            assert row is not None  # an aggregate always has a row
+            return row[0]
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -246,12 +253,14 @@ class Catalog:
         with self.writer() as con:
             self._insert(con, records, manifests)
 
-    def _insert(self, con, records: Sequence[VersionRecord], manifests: dict[str, Manifest]) -> None:
+    def _insert(self, con, records: Sequence[VersionRecord], manifests: dict[str, Manifest]
+                ) -> None:
         vids = sorted({r.vector_id for r in records})
         known = set()
         if vids:
             known = {row[0] for row in con.execute(
-                "SELECT vector_id FROM vectors WHERE vector_id IN (SELECT unnest(?))", [vids]).fetchall()}
+                "SELECT vector_id FROM vectors WHERE vector_id IN (SELECT unnest(?))", [vids]
+            ).fetchall()}
         new = [v for v in vids if v not in known]
         insert_rows(con, "vectors", [_vector_row(v, manifests[v]) for v in new])
         insert_rows(con, "tensors", [row for v in new for row in _tensor_rows(v, manifests[v])])
@@ -288,7 +297,8 @@ class Catalog:
                 con.execute(f"DELETE FROM {table}")
             self._insert(con, records, manifests)
             insert_rows(con, "tags", [tag_row(t) for t in tags])
-            prune_similarity_rows(con)  # similarities of vectors still stored are kept (they are derived data)
+            # similarities of vectors still stored are kept (they are derived data)
+            prune_similarity_rows(con)
             if also is not None:
                 also(con)
 
@@ -403,7 +413,8 @@ def codec_columns(r: VersionRecord) -> tuple:
     spec = recipe.get("codec")
     if not isinstance(spec, str):
         return (None, None, None)
-    error = recipe.get("error") if isinstance(recipe.get("error"), dict) else {}
+    found = recipe.get("error")
+    error = found if isinstance(found, dict) else {}
     return (spec, _number(error.get("rel_l2")), _number(error.get("cosine")))
 
 
@@ -440,8 +451,10 @@ def prune_similarity_rows(con) -> None:
     """Delete rows of vectors the catalog no longer lists (after a rebuild of the index)."""
     gone = [r[0] for r in con.execute(
         "SELECT vector_id FROM vector_stats WHERE vector_id NOT IN (SELECT vector_id FROM vectors) "
-        "UNION SELECT vector_a FROM similarities WHERE vector_a NOT IN (SELECT vector_id FROM vectors) "
-        "UNION SELECT vector_b FROM similarities WHERE vector_b NOT IN (SELECT vector_id FROM vectors)"
+        "UNION SELECT vector_a FROM similarities "
+        "WHERE vector_a NOT IN (SELECT vector_id FROM vectors) "
+        "UNION SELECT vector_b FROM similarities "
+        "WHERE vector_b NOT IN (SELECT vector_id FROM vectors)"
     ).fetchall()]
     if gone:
         forget_similarity_rows(con, gone)

@@ -7,9 +7,9 @@ milliseconds. The files are a derived cache next to the catalog (docs/format.md 
     sketches/<base_hash>-<arch_fingerprint[:16]>.bin
 
 a sequence of fixed-size little-endian records (:data:`RECORD`, 16,456 bytes): the vector id
-(64 ASCII hex digits), its norm (float64) and its sketch (SKETCH_DIM float32). Records are appended under an
-exclusive ``flock`` after the catalog commits the vector's statistics; a vector may appear more
-than once (the same values), and records of vectors no longer in the catalog are ignored.
+(64 ASCII hex digits), its norm (float64) and its sketch (SKETCH_DIM float32). Records are appended
+under an exclusive ``flock`` after the catalog commits the vector's statistics; a vector may appear
+more than once (the same values), and records of vectors no longer in the catalog are ignored.
 A missing, shortened or unreadable file only makes queries fall back to the catalog.
 """
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from tvreg import dtypes
 from tvreg.codecs import CodecPipeline
+from tvreg.codecs.bitdiff import BitDiff
 from tvreg.digest import canonical_json, is_hex_digest, parse_json, sha256_hex
 from tvreg.errors import FormatError
 
@@ -23,6 +24,8 @@ MAX_SIZE = 2**63 - 1
 
 @dataclass(frozen=True)
 class Chunk:
+    """One stored piece of a tensor: its blob (the sha256 of the encoded bytes) and sizes."""
+
     blob: str           # object id of the stored (encoded) bytes
     nbytes: int         # decoded size
     stored_nbytes: int  # encoded size (the blob's length)
@@ -33,6 +36,9 @@ class Chunk:
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor of a manifest: name, dtypes, shape, the sha256 of its raw bytes, its codec
+    pipeline and its chunks (docs/format.md §7)."""
+
     name: str
     dtype: str                  # dtype of the stored delta
     source_dtype: str           # dtype in the base checkpoint (what an applied tensor is cast to)
@@ -72,6 +78,9 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class SkippedTensor:
+    """A tensor of the checkpoints that is not part of the vector (non-floating), with its dtype
+    and shape."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -82,6 +91,9 @@ class SkippedTensor:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A vector's (or a stored base's) manifest ``tvreg.manifest/1``: its base hash, architecture
+    fingerprint, tensors and skipped tensors; its id is the sha256 of its canonical JSON."""
+
     base_hash: str
     arch_fingerprint: str
     tensors: tuple[TensorEntry, ...]
@@ -254,6 +266,7 @@ def _check_exact(entry: TensorEntry, base_hash: str) -> None:
     what = f"manifest tensor {entry.name!r}"
     _expect(where == [0], f"{what}: bitdiff must be the first codec")
     first = steps[0]
+    assert isinstance(first, BitDiff)  # the codec registered under the name "bitdiff"
     _expect(first.dtype == entry.source_dtype and entry.finetuned_dtype is None
             and entry.dtype == dtypes.delta_dtype(entry.source_dtype),
             f"{what}: bitdiff of {first.dtype} does not match the entry's dtypes")

@@ -93,7 +93,8 @@ class Metadata:
                     or not math.isfinite(self.lr) or self.lr < 0:
                 raise InvalidInput(f"invalid lr {self.lr!r}: a finite number >= 0")
             object.__setattr__(self, "lr", float(self.lr))
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+        if self.steps is not None and (isinstance(self.steps, bool)
+                                       or not isinstance(self.steps, int)
                                        or not 0 <= self.steps <= MAX_STEPS):
             raise InvalidInput(f"invalid steps {self.steps!r}: an integer from 0 to {MAX_STEPS}")
         check_meta(self.meta)
@@ -120,10 +121,11 @@ def check_meta(meta: Any) -> None:
     for k, v in meta.items():
         if not isinstance(k, str) or not _META_KEY.fullmatch(k):
             raise InvalidInput(f"invalid meta key {k!r}: use [A-Za-z_][A-Za-z0-9_.-]*, at most 64")
-        ok = v is None or isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))
+        ok = v is None or isinstance(v, (bool, int, str)) or (
+            isinstance(v, float) and math.isfinite(v))
         if not ok or (isinstance(v, str) and len(v) > MAX_META_VALUE):
-            raise InvalidInput(f"invalid meta value for {k!r}: a string (<= {MAX_META_VALUE} chars), "
-                               "a finite number, true/false or null")
+            raise InvalidInput(f"invalid meta value for {k!r}: a string (<= {MAX_META_VALUE} "
+                               "chars), a finite number, true/false or null")
 
 
 def parse_meta_value(text: str) -> Any:
@@ -140,6 +142,9 @@ def parse_meta_value(text: str) -> Any:
 
 @dataclass(frozen=True)
 class VersionRecord:
+    """``refs/NAME/N.json``: version ``N`` of ``NAME`` names a vector, with its metadata, lineage
+    (``parents``) and ``recipe`` (docs/format.md §8.1)."""
+
     name: str
     version: int
     vector_id: str
@@ -205,6 +210,8 @@ class VersionRecord:
 
 @dataclass(frozen=True)
 class TagRecord:
+    """``tags/NAME/TAG.json``: a movable pointer from ``NAME@TAG`` to a version."""
+
     name: str
     tag: str
     version: int

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class GcReport:
+    """What a gc deleted (or, with ``dry_run``, would delete) and what it kept."""
+
     deleted_objects: int = 0
     deleted_bytes: int = 0
     kept_recent: int = 0
@@ -60,8 +62,8 @@ def gc(reg: Repo, *, grace_seconds: float, dry_run: bool) -> GcReport:
 
     A first pass, without a lock, finds the objects that no record references and that were
     not modified within ``grace_seconds``. Then, holding the gc lock exclusively (writes hold it
-    shared from checking their objects to writing their record, :mod:`tvreg.storage.gclock`), it reads
-    the records stored since the first pass and deletes the candidates that are still
+    shared from checking their objects to writing their record, :mod:`tvreg.storage.gclock`), it
+    reads the records stored since the first pass and deletes the candidates that are still
     unreferenced and still older than the grace period. So an object a write is about to
     reference is never deleted: it was touched within the grace period, or the write's check
     comes after the deletion and fails the write before any record names it.

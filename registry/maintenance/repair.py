@@ -3,8 +3,8 @@
 
 Objects are named by their sha256, so any copy that hashes to the name is the object: each is
 fetched from the remote, checked against its name, and replaces the local copy atomically
-(:meth:`tvreg.storage.objects.ObjectDB.restore`). A repaired manifest can name blobs that are damaged
-too (they could not be known while it was unreadable): those follow in the next round.
+(:meth:`tvreg.storage.objects.ObjectDB.restore`). A repaired manifest can name blobs that are
+damaged too (they could not be known while it was unreadable): those follow in the next round.
 
 Documents carry no content hash of their own that a reader could know in advance, so a remote
 copy is taken only where the local catalog, an independent witness written when the document
@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class Source(Protocol):
     """Where repair reads from: a named remote that can be read (``tvreg.remote.Remote``)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def reader(self) -> Store: ...
 
@@ -173,9 +174,11 @@ def _document(reg: Repo, src: Store, remote: str, key: str,
         if kind == "refs":
             return _record(reg, src, remote, key, state)
         if kind == "tags":
-            return _tag(reg, src, remote, key)
+            _tag(reg, src, remote, key)
+            return None
         if key.startswith("bases/names/"):
-            return _base_name(reg, src, remote, key)
+            _base_name(reg, src, remote, key)
+            return None
         if kind == "bases":
             return _base_record(reg, src, remote, key, state)
     except MissingKey:

@@ -45,7 +45,8 @@ def verify(reg: Repo, on_progress: Callable[[int], None] | None = None, *,
             if deep and checked[rec.vector_id]:
                 checked[rec.vector_id] = _decode_vector(reg, rec.vector_id, rep)
         if not checked[rec.vector_id]:
-            rep.problems.append(f"{rec.ref}: vector {rec.vector_id[:12]} is incomplete or corrupted")
+            rep.problems.append(f"{rec.ref}: vector {rec.vector_id[:12]} is incomplete or "
+                                "corrupted")
     tag_keys = _documents(reg, "tags")
     rep.tags += len(tag_keys)
     for tag in read_each(tag_keys, reg.read_tag, rep):

@@ -67,8 +67,9 @@ def plan_push(reg: Repo, records: list[VersionRecord], store: Store, *,
     from tvreg.repo.bases import names_of
 
     users = _bases_of(records)
-    ours = {h: reg.base_record(h) for h in sorted(users)}
-    missing = [h for h, rec in ours.items() if rec is None]
+    found = {h: reg.base_record(h) for h in sorted(users)}
+    ours = {h: rec for h, rec in found.items() if rec is not None}
+    missing = [h for h, rec in found.items() if rec is None]
     if missing:
         h = missing[0]
         raise InvalidInput(f"no stored base for {h[:12]}… (the base of {listing(users[h], SHOW)})"

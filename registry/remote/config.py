@@ -31,6 +31,8 @@ READ_ONLY_PROTOCOLS = {"http", "https"}
 
 @dataclass(frozen=True)
 class Remote:
+    """A named remote of ``config.json``: its URL and fsspec options (never credentials)."""
+
     name: str
     url: str
     options: dict[str, Any] = field(default_factory=dict)

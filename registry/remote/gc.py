@@ -98,6 +98,8 @@ def _holder(kind: str) -> dict:
 
 @dataclass
 class Lock:
+    """A lock file on a remote (push or gc): who holds it, since when, and whether it is stale."""
+
     key: str
     kind: str           # "push" or "gc"
     doc: dict
@@ -276,6 +278,8 @@ def reachable(store: Store) -> set[str]:
 
 @dataclass
 class RemoteGcReport:
+    """What a gc of a remote deleted (or would delete), kept, and cleaned up."""
+
     remote: str
     url: str
     deleted_objects: int = 0

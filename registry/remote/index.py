@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import duckdb
 
@@ -41,8 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover
 class Source(Protocol):
     """What the index needs of a remote (a :class:`tvreg.remote.config.Remote`)."""
 
-    name: str
-    url: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
 
     @property
     def listable(self) -> bool: ...
@@ -202,8 +205,7 @@ def build(store: Store, manifest_of: Callable[[str], Manifest], *,
                                     workers=workers) if r is not None]
     vids = sorted({r.vector_id for r in records})
     manifests = dict(zip(vids, read_many(or_none(manifest_of), vids, workers=workers), strict=True))
-    rows += [version_row(r, manifests[r.vector_id]) for r in records
-             if manifests[r.vector_id] is not None]
+    rows += [version_row(r, m) for r in records if (m := manifests[r.vector_id]) is not None]
     held = {(row[0], row[1], row[2]) for row in rows}
     tags = [t for t in read_many(or_none(lambda k: read_tag(store, k)), tag_keys(store),
                                  workers=workers)
@@ -315,7 +317,20 @@ class IndexListedStore(Store):
     def mtime(self, key: str) -> float:
         return self.inner.mtime(key)
 
-    def _read_only(self, *args: Any) -> Any:
+    def _read_only(self) -> NoReturn:
         raise InvalidInput(f"{self.inner} is read-only")
 
-    write = write_new = write_file = delete = touch = _read_only
+    def write(self, key: str, data: bytes) -> None:
+        self._read_only()
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        self._read_only()
+
+    def write_file(self, key: str, path: str) -> bool:
+        self._read_only()
+
+    def delete(self, key: str) -> None:
+        self._read_only()
+
+    def touch(self, key: str) -> None:
+        self._read_only()

@@ -65,7 +65,7 @@ class PullReport:
         return dict(self.__dict__)
 
 
-def _remote_error(remote: str, e: Exception) -> TvregError:
+def _remote_error(remote: str, e: Exception | str) -> TvregError:
     return CorruptObject(f"remote {remote}: {e}")
 
 
@@ -250,8 +250,8 @@ def pull(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, 
                 report.renumbered[rec.ref] = held.ref
     # versions held already but missing from the catalog are what a pull killed between its
     # records and its catalog commit left (docs/format.md §11): running it again indexes them
-    created = {r.key for r in new}
-    held_before = sorted({r.key: r for r in mapping.values() if r.key not in created}.values(),
+    new_keys = {r.key for r in new}
+    held_before = sorted({r.key: r for r in mapping.values() if r.key not in new_keys}.values(),
                          key=lambda r: (r.name, r.version))
     indexed = new + unindexed(reg, held_before)
     if indexed:

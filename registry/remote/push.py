@@ -4,14 +4,14 @@ Order: blobs, then manifests, then version records, then tags, so a reader of th
 sees a record whose objects are missing. Versions the remote already holds need nothing sent
 (their objects are there: that order); for the others, which objects the remote has is learned
 from one listing of its ``objects/`` (not one request per object); only the missing ones are
-sent, on a thread pool. A version number is claimed on the remote with an exclusive create; if another
-pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
+sent, on a thread pool. A version number is claimed on the remote with an exclusive create; if
+another pusher holds ``NAME@N`` with other content, the version goes to the next free number and the
 mapping is reported. Nothing on the remote is overwritten except tags (which move by design).
 Re-running an interrupted push completes it. The push holds a push lock on the remote
 throughout (``locks/push-UUID.json``, :mod:`tvreg.remote.gc`), so no ``gc --remote`` deletes an
 object it found there and will reference; one that may leave orphans notes so locally first,
-and the next successful push to that remote deletes them. Last, the remote index (index/*.parquet) is
-rebuilt from the remote's records and tags. With ``with_base`` the versions' stored bases go
+and the next successful push to that remote deletes them. Last, the remote index (index/*.parquet)
+is rebuilt from the remote's records and tags. With ``with_base`` the versions' stored bases go
 too (:mod:`tvreg.remote.bases`): their objects with the vectors', their records and names
 before the version records.
 """
@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class PushReport:
+    """What a push sent: objects, versions (renumbered ones mapped), tags, bases, and the index."""
+
     remote: str
     objects_sent: int = 0
     bytes_sent: int = 0
@@ -117,9 +119,9 @@ def _remote_versions(store: Store, names: set[str]
             rec = hints[key]
             out[rec.name][rec.version] = rec
     unread = [k for k in keys if k not in hints]
-    for rec in read_many(or_none(lambda k: read_record(store, k)), unread):
-        if rec is not None:
-            out[rec.name][rec.version] = rec
+    for found in read_many(or_none(lambda k: read_record(store, k)), unread):
+        if found is not None:
+            out[found.name][found.version] = found
     return out, index, listed
 
 
@@ -221,21 +223,22 @@ def _push_locked(reg: Repo, remote, store: Store, note, records: list[VersionRec
     # records: claim numbers by exclusive create, never overwrite
     mapping: dict[tuple[str, int], int] = {}
     for rec in records:
-        held, created = claim(store, rec, theirs[rec.name])
-        mapping[(rec.name, rec.version)] = held.version
+        claimed, created = claim(store, rec, theirs[rec.name])
+        mapping[(rec.name, rec.version)] = claimed.version
         if not created:
             report.versions_skipped += 1
             continue
         report.versions_sent += 1
-        if held.version != rec.version:
-            report.renumbered[rec.ref] = held.ref
+        if claimed.version != rec.version:
+            report.renumbered[rec.ref] = claimed.ref
     # tags of the pushed versions, pointing at their remote numbers (read there in parallel)
     from tvreg.storage.documents import or_none, read_many
 
     current = or_none(lambda key: read_tag(store, key))  # missing or unreadable: write ours
     wanted = [(tag, mapping[(tag.name, tag.version)]) for tag in reg.all_tags()
               if (tag.name, tag.version) in mapping]
-    for (tag, target), there in zip(wanted, read_many(current, [t.key for t, _ in wanted]), strict=True):
+    there_now = read_many(current, [t.key for t, _ in wanted])
+    for (tag, target), there in zip(wanted, there_now, strict=True):
         if there is not None and (there.version, there.vector_id) == (target, tag.vector_id):
             continue
         store.write(tag.key, TagRecord(tag.name, tag.tag, target, tag.vector_id,

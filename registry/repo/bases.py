@@ -37,12 +37,15 @@ from tvreg.util import progress
 from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+
     import torch
 
     from tvreg.codecs import CodecPipeline
     from tvreg.format.manifest import Manifest
     from tvreg.repo.repo import Repo
     from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
+    from tvreg.tensors.stored_base import StoredBase
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -131,6 +134,7 @@ def names_of(repo: Repo, base_hash: str | None = None) -> dict[str, str]:
 
 
 def label(repo: Repo, record: BaseRecord) -> str:
+    """How messages name a stored base: its first name, else its hash prefix."""
     names = sorted(names_of(repo, record.base_hash))
     return f"stored base {names[0] if names else record.base_hash[:12]}"
 
@@ -164,15 +168,24 @@ def open_base(repo: Repo, base: str | os.PathLike | Checkpoint | None,
     except InvalidInput:  # not found, or neither a name nor a hash prefix
         raise InvalidInput(f"{path}: no such file or directory, nor a stored base name or "
                            "hash prefix") from None
-    ck = repo.stored_base(record.base_hash)
+    ck = _open_stored(repo, record)
     ck.path = label(repo, record)
+    return ck
+
+
+def _open_stored(repo: Repo, record: BaseRecord) -> StoredBase:
+    """The stored base ``record`` describes (just resolved), as a checkpoint."""
+    ck = repo.stored_base(record.base_hash)
+    if ck is None:  # its record was deleted since it was resolved
+        raise NotFound(f"stored base {record.base_hash[:12]} is no longer stored")
     return ck
 
 
 # --- adding -----------------------------------------------------------------------------------
 
 
-def add(repo: Repo, path: str | os.PathLike, name: str | None = None, *,
+def add(repo: Repo, path: str | os.PathLike | Mapping[str, Any] | torch.nn.Module | Checkpoint,
+        name: str | None = None, *,
         level: int | None = None,
         on_progress: Callable[[int], None] | None = None) -> AddBaseResult:
     """Store every tensor of the checkpoint at ``path`` as a base; see :meth:`Registry.add_base`.
@@ -275,7 +288,8 @@ def _holds(repo: Repo, record: BaseRecord, ck: Checkpoint, infos: list[TensorInf
 
 
 def _encode(ck: Checkpoint, infos: list[TensorInfo], fingerprint: str,
-            put: Callable[[bytes], str], level: int | None, tick: Callable[[int], None]) -> Manifest:
+            put: Callable[[bytes], str], level: int | None, tick: Callable[[int], None]
+            ) -> Manifest:
     from tvreg.digest import BaseHasher, tensor_bytes
     from tvreg.format.manifest import Manifest
     from tvreg.tensors.encoding import TensorEncoder
@@ -370,6 +384,7 @@ LS_QUERY = """
 
 
 def show_base(repo: Repo, ref: str, *, tensors: bool = False) -> dict[str, Any]:
+    """A stored base described (``tvreg base show``); its tensors too with ``tensors``."""
     record = resolve(repo, ref)
     manifest = repo.base_manifest(record)
     out: dict[str, Any] = {
@@ -396,7 +411,7 @@ def export_base(repo: Repo, ref: str, path: str | os.PathLike) -> int:
 
     record = resolve(repo, ref)
     output = check_output_path(os.fspath(path), registry=repo.root)
-    ck = repo.stored_base(record.base_hash)
+    ck = _open_stored(repo, record)
     entries = ck.manifest.tensors
     specs = [(t.name, t.dtype, t.shape) for t in entries]
     metadata = {"tvreg.base_hash": record.base_hash,

@@ -126,7 +126,7 @@ def create(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
                 repo, lambda put: build_task_vector(cb, cf, infos, put,
                                                     allow_nonfinite=allow_nonfinite, level=level,
                                                     on_tensor=tick, delta_of=delta_of,
-                                                    encode=coder and coder.submit,
+                                                    encode=coder.submit if coder else None,
                                                     exact=exact, left_out=left_out,
                                                     on_zero=lambda: zero.append(True)))
         if zero:  # said once the vector is written (it is stored anyway), at the caller

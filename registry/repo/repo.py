@@ -156,7 +156,8 @@ class Repo:
     def require(self) -> None:
         """Reads need an existing registry; a missing catalog is rebuilt from the store."""
         if not self.exists:
-            raise NotFound(f"no tvreg registry at {self.root} (create a vector or run `tvreg init`)")
+            raise NotFound(f"no tvreg registry at {self.root} (create a vector or run "
+                           "`tvreg init`)")
         self.check_config()
         if not os.path.exists(self.catalog.path):
             self.reindex()

@@ -6,7 +6,7 @@ is an exclusive create, so two writers never hold the same ``NAME@N`` and nothin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,9 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.stores import Store
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
-def read_keyed(store: Store, key: str, cls: type, what: str) -> Any:
+def read_keyed(store: Store, key: str, cls: Any, what: str) -> Any:
     """The document of class ``cls`` (sealed, with a ``key`` property) at ``key``, which must
     be the key its content names (a copy under another key is refused)."""
     doc = cls.from_bytes(store.read(key), key)
@@ -81,7 +82,7 @@ def tag_keys(store: Store, name: str | None = None) -> list[str]:
     return documents_of(store, f"tags/{name}")
 
 
-def read_many(read: Callable[[str], T], keys: Iterable[str], *, workers: int = 16) -> list[T]:
+def read_many(read: Callable[[K], T], keys: Iterable[K], *, workers: int = 16) -> list[T]:
     """``read`` over ``keys`` on a thread pool (remote reads are round trips), in key order."""
     keys = list(keys)
     if len(keys) <= 1 or workers <= 1:
@@ -106,7 +107,7 @@ def versions_in(store: Store, name: str, *, skip_damaged: bool = False) -> dict[
 
 
 def claim(store: Store, rec: VersionRecord, known: dict[int, VersionRecord],
-          taken: set[int] = frozenset()) -> tuple[VersionRecord, bool]:
+          taken: Set[int] = frozenset()) -> tuple[VersionRecord, bool]:
     """Store ``rec`` (its content, metadata and creation time) as a version of its name.
 
     ``known`` holds the versions of the name already in ``store`` that could have ``rec``'s
@@ -158,7 +159,7 @@ def readable(keys: list[str], read: Callable[[str], Any], problems: list[str], *
     return out
 
 
-# --- base records and base names (format/bases.py) in a store ---------------------------------------------------------------------
+# --- base records and base names (format/bases.py) in a store ---------------------------------
 
 
 def read_base(store: Store, key: str) -> BaseRecord:

@@ -3,9 +3,9 @@
 A write holds it *shared* while it checks that every object its new record will name is still
 stored (touching each one, so that gc's grace period restarts) and writes the record
 (:func:`referencing`); gc holds it *exclusively* while it reads the records stored since its first
-pass and deletes (:mod:`tvreg.maintenance.verify`). The two never overlap, so gc cannot delete an object
-between a write's check and its record: no record ever names an object that gc deleted, whatever
-the grace period. Writes hold it for milliseconds and do not exclude one another.
+pass and deletes (:mod:`tvreg.maintenance.verify`). The two never overlap, so gc cannot delete an
+object between a write's check and its record: no record ever names an object that gc deleted,
+whatever the grace period. Writes hold it for milliseconds and do not exclude one another.
 
 Scratch folders of writes in progress are locked the same way (:func:`lock_new_folder`) and gc
 leaves locked ones alone (:func:`remove_unless_locked`), whatever their age.

@@ -31,6 +31,9 @@ def object_key(oid: str) -> str:
 
 
 class ObjectDB:
+    """Content-addressed objects in a store (``objects/ab/cdef…``): put by content, every read
+    checked against its sha256."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
 

@@ -1,7 +1,8 @@
 """The store contract: a flat namespace of ``/``-separated keys holding immutable-ish bytes.
 
-A store knows nothing of hashes or JSON; :mod:`tvreg.storage.objects` and :mod:`tvreg.format.records` give keys
-their meaning. Every implementation must pass the contract in :mod:`tvreg.testing.store`.
+A store knows nothing of hashes or JSON; :mod:`tvreg.storage.objects` and
+:mod:`tvreg.format.records` give keys their meaning. Every implementation must pass the contract in
+:mod:`tvreg.testing.store`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def _timestamp(info: dict[str, Any]) -> float | None:
                 parsed = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
             except ValueError:
                 continue
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)).timestamp()
+            aware = parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
+            return aware.timestamp()
     return None
 
 
@@ -90,6 +91,8 @@ def _translated(method):
 
 
 class FsspecStore(Store):
+    """A store on any fsspec filesystem (S3, memory, HTTP read-only, …) under a root path."""
+
     def __init__(self, fs: Any, root: str, *, writable: bool = True) -> None:
         self.fs = fs
         self.root = root.rstrip("/")

@@ -28,6 +28,9 @@ _FILE_MODE = _file_mode()
 
 
 class LocalStore(Store):
+    """A store in a local folder: atomic writes (temp file, fsync, rename), exclusive create by
+    ``link(2)``."""
+
     def __init__(self, root: str | os.PathLike, *, fsync: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.fsync = fsync

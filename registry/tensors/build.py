@@ -191,6 +191,7 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
                         on_tensor(info.numel * 4)
                     continue
             else:
+                assert finetuned is not None  # only a LoRA import (delta_of) has none
                 tf = finetuned.tensor(info.name)  # a private copy (Checkpoint.tensor)
                 work = dtypes.torch_dtype(dtypes.work_dtype(
                     info.dtype, ft_dtypes.get(info.name, info.dtype)))
@@ -212,6 +213,7 @@ def build_task_vector(base: Checkpoint, finetuned: Checkpoint | None, infos: lis
             # the checkpoints' tensors are let go before a submit, which may wait for the
             # encoder's in-flight budget: only the deltas in flight and this one are held then
             if exact:
+                assert tf is not None  # exact mode reads a fine-tuned checkpoint
                 payload = exact_payload(info.dtype, tf, tb)
                 del tf, tb
                 pipeline = exact_pipeline(info.dtype, _PENDING_BASE, payload, level)

@@ -123,7 +123,8 @@ def _target(out: torch.Tensor, info: TensorInfo) -> torch.Tensor:
 
 # --- safetensors --------------------------------------------------------------------------------
 
-#: bits per item of every dtype the safetensors format knows (tvreg reads those of SAFETENSORS_CODES)
+#: bits per item of every dtype the safetensors format knows (tvreg reads those of
+#: SAFETENSORS_CODES)
 _SAFETENSORS_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
                      "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16,
                      "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
@@ -212,7 +213,7 @@ def _read_header(fd: int) -> tuple[dict[str, dict[str, Any]], int]:
     return header, 8 + n
 
 
-def _tvreg_dtype(path: str, name: str, code: str) -> str:
+def _tvreg_dtype(path: str, name: str, code: Any) -> str:
     try:
         return _DTYPE_OF_CODE[code]
     except KeyError:
@@ -260,7 +261,7 @@ class _SafetensorsFile:
                                   f"{end - begin} bytes, its shape needs {nbytes}")
         out = _target(out, info) if out is not None else \
             torch.empty(info.shape, dtype=_torch_dtype(info.dtype))
-        buf = memoryview(out.view(-1).view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+        buf = out.view(-1).view(torch.uint8).numpy().data if nbytes else memoryview(b"")
         done, offset = 0, self._data_start + begin
         while done < nbytes:
             n = os.preadv(self._fd, [buf[done:]], offset + done)

@@ -169,7 +169,7 @@ class TensorEncoder:
         held = self.budget.acquire(len(raw) + payload.size)
 
         def chunk(a: int, b: int) -> Chunk:
-            data = rest.encode(payload[a * narrow:b * narrow])
+            data = rest.encode(payload[a * narrow:b * narrow].data)
             return Chunk(self.put(data), (b - a) * wide, len(data))
 
         n = delta.numel()
@@ -221,6 +221,7 @@ def decode_tensor(entry: TensorEntry, get: Callable[[str], bytes],
     offsets = np.cumsum([0] + [c.nbytes for c in entry.chunks]).tolist()
 
     def fill(i: int) -> None:
+        assert buf is not None  # an empty tensor has no chunks
         decode_chunk(get(entry.chunks[i].blob), buf[offsets[i]:offsets[i + 1]], offsets[i])
 
     if pool is not None and len(entry.chunks) > 1:
@@ -249,6 +250,7 @@ def _exact_decoder(entry: TensorEntry, first: BitDiff, base: Callable[[], torch.
     base's elements of the same range give the fine-tuned ones, and their difference the delta."""
     if base is None:
         first.decode(b"", 0)  # raises BaseRequired, naming the base
+    assert base is not None
     tb = base()
     if tuple(tb.shape) != tuple(entry.shape) or dtypes.dtype_name(tb.dtype) != first.dtype:
         raise CorruptObject(f"tensor {entry.name!r}: the base's tensor is {tb.dtype}"
@@ -287,6 +289,7 @@ def restore_finetuned(entry: TensorEntry, get: Callable[[str], bytes], base: tor
     def fill(i: int) -> None:
         a, b = starts[i] * narrow, starts[i + 1] * narrow
         diff = rest.decode(get(entry.chunks[i].blob), b - a)
+        assert dest is not None  # an empty tensor has no chunks
         dest[a:b] = first.restore(diff, tb[a:b])
 
     if pool is not None and len(entry.chunks) > 1:

@@ -39,6 +39,9 @@ _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<which>[AB])\.weight")
 
 @dataclass
 class LoraAdapter:
+    """A PEFT LoRA adapter read from its folder: config, factor tensors and the scale of each
+    adapted layer."""
+
     path: str
     config: dict[str, Any]
     #: module name -> (A, B) float tensors as stored
@@ -72,7 +75,8 @@ class LoraAdapter:
     def summary(self) -> dict[str, Any]:
         """What the version record's metadata says about the adapter."""
         ranks = sorted({self.rank(m) for m in self.modules})
-        return {"lora.r": ",".join(map(str, ranks)), "lora.alpha": float(self.config.get("lora_alpha", 8)),
+        return {"lora.r": ",".join(map(str, ranks)),
+                "lora.alpha": float(self.config.get("lora_alpha", 8)),
                 "lora.rslora": self.use_rslora, "lora.modules": len(self.modules)}
 
 
@@ -103,7 +107,8 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
     if not isinstance(config, dict):
         raise _fail(path, f"{CONFIG_FILE} is not a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
-        raise _fail(path, f"a {config.get('peft_type')} adapter; only LoRA adapters can be imported")
+        raise _fail(path, f"a {config.get('peft_type')} adapter; only LoRA adapters can be "
+                          "imported")
     if config.get("use_dora"):
         raise _fail(path, "a DoRA adapter (use_dora): its merged weights are not base + B·A; "
                           "not supported")
@@ -203,8 +208,8 @@ def delta_weight(adapter: LoraAdapter, module: str, dtype: torch.dtype) -> torch
 
 def delta_source(adapter: LoraAdapter, infos: list[TensorInfo], *,
                  allow_nonfinite: bool = False):
-    """``delta_of(info, base_tensor)`` for :func:`tvreg.tensors.build.build_task_vector`: the factors
-    of each adapted float32-delta tensor as they are (``lowrank`` codec), B·A computed for a
+    """``delta_of(info, base_tensor)`` for :func:`tvreg.tensors.build.build_task_vector`: the
+    factors of each adapted float32-delta tensor as they are (``lowrank`` codec), B·A computed for a
     float64 one, zeros elsewhere; checked against the base first."""
     import numpy as np
     import torch

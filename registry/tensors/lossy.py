@@ -26,6 +26,7 @@ import numpy as np
 from tvreg.codecs import (
     ByteGroup,
     Cast,
+    Codec,
     CodecPipeline,
     Int8,
     LowRank,
@@ -82,6 +83,7 @@ def svd_factors(x: np.ndarray, rank: int | None, energy: float | None
     if rank is not None:
         r = rank
     else:
+        assert energy is not None  # an svd spec gives a rank or an energy
         cum = torch.cumsum(s2, 0)
         r = min(int(torch.searchsorted(cum, torch.tensor([energy * total], dtype=torch.float64),
                                        right=False)[0]) + 1, s.numel())
@@ -178,7 +180,8 @@ class LossyEncoder:
     def pipeline(self, x: np.ndarray) -> tuple[CodecPipeline, bytes]:
         """The pipeline for float32 array ``x`` and its first step's encoding of ``x``."""
         spec, zstd = self.spec, Zstd(self.level)
-        raw = memoryview(x.reshape(-1).view(np.uint8))
+        raw = x.reshape(-1).view(np.uint8).data
+        first: Codec
         if spec.codec in ("bf16", "fp16"):
             first = Cast("bfloat16" if spec.codec == "bf16" else "float16")
             rest: tuple = (ByteGroup(2), zstd)
@@ -194,8 +197,8 @@ class LossyEncoder:
                 pipe = default_pipeline(4, self.level)
                 return pipe, pipe.codecs[0].encode(raw)
             a, b = factors
-            first = LowRank(x.shape[0], x.shape[1], a.shape[0], 1.0)
-            return CodecPipeline((first, ByteGroup(4), zstd)), first.payload(a, b)
+            low = LowRank(x.shape[0], x.shape[1], a.shape[0], 1.0)
+            return CodecPipeline((low, ByteGroup(4), zstd)), low.payload(a, b)
         return CodecPipeline((first, *rest)), first.encode(raw)
 
     def _record(self, name: str, sums: tuple[float, float, float, float]) -> None:
@@ -245,5 +248,6 @@ def encode_vector(vec: TaskVector, coder: LossyEncoder, put: Callable[[bytes], s
             if on_tensor:
                 on_tensor(entry.nbytes)
         entries = tuple(dataclasses.replace(f.result(), finetuned_dtype=e.finetuned_dtype)
-                        for f, e in zip(futures, m.tensors, strict=True))  # the source's dtypes, kept
+                        # the source's dtypes, kept
+                        for f, e in zip(futures, m.tensors, strict=True))
     return Manifest(m.base_hash, m.arch_fingerprint, entries, m.skipped)

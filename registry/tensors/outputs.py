@@ -31,7 +31,8 @@ def _inside(path: str, folder: str) -> bool:
         return False
 
 
-def check_output_path(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None] = (),
+def check_output_path(path: str | os.PathLike[str],
+                      inputs: Iterable[str | os.PathLike[str] | None] = (),
                       registry: str | os.PathLike[str] | None = None) -> str:
     """``path`` if it may be written: its folder exists and is writable, and it is none of
     ``inputs`` (files or folders), nothing inside an input folder, nothing inside ``registry``."""

@@ -4,8 +4,9 @@ The header is computed from the specs and written first; tensor data then follow
 safetensors requires the tensors' byte ranges to tile the data section exactly (sorted by offset,
 the first at 0, no gaps, the last ending at end of file), which writing back to back in spec order
 gives; it does not require per-tensor alignment. Every file's metadata carries ``"format": "pt"``,
-as torch's and transformers' writers do (transformers refuses a file without it). The header is padded with spaces to a multiple of
-8 bytes so that the data section starts 8-aligned, as ``safetensors.torch.save_file`` does.
+as torch's and transformers' writers do (transformers refuses a file without it). The header is
+padded with spaces to a multiple of 8 bytes so that the data section starts 8-aligned, as
+``safetensors.torch.save_file`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import torch
 
@@ -28,7 +29,6 @@ __all__ = ["write_safetensors"]
 Spec = tuple[str, str, tuple[int, ...]]
 
 _MAX_HEADER = 100_000_000  # safetensors refuses larger headers
-_END = object()
 
 
 def _header(specs: Sequence[Spec], metadata: dict[str, str] | None) -> bytes:
@@ -82,16 +82,20 @@ def _write_tensor(f: BinaryIO, tensor: torch.Tensor) -> int:
     """Write the raw little-endian bytes of ``tensor``; return how many."""
     flat = tensor.detach().to("cpu").resolve_neg().resolve_conj().contiguous().reshape(-1)
     data = flat.view(torch.uint8).numpy()
-    f.write(memoryview(data))
+    f.write(data.data)
     return data.nbytes
 
 
-def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator,
-                progress: object = None) -> int:
+class _Progress(Protocol):
+    def advance(self, n: int) -> None: ...
+
+
+def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator[tuple[str, torch.Tensor]],
+                progress: _Progress | None = None) -> int:
     total = 0
     for i, spec in enumerate(specs):
-        item = next(tensors, _END)
-        if item is _END:
+        item = next(tensors, None)
+        if item is None:
             raise RegistryError(f"got {i} tensors, expected {len(specs)} (missing {spec[0]!r})")
         name, tensor = item
         _check(spec, name, tensor)
@@ -99,7 +103,7 @@ def _write_data(f: BinaryIO, specs: Sequence[Spec], tensors: Iterator,
         total += n
         if progress is not None:
             progress.advance(n)
-    if next(tensors, _END) is not _END:
+    if next(tensors, None) is not None:
         raise RegistryError(f"got more tensors than the {len(specs)} announced")
     return total
 
@@ -139,7 +143,8 @@ def _nbytes(spec: Spec) -> int:
     return size
 
 
-def _write(path: str, specs: list[Spec], header: bytes, tensors: Iterable, bar: object) -> int:
+def _write(path: str, specs: list[Spec], header: bytes, tensors: Iterable,
+           bar: _Progress | None) -> int:
     if path == "-":  # standard output: no temporary file, no rename
         out = sys.stdout.buffer
         out.write(len(header).to_bytes(8, "little"))

@@ -44,7 +44,8 @@ class TensorMap(Mapping):
     Nothing is cached: iterating over ``items()`` holds one tensor at a time.
     """
 
-    def __init__(self, entries: tuple[TensorEntry, ...], load: Callable[[TensorEntry], torch.Tensor],
+    def __init__(self, entries: tuple[TensorEntry, ...],
+                 load: Callable[[TensorEntry], torch.Tensor],
                  device: Any = None, dtype: torch.dtype | None = None) -> None:
         self._entries = {e.name: e for e in entries}
         self._load, self._device, self._dtype = load, device, dtype
@@ -63,6 +64,9 @@ class TensorMap(Mapping):
 
 
 class TaskVector:
+    """A stored task vector: its manifest and record; tensors are decoded lazily (and checked) when
+    asked for."""
+
     def __init__(self, registry: TensorSource, manifest: Manifest, record: VersionRecord | None,
                  vector_id: str) -> None:
         self._registry = registry
@@ -106,7 +110,8 @@ class TaskVector:
     def names(self) -> list[str]:
         return [t.name for t in self.manifest.tensors]
 
-    def tensor(self, name: str, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def tensor(self, name: str, device: Any = None, dtype: torch.dtype | None = None
+               ) -> torch.Tensor:
         return to_device(self._registry.load_tensor(self.manifest.tensor(name)), device, dtype)
 
     def tensors(self, device: Any = None, dtype: torch.dtype | None = None) -> TensorMap:
@@ -133,7 +138,8 @@ class TaskVector:
                 yield entry.name, to_device(tensor, device, dtype)
                 del tensor
 
-    def state_dict(self, device: Any = None, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def state_dict(self, device: Any = None, dtype: torch.dtype | None = None
+                   ) -> dict[str, torch.Tensor]:
         """All delta tensors in memory at once (use :meth:`tensors` to stream). The tensors are
         decoded on the registry's threads, several at once, and moved in manifest order."""
         import torch
@@ -142,7 +148,8 @@ class TaskVector:
         pool = self._registry.executor("operands")  # waits only on "chunks": cannot deadlock
         futures = [pool.submit(self._registry.load_tensor, e) for e in entries]
         try:
-            out = {e.name: to_device(f.result(), device, dtype) for e, f in zip(entries, futures, strict=True)}
+            out = {e.name: to_device(f.result(), device, dtype)
+                   for e, f in zip(entries, futures, strict=True)}
         finally:
             for f in futures:
                 f.cancel()
@@ -151,6 +158,7 @@ class TaskVector:
         return out
 
     def __repr__(self) -> str:
-        return (f"<TaskVector {self.ref} id={self.vector_id[:12]} tensors={len(self.manifest.tensors)} "
+        return (f"<TaskVector {self.ref} id={self.vector_id[:12]} "
+                f"tensors={len(self.manifest.tensors)} "
                 f"params={self.n_params}>")
 

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class BufferPool:
-    """Thread-safe free list of uint8 CPU buffers; keeps at most ``keep`` free ones (the largest)."""
+    """Thread-safe free list of uint8 CPU buffers; keeps at most ``keep`` free ones (the
+    largest)."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep

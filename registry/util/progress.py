@@ -1,4 +1,5 @@
-"""Progress bars on a terminal only: none when stderr is piped, under CI, or with TVREG_NO_PROGRESS."""
+"""Progress bars on a terminal only: none when stderr is piped, under CI, or with
+TVREG_NO_PROGRESS."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class Transfer:
         self.objects += 1
         self._bar.update(nbytes)
         if hasattr(self._bar, "set_postfix_str"):
-            self._bar.set_postfix_str(f"{self.objects}/{self.total_objects} {self.unit}", refresh=False)
+            self._bar.set_postfix_str(f"{self.objects}/{self.total_objects} {self.unit}",
+                                      refresh=False)
 
     def close(self) -> None:
         self._bar.close()
