@@ -5,8 +5,8 @@ rank``), which later steps compress like any other bytes. Decoding is exactly re
 any machine: every product ``B[i,k] · A[k,j]`` of two float32 values is exact in float64, the
 products are summed in float64 in the order ``k = 0, 1, …``, the sum is multiplied by ``scale``
 in float64 and rounded once to float32 (no matrix-multiply kernel, whose summation order varies).
-The factors come from where they were made (a LoRA adapter, :mod:`tvreg.tensors.lora`); this step does
-not factor dense data, so :meth:`LowRank.encode` refuses it.
+The factors come from where they were made (a LoRA adapter, :mod:`tvreg.tensors.lora`); this
+step does not factor dense data, so :meth:`LowRank.encode` refuses it.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class LowRank(Codec):
         """``scale · (b @ a)`` (transposed if set), summed as the module says, rounded once to
         ``dtype`` (float32: what decoding gives). Rows are done a block at a time so the float64
         accumulator stays in cache; each element still sums its products in rank order."""
-        out = np.empty((self.rows, self.cols), dtype=dtype)
+        out: np.ndarray = np.empty((self.rows, self.cols), dtype=dtype)
         a64 = a.astype(np.float64)
         step = max(1, _BLOCK_ELEMENTS // self.cols)
         acc = np.empty((min(step, self.rows), self.cols), dtype=np.float64)

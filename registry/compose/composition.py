@@ -200,10 +200,12 @@ class Composition:
         from tvreg.compose.merge import MagnitudeQuantile
 
         if self._thresholds is None:
+            density = self.params.density
+            assert density is not None  # global trim: a method with a density
             out = []
             for op in self.operands:
                 total = sum(e.numel for e in self.entries)
-                q = MagnitudeQuantile(self.params.density, total)
+                q = MagnitudeQuantile(density, total)
                 for step in (q.pass1, q.pass2):
                     for entry in self.entries:
                         step(op.vector.tensor(entry.name))
@@ -278,7 +280,7 @@ class Composition:
         window = min(len(ops), default_workers())
         queue = deque([pool.submit(decoded, 0, wide)] + [pool.submit(decoded, i)
                                                          for i in range(1, window)])
-        acc_buf = None
+        acc_buf: torch.Tensor | None = None
         try:
             for i in range(len(ops)):
                 buf, d = queue.popleft().result()
@@ -298,15 +300,16 @@ class Composition:
                 f.cancel()
         if self.lam != 1.0:
             np.multiply(acc, self.lam, out=acc)
+        assert acc_buf is not None  # set by operand 0 (a composition has operands)
         return acc_buf, torch.from_numpy(acc)
 
     def _task_arithmetic(self, names: list[str], ahead: bool
                          ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-        """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several names are summed at
-        once on the registry's "names" pool (so the workers never wait for the caller at the
-        end of a name, and the additions run in parallel too), as many as fit in a quarter of
-        the vector's size (within ``AHEAD_BYTES_MIN`` .. ``AHEAD_BYTES_MAX``); without, one
-        name at a time."""
+        """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several
+        names are summed at once on the registry's "names" pool (so the workers never wait for
+        the caller at the end of a name, and the additions run in parallel too), as many as fit
+        in a quarter of the vector's size (within ``AHEAD_BYTES_MIN`` .. ``AHEAD_BYTES_MAX``);
+        without, one name at a time."""
         from collections import deque
 
         from tvreg.tensors.encoding import default_workers
@@ -409,6 +412,7 @@ class Composition:
         """
         import torch
 
+        params: MutableMapping[str, torch.Tensor]
         if isinstance(target, torch.nn.Module):
             params = dict(target.named_parameters())
             params.update(dict(target.named_buffers()))
@@ -423,8 +427,10 @@ class Composition:
         if missing or wrong:
             raise IncompatibleCheckpoints(
                 "the target does not fit the composition: " + "; ".join(
-                    p for p in (f"{len(missing)} tensor(s) missing: {listing(missing)}" if missing else "",
-                                f"{len(wrong)} tensor(s) of another shape: {listing(wrong)}" if wrong else "")
+                    p for p in (f"{len(missing)} tensor(s) missing: {listing(missing)}"
+                                if missing else "",
+                                f"{len(wrong)} tensor(s) of another shape: {listing(wrong)}"
+                                if wrong else "")
                     if p))
         # a target on one CUDA device: each merged tensor goes there through pinned memory
         # without blocking, so the copy overlaps the decoding of the next (iter_tensors)

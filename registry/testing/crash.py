@@ -3,8 +3,8 @@
 A :class:`Scenario` builds a starting state once (a registry, a remote: a template copied for
 every run), names one CLI command (``python -m tvreg.cli …`` in a subprocess) and knows what the
 command must achieve. :func:`attempt` runs the command and kills it, either just before its K-th
-durable step (the :mod:`tvreg.util.faults` hook, ``TVREG_FAULT_KILL_AT``) or after a wall-clock delay
-(``os.killpg(…, SIGKILL)``), then checks:
+durable step (the :mod:`tvreg.util.faults` hook, ``TVREG_FAULT_KILL_AT``) or after a wall-clock
+delay (``os.killpg(…, SIGKILL)``), then checks:
 
 1. **verify**: ``tvreg verify`` passes, or reports only the state docs/format.md §11 documents
    for a kill between a record and its catalog commit: the catalog misses versions whose records
@@ -105,7 +105,8 @@ def cli(*args: str) -> list[str]:
 
 
 def read_trace(path: pathlib.Path) -> tuple[list[Step], Step | None]:
-    steps, killed = [], None
+    steps: list[Step] = []
+    killed: Step | None = None
     if not path.exists():
         return steps, killed
     for line in path.read_text().splitlines():
