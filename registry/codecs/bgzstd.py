@@ -43,6 +43,9 @@ def _level_ok(level: Any) -> bool:
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class BgZstd(Codec):
+    """Byte grouping and zstd per stream in independent blocks of ``block`` items; ``levels``
+    has one zstd level per byte stream, ``None`` where the stream is stored raw."""
+
     itemsize: int
     block: int
     levels: tuple  # per stream: a zstd level, or None for stored raw
@@ -64,6 +67,7 @@ class BgZstd(Codec):
         object.__setattr__(self, "levels", tuple(self.levels))
 
     def spec(self) -> dict[str, Any]:
+        """The spec, with ``levels`` as a list (as JSON holds it)."""
         return {"name": self.name, "configuration": {
             "itemsize": self.itemsize, "block": self.block, "levels": list(self.levels)}}
 

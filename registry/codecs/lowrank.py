@@ -26,6 +26,9 @@ _BLOCK_ELEMENTS = 1 << 15  # float64 elements of the accumulator per row block (
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class LowRank(Codec):
+    """A ``rows × cols`` float32 matrix stored as the factors of ``scale · (B @ A)`` of rank
+    ``rank`` (``transpose``: the matrix is the transpose of that product)."""
+
     rows: int
     cols: int
     rank: int
@@ -66,6 +69,7 @@ class LowRank(Codec):
         return a.tobytes() + b.tobytes()
 
     def encode(self, data: bytes | memoryview) -> bytes:
+        """Refused (:class:`InvalidInput`): the step stores given factors, see :meth:`payload`."""
         raise InvalidInput("lowrank stores factors, not dense data: use LowRank.payload(a, b)")
 
     def product(self, a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:

@@ -33,6 +33,9 @@ _KEY = re.compile(r"[a-z_]+")
 
 @dataclass(frozen=True)
 class LossySpec:
+    """A parsed ``--codec`` spec: the codec's name and the parameters it takes (``None`` for
+    the others)."""
+
     codec: str
     density: float | None = None
     rank: int | None = None

@@ -32,6 +32,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class Zstd(Codec):
+    """One zstd frame at ``level``, with its content size and no checksum."""
+
     level: int = 3
     name = "zstd"
 

@@ -38,11 +38,15 @@ class BaseMismatchWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Operand:
+    """One term of a composition: the ref as written, its coefficient, the vector it resolved to."""
+
     ref: str
     coef: float
     vector: TaskVector
 
     def to_json(self) -> dict[str, Any]:
+        """The operand as the recipe keeps it: ref (the resolved one when the vector has a record),
+        vector id and coefficient."""
         return {"ref": self.vector.ref if self.vector.record else self.ref,
                 "vector_id": self.vector.vector_id, "coef": self.coef}
 
@@ -169,10 +173,12 @@ class Composition:
 
     @property
     def base_hash(self) -> str:
+        """The base of the operands (all share it)."""
         return self.operands[0].vector.base_hash
 
     @property
     def arch_fingerprint(self) -> str:
+        """The architecture fingerprint of the operands (all share it)."""
         return self.operands[0].vector.arch_fingerprint
 
     @property
@@ -181,6 +187,7 @@ class Composition:
         return self.operands[0].vector.manifest
 
     def names(self) -> list[str]:
+        """The names of the composed tensors, in order."""
         return [t.name for t in self.entries]
 
     @property
@@ -192,6 +199,7 @@ class Composition:
 
     @property
     def parents(self) -> list[str]:
+        """The operands' vector ids, each once, in operand order."""
         return list(dict.fromkeys(op.vector.vector_id for op in self.operands))
 
     # --- tensors ---------------------------------------------------------------------------------
@@ -396,6 +404,7 @@ class Composition:
 
     def state_dict(self, device: Any = None,
                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Every composed tensor, ``{name: tensor}`` (on ``device`` and in ``dtype`` when given)."""
         import torch
 
         out = dict(self.iter_tensors(device, dtype))
@@ -463,6 +472,7 @@ class Composition:
 
 
 def scale_grid(grid: Any) -> list[float]:
+    """The coefficient grid as a non-empty list of floats (:class:`InvalidInput` if empty)."""
     values = list(grid)
     if not values:
         raise InvalidInput("the coefficient grid is empty")

@@ -91,12 +91,16 @@ class Term:
 
 @dataclass(frozen=True)
 class Number:
+    """A number literal."""
+
     value: float
     column: int
 
 
 @dataclass(frozen=True)
 class RefNode:
+    """A ref to a vector (``name``, ``name@version``, or quoted)."""
+
     ref: str          # without quotes
     column: int       # of the ref's first character (the opening quote when quoted)
     quoted: bool = False
@@ -104,6 +108,8 @@ class RefNode:
 
 @dataclass(frozen=True)
 class Neg:
+    """Unary minus of ``operand``."""
+
     operand: Node
     column: int       # of the "-"
 
@@ -476,6 +482,7 @@ class Run:
 
     @property
     def spaced(self) -> str:
+        """The run read as arithmetic, with a space around each operator (``sent - topic@2``)."""
         out = self.parts[0]
         pos = len(self.parts[0])
         for part in self.parts[1:]:

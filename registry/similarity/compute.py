@@ -132,6 +132,8 @@ def _compare(a: np.ndarray, where: np.ndarray, negative: np.ndarray, b: np.ndarr
 
 @dataclass
 class TensorStats:
+    """Per-tensor statistics of a vector: its norm, magnitude threshold and material count."""
+
     name: str
     norm: float
     threshold: float
@@ -140,6 +142,9 @@ class TensorStats:
 
 @dataclass
 class VectorStats:
+    """Whole-vector statistics: norm, parameter and material counts, sketch, and per-tensor
+    statistics."""
+
     vector_id: str
     norm: float
     n_params: int
@@ -499,6 +504,7 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
 
 
 def clear(reg: Repo) -> None:
+    """Forget every stored statistic and similarity: the sketch index and the catalog rows."""
     sketch_index.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):

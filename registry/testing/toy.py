@@ -482,6 +482,7 @@ class ToyZoo:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        """The fine-tuned tasks, in order."""
         return tuple(self.finetuned)
 
 
