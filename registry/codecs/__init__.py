@@ -17,5 +17,5 @@ from tvreg.codecs.sparse import Ternary, TopK
 from tvreg.codecs.zstd import Zstd
 
 __all__ = ["Codec", "CodecPipeline", "codec_from_spec", "register_codec", "default_pipeline",
-           "choose_pipeline", "BgZstd", "BitDiff", "ByteGroup", "Cast", "Int8", "LowRank", "Ternary",
-           "TopK", "Zstd"]
+           "choose_pipeline", "BgZstd", "BitDiff", "ByteGroup", "Cast", "Int8", "LowRank",
+           "Ternary", "TopK", "Zstd"]

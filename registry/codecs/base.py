@@ -7,7 +7,7 @@ import dataclasses
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import numpy as np
 
@@ -17,8 +17,11 @@ _CODECS: dict[str, type[Codec]] = {}
 
 
 class Codec(abc.ABC):
-    """A bytes -> bytes step. Subclasses are frozen dataclasses whose fields are the configuration."""
+    """A bytes -> bytes step. Subclasses are frozen dataclasses whose fields are the
+    configuration."""
 
+    #: set by the dataclass decorator on every subclass (what ``dataclasses.asdict`` needs)
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     name: ClassVar[str]
     #: whether decode(encode(x)) == x bit for bit
     lossless: ClassVar[bool] = True
@@ -30,7 +33,8 @@ class Codec(abc.ABC):
     last_only: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def encode(self, data: bytes | memoryview) -> bytes: ...
+    def encode(self, data: bytes | memoryview) -> bytes:
+        """Encode ``data``; :meth:`decode` with its size gives it back (exactly if lossless)."""
 
     @abc.abstractmethod
     def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
@@ -47,15 +51,26 @@ class Codec(abc.ABC):
         return nbytes
 
     def spec(self) -> dict[str, Any]:
+        """``{"name": ..., "configuration": {field: value}}``, what :func:`codec_from_spec`
+        reads back."""
         return {"name": self.name, "configuration": dataclasses.asdict(self)}
 
 
+class _ParallelCodec(Protocol):
+    """A codec with ``parallel`` set: its ``encode`` also takes a pool."""
+
+    def encode(self, data: bytes | memoryview, pool: Executor) -> bytes: ...
+
+
 def register_codec(cls: type[Codec]) -> type[Codec]:
+    """Class decorator: make ``cls`` known to :func:`codec_from_spec` by its ``name``."""
     _CODECS[cls.name] = cls
     return cls
 
 
 def codec_from_spec(spec: Any) -> Codec:
+    """The codec a spec (:meth:`Codec.spec`) describes; a malformed or unknown one is
+    :class:`FormatError`."""
     if not isinstance(spec, dict) or set(spec) != {"name", "configuration"} \
             or not isinstance(spec["name"], str):
         raise FormatError(f"malformed codec spec {spec!r}")
@@ -73,10 +88,13 @@ def codec_from_spec(spec: Any) -> Codec:
 
 @dataclasses.dataclass(frozen=True)
 class CodecPipeline:
+    """The codecs a tensor's chunks go through, in encoding order."""
+
     codecs: tuple[Codec, ...]
 
     @classmethod
     def from_specs(cls, specs: Sequence[Any]) -> CodecPipeline:
+        """The pipeline a list of codec specs describes (:class:`FormatError` if malformed)."""
         if not isinstance(specs, (list, tuple)) or not specs:
             raise FormatError("a tensor needs a non-empty codec list")
         codecs = tuple(codec_from_spec(s) for s in specs)
@@ -86,6 +104,7 @@ class CodecPipeline:
         return cls(codecs)
 
     def specs(self) -> list[dict[str, Any]]:
+        """The specs of the codecs, in order (what :meth:`from_specs` reads back)."""
         return [c.spec() for c in self.codecs]
 
     @property
@@ -95,6 +114,7 @@ class CodecPipeline:
 
     @property
     def lossless(self) -> bool:
+        """Whether every step is lossless."""
         return all(c.lossless for c in self.codecs)
 
     def encode(self, data: bytes | memoryview, pool: Executor | None = None) -> bytes:
@@ -102,7 +122,10 @@ class CodecPipeline:
         with the same output whatever the number of threads."""
         out: bytes | memoryview = data
         for c in self.codecs:
-            out = c.encode(out, pool) if c.parallel and pool is not None else c.encode(out)
+            if c.parallel and pool is not None:
+                out = cast(_ParallelCodec, c).encode(out, pool)
+            else:
+                out = c.encode(out)
         return bytes(out)
 
     def sizes(self, nbytes: int) -> list[int]:
@@ -114,6 +137,7 @@ class CodecPipeline:
 
     @property
     def keeps_size(self) -> bool:
+        """Whether every step but the last keeps the size of its input."""
         return all(c.keeps_size for c in self.codecs[:-1])
 
     def decode(self, data: bytes, nbytes: int) -> bytes:
@@ -140,13 +164,15 @@ class CodecPipeline:
             else:
                 steps[0].decode_into(data, dest)
             return
-        out: bytes | memoryview | np.ndarray = data
+        # a uint8 array is passed on as it is: every codec reads its input through the buffer
+        # protocol (np.frombuffer, zstandard), so it takes one where it says bytes | memoryview
+        out: bytes | memoryview = data
         for i in range(len(steps) - 1, 0, -1):
             c = steps[i]
             if hasattr(c, "decode_into") and i == len(steps) - 1:
                 buf = scratch(dest.size)
                 c.decode_into(out, buf)
-                out = buf
+                out = cast(memoryview, buf)
             else:
                 out = c.decode(out, dest.size)
         first = steps[0]

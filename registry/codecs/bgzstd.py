@@ -30,7 +30,8 @@ from tvreg.errors import CorruptObject
 MAX_BLOCK = 1 << 30
 #: items joined or split per step: the destination and the word temporary stay in L2
 _STEP = 1 << 17
-_WORD = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_WORD: dict[int, np.dtype[np.unsignedinteger[Any]]] = {
+    2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _SIZE = np.dtype("<u4")
 
 
@@ -42,6 +43,9 @@ def _level_ok(level: Any) -> bool:
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class BgZstd(Codec):
+    """Byte grouping and zstd per stream in independent blocks of ``block`` items; ``levels``
+    has one zstd level per byte stream, ``None`` where the stream is stored raw."""
+
     itemsize: int
     block: int
     levels: tuple  # per stream: a zstd level, or None for stored raw
@@ -63,6 +67,7 @@ class BgZstd(Codec):
         object.__setattr__(self, "levels", tuple(self.levels))
 
     def spec(self) -> dict[str, Any]:
+        """The spec, with ``levels`` as a list (as JSON holds it)."""
         return {"name": self.name, "configuration": {
             "itemsize": self.itemsize, "block": self.block, "levels": list(self.levels)}}
 
@@ -167,7 +172,8 @@ class BgZstd(Codec):
 
 
 def split(raw: np.ndarray, streams: np.ndarray) -> None:
-    """Stream ``j`` of ``streams`` (k × m uint8) gets byte ``j`` of each of the m items in ``raw``."""
+    """Stream ``j`` of ``streams`` (k × m uint8) gets byte ``j`` of each of the m items in
+    ``raw``."""
     k, m = streams.shape
     word = _WORD.get(k)
     if word is None:
@@ -212,6 +218,7 @@ def join(streams: list[np.ndarray], dest: np.ndarray) -> None:
             if len(level) == 2:
                 outs = [words[i0:i0 + n]]
             else:
+                assert tmp is not None  # more than two streams: k > 2
                 outs = []
                 for _ in range(len(level) // 2):
                     outs.append(tmp[used:used + width * n].view(_WORD[width]))
@@ -239,36 +246,45 @@ def run_blocks(n: int, fn: Callable[[int], None], pool: Executor | None) -> None
         return
     lock = threading.Lock()
     done = threading.Condition(lock)
-    state = {"next": 0, "running": 0, "error": None}
+    state = _BlockState()
 
     def work() -> None:
         while True:
             with lock:
-                i = state["next"]
-                if i >= n or state["error"] is not None:
+                i = state.next
+                if i >= n or state.error is not None:
                     return
-                state["next"] = i + 1
-                state["running"] += 1
+                state.next = i + 1
+                state.running += 1
             try:
                 fn(i)
             except BaseException as e:  # noqa: BLE001 - handed to the caller below
                 with lock:
-                    if state["error"] is None:
-                        state["error"] = e
+                    if state.error is None:
+                        state.error = e
             finally:
                 with lock:
-                    state["running"] -= 1
+                    state.running -= 1
                     done.notify_all()
 
     helpers = [pool.submit(work) for _ in range(min(n - 1, _pool_size(pool)))]
     work()
     with lock:
-        done.wait_for(lambda: state["running"] == 0)
-        error = state["error"]
+        done.wait_for(lambda: state.running == 0)
+        error = state.error
     for h in helpers:
         h.cancel()
     if error is not None:
         raise error
+
+
+class _BlockState:
+    """What the threads of one :func:`run_blocks` call share, under its lock."""
+
+    def __init__(self) -> None:
+        self.next = 0  # the next block to take
+        self.running = 0  # blocks taken and not finished
+        self.error: BaseException | None = None  # the first exception a block raised
 
 
 def _pool_size(pool: Executor) -> int:

@@ -39,6 +39,9 @@ class BaseRequired(InvalidInput):
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class BitDiff(Codec):
+    """Exact mode: the zigzagged integer difference of the bit patterns of a fine-tuned tensor
+    of ``dtype`` and the tensor of the same name in the base whose hash is ``base``."""
+
     dtype: str
     base: str
     name = "bitdiff"
@@ -55,10 +58,12 @@ class BitDiff(Codec):
 
     @property
     def width(self) -> int:
+        """Item size of the source dtype, in bytes."""
         return dtypes.itemsize(self.dtype)
 
     @property
     def delta_dtype(self) -> str:
+        """The dtype of the delta this entry describes (float64 for float64, else float32)."""
         return dtypes.delta_dtype(self.dtype)
 
     def encoded_nbytes(self, nbytes: int) -> int:
@@ -75,10 +80,13 @@ class BitDiff(Codec):
         return _zigzag(d, self.width).astype("<" + np.dtype(u).str[1:], copy=False).tobytes()
 
     def encode(self, data: bytes | memoryview) -> bytes:
+        """Refused (:class:`InvalidInput`): the encoding needs the base, see :meth:`payload`."""
         raise InvalidInput("bitdiff encodes a fine-tuned tensor against its base: use "
                            "BitDiff.payload(finetuned, base)")
 
     def decode(self, data: bytes | memoryview, nbytes: int) -> bytes:
+        """Refused (:class:`BaseRequired`): decoding needs the base, see :meth:`restore` and
+        :meth:`delta_into`."""
         raise BaseRequired(f"an exact-mode tensor needs its base model (hash {self.base[:12]}) "
                            "to be read: store it with `tvreg base add`, or pass --base")
 

@@ -17,6 +17,9 @@ from tvreg.errors import CorruptObject
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class ByteGroup(Codec):
+    """Byte ``k`` of every ``itemsize``-byte item goes to stream ``k``; the streams are
+    concatenated (the size is kept)."""
+
     itemsize: int
     name = "bytegroup"
 

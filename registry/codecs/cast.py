@@ -21,6 +21,9 @@ _MAX = {"bfloat16": 3.3895313892515355e38, "float16": 65504.0}
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class Cast(Codec):
+    """float32 values stored as ``dtype`` (``bfloat16`` or ``float16``), rounded to nearest
+    even; decoding widens back to float32."""
+
     dtype: str
     name = "cast"
     lossless = False

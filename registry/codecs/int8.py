@@ -23,6 +23,8 @@ QMAX = 127
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class Int8(Codec):
+    """A float32 matrix of ``cols`` columns as one float32 absmax scale per row and int8 values."""
+
     cols: int
     name = "int8"
     lossless = False

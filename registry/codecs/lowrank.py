@@ -5,8 +5,8 @@ rank``), which later steps compress like any other bytes. Decoding is exactly re
 any machine: every product ``B[i,k] · A[k,j]`` of two float32 values is exact in float64, the
 products are summed in float64 in the order ``k = 0, 1, …``, the sum is multiplied by ``scale``
 in float64 and rounded once to float32 (no matrix-multiply kernel, whose summation order varies).
-The factors come from where they were made (a LoRA adapter, :mod:`tvreg.tensors.lora`); this step does
-not factor dense data, so :meth:`LowRank.encode` refuses it.
+The factors come from where they were made (a LoRA adapter, :mod:`tvreg.tensors.lora`); this
+step does not factor dense data, so :meth:`LowRank.encode` refuses it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ _BLOCK_ELEMENTS = 1 << 15  # float64 elements of the accumulator per row block (
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class LowRank(Codec):
+    """A ``rows × cols`` float32 matrix stored as the factors of ``scale · (B @ A)`` of rank
+    ``rank`` (``transpose``: the matrix is the transpose of that product)."""
+
     rows: int
     cols: int
     rank: int
@@ -66,13 +69,14 @@ class LowRank(Codec):
         return a.tobytes() + b.tobytes()
 
     def encode(self, data: bytes | memoryview) -> bytes:
+        """Refused (:class:`InvalidInput`): the step stores given factors, see :meth:`payload`."""
         raise InvalidInput("lowrank stores factors, not dense data: use LowRank.payload(a, b)")
 
     def product(self, a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """``scale · (b @ a)`` (transposed if set), summed as the module says, rounded once to
         ``dtype`` (float32: what decoding gives). Rows are done a block at a time so the float64
         accumulator stays in cache; each element still sums its products in rank order."""
-        out = np.empty((self.rows, self.cols), dtype=dtype)
+        out: np.ndarray = np.empty((self.rows, self.cols), dtype=dtype)
         a64 = a.astype(np.float64)
         step = max(1, _BLOCK_ELEMENTS // self.cols)
         acc = np.empty((min(step, self.rows), self.cols), dtype=np.float64)

@@ -33,6 +33,9 @@ _KEY = re.compile(r"[a-z_]+")
 
 @dataclass(frozen=True)
 class LossySpec:
+    """A parsed ``--codec`` spec: the codec's name and the parameters it takes (``None`` for
+    the others)."""
+
     codec: str
     density: float | None = None
     rank: int | None = None
@@ -85,12 +88,14 @@ def parse(text: str) -> LossySpec:
             choice = "=…, ".join(group) + "=…"
             raise InvalidInput(f"codec {codec} needs {'exactly one of ' if len(group) > 1 else ''}"
                                f"{choice}" + (f", got {len(present)}" if present else ""))
-    values: dict[str, float | int] = {}
+    rank: int | None = None
+    numbers: dict[str, float] = {}
     for key, value in given.items():
         if key == "rank":
             if not value.isdigit() or int(value) < 1:
                 raise InvalidInput(f"--codec {codec}: rank must be an integer >= 1, got {value!r}")
-            values[key] = int(value)
+            rank = int(value)
         else:
-            values[key] = _number(codec, key, value)
-    return LossySpec(codec, **values)
+            numbers[key] = _number(codec, key, value)
+    return LossySpec(codec, density=numbers.get("density"), rank=rank,
+                     energy=numbers.get("energy"))

@@ -1,4 +1,5 @@
-"""zstd compression, single-threaded per chunk so output is deterministic (chunks run in parallel)."""
+"""zstd compression, single-threaded per chunk so output is deterministic (chunks run in
+parallel)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class Zstd(Codec):
+    """One zstd frame at ``level``, with its content size and no checksum."""
+
     level: int = 3
     name = "zstd"
 
@@ -64,7 +67,8 @@ class Zstd(Codec):
 def compress(data: bytes | memoryview | np.ndarray, level: int) -> bytes:
     """One zstd frame of ``data`` with its content size, no checksum (this thread's compressor
     for ``level``: the output depends only on the data and the level)."""
-    return _compressor(level).compress(data)
+    # zstandard reads any buffer; its stub lists only bytes, bytearray and memoryview
+    return _compressor(level).compress(data)  # type: ignore[arg-type]
 
 
 def decompress_into(data: bytes | memoryview, dest: np.ndarray) -> None:
@@ -72,7 +76,8 @@ def decompress_into(data: bytes | memoryview, dest: np.ndarray) -> None:
     must declare that size (checked before anything is decompressed). Raises CorruptObject."""
     nbytes = dest.size
     _check_declared_size(data, nbytes)
-    view = memoryview(dest).cast("B")
+    # numpy's stubs declare ndarray a Buffer only for Python >= 3.12
+    view = memoryview(dest).cast("B")  # type: ignore[arg-type]
     got = 0
     try:
         with _decompressor().stream_reader(data, read_across_frames=False) as reader:

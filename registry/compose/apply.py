@@ -138,7 +138,8 @@ def merged_weights(comp: Composition, ck: Checkpoint, infos: list[TensorInfo],
         if recycle is not None:
             comp.recycle(recycle)
     if pending is not None:  # cannot happen after check_base; a guard against silent loss
-        raise IncompatibleCheckpoints(f"tensor {pending[0]!r} of the composition is not in the base")
+        raise IncompatibleCheckpoints(
+            f"tensor {pending[0]!r} of the composition is not in the base")
 
 
 def _restored_weights(comp: Composition, ck: Checkpoint, infos: list[TensorInfo],

@@ -38,11 +38,15 @@ class BaseMismatchWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Operand:
+    """One term of a composition: the ref as written, its coefficient, the vector it resolved to."""
+
     ref: str
     coef: float
     vector: TaskVector
 
     def to_json(self) -> dict[str, Any]:
+        """The operand as the recipe keeps it: ref (the resolved one when the vector has a record),
+        vector id and coefficient."""
         return {"ref": self.vector.ref if self.vector.record else self.ref,
                 "vector_id": self.vector.vector_id, "coef": self.coef}
 
@@ -169,10 +173,12 @@ class Composition:
 
     @property
     def base_hash(self) -> str:
+        """The base of the operands (all share it)."""
         return self.operands[0].vector.base_hash
 
     @property
     def arch_fingerprint(self) -> str:
+        """The architecture fingerprint of the operands (all share it)."""
         return self.operands[0].vector.arch_fingerprint
 
     @property
@@ -181,6 +187,7 @@ class Composition:
         return self.operands[0].vector.manifest
 
     def names(self) -> list[str]:
+        """The names of the composed tensors, in order."""
         return [t.name for t in self.entries]
 
     @property
@@ -192,6 +199,7 @@ class Composition:
 
     @property
     def parents(self) -> list[str]:
+        """The operands' vector ids, each once, in operand order."""
         return list(dict.fromkeys(op.vector.vector_id for op in self.operands))
 
     # --- tensors ---------------------------------------------------------------------------------
@@ -200,10 +208,12 @@ class Composition:
         from tvreg.compose.merge import MagnitudeQuantile
 
         if self._thresholds is None:
+            density = self.params.density
+            assert density is not None  # global trim: a method with a density
             out = []
             for op in self.operands:
                 total = sum(e.numel for e in self.entries)
-                q = MagnitudeQuantile(self.params.density, total)
+                q = MagnitudeQuantile(density, total)
                 for step in (q.pass1, q.pass2):
                     for entry in self.entries:
                         step(op.vector.tensor(entry.name))
@@ -278,7 +288,7 @@ class Composition:
         window = min(len(ops), default_workers())
         queue = deque([pool.submit(decoded, 0, wide)] + [pool.submit(decoded, i)
                                                          for i in range(1, window)])
-        acc_buf = None
+        acc_buf: torch.Tensor | None = None
         try:
             for i in range(len(ops)):
                 buf, d = queue.popleft().result()
@@ -298,15 +308,16 @@ class Composition:
                 f.cancel()
         if self.lam != 1.0:
             np.multiply(acc, self.lam, out=acc)
+        assert acc_buf is not None  # set by operand 0 (a composition has operands)
         return acc_buf, torch.from_numpy(acc)
 
     def _task_arithmetic(self, names: list[str], ahead: bool
                          ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-        """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several names are summed at
-        once on the registry's "names" pool (so the workers never wait for the caller at the
-        end of a name, and the additions run in parallel too), as many as fit in a quarter of
-        the vector's size (within ``AHEAD_BYTES_MIN`` .. ``AHEAD_BYTES_MAX``); without, one
-        name at a time."""
+        """``(name, Σ w_i τ_i, its buffer)``, name by name, in name order. With ``ahead`` several
+        names are summed at once on the registry's "names" pool (so the workers never wait for
+        the caller at the end of a name, and the additions run in parallel too), as many as fit
+        in a quarter of the vector's size (within ``AHEAD_BYTES_MIN`` .. ``AHEAD_BYTES_MAX``);
+        without, one name at a time."""
         from collections import deque
 
         from tvreg.tensors.encoding import default_workers
@@ -393,6 +404,7 @@ class Composition:
 
     def state_dict(self, device: Any = None,
                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Every composed tensor, ``{name: tensor}`` (on ``device`` and in ``dtype`` when given)."""
         import torch
 
         out = dict(self.iter_tensors(device, dtype))
@@ -409,6 +421,7 @@ class Composition:
         """
         import torch
 
+        params: MutableMapping[str, torch.Tensor]
         if isinstance(target, torch.nn.Module):
             params = dict(target.named_parameters())
             params.update(dict(target.named_buffers()))
@@ -423,8 +436,10 @@ class Composition:
         if missing or wrong:
             raise IncompatibleCheckpoints(
                 "the target does not fit the composition: " + "; ".join(
-                    p for p in (f"{len(missing)} tensor(s) missing: {listing(missing)}" if missing else "",
-                                f"{len(wrong)} tensor(s) of another shape: {listing(wrong)}" if wrong else "")
+                    p for p in (f"{len(missing)} tensor(s) missing: {listing(missing)}"
+                                if missing else "",
+                                f"{len(wrong)} tensor(s) of another shape: {listing(wrong)}"
+                                if wrong else "")
                     if p))
         # a target on one CUDA device: each merged tensor goes there through pinned memory
         # without blocking, so the copy overlaps the decoding of the next (iter_tensors)
@@ -457,6 +472,7 @@ class Composition:
 
 
 def scale_grid(grid: Any) -> list[float]:
+    """The coefficient grid as a non-empty list of floats (:class:`InvalidInput` if empty)."""
     values = list(grid)
     if not values:
         raise InvalidInput("the coefficient grid is empty")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 from tvreg.errors import InvalidInput, InvalidRef
 from tvreg.names import parse_ref
@@ -90,12 +91,16 @@ class Term:
 
 @dataclass(frozen=True)
 class Number:
+    """A number literal."""
+
     value: float
     column: int
 
 
 @dataclass(frozen=True)
 class RefNode:
+    """A ref to a vector (``name``, ``name@version``, or quoted)."""
+
     ref: str          # without quotes
     column: int       # of the ref's first character (the opening quote when quoted)
     quoted: bool = False
@@ -103,6 +108,8 @@ class RefNode:
 
 @dataclass(frozen=True)
 class Neg:
+    """Unary minus of ``operand``."""
+
     operand: Node
     column: int       # of the "-"
 
@@ -144,7 +151,7 @@ class _Token:
     kind: str
     text: str         # source text of the token
     column: int
-    value: object = None
+    value: float | str | None = None  # a number's value, a ref's text (unquoted)
 
 
 class _Lexer:
@@ -294,9 +301,11 @@ class _Parser:
         tok = self.tok
         if tok.kind == _NUM:
             self.advance()
+            assert isinstance(tok.value, float)
             return Number(tok.value, tok.column)
         if tok.kind == _REF:
             self.advance()
+            assert isinstance(tok.value, str)
             return RefNode(tok.value, tok.column, tok.text.startswith('"'))
         if tok.kind == _LPAREN:
             self.advance()
@@ -364,8 +373,8 @@ def _hint(text: str | None, column: int) -> str:
     return f" (if {text[start:end]!r} is one ref, quote it: \"{text[start:end]}\")"
 
 
-def _evaluate(node: Node, text: str | None) -> _Value:
-    def fail(reason: str, column: int):
+def _evaluate(node: Node, text: str | None) -> dict[str, float]:
+    def fail(reason: str, column: int) -> NoReturn:
         raise ExpressionError(reason, text, column)
 
     def check(value: _Value, column: int) -> _Value:
@@ -399,12 +408,14 @@ def _evaluate(node: Node, text: str | None) -> _Value:
                         what = "cannot subtract a vector from a number"
                     fail(what + _hint(text, col), col)
                 if isinstance(acc, dict):  # acc is a fresh dict owned by this loop
+                    assert isinstance(v, dict)  # a number and a vector failed above
                     for k, c in v.items():
                         c = acc.get(k, 0.0) + c if op == "+" else acc.get(k, 0.0) - c
                         if not math.isfinite(c):
                             fail("a coefficient is not finite (overflow)", col)
                         acc[k] = c
                 else:
+                    assert not isinstance(v, dict)
                     acc = check(acc + v if op == "+" else acc - v, col)
             return acc
         if isinstance(node, Product):
@@ -457,11 +468,12 @@ def linear_terms(text_or_node: str | Node) -> list[Term]:
 
 @dataclass(frozen=True)
 class Run:
-    """Unquoted refs joined by ``-`` or ``/`` with no space around the operators, e.g. ``sent-topic``
-    in ``0.5*sent-topic + x``: text that reads as arithmetic but may be meant as one name (names
-    may contain ``-`` and ``/``). ``text`` is the run as written (``sent-topic@2``), ``name`` the
-    name it would spell (``sent-topic``), ``parts`` the refs it is made of (``sent``, ``topic@2``),
-    ``spaced`` the arithmetic reading (``sent - topic@2``), ``column`` where it starts (1-based)."""
+    """Unquoted refs joined by ``-`` or ``/`` with no space around the operators, e.g.
+    ``sent-topic`` in ``0.5*sent-topic + x``: text that reads as arithmetic but may be meant as
+    one name (names may contain ``-`` and ``/``). ``text`` is the run as written
+    (``sent-topic@2``), ``name`` the name it would spell (``sent-topic``), ``parts`` the refs it
+    is made of (``sent``, ``topic@2``), ``spaced`` the arithmetic reading (``sent - topic@2``),
+    ``column`` where it starts (1-based)."""
 
     text: str
     name: str
@@ -470,6 +482,7 @@ class Run:
 
     @property
     def spaced(self) -> str:
+        """The run read as arithmetic, with a space around each operator (``sent - topic@2``)."""
         out = self.parts[0]
         pos = len(self.parts[0])
         for part in self.parts[1:]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,13 +216,14 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     if not all(math.isfinite(w) for w in weights):
         raise InvalidInput(f"non-finite weight in {weights} for tensor {name!r}")
     global_trim = needs_thresholds(params)
+    cuts: list[float] = []  # the thresholds as floats, when global_trim
     if global_trim:
         if thresholds is None:
             raise InvalidInput("trim=global needs one threshold per operand (MagnitudeQuantile)")
-        thresholds = [float(t) for t in thresholds]
-        if len(thresholds) != len(deltas):
-            raise InvalidInput(f"{len(deltas)} deltas but {len(thresholds)} thresholds")
-        if any(math.isnan(t) for t in thresholds):
+        cuts = [float(t) for t in thresholds]
+        if len(cuts) != len(deltas):
+            raise InvalidInput(f"{len(deltas)} deltas but {len(cuts)} thresholds")
+        if any(math.isnan(t) for t in cuts):
             raise InvalidInput("a global-trim threshold is NaN")
     elif thresholds is not None and params.trim != "global":
         raise InvalidInput(f"thresholds given, but trim={params.trim} for {params.method}")
@@ -234,12 +235,13 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
 
     if method == "task_arithmetic":
         return (torch.stack(ts, dim=0) * w).sum(dim=0)
+    assert density is not None  # MergeParams requires one for every other method
 
     if density is not None and density >= 1.0:
         pruned = ts  # peft: density >= 1 prunes nothing (and DARE does not rescale)
     elif method in _MAGNITUDE_METHODS:
         if global_trim:
-            pruned = [_threshold_trim(t, thr) for t, thr in zip(ts, thresholds, strict=True)]
+            pruned = [_threshold_trim(t, thr) for t, thr in zip(ts, cuts, strict=True)]
         else:
             pruned = [_magnitude_trim(t, density) for t in ts]
     else:  # dare_*: peft random_pruning(..., rescale=True)
@@ -277,18 +279,18 @@ class MagnitudeQuantile:
             raise InvalidInput(f"density must be in (0, 1], got {density!r}")
         if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < 0:
             raise InvalidInput(f"total must be a non-negative integer, got {total!r}")
-        self.density = float(density)
-        self.total = int(total)
-        self.k = int(self.density * self.total)
-        self._high = torch.zeros(65536, dtype=torch.int64)
-        self._low = torch.zeros(65536, dtype=torch.int64)
-        self._seen1 = 0
-        self._seen2 = 0
+        self.density: float = float(density)
+        self.total: int = int(total)
+        self.k: int = int(self.density * self.total)
+        self._high: torch.Tensor = torch.zeros(65536, dtype=torch.int64)
+        self._low: torch.Tensor = torch.zeros(65536, dtype=torch.int64)
+        self._seen1: int = 0
+        self._seen2: int = 0
         self._bucket: int | None = None  # high 16 bits of the k-th largest
-        self._rank = 0                   # its rank (1-based, from the top) inside the bucket
+        self._rank: int = 0              # its rank (1-based, from the top) inside the bucket
 
     @staticmethod
-    def _bits(t: torch.Tensor):
+    def _bits(t: torch.Tensor) -> Iterator[torch.Tensor]:
         if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.numel() == 0):
             raise InvalidInput("MagnitudeQuantile needs floating-point tensors")
         flat = t.detach().reshape(-1)

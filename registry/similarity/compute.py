@@ -132,6 +132,8 @@ def _compare(a: np.ndarray, where: np.ndarray, negative: np.ndarray, b: np.ndarr
 
 @dataclass
 class TensorStats:
+    """Per-tensor statistics of a vector: its norm, magnitude threshold and material count."""
+
     name: str
     norm: float
     threshold: float
@@ -140,6 +142,9 @@ class TensorStats:
 
 @dataclass
 class VectorStats:
+    """Whole-vector statistics: norm, parameter and material counts, sketch, and per-tensor
+    statistics."""
+
     vector_id: str
     norm: float
     n_params: int
@@ -306,7 +311,8 @@ def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
 
     for entry in manifests[ids[0]].tensors:
         name = entry.name
-        prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved), strict=True))
+        prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved),
+                            strict=True))
         for pair, (dot, both, conflicts) in zip(
                 order, pool.map(functools.partial(compare, prepared), order), strict=True):
             t = totals[pair]
@@ -423,7 +429,8 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
             # time, so each vector is read once, instead of a pass per vector
             first_stats = dict(stats)
             totals = all_pairs_pass(reg, ids, missing, stats)
-            pending = [(stats[v], reg.manifest(v)) for v in ids if v not in first_stats]
+            pending: list[tuple[VectorStats, Manifest]] = [
+                (stats[v], reg.manifest(v)) for v in ids if v not in first_stats]
             with reg.catalog.writer() as con:
                 for st, m in pending:
                     _store_stats(con, st, m)
@@ -436,7 +443,7 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
             done["pairs"] += len(missing)
             continue
         first = _most_missing(missing) if missing else None
-        pending: list[tuple[VectorStats, Manifest]] = []
+        pending = []
         for vid in fresh:
             if vid != first:  # the first pass computes its x's statistics itself
                 stats[vid] = vector_stats(reg, vid)
@@ -455,16 +462,16 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
             x = _most_missing(missing)
             partners = sorted(b if a == x else a for a, b in missing if x in (a, b))
             computed_x = x not in stats
-            totals = pair_pass(reg, x, partners, stats)
+            with_x = pair_pass(reg, x, partners, stats)
             if computed_x:
                 pending.append((stats[x], reg.manifest(x)))
             with reg.catalog.writer() as con:
                 for s, m in pending:  # the new vectors' statistics go in with their first pairs
                     _store_stats(con, s, m)
-                _store_pairs(con, {tuple(sorted((x, p))): t for p, t in totals.items()}, stats)
+                _store_pairs(con, {_ordered(x, p): t for p, t in with_x.items()}, stats)
             _index_sketches(reg, pending)
             pending = []
-            missing -= {tuple(sorted((x, p))) for p in partners}
+            missing -= {_ordered(x, p) for p in partners}
             done["pairs"] += len(partners)
     return done
 
@@ -483,6 +490,11 @@ def _index_sketches(reg: Repo, stored: list[tuple[VectorStats, Manifest]]) -> No
             pass
 
 
+def _ordered(a: str, b: str) -> tuple[str, str]:
+    """``tuple(sorted((a, b)))``: the key of the pair of ``a`` and ``b`` (smaller id first)."""
+    return (a, b) if a <= b else (b, a)
+
+
 def _most_missing(missing: set[tuple[str, str]]) -> str:
     count: dict[str, int] = {}
     for a, b in missing:
@@ -492,6 +504,7 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
 
 
 def clear(reg: Repo) -> None:
+    """Forget every stored statistic and similarity: the sketch index and the catalog rows."""
     sketch_index.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
@@ -636,7 +649,8 @@ def similarity_matrix(reg: Repo, refs: list[str] | None = None) -> SimilarityMat
     pair = {}
     if uniq:
         for r in reg.catalog.rows("SELECT vector_a, vector_b, cosine FROM similarities "
-                                  "WHERE vector_a IN (SELECT unnest(?)) AND vector_b IN (SELECT unnest(?))",
+                                  "WHERE vector_a IN (SELECT unnest(?)) "
+                                  "AND vector_b IN (SELECT unnest(?))",
                                   [uniq, uniq]):
             pair[(r["vector_a"], r["vector_b"])] = r["cosine"]
     sketches = _sketches(reg, uniq) if uniq else {}
@@ -647,7 +661,7 @@ def similarity_matrix(reg: Repo, refs: list[str] | None = None) -> SimilarityMat
                 if norms.get(a, 0.0) > 0:
                     values[i, j], exact[i, j] = 1.0, True
                 continue
-            key = tuple(sorted((a, b)))
+            key = _ordered(a, b)
             if key in pair:
                 values[i, j] = np.nan if pair[key] is None else pair[key]
                 exact[i, j] = True

@@ -44,10 +44,11 @@ def heatmap(m: SimilarityMatrix, path: str | os.PathLike) -> None:
         # tight_layout cannot make room for labels longer than the figure allows (the cells
         # stay square): then grow the saved image to everything drawn instead of cutting it
         fig.canvas.draw()
-        drawn = fig.get_tightbbox(fig.canvas.get_renderer())
-        size = fig.bbox_inches
-        fits = (drawn.x0 >= size.x0 and drawn.y0 >= size.y0 and drawn.x1 <= size.x1
-                and drawn.y1 <= size.y1)
+        # the Agg canvas has get_renderer; matplotlib types Figure.canvas as FigureCanvasBase
+        drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+        page = fig.bbox_inches
+        fits = (drawn.x0 >= page.x0 and drawn.y0 >= page.y0 and drawn.x1 <= page.x1
+                and drawn.y1 <= page.y1)
         fig.savefig(os.fspath(path), format="png", bbox_inches=None if fits else "tight")
     finally:
         plt.close(fig)

@@ -27,6 +27,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 #: names every worker creates into
@@ -65,7 +66,8 @@ def _timed_locks() -> tuple[list[float], list[float]]:
             gc_lock.append(time.perf_counter() - t0)
             yield
 
-    Catalog._connection = timed_connection
+    # instrumentation of this worker process: the method is swapped for a timing wrapper
+    Catalog._connection = timed_connection  # type: ignore[method-assign]
     tvreg.storage.gclock.gc_lock = timed_gc_lock
     return catalog, gc_lock
 
@@ -250,10 +252,10 @@ def _start(role: str, n: int, plan: dict, workdir: pathlib.Path, seed: int,
         outs = [p.communicate(timeout=timeout) for p in procs]
         wall = time.perf_counter() - t0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     lines = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
     return Run(lines, wall, [p.returncode for p in procs], [e for _, e in outs])
 
@@ -342,7 +344,7 @@ class Check:
 
 
 def check_local(registry: str | os.PathLike, run: Run, expected: dict[str, str],
-                garbage: set[str] = frozenset()) -> Check:
+                garbage: AbstractSet[str] = frozenset()) -> Check:
     """Everything the workers reported against what the registry holds (see the module doc);
     ``garbage``: seeded objects nothing references, which a gc that ran must have deleted."""
     import tvreg

@@ -3,8 +3,8 @@
 A :class:`Scenario` builds a starting state once (a registry, a remote: a template copied for
 every run), names one CLI command (``python -m tvreg.cli …`` in a subprocess) and knows what the
 command must achieve. :func:`attempt` runs the command and kills it, either just before its K-th
-durable step (the :mod:`tvreg.util.faults` hook, ``TVREG_FAULT_KILL_AT``) or after a wall-clock delay
-(``os.killpg(…, SIGKILL)``), then checks:
+durable step (the :mod:`tvreg.util.faults` hook, ``TVREG_FAULT_KILL_AT``) or after a wall-clock
+delay (``os.killpg(…, SIGKILL)``), then checks:
 
 1. **verify**: ``tvreg verify`` passes, or reports only the state docs/format.md §11 documents
    for a kill between a record and its catalog commit: the catalog misses versions whose records
@@ -49,6 +49,8 @@ _BEHIND = re.compile(r"catalog is out of date \((\d+) version\(s\) missing, 0 ex
 
 @dataclass
 class Step:
+    """One durable step of a process, from its fault trace."""
+
     number: int
     time: float
     kind: str
@@ -69,6 +71,7 @@ class Run:
 
     @property
     def killed(self) -> bool:
+        """Whether the process died of SIGKILL."""
         return self.returncode == -signal.SIGKILL
 
     @property
@@ -79,6 +82,8 @@ class Run:
 
 @dataclass
 class Outcome:
+    """What one attempt at a scenario found (``ok``: everything held)."""
+
     scenario: str
     how: str                      # "step 17 (link)" or "after 0.731 s"
     killed: bool                  # False: the command finished before the kill
@@ -93,19 +98,25 @@ class Outcome:
 
     @property
     def verify_ok(self) -> bool:
+        """Whether verify passed, or reported only the documented catalog-behind state."""
         return self.verify_clean or self.catalog_behind
 
     @property
     def ok(self) -> bool:
+        """Whether the attempt found nothing wrong."""
         return self.verify_ok and self.exact and self.rerun_complete and not self.problems
 
 
 def cli(*args: str) -> list[str]:
+    """The argv of ``python -m tvreg.cli`` with ``args``."""
     return [sys.executable, "-m", "tvreg.cli", *args]
 
 
 def read_trace(path: pathlib.Path) -> tuple[list[Step], Step | None]:
-    steps, killed = [], None
+    """The steps of a fault trace, and the step a kill stopped before (``None`` if none);
+    no file: no steps."""
+    steps: list[Step] = []
+    killed: Step | None = None
     if not path.exists():
         return steps, killed
     for line in path.read_text().splitlines():

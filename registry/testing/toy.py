@@ -54,6 +54,7 @@ import pathlib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -113,6 +114,8 @@ class ToyClassifier(nn.Module):
     ~11k for ``width=32``, ~20.6M for ``width=1600``.
     """
 
+    position_ids: torch.Tensor  # a buffer (register_buffer), not a class attribute
+
     def __init__(self, width: int = 32, mlp_ratio: int = 4) -> None:
         super().__init__()
         if width < 1 or mlp_ratio < 1:
@@ -130,11 +133,15 @@ class ToyClassifier(nn.Module):
         self.register_buffer("position_ids", torch.arange(SEQ_LEN, dtype=torch.int64))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens``: ``(batch, seq)`` int64 with ``seq <= SEQ_LEN``; returns ``(batch, NUM_CLASSES)`` logits."""
+        """``tokens``: ``(batch, seq)`` int64 with ``seq <= SEQ_LEN``; returns
+        ``(batch, NUM_CLASSES)`` logits."""
         seq = tokens.shape[-1]
         x = self.embed(tokens) + self.pos_embed(self.position_ids[:seq])
         x = x.mean(dim=-2)
-        x = x + self.mlp.fc2(F.gelu(self.mlp.fc1(self.mlp.norm(x))))
+        # submodules set on a plain Module, which torch types as Tensor | Module
+        fc1, fc2 = cast(nn.Module, self.mlp.fc1), cast(nn.Module, self.mlp.fc2)
+        norm = cast(nn.Module, self.mlp.norm)
+        x = x + fc2(F.gelu(fc1(norm(x))))
         return self.head(self.norm(x))
 
 
@@ -189,8 +196,10 @@ def _uniform(n: int, low: int, high: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(low, high, (n, SEQ_LEN), generator=g)
 
 
-def _inject(tokens: torch.Tensor, counts: torch.Tensor, pool: torch.Tensor, g: torch.Generator) -> None:
-    """Overwrite ``counts[i]`` distinct random positions of row ``i`` with tokens drawn from ``pool``."""
+def _inject(tokens: torch.Tensor, counts: torch.Tensor, pool: torch.Tensor,
+            g: torch.Generator) -> None:
+    """Overwrite ``counts[i]`` distinct random positions of row ``i`` with tokens drawn from
+    ``pool``."""
     n = tokens.shape[0]
     order = torch.rand(n, SEQ_LEN, generator=g).argsort(dim=1)  # a random permutation per row
     rank = order.argsort(dim=1)
@@ -223,7 +232,8 @@ def _label(task: str, tokens: torch.Tensor) -> torch.Tensor:
     if task == "parity":
         return _count(tokens, _MARKER) % 2
     if task == "pretext":
-        counts = torch.stack([((tokens % NUM_CLASSES) == r).sum(dim=1) for r in range(NUM_CLASSES)], dim=1)
+        counts = torch.stack([((tokens % NUM_CLASSES) == r).sum(dim=1)
+                              for r in range(NUM_CLASSES)], dim=1)
         return counts.argmax(dim=1)
     raise ValueError(f"unknown toy task {task!r}; expected one of {TASKS}")
 
@@ -268,7 +278,8 @@ def _sample_inputs(task: str, n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def make_dataset(task: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` examples of ``task``: ``(tokens, labels)``, int64 tensors of shapes ``(n, SEQ_LEN)`` and ``(n,)``.
+    """``n`` examples of ``task``: ``(tokens, labels)``, int64 tensors of shapes
+    ``(n, SEQ_LEN)`` and ``(n,)``.
 
     Deterministic in ``(task, n, seed)``; the labels are a function of the tokens alone.
     """
@@ -315,7 +326,7 @@ def _train(
     model: ToyClassifier, task: str, steps: int, lr: float, batch_size: int, g: torch.Generator
 ) -> ToyClassifier:
     tokens, labels = _dataset(task, steps * batch_size, g)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     model.train()
     for step in range(1, steps + 1):
@@ -361,7 +372,8 @@ def finetune(
     batch_size: int = _BATCH,
     num_threads: int | None = 1,
 ) -> ToyClassifier:
-    """A copy of ``base_model`` fine-tuned on ``task`` with ``steps`` Adam steps (``base_model`` is untouched).
+    """A copy of ``base_model`` fine-tuned on ``task`` with ``steps`` Adam steps (``base_model``
+    is untouched).
 
     Every parameter is trained (full fine-tuning); buffers are copied unchanged. Each step sees
     a fresh batch of ``batch_size`` examples drawn deterministically from ``(task, seed)``.
@@ -378,7 +390,8 @@ def finetune(
 def accuracy(
     model: nn.Module, task: str, n: int = 2000, seed: int = 1234, *, num_threads: int | None = 1
 ) -> float:
-    """Fraction of ``n`` held-out examples of ``task`` (from ``seed``) that ``model`` classifies correctly."""
+    """Fraction of ``n`` held-out examples of ``task`` (from ``seed``) that ``model`` classifies
+    correctly."""
     tokens, labels = make_dataset(task, n, seed=_derive_seed("eval", seed))
     was_training = model.training
     model.eval()
@@ -410,7 +423,8 @@ def save_safetensors(
     dtype: torch.dtype | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> pathlib.Path:
-    """Write ``model``'s state dict (or a ``{name: tensor}`` mapping) to ``path`` in the safetensors format.
+    """Write ``model``'s state dict (or a ``{name: tensor}`` mapping) to ``path`` in the
+    safetensors format.
 
     With ``dtype`` (e.g. ``torch.bfloat16``) floating tensors are cast to it; other tensors
     (the ``int64`` ``position_ids``) are written unchanged. Tensors are detached, moved to the
@@ -429,7 +443,8 @@ def save_safetensors(
         tensor = tensor.detach().cpu()
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
-        tensors[name] = tensor.contiguous().clone()  # own storage: safetensors rejects shared tensors
+        # own storage: safetensors rejects shared tensors
+        tensors[name] = tensor.contiguous().clone()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -467,6 +482,7 @@ class ToyZoo:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        """The fine-tuned tasks, in order."""
         return tuple(self.finetuned)
 
 
@@ -479,7 +495,8 @@ def make_toy_zoo(
     seed: int = 0,
     dtype: torch.dtype | None = None,
 ) -> ToyZoo:
-    """Pre-train a base and fine-tune it on each of ``tasks``; write them as safetensors under ``dir``.
+    """Pre-train a base and fine-tune it on each of ``tasks``; write them as safetensors under
+    ``dir``.
 
     Files: ``base.safetensors`` and ``ft_<task>.safetensors`` per task (floating tensors cast to
     ``dtype`` if given). The same arguments give bit-identical files. The default call takes
@@ -494,7 +511,8 @@ def make_toy_zoo(
     root = pathlib.Path(dir)
     root.mkdir(parents=True, exist_ok=True)
     base_model = pretrain(seed=seed, width=width)
-    zoo = ToyZoo(dir=root, base=save_safetensors(base_model, root / "base.safetensors", dtype=dtype))
+    zoo = ToyZoo(dir=root,
+                 base=save_safetensors(base_model, root / "base.safetensors", dtype=dtype))
     for task in tasks:
         model = finetune(base_model, task, steps=steps, lr=lr, seed=seed)
         zoo.finetuned[task] = save_safetensors(model, root / f"ft_{task}.safetensors", dtype=dtype)
