@@ -325,6 +325,8 @@ def check_complete(root: pathlib.Path, env: dict[str, str], expected: Expected,
 
 @dataclass
 class RemoteSpec:
+    """A remote a crash scenario pushes to or pulls from: its URL and fsspec options."""
+
     url: str
     options: dict[str, Any]
 
