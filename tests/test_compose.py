@@ -337,3 +337,27 @@ def test_stream_buffers_can_be_recycled(many_tensors):
         comp.recycle(buf)  # the next names may reuse it
         seen += 1
     assert seen == 30
+
+
+def test_written_files_carry_the_full_recipe(filled, zoo, tmp_path, run):
+    """compose -o and apply write the whole recipe (method, every parameter with the seed, λ,
+    filters, operands with their vector ids) into the file's metadata: the same object a saved
+    version's record keeps."""
+    from safetensors import safe_open
+
+    expr = "0.7*sentiment + topic@1 - 0.2*toxicity"
+    args = ["--method", "dare_ties", "--density", "0.5", "--seed", "7", "--lambda", "0.8",
+            "--exclude", "^head\\."]
+    run("compose", expr, *args, "-o", str(tmp_path / "v.safetensors"))
+    run("apply", expr, *args, "--base", str(zoo.base), "-o", str(tmp_path / "m.safetensors"))
+    run("compose", expr, *args, "--save", "mix")
+    saved = filled.get("mix").record.recipe
+    assert saved["method"] == {"method": "dare_ties", "density": 0.5, "seed": 7,
+                               "majority_sign": "total"}
+    for name in ("v.safetensors", "m.safetensors"):
+        with safe_open(str(tmp_path / name), framework="pt") as f:
+            meta = f.metadata()
+        assert json.loads(meta["tvreg.recipe"]) == saved, name
+    ids = [op["vector_id"] for op in saved["operands"]]
+    assert ids == [filled.get(r).vector_id for r in ("sentiment", "topic@1", "toxicity")]
+    assert (saved["lambda"], saved["exclude"]) == (0.8, "^head\\.")

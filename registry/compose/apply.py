@@ -175,7 +175,8 @@ def apply_to_checkpoint(comp: Composition, base: str | Checkpoint, output: str, 
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
                  for i in infos]
         metadata = {"tvreg.expression": comp.expression, "tvreg.base_hash": comp.base_hash,
-                    "tvreg.method": comp.params.method, "tvreg.lambda": repr(comp.lam)}
+                    "tvreg.method": comp.params.method, "tvreg.lambda": repr(comp.lam),
+                    "tvreg.recipe": comp.recipe_json()}
         if not same_base:  # exact-mode deltas then come from the stored base, if any
             return write_safetensors(output, specs,
                                      merged_weights(comp, ck, infos, dtype, restore=False),

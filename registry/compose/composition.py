@@ -463,8 +463,16 @@ class Composition:
         dtype = sum_dtype([op.vector.manifest for op in self.operands])
         specs = [(e.name, dtype, e.shape) for e in self.entries]
         metadata = {"tvreg.expression": self.expression, "tvreg.base_hash": self.base_hash,
-                    "tvreg.arch_fingerprint": self.arch_fingerprint}
+                    "tvreg.arch_fingerprint": self.arch_fingerprint,
+                    "tvreg.recipe": self.recipe_json()}
         return write_safetensors(path, specs, self.iter_tensors(), metadata, progress="compose")
+
+    def recipe_json(self) -> str:
+        """:attr:`recipe` as canonical JSON: what every file written from this composition
+        carries in its safetensors metadata (``tvreg.recipe``)."""
+        from tvreg.digest import canonical_json
+
+        return canonical_json(self.recipe).decode()
 
     def __repr__(self) -> str:
         return (f"<Composition {self.expression!r} method={self.params.method} lambda={self.lam} "
