@@ -14,6 +14,9 @@ _EXPORTS = {
     "exact_payload": "build",
     "exact_pipeline": "build",
     "finetuned_dtypes": "build",
+    "parse_size": "hf_folder",
+    "plan_shards": "hf_folder",
+    "write_hf_folder": "hf_folder",
     "plan_pair": "build",
     "work_total": "build",
     "zero_vector_message": "build",
@@ -46,6 +49,7 @@ __all__ = ["Checkpoint", "DEFAULT_CHUNK_BYTES", "InMemoryCheckpoint", "LossyEnco
            "exact_codec", "exact_payload", "exact_pipeline", "finetuned_dtypes",
            "is_in_memory", "open_checkpoint", "plan_pair", "read_adapter",
            "restore_finetuned", "to_device", "work_total", "write_safetensors",
+           "parse_size", "plan_shards", "write_hf_folder",
            "zero_vector_message"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
