@@ -3,8 +3,8 @@
 -- and `tvreg sql --remote` answer without pulling. Same columns as the catalog's tables of the
 -- same names (migrations/0001_core.sql and 0004_codec_error.sql; tests/test_remote_index_schema.py
 -- keeps them equal); the index is derived data: records and tags are the truth.
--- versions.parquet holds the columns up to `recipe`; the last three, derived from `recipe` as the
--- catalog derives them, are filled in when the index is loaded.
+-- versions.parquet holds the columns up to `recipe`; the last three, derived from `recipe` by the
+-- function the catalog uses (tvreg.catalog.db.codec_values), are filled in when it is loaded.
 
 CREATE TABLE versions (
     name             VARCHAR NOT NULL,

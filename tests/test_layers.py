@@ -28,12 +28,16 @@ LAYERS = {
 #: the floor: every module may import it
 FLOOR = {"errors"}
 
-def _name(path: pathlib.Path) -> str:
-    parts = ["tvreg", *path.relative_to(ROOT).with_suffix("").parts]
+def _name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
+    parts = ["tvreg", *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+def _modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    return {_name(p, root): p for p in sorted(root.rglob("*.py"))}
+
+
+MODULES = _modules(ROOT)
 
 
 def _part(module: str) -> str:
@@ -41,15 +45,15 @@ def _part(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _imports(module: str) -> set[str]:
+def _imports(module: str, modules: dict[str, pathlib.Path] = MODULES) -> set[str]:
     """The tvreg modules ``module`` imports (not its ancestor packages, which Python imports
     for any submodule: the rule is about what a module uses)."""
-    path = MODULES[module]
+    path = modules[module]
     is_package = path.name == "__init__.py"
     found: set[str] = set()
 
     def add(target: str) -> None:
-        while target and target not in MODULES:  # an attribute of a module
+        while target and target not in modules:  # an attribute of a module
             target = target.rpartition(".")[0]
         if target and target != module and not module.startswith(target + "."):
             found.add(target)
@@ -70,14 +74,18 @@ def _imports(module: str) -> set[str]:
                 continue
             for alias in node.names:
                 full = f"{source}.{alias.name}"
-                add(full if full in MODULES else source)
+                add(full if full in modules else source)
     return found
 
 
-GRAPH = {m: _imports(m) for m in MODULES}
+def _graph(modules: dict[str, pathlib.Path]) -> dict[str, set[str]]:
+    return {m: _imports(m, modules) for m in modules}
 
 
-def _cyclic() -> set[str]:
+GRAPH = _graph(MODULES)
+
+
+def _cyclic(graph: dict[str, set[str]] = GRAPH) -> set[str]:
     """Modules on some import cycle (strongly connected components of more than one)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -89,7 +97,7 @@ def _cyclic() -> set[str]:
         index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
-        for w in sorted(GRAPH[v]):
+        for w in sorted(graph[v]):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -106,7 +114,7 @@ def _cyclic() -> set[str]:
             if len(component) > 1:
                 out.update(component)
 
-    for v in sorted(GRAPH):
+    for v in sorted(graph):
         if v not in index:
             visit(v)
     return out
@@ -163,21 +171,14 @@ def summary(root: pathlib.Path = ROOT) -> dict[str, object]:
     """The import graph's size, its cycles and the largest modules: what the closing note of
     issue 15 quotes. ``python tests/test_layers.py [PACKAGE_DIR]`` prints it (for another
     checkout too, e.g. one before the refactor)."""
-    global ROOT, MODULES, GRAPH
-    saved = ROOT, MODULES, GRAPH
-    ROOT = root
-    MODULES = {_name(p): p for p in sorted(root.rglob("*.py"))}
-    GRAPH = {m: _imports(m) for m in MODULES}
-    try:
-        cyclic = _cyclic()
-        lines = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
-        largest = sorted(((n, m) for m, n in lines.items() if ".testing" not in m), reverse=True)
-        return {"modules": len(MODULES), "imports": sum(len(t) for t in GRAPH.values()),
-                "modules on a cycle": len(cyclic),
-                "largest modules (outside testing/)": [f"{m} {n}" for n, m in largest[:3]],
-                "facade tvreg.registry lines": lines.get("tvreg.registry")}
-    finally:
-        ROOT, MODULES, GRAPH = saved
+    modules = _modules(root)
+    graph = _graph(modules)
+    lines = {m: len(p.read_text().splitlines()) for m, p in modules.items()}
+    largest = sorted(((n, m) for m, n in lines.items() if ".testing" not in m), reverse=True)
+    return {"modules": len(modules), "imports": sum(len(t) for t in graph.values()),
+            "modules on a cycle": len(_cyclic(graph)),
+            "largest modules (outside testing/)": [f"{m} {n}" for n, m in largest[:3]],
+            "facade tvreg.registry lines": lines.get("tvreg.registry")}
 
 
 if __name__ == "__main__":

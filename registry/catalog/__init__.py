@@ -9,6 +9,7 @@ _EXPORTS = {
     "CODEC_COLUMNS": "db",
     "Catalog": "db",
     "codec_columns": "db",
+    "codec_values": "db",
     "forget_similarity_rows": "db",
     "insert_rows": "db",
     "prune_similarity_rows": "db",
@@ -20,7 +21,8 @@ _EXPORTS = {
     "SKETCH_DIM": "sketches",
 }
 
-__all__ = ["CODEC_COLUMNS", "Catalog", "SKETCH_DIM", "codec_columns", "forget_similarity_rows",
+__all__ = ["CODEC_COLUMNS", "Catalog", "SKETCH_DIM", "codec_columns", "codec_values",
+           "forget_similarity_rows",
            "insert_rows", "prune_similarity_rows", "sandbox", "tag_row", "timestamp",
            "user_query", "version_row"]
 

@@ -409,7 +409,12 @@ CODEC_COLUMNS = ("codec_spec", "rel_l2", "cosine_to_exact")
 def codec_columns(r: VersionRecord) -> tuple:
     """``(codec_spec, rel_l2, cosine_to_exact)`` from a record's recipe (docs/format.md §8.2),
     NULLs when the recipe names no codec."""
-    recipe = r.recipe if isinstance(r.recipe, dict) else {}
+    return codec_values(r.recipe)
+
+
+def codec_values(recipe: Any) -> tuple:
+    """:func:`codec_columns` of a recipe (a version record's, or one read back from JSON)."""
+    recipe = recipe if isinstance(recipe, dict) else {}
     spec = recipe.get("codec")
     if not isinstance(spec, str):
         return (None, None, None)

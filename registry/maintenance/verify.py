@@ -9,6 +9,7 @@ from tvreg.errors import CorruptObject
 from tvreg.format.records import record_key
 from tvreg.maintenance.bases import verify_bases
 from tvreg.maintenance.report import VerifyReport, blobs_intact, check_manifest, read_each
+from tvreg.storage.documents import json_keys
 from tvreg.storage.objects import object_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +38,7 @@ def verify(reg: Repo, on_progress: Callable[[int], None] | None = None, *,
             on_progress(1)
     stored: set[tuple[str, int, str]] = set()
     checked: dict[str, bool] = {}
-    for rec in read_each(_documents(reg, "refs"), reg.read_record, rep):
+    for rec in read_each(json_keys(reg.store, "refs"), reg.read_record, rep):
         rep.versions += 1
         stored.add((rec.name, rec.version, rec.vector_id))
         if rec.vector_id not in checked:
@@ -47,7 +48,7 @@ def verify(reg: Repo, on_progress: Callable[[int], None] | None = None, *,
         if not checked[rec.vector_id]:
             rep.problems.append(f"{rec.ref}: vector {rec.vector_id[:12]} is incomplete or "
                                 "corrupted")
-    tag_keys = _documents(reg, "tags")
+    tag_keys = json_keys(reg.store, "tags")
     rep.tags += len(tag_keys)
     for tag in read_each(tag_keys, reg.read_tag, rep):
         if (tag.name, tag.version, tag.vector_id) not in stored:
@@ -64,10 +65,6 @@ def verify(reg: Repo, on_progress: Callable[[int], None] | None = None, *,
                 rep.damage(key, "missing")
     verify_bases(reg, rep, bad, deep=deep)
     return rep
-
-
-def _documents(reg: Repo, prefix: str) -> list[str]:
-    return sorted(k for k in reg.store.list(prefix) if k.endswith(".json"))
 
 
 def _check_vector(reg: Repo, vector_id: str, bad: set[str], rep: VerifyReport) -> bool:

@@ -70,12 +70,26 @@ def _stored_columns() -> str:
 
 
 def _derive_codec_columns(con: duckdb.DuckDBPyConnection) -> None:
-    """Fill ``codec_spec``, ``rel_l2`` and ``cosine_to_exact`` from ``recipe``, as the catalog
-    does (schema/migrations/0004_codec_error.sql)."""
-    con.execute("""UPDATE versions SET codec_spec = recipe->>'$.codec',
-                   rel_l2 = TRY_CAST(recipe->'$.error'->>'$.rel_l2' AS DOUBLE),
-                   cosine_to_exact = TRY_CAST(recipe->'$.error'->>'$.cosine' AS DOUBLE)
-                   WHERE recipe->>'$.codec' IS NOT NULL""")
+    """Fill ``codec_spec``, ``rel_l2`` and ``cosine_to_exact`` from ``recipe`` with the very
+    function the catalog fills its own with (:func:`tvreg.catalog.db.codec_values`)."""
+    import json
+
+    from tvreg.catalog.db import CODEC_COLUMNS, codec_values, insert_rows
+
+    rows = []
+    for name, version, recipe in con.execute(
+            "SELECT name, version, recipe FROM versions WHERE recipe IS NOT NULL").fetchall():
+        values = codec_values(json.loads(recipe))
+        if values[0] is not None:
+            rows.append((name, version, *values))
+    if not rows:
+        return
+    con.execute("CREATE TEMP TABLE derived (name VARCHAR, version INTEGER, codec_spec VARCHAR, "
+                "rel_l2 DOUBLE, cosine_to_exact DOUBLE)")
+    insert_rows(con, "derived", rows)
+    con.execute(f"UPDATE versions SET {', '.join(f'{c} = d.{c}' for c in CODEC_COLUMNS)} "
+                "FROM derived d WHERE versions.name = d.name AND versions.version = d.version")
+    con.execute("DROP TABLE derived")
 
 
 def _insert_versions(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:

@@ -223,8 +223,7 @@ class Repo:
 
     def readable(self, prefix: str, read: Callable[[str], Any], problems: list[str]) -> list:
         """The documents under ``prefix`` that ``read`` accepts; the others go to ``problems``."""
-        return documents.readable([k for k in self.store.list(prefix) if k.endswith(".json")],
-                                  read, problems)
+        return documents.readable(documents.json_keys(self.store, prefix), read, problems)
 
     # --- refs ------------------------------------------------------------------------------------
 

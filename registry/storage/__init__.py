@@ -10,6 +10,7 @@ _EXPORTS = {
     "base_name_keys": "documents",
     "claim": "documents",
     "documents_of": "documents",
+    "json_keys": "documents",
     "or_none": "documents",
     "parse_record_key": "documents",
     "read_base": "documents",
@@ -35,7 +36,7 @@ _EXPORTS = {
 }
 
 __all__ = ["LOCK_FILE", "ObjectDB", "PREFIX", "Referencer", "Staging", "base_keys",
-           "base_name_keys", "claim", "documents_of", "gc_lock", "in_use",
+           "base_name_keys", "claim", "documents_of", "gc_lock", "in_use", "json_keys",
            "object_key", "or_none", "parse_record_key", "read_base", "read_base_name",
            "read_keyed", "read_many", "read_record", "read_tag", "readable",
            "record_keys", "referencing", "remove_unless_locked", "tag_keys",

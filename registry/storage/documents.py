@@ -67,18 +67,24 @@ def documents_of(store: Store, folder: str) -> list[str]:
     return sorted(k for k in keys if "/" not in k[len(prefix):] and k.endswith(".json"))
 
 
+def json_keys(store: Store, prefix: str) -> list[str]:
+    """Keys of every ``*.json`` file under ``prefix`` (sub-folders too), sorted."""
+    return sorted(k for k in store.list(prefix) if k.endswith(".json"))
+
+
 def record_keys(store: Store, name: str | None = None) -> list[str]:
     """Keys of the version records of ``name`` (default: of every name)."""
     if name is None:
-        keys = [k for k in store.list("refs") if k.endswith(".json")]
+        keys = json_keys(store, "refs")
     else:
         keys = documents_of(store, f"refs/{name}")
     return sorted(k for k in keys if k.rsplit("/", 1)[1][:-5].isdigit())
 
 
 def tag_keys(store: Store, name: str | None = None) -> list[str]:
+    """Keys of the tags of ``name`` (default: of every name)."""
     if name is None:
-        return sorted(k for k in store.list("tags") if k.endswith(".json"))
+        return json_keys(store, "tags")
     return documents_of(store, f"tags/{name}")
 
 

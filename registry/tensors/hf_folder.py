@@ -22,9 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from tvreg.dtypes import itemsize
 from tvreg.errors import InvalidInput
-from tvreg.tensors.safetensors_io import Spec, write_safetensors
+from tvreg.tensors.safetensors_io import Spec, spec_nbytes, write_safetensors
 
 __all__ = ["DEFAULT_SHARD_SIZE", "INDEX_NAME", "WEIGHTS_NAME", "check_hf_output",
            "parse_size", "plan_shards", "shard_names", "write_hf_folder"]
@@ -59,13 +58,6 @@ def parse_size(text: str | int) -> int:
     return size
 
 
-def _nbytes(spec: Spec) -> int:
-    n = itemsize(spec[1])
-    for d in spec[2]:
-        n *= d
-    return n
-
-
 def plan_shards(specs: Sequence[Spec], shard_size: int) -> list[list[Spec]]:
     """``specs`` cut into shards of at most ``shard_size`` bytes, in order (a tensor that does
     not fit in the current shard starts the next one, as transformers cuts them). A tensor
@@ -73,7 +65,7 @@ def plan_shards(specs: Sequence[Spec], shard_size: int) -> list[list[Spec]]:
     shards: list[list[Spec]] = [[]]
     used = 0
     for spec in specs:
-        n = _nbytes(spec)
+        n = spec_nbytes(spec)
         if n > shard_size:
             raise InvalidInput(f"--shard-size {shard_size} bytes is below tensor {spec[0]!r} "
                                f"({n} bytes): give at least {n}")
@@ -120,9 +112,8 @@ def _config(base_dir: str, dtype: str | None) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _copy_extras(base_dir: str, dest: str) -> list[str]:
-    """Copy the base folder's non-weight files (and folders, e.g. ``1_Pooling``); their names."""
-    copied = []
+def _copy_extras(base_dir: str, dest: str) -> None:
+    """Copy the base folder's non-weight files (and folders, e.g. ``1_Pooling``)."""
     for entry in sorted(os.listdir(base_dir)):
         if entry == "config.json" or entry in _NOT_COPIED or entry.startswith(".") \
                 or _WEIGHT_FILE.search(entry):
@@ -133,18 +124,15 @@ def _copy_extras(base_dir: str, dest: str) -> list[str]:
                             ignore=lambda _d, names: [n for n in names if _WEIGHT_FILE.search(n)])
         else:
             shutil.copy2(src, os.path.join(dest, entry))
-        copied.append(entry)
-    return copied
 
 
 def write_hf_folder(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str],
                     specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tensor]],
                     metadata: dict[str, str] | None = None, *, dtype: str | None = None,
-                    shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-                    extra_files: dict[str, bytes] | None = None) -> int:
+                    shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False) -> int:
     """Write a model folder: ``tensors`` (matching ``specs`` in order) as safetensors shards,
-    the base folder's config (dtype set to ``dtype`` if given) and other non-weight files, and
-    ``extra_files`` (name -> bytes, e.g. a model card); returns the bytes of weights written.
+    the base folder's config (dtype set to ``dtype`` if given) and other non-weight files;
+    returns the bytes of weights written.
     All checks come first; the folder appears complete or not at all."""
     out, base = os.path.abspath(os.fspath(out_dir)), os.fspath(base_dir)
     check_hf_output(out, base, force=force)
@@ -162,7 +150,7 @@ def write_hf_folder(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike
         if next(stream, None) is not None:
             raise InvalidInput(f"got more tensors than the {len(specs)} planned")
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(_nbytes(s) for s in specs)},
+            index = {"metadata": {"total_size": sum(spec_nbytes(s) for s in specs)},
                      "weight_map": {s[0]: name for shard, name in zip(shards, names, strict=True)
                                     for s in shard}}
             with open(os.path.join(tmp, INDEX_NAME), "w", encoding="utf-8") as f:
@@ -170,9 +158,6 @@ def write_hf_folder(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike
         with open(os.path.join(tmp, "config.json"), "wb") as f:
             f.write(_config(base, dtype))
         _copy_extras(base, tmp)
-        for name, data in (extra_files or {}).items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
         if os.path.isdir(out):
             if os.listdir(out):  # --force: the old folder goes once the new one is complete
                 old = out + f".old-{os.getpid()}"

@@ -128,7 +128,7 @@ def write_safetensors(
         from tvreg.util.progress import Transfer
 
         bar = Transfer(progress, unit="tensors")
-        bar.start(len(specs), sum(_nbytes(spec) for spec in specs))
+        bar.start(len(specs), sum(spec_nbytes(spec) for spec in specs))
     try:
         return _write(path, specs, header, tensors, bar)
     finally:
@@ -136,7 +136,8 @@ def write_safetensors(
             bar.close()
 
 
-def _nbytes(spec: Spec) -> int:
+def spec_nbytes(spec: Spec) -> int:
+    """The bytes of the tensor a spec describes."""
     size = itemsize(spec[1])
     for d in spec[2]:
         size *= d
