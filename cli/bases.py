@@ -91,9 +91,15 @@ def show(reg, ref, tensors, as_json):
 @click.argument("name")
 @click.pass_obj
 def name_(reg, ref, name):
-    """Point base name NAME at the stored base HASH|NAME (names move)."""
+    """Point base name NAME at the base HASH|NAME (names move).
+
+    HASH is a stored base's hash prefix, or the base hash (prefix) of stored vectors whose base
+    weights are not stored (e.g. `tvreg base name 3f2a9c1d sentence-transformers/all-minilm-l6-v2`:
+    model cards then name it as their base_model), or a full 64-digit base hash.
+    """
     doc, previous = reg.name_base(ref, name)
-    message(f"base {name} -> {doc.base_hash[:12]}" + (
+    stored = "" if reg.repo.base_record(doc.base_hash) is not None else " (weights not stored)"
+    message(f"base {name} -> {doc.base_hash[:12]}{stored}" + (
         "" if previous is None else " (unchanged)" if previous == doc.base_hash
         else f" (moved from {previous[:12]})"))
 

@@ -97,25 +97,40 @@ def compose(reg, expression, output, save_as, task, meta, no_similarities, as_js
 
 @click.command(cls=ExpressionCommand)
 @click.argument("expression")
-@click.option("--base", metavar="P", help="Base checkpoint to apply to, or a stored base's name "
-              "or hash prefix (default: the stored base of the vectors' base hash).")
-@click.option("-o", "--output", required=True, metavar="F.safetensors", help="Merged weights.")
+@click.option("--base", metavar="P", help="Base checkpoint to apply to (a Hugging Face model "
+              "folder for --format hf), or a stored base's name or hash prefix (default: the "
+              "stored base of the vectors' base hash).")
+@click.option("-o", "--output", required=True, metavar="OUT",
+              help="Merged weights: a model folder, or F.safetensors.")
+@click.option("--format", "fmt", type=click.Choice(["hf", "safetensors"]),
+              help="hf: a Hugging Face model folder (config, tokenizer, shards, model card); "
+                   "safetensors: one file. Default: hf unless OUT ends in .safetensors.")
+@click.option("--shard-size", metavar="SIZE",
+              help="--format hf: largest shard, e.g. 500MB or 2GiB (default 5GB, as "
+                   "transformers).")
+@click.option("--force", is_flag=True, help="--format hf: replace a non-empty output folder.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="dtype of floating tensors in the output (default: the base's).")
 @merge_options
 @click.pass_obj
-def apply(reg, expression, base, output, dtype, **kw):
+def apply(reg, expression, base, output, fmt, shard_size, force, dtype, **kw):
     """Write base + composed vector as model weights (same keys as the base).
 
     Without --base, the base is the stored base (`tvreg base add`) of the vectors' base hash.
     """
-    check_stdout_output(output)
+    from tvreg.compose.apply import output_format
+
+    fmt = output_format(output, fmt)
+    if fmt == "safetensors":
+        check_stdout_output(output)
     with warnings_to_stderr():
         comp = _resolve(reg, expression, kw)
         n = reg.apply(comp, base, output, dtype=dtype,
-                      allow_base_mismatch=kw["allow_base_mismatch"])
+                      allow_base_mismatch=kw["allow_base_mismatch"], format=fmt,
+                      shard_size=shard_size, force=force)
     scale = "" if comp.lam == 1.0 else f"{comp.lam:g}·"
-    message(f"wrote {output} ({human_bytes(n)}): "
+    what = "model folder " if fmt == "hf" else ""
+    message(f"wrote {what}{output} ({human_bytes(n)}): "
             f"{base or 'stored base ' + comp.base_hash[:12]} + {scale}[{comp.expression}] "
             f"({kw['method']})")
 

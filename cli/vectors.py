@@ -109,10 +109,11 @@ def ls(reg, all_versions, remote, as_json):
         emit_json(rows)
         return
     table(["REF", "ID", "TASK", "DATASET", "LR", "STEPS", "PARAMS", "STORED", "RATIO", "TAGS",
-           "CREATED"],
+           "BASE", "CREATED"],
           [(f"{r['name']}@{r['version']}", r["vector_id"][:12], r["task"], r["dataset"], r["lr"],
             r["steps"], f"{r['n_params']:,}", human_bytes(r["stored_bytes"]),
-            ratio(r["raw_bytes"], r["stored_bytes"]), r["tags"], r["created_at"]) for r in rows])
+            ratio(r["raw_bytes"], r["stored_bytes"]), r["tags"],
+            (r.get("base_names") or [r["base_hash"][:12]])[0], r["created_at"]) for r in rows])
 
 
 @click.command()

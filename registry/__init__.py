@@ -10,6 +10,7 @@
 
 from tvreg.errors import (
     AmbiguousRef,
+    BaseNotStored,
     CatalogBusy,
     CheckpointError,
     CorruptObject,
@@ -43,7 +44,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'tvreg' has no attribute {name!r}")
 
 __all__ = ["open", "Registry", "TaskVector", "CreateResult", "TvregError", "InvalidInput",
-           "InvalidName", "InvalidRef", "NotFound", "AmbiguousRef", "CheckpointError",
+           "InvalidName", "InvalidRef", "NotFound", "BaseNotStored", "AmbiguousRef",
+           "CheckpointError",
            "IncompatibleCheckpoints", "NonFiniteValues", "SQLError", "CorruptObject",
            "FormatError", "CatalogBusy", "RegistryBusy", "RegistryError", "ReadOnlyRegistry",
            "RemoteBusy", "RemoteError", "ZeroVectorWarning", "__version__"]

@@ -35,6 +35,10 @@ class NotFound(InvalidInput):
     """A ref, name, tag or object that does not exist."""
 
 
+class BaseNotStored(NotFound):
+    """A base that is named (``tvreg base name``) but whose weights are not stored."""
+
+
 class AmbiguousRef(InvalidInput):
     """An id prefix that matches more than one vector."""
 

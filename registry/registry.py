@@ -315,15 +315,22 @@ class Registry:
 
     def apply(self, comp: Composition | str, base: Checkpointish | None = None,
               output: str | os.PathLike | None = None, *, dtype: str | None = None,
-              allow_base_mismatch: bool | None = None) -> int:
-        """Write θ_base + merged into a safetensors file. ``base`` is a checkpoint path, a
-        state dict in memory (a mapping of names to torch tensors or numpy arrays, or a
-        ``torch.nn.Module``), a stored base's name or hash prefix, or None: the stored base of
-        the composition's base hash (:meth:`add_base`)."""
+              allow_base_mismatch: bool | None = None, format: str | None = None,
+              shard_size: int | str | None = None, force: bool = False) -> int:
+        """Write θ_base + merged as model weights; returns the bytes of weights written.
+
+        ``base`` is a checkpoint path, a state dict in memory (a mapping of names to torch
+        tensors or numpy arrays, or a ``torch.nn.Module``), a stored base's name or hash prefix,
+        or None: the stored base of the composition's base hash (:meth:`add_base`).
+        ``format`` is ``"safetensors"`` (one file) or ``"hf"`` (a Hugging Face model folder:
+        the base folder's config and tokenizer, weights in shards of ``shard_size`` bytes or
+        units such as ``"500MB"``, a model card; an existing non-empty folder only with
+        ``force``); by default ``hf`` unless ``output`` ends in ``.safetensors``."""
         from tvreg.compose.apply import apply
 
         return apply(self.repo, comp, base, output, dtype=dtype,
-                     allow_base_mismatch=allow_base_mismatch)
+                     allow_base_mismatch=allow_base_mismatch, format=format,
+                     shard_size=shard_size, force=force)
 
     def search_coefficients(self, expression: str, evaluate: Callable[[dict], float],
                             grid: Any, *, base: Any = None, **params: Any) -> dict[str, Any]:
@@ -377,14 +384,15 @@ class Registry:
         return show_base(self.repo, ref, tensors=tensors)
 
     def name_base(self, ref: str, name: str) -> tuple[BaseName, str | None]:
-        """Point base name ``name`` at the stored base ``ref``; returns the name and the hash it
-        pointed at before (None if new or unchanged)."""
-        from tvreg.repo.bases import set_name
+        """Point base name ``name`` at the base ``ref``: a stored base's name or hash prefix, or
+        the base hash (prefix) of stored vectors whose base weights are not stored, or a full
+        base hash. Returns the name and the hash it pointed at before (None if new)."""
+        from tvreg.repo.bases import name_hash, set_name
 
         self.repo.require_writable()
         validate_name(name)
         self.repo.require()
-        return set_name(self.repo, name, self.base(ref).base_hash)
+        return set_name(self.repo, name, name_hash(self.repo, ref))
 
     def export_base(self, ref: str, path: str | os.PathLike) -> int:
         """Write a stored base to a safetensors file (its tensors bit for bit as stored)."""
@@ -525,7 +533,7 @@ class Registry:
         from tvreg.repo.queries import ls_query
 
         self.repo.require()
-        return self.catalog.rows(ls_query(all_versions))
+        return self.catalog.rows(ls_query(all_versions, base_names=True))
 
     def log(self, name: str) -> list[dict[str, Any]]:
         """Every version of ``name``, newest first, with its tags."""

@@ -138,16 +138,16 @@ def test_catalog_reindex_and_sql(based):
 
 
 def test_apply_without_base_is_bit_identical_to_apply_with_it(run, based, zoo, tmp_path):
-    run("apply", "0.5*sentiment + topic", "--base", str(zoo.base), "-o", str(tmp_path / "a.st"))
-    r = run("apply", "0.5*sentiment + topic", "-o", str(tmp_path / "b.st"))
+    run("apply", "0.5*sentiment + topic", "--base", str(zoo.base), "-o", str(tmp_path / "a.safetensors"))
+    r = run("apply", "0.5*sentiment + topic", "-o", str(tmp_path / "b.safetensors"))
     assert "stored base" in r.stderr
-    run("apply", "0.5*sentiment + topic", "--base", "toy", "-o", str(tmp_path / "c.st"),
+    run("apply", "0.5*sentiment + topic", "--base", "toy", "-o", str(tmp_path / "c.safetensors"),
         "--dtype", "bfloat16")
-    _same_files(tmp_path / "a.st", tmp_path / "b.st")
-    run("apply", "0.5*sentiment + topic", "--base", str(zoo.base), "-o", str(tmp_path / "d.st"),
+    _same_files(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    run("apply", "0.5*sentiment + topic", "--base", str(zoo.base), "-o", str(tmp_path / "d.safetensors"),
         "--dtype", "bfloat16")
-    _same_files(tmp_path / "c.st", tmp_path / "d.st")
-    assert based.apply("sentiment", output=tmp_path / "e.st") > 0
+    _same_files(tmp_path / "c.safetensors", tmp_path / "d.safetensors")
+    assert based.apply("sentiment", output=tmp_path / "e.safetensors") > 0
     # the Python search uses it too
     res = based.search_coefficients("sentiment", lambda sd: float(sd["head.bias"].sum()), [0, 1])
     assert len(res["rows"]) == 2
@@ -156,19 +156,19 @@ def test_apply_without_base_is_bit_identical_to_apply_with_it(run, based, zoo, t
 def test_apply_checks_a_stored_base_like_a_file(based, zoo_bf16, tmp_path):
     other = based.add_base(zoo_bf16.base, name="bf16")
     with pytest.raises(IncompatibleCheckpoints, match="stored base bf16 is not the vectors'"):
-        based.apply("sentiment", "bf16", tmp_path / "x.st")
-    assert not (tmp_path / "x.st").exists() and other.created
+        based.apply("sentiment", "bf16", tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists() and other.created
 
 
 def test_apply_with_no_stored_base_is_exit_2_and_writes_nothing(run, reg_path, filled, tmp_path):
     before = snapshot(reg_path)
-    r = run("apply", "sentiment", "-o", str(tmp_path / "m.st"), code=2)
+    r = run("apply", "sentiment", "-o", str(tmp_path / "m.safetensors"), code=2)
     h = filled.get("sentiment").base_hash
     assert (f"no stored base for {h[:12]}…: pass --base P or run `tvreg base add P`"
             in r.stderr)
-    assert not (tmp_path / "m.st").exists()
+    assert not (tmp_path / "m.safetensors").exists()
     assert snapshot(reg_path) == before
-    r = run("apply", "sentiment", "--base", "no-such-thing", "-o", str(tmp_path / "m.st"), code=2)
+    r = run("apply", "sentiment", "--base", "no-such-thing", "-o", str(tmp_path / "m.safetensors"), code=2)
     assert "no such file or directory, nor a stored base name" in r.stderr
 
 
@@ -202,8 +202,8 @@ def test_bad_inputs_are_exit_2_and_leave_the_registry_as_it_was(run, reg_path, b
         (("base", "add", str(zoo.base), "--name", "Bad Name"), "invalid name"),
         (("base", "add", str(twin)), "other non-floating tensors (position_ids)"),
         (("base", "show", "deadbeef"), "no stored base"),
-        (("base", "export", "nope", str(tmp_path / "o.st")), "no stored base"),
-        (("base", "export", "toy", str(tmp_path / "no" / "o.st")), "does not exist"),
+        (("base", "export", "nope", str(tmp_path / "o.safetensors")), "no stored base"),
+        (("base", "export", "toy", str(tmp_path / "no" / "o.safetensors")), "does not exist"),
         (("base", "name", "nope", "x"), "no stored base"),
     ]
     for args, expected in cases:
@@ -228,8 +228,8 @@ def test_gc_keeps_base_objects(reg, zoo, tmp_path):
     res = reg.add_base(zoo.base)
     rep = reg.gc(grace_seconds=0)
     assert rep.deleted_objects == 0
-    reg.export_base(res.base_hash[:8], tmp_path / "x.st")
-    _same_files(tmp_path / "x.st", zoo.base)
+    reg.export_base(res.base_hash[:8], tmp_path / "x.safetensors")
+    _same_files(tmp_path / "x.safetensors", zoo.base)
     # without the record nothing keeps them
     pathlib.Path(reg.root, "bases", f"{res.base_hash}.json").unlink()
     assert reg.gc(grace_seconds=0).deleted_objects == res.new_objects
@@ -315,9 +315,9 @@ def test_push_and_pull_with_base(based, tmp_path, remote_url, zoo):
         rep = clone.pull(with_base=True, similarities=False)
         assert (rep.bases_fetched, rep.base_names_set, rep.versions_fetched) == (1, 1, 2)
         assert clone.base("toy").base_hash == based.base("toy").base_hash
-        clone.apply("sentiment - topic", output=tmp_path / "clone.st")
-        based.apply("sentiment - topic", zoo.base, tmp_path / "origin.st")
-        _same_files(tmp_path / "clone.st", tmp_path / "origin.st")
+        clone.apply("sentiment - topic", output=tmp_path / "clone.safetensors")
+        based.apply("sentiment - topic", zoo.base, tmp_path / "origin.safetensors")
+        _same_files(tmp_path / "clone.safetensors", tmp_path / "origin.safetensors")
         assert clone.verify(deep=True).ok
         assert clone.pull(with_base=True).bases_fetched == 0
 
@@ -345,22 +345,22 @@ def test_a_remote_opened_by_url_serves_its_bases(based, tmp_path, serve_http):
     based.push(with_base=True)
     for url in ("file://" + str(folder), serve_http(folder)):
         with tvreg.open(url, cache=tmp_path / f"cache-{len(url)}") as remote:
-            remote.apply("sentiment", output=tmp_path / "u.st")
-            based.apply("sentiment", "toy", tmp_path / "l.st")
-            _same_files(tmp_path / "u.st", tmp_path / "l.st")
+            remote.apply("sentiment", output=tmp_path / "u.safetensors")
+            based.apply("sentiment", "toy", tmp_path / "l.safetensors")
+            _same_files(tmp_path / "u.safetensors", tmp_path / "l.safetensors")
             assert remote.base("toy").base_hash == based.base("toy").base_hash
             # an HTTP remote cannot list bases/: ls shows none there (its index lists versions)
             assert len(remote.bases()) == (1 if url.startswith("file:") else 0)
             with pytest.raises(ReadOnlyRegistry):
-                remote.add_base(tmp_path / "l.st")
+                remote.add_base(tmp_path / "l.safetensors")
     # pull over HTTP: base records are read by their keys (bases/ cannot be listed there, so
     # base names do not come along)
     with tvreg.open(tmp_path / "clone") as clone:
         clone.add_remote("web", serve_http(folder))
         rep = clone.pull("web", with_base=True, similarities=False)
         assert (rep.bases_fetched, rep.base_names_set) == (1, 0)
-        clone.apply("sentiment", output=tmp_path / "c.st")
-        _same_files(tmp_path / "c.st", tmp_path / "l.st")
+        clone.apply("sentiment", output=tmp_path / "c.safetensors")
+        _same_files(tmp_path / "c.safetensors", tmp_path / "l.safetensors")
 
 
 # --- documents: format, schemas, strict parsing -------------------------------------------------

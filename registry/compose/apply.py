@@ -26,6 +26,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.tensors.checkpoints import Checkpoint, TensorInfo
 
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
+#: what ``apply`` writes: one safetensors file, or a Hugging Face model folder
+FORMATS = ("safetensors", "hf")
+
+
+def output_format(output: str | os.PathLike, fmt: str | None) -> str:
+    """The format to write: ``fmt``, or by default a safetensors file when ``output`` ends in
+    ``.safetensors`` (or is ``-``, standard output) and a Hugging Face model folder otherwise."""
+    if fmt is None:
+        out = os.fspath(output)
+        return "safetensors" if out == "-" or out.endswith(".safetensors") else "hf"
+    if fmt not in FORMATS:
+        raise InvalidInput(f"invalid format {fmt!r}: one of {', '.join(FORMATS)}")
+    return fmt
 
 
 def check_output_path(path: str, inputs=(), registry=None) -> str:
@@ -159,17 +172,40 @@ def _restored_weights(comp: Composition, ck: Checkpoint, infos: list[TensorInfo]
 
 
 def apply_to_checkpoint(comp: Composition, base: str | Checkpoint, output: str, *,
-                        dtype: str | None = None, allow_base_mismatch: bool = False) -> int:
+                        dtype: str | None = None, allow_base_mismatch: bool = False,
+                        format: str | None = None, shard_size: int | str | None = None,
+                        force: bool = False, base_dir: str | None = None) -> int:
     """``base`` is a checkpoint's path, or an open :class:`Checkpoint` (e.g. a stored base),
-    closed when done."""
+    closed when done. ``format="hf"`` writes a model folder (``base_dir``, default the base's
+    folder, gives its config and tokenizer; see :mod:`tvreg.tensors.hf_folder`)."""
     from tvreg.tensors.checkpoints import Checkpoint, InMemoryCheckpoint, open_checkpoint
     from tvreg.tensors.safetensors_io import write_safetensors
 
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise InvalidInput(f"invalid dtype {dtype!r}: one of {', '.join(OUTPUT_DTYPES)}")
+    fmt = output_format(output, format)
     inputs = [] if isinstance(base, InMemoryCheckpoint) else \
         [base if isinstance(base, (str, os.PathLike)) else getattr(base, "path", None)]
-    output = check_output_path(output, inputs, comp.repo.root)
+    if fmt == "hf":
+        from tvreg.tensors.hf_folder import (
+            DEFAULT_SHARD_SIZE,
+            check_hf_output,
+            folder_of,
+            parse_size,
+        )
+        from tvreg.tensors.outputs import check_output_folder
+
+        if output == "-":
+            raise InvalidInput("a model folder cannot go to standard output: give a folder, "
+                               "or --format safetensors")
+        base_dir = base_dir or folder_of(inputs[0] if inputs else None)
+        size = DEFAULT_SHARD_SIZE if shard_size is None else parse_size(shard_size)
+        check_output_folder(output, [*inputs, base_dir], comp.repo.root)
+        check_hf_output(output, base_dir, force=force)
+    else:
+        if shard_size is not None or force:
+            raise InvalidInput("--shard-size and --force are for --format hf (a model folder)")
+        output = check_output_path(output, inputs, comp.repo.root)
     with (base if isinstance(base, Checkpoint) else open_checkpoint(base)) as ck:
         infos, same_base = check_base(comp, ck, allow_base_mismatch=allow_base_mismatch)
         specs = [(i.name, (dtype or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
@@ -177,29 +213,63 @@ def apply_to_checkpoint(comp: Composition, base: str | Checkpoint, output: str, 
         metadata = {"tvreg.expression": comp.expression, "tvreg.base_hash": comp.base_hash,
                     "tvreg.method": comp.params.method, "tvreg.lambda": repr(comp.lam),
                     "tvreg.recipe": comp.recipe_json()}
+        if fmt == "hf":
+            from tvreg.tensors.hf_folder import plan_shards, write_hf_folder
+
+            plan_shards(specs, size)  # a shard size below a tensor: refused before any work
+            card = _card(comp, output, base_dir)
+
+            def write(weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+                assert base_dir is not None  # checked by check_hf_output
+                return write_hf_folder(output, base_dir, specs, weights, metadata, dtype=dtype,
+                                       shard_size=size, force=force, files={"README.md": card})
+        else:
+            def write(weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+                return write_safetensors(output, specs, weights, metadata, progress="apply")
         if not same_base:  # exact-mode deltas then come from the stored base, if any
-            return write_safetensors(output, specs,
-                                     merged_weights(comp, ck, infos, dtype, restore=False),
-                                     metadata, progress="apply")
+            return write(merged_weights(comp, ck, infos, dtype, restore=False))
         with comp.repo.using_base(ck, comp.base_hash):
-            return write_safetensors(output, specs, merged_weights(comp, ck, infos, dtype),
-                                     metadata, progress="apply")
+            return write(merged_weights(comp, ck, infos, dtype))
+
+
+def _card(comp: Composition, output: str, base_dir: str | None) -> str:
+    """The model card of a folder of ``comp``'s weights (:mod:`tvreg.compose.card`)."""
+    from tvreg.compose.card import library_of, model_card
+    from tvreg.repo.bases import names_of
+
+    names = sorted(names_of(comp.repo, comp.base_hash))
+    return model_card(comp, title=os.path.basename(os.path.abspath(output)),
+                      base_name=names[0] if names else None, library_name=library_of(base_dir))
 
 
 def apply(repo: Repo, comp: Composition | str, base: Any = None,
           output: str | os.PathLike | None = None, *, dtype: str | None = None,
-          allow_base_mismatch: bool | None = None) -> int:
-    """Write θ_base + merged into a safetensors file; see :meth:`tvreg.Registry.apply`."""
+          allow_base_mismatch: bool | None = None, format: str | None = None,
+          shard_size: int | str | None = None, force: bool = False) -> int:
+    """Write θ_base + merged into a safetensors file or a model folder; see
+    :meth:`tvreg.Registry.apply`."""
     from tvreg.compose.resolve import resolve
     from tvreg.repo.bases import open_base
+    from tvreg.tensors.hf_folder import folder_of
 
     if output is None:
         raise InvalidInput("apply needs an output file")
-    check_output_path(os.fspath(output),
-                      [base] if isinstance(base, (str, os.PathLike)) else (), repo.root)
+    fmt = output_format(output, format)
+    inputs = [base] if isinstance(base, (str, os.PathLike)) else []
+    base_dir = folder_of(base) if inputs and os.path.exists(os.fspath(base)) else None
+    if fmt == "hf":
+        from tvreg.tensors.hf_folder import check_hf_output
+        from tvreg.tensors.outputs import check_output_folder
+
+        check_output_folder(os.fspath(output), [*inputs, base_dir], repo.root)
+        check_hf_output(os.fspath(output), base_dir, force=force,
+                        given=base if base is not None else "the stored base (no --base)")
+    else:
+        check_output_path(os.fspath(output), inputs, repo.root)
     if isinstance(comp, str):
         comp = resolve(repo, comp, allow_base_mismatch=bool(allow_base_mismatch))
     if allow_base_mismatch is None:
         allow_base_mismatch = comp.allow_base_mismatch
     return apply_to_checkpoint(comp, open_base(repo, base, comp.base_hash), os.fspath(output),
-                               dtype=dtype, allow_base_mismatch=allow_base_mismatch)
+                               dtype=dtype, allow_base_mismatch=allow_base_mismatch, format=fmt,
+                               shard_size=shard_size, force=force, base_dir=base_dir)

@@ -54,11 +54,13 @@ def verify_bases(reg: Repo, rep: VerifyReport, bad: set[str], *, deep: bool) -> 
             rep.problems.append(f"base {rec.base_hash[:12]} is incomplete or corrupted")
     name_keys = base_name_keys(reg.store)
     rep.base_names += len(name_keys)
+    indexed = {r["base_hash"] for r in reg.catalog.rows("SELECT base_hash FROM bases")}
     for doc in read_each(name_keys, lambda k: read_base_name(reg.store, k), rep):
-        if doc.base_hash not in parsed:
+        # a name may point at a base whose weights are not stored (`tvreg base name`); one
+        # whose base the catalog lists as stored has lost its base record
+        if doc.base_hash not in parsed and doc.base_hash in indexed:
             rep.problems.append(f"base name {doc.name} points at base {doc.base_hash[:12]}, "
                                 "which is not stored")
-    indexed = {r["base_hash"] for r in reg.catalog.rows("SELECT base_hash FROM bases")}
     if indexed != parsed:
         rep.problems.append(f"catalog is out of date ({len(parsed - indexed)} base(s) missing, "
                             f"{len(indexed - parsed)} extra); run `tvreg reindex`")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tvreg import dtypes
 from tvreg.errors import (
     AmbiguousRef,
+    BaseNotStored,
     FormatError,
     IncompatibleCheckpoints,
     InvalidInput,
@@ -97,9 +98,10 @@ def resolve(repo: Repo, ref: str) -> BaseRecord:
             pass
         else:
             record = repo.base_record(named.base_hash)
-            if record is None:
-                raise FormatError(f"base name {ref!r} points at base {named.base_hash[:12]}, "
-                                  "which is not stored; run `tvreg verify`")
+            if record is None:  # a name of a base whose weights are not here (see name_hash)
+                raise BaseNotStored(f"base {ref!r} ({named.base_hash[:12]}) is named, but its "
+                               "weights are not stored: pass the base checkpoint with --base P, "
+                               "or store it with `tvreg base add P`")
             return record
     if _is_prefix(ref):
         if len(ref) == 64:
@@ -118,6 +120,37 @@ def resolve(repo: Repo, ref: str) -> BaseRecord:
                            f"hash prefix of {MIN_HASH_PREFIX}-64 lowercase hex digits")
     raise NotFound(f"no stored base named or with a hash starting with {ref!r} "
                    "(`tvreg base ls` lists them)")
+
+
+def name_hash(repo: Repo, ref: str) -> str:
+    """The base hash a base name may point at (``tvreg base name REF NAME``): a stored base's
+    (by name or hash prefix), else the base hash of stored vectors that starts with ``ref``
+    (>= 8 hex digits), else ``ref`` itself if it is a full 64-digit hash, or what an existing
+    base name points at. So a base is named even when its weights are not stored, e.g. for
+    the ``base_model`` of the model cards tvreg writes."""
+    try:
+        return resolve(repo, ref).base_hash
+    except NotFound:  # also BaseNotStored: a name of an unstored base, looked up below
+        pass
+    try:
+        validate_name(ref)
+        named = read_base_name(repo.store, base_name_key(ref))
+    except (InvalidName, MissingKey):
+        pass
+    else:
+        return named.base_hash
+    if _is_prefix(ref):
+        rows = repo.catalog.rows("SELECT DISTINCT base_hash FROM versions "
+                                 "WHERE starts_with(base_hash, ?) ORDER BY base_hash", [ref])
+        if len(rows) > 1:
+            raise AmbiguousRef(f"base hash prefix {ref!r} matches {len(rows)} bases of stored "
+                               "vectors; give more digits")
+        if rows:
+            return str(rows[0]["base_hash"])
+        if len(ref) == 64:
+            return ref
+    raise NotFound(f"no stored base, and no stored vector whose base hash starts with {ref!r}; "
+                   "give a full 64-digit base hash to name a base no vector uses yet")
 
 
 def names_of(repo: Repo, base_hash: str | None = None) -> dict[str, str]:
@@ -163,7 +196,7 @@ def open_base(repo: Repo, base: str | os.PathLike | Checkpoint | None,
         return open_checkpoint(path)
     try:
         record = resolve(repo, path)
-    except AmbiguousRef:
+    except (AmbiguousRef, BaseNotStored):
         raise
     except InvalidInput:  # not found, or neither a name nor a hash prefix
         raise InvalidInput(f"{path}: no such file or directory, nor a stored base name or "
@@ -312,7 +345,8 @@ def _encode(ck: Checkpoint, infos: list[TensorInfo], fingerprint: str,
 
 
 def set_name(repo: Repo, name: str, base_hash: str) -> tuple[BaseName, str | None]:
-    """Point base name ``name`` at ``base_hash`` (a stored base); returns the name and the
+    """Point base name ``name`` at ``base_hash`` (a stored base, or a base whose weights are not
+    stored: :func:`name_hash`); returns the name and the
     hash it pointed at before (None if the name is new; ``base_hash`` if unchanged). A
     damaged name file is replaced."""
     from tvreg.errors import CorruptObject

@@ -9,14 +9,20 @@ from tvreg.catalog.db import CODEC_COLUMNS, codec_columns
 from tvreg.errors import NotFound
 from tvreg.format.records import VersionRecord
 from tvreg.names import validate_name
+from tvreg.repo.bases import names_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
 
 
-def ls_query(all_versions: bool) -> str:
+def ls_query(all_versions: bool, *, base_names: bool = False) -> str:
     """``ls``'s query; it runs on the catalog and on a remote's index alike (so the lossy
-    codec and its error come from the recipe, which both have, not the catalog's columns)."""
+    codec and its error come from the recipe, which both have, not the catalog's columns).
+    ``base_names`` (the catalog only) adds the names of each version's base."""
+    names = """,
+               coalesce((SELECT list(n.name ORDER BY n.name) FROM base_names n
+                         WHERE n.base_hash = v.base_hash), []) AS base_names""" \
+        if base_names else ""
     return f"""
         SELECT v.name, v.version, v.vector_id, v.task, v.dataset, v.lr, v.steps, v.n_params,
                v.raw_bytes, v.stored_bytes, v.codec,
@@ -25,7 +31,8 @@ def ls_query(all_versions: bool) -> str:
                TRY_CAST(v.recipe->'$.error'->>'$.cosine' AS DOUBLE) AS cosine_to_exact,
                v.created_at,
                coalesce((SELECT list(t.tag ORDER BY t.tag) FROM tags t
-                         WHERE t.name = v.name AND t.version = v.version), []) AS tags
+                         WHERE t.name = v.name AND t.version = v.version), []) AS tags,
+               v.base_hash{names}
         FROM {"versions" if all_versions else "latest"} v ORDER BY v.name, v.version"""
 
 
@@ -61,7 +68,8 @@ def show(repo: Repo, ref: str, *, tensors: bool = False) -> dict[str, Any]:
     m = vec.manifest
     out: dict[str, Any] = {
         "ref": vec.ref, "name": vec.name, "version": vec.version, "vector_id": vec.vector_id,
-        "base_hash": m.base_hash, "arch_fingerprint": m.arch_fingerprint,
+        "base_hash": m.base_hash, "base_names": sorted(names_of(repo, m.base_hash)),
+        "arch_fingerprint": m.arch_fingerprint,
         **(dict(vec.metadata.items()) if vec.record else {}),
         "tags": repo.tags_of(vec.record) if vec.record else [],
         "n_tensors": len(m.tensors), "n_params": m.n_params, "raw_bytes": m.raw_bytes,

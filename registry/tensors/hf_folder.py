@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ from tvreg.errors import InvalidInput
 from tvreg.tensors.safetensors_io import Spec, spec_nbytes, write_safetensors
 
 __all__ = ["DEFAULT_SHARD_SIZE", "INDEX_NAME", "WEIGHTS_NAME", "check_hf_output",
-           "parse_size", "plan_shards", "shard_names", "write_hf_folder"]
+           "folder_of", "parse_size", "plan_shards", "shard_names", "write_hf_folder"]
 
 #: ``save_pretrained``'s default ``max_shard_size`` ("5GB", decimal units)
 DEFAULT_SHARD_SIZE = 5 * 10**9
@@ -84,13 +84,31 @@ def shard_names(n: int) -> list[str]:
     return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
-def check_hf_output(out_dir: str, base_dir: str | None, *, force: bool = False) -> None:
+def folder_of(base: str | os.PathLike[str] | None) -> str | None:
+    """The model folder a base checkpoint path stands for: the folder itself, the folder of a
+    sharded checkpoint's index, or the folder of a weights file that has a ``config.json``
+    beside it; None otherwise (a stored base, a state dict, a lone file)."""
+    if base is None or not isinstance(base, (str, os.PathLike)):
+        return None
+    path = os.fspath(base)
+    if os.path.isdir(path):
+        return path
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(path) and os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    return None
+
+
+def check_hf_output(out_dir: str, base_dir: str | None, *, force: bool = False,
+                    given: object = None) -> None:
     """Bad input before any work: the base folder must have a ``config.json``; the output must
-    not exist, or be an empty folder (or, with ``force``, a folder to replace)."""
+    not exist, or be an empty folder (or, with ``force``, a folder to replace). ``given`` is
+    the base as the user gave it, for the message."""
     if base_dir is None or not os.path.isfile(os.path.join(base_dir, "config.json")):
-        raise InvalidInput(f"{base_dir or 'the base'} is not a Hugging Face model folder (no "
-                           "config.json): give one with --base, or write the weights only with "
-                           "--format safetensors")
+        what = base_dir or (given if isinstance(given, (str, os.PathLike)) else None)
+        raise InvalidInput(f"{os.fspath(what) if what else 'the base'} is not a Hugging Face "
+                           "model folder (no config.json): give one with --base, or write the "
+                           "weights only with --format safetensors")
     if os.path.lexists(out_dir):
         if not os.path.isdir(out_dir) or os.path.islink(out_dir):
             raise InvalidInput(f"{out_dir} exists and is not a folder")
@@ -129,10 +147,12 @@ def _copy_extras(base_dir: str, dest: str) -> None:
 def write_hf_folder(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str],
                     specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tensor]],
                     metadata: dict[str, str] | None = None, *, dtype: str | None = None,
-                    shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False) -> int:
+                    shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
+                    files: Mapping[str, str | bytes] | None = None) -> int:
     """Write a model folder: ``tensors`` (matching ``specs`` in order) as safetensors shards,
-    the base folder's config (dtype set to ``dtype`` if given) and other non-weight files;
-    returns the bytes of weights written.
+    the base folder's config (dtype set to ``dtype`` if given) and other non-weight files, and
+    ``files`` (name -> text, e.g. the model card ``README.md``); returns the bytes of weights
+    written.
     All checks come first; the folder appears complete or not at all."""
     out, base = os.path.abspath(os.fspath(out_dir)), os.fspath(base_dir)
     check_hf_output(out, base, force=force)
@@ -158,6 +178,9 @@ def write_hf_folder(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike
         with open(os.path.join(tmp, "config.json"), "wb") as f:
             f.write(_config(base, dtype))
         _copy_extras(base, tmp)
+        for name, content in (files or {}).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
         if os.path.isdir(out):
             if os.listdir(out):  # --force: the old folder goes once the new one is complete
                 old = out + f".old-{os.getpid()}"

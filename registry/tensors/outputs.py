@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from tvreg.errors import InvalidInput
 
-__all__ = ["check_output_path"]
+__all__ = ["check_output_folder", "check_output_path"]
 
 
 def _same(a: str, b: str) -> bool:
@@ -70,5 +70,30 @@ def check_output_path(path: str | os.PathLike[str],
         root = os.path.realpath(os.fspath(registry))
         if os.path.isdir(root) and _inside(real, root):
             raise InvalidInput(f"output {path} is inside the registry folder {registry}; "
+                               "write it somewhere else")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike[str],
+                        inputs: Iterable[str | os.PathLike[str] | None] = (),
+                        registry: str | os.PathLike[str] | None = None) -> str:
+    """``path`` if a model folder may be written there (replaced, with ``--force``): it is none
+    of ``inputs`` and holds none of them, lies inside none of them, and is not inside the
+    registry nor holds it (a forced replace would delete what it holds)."""
+    path = os.fspath(path)
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    if not os.path.isdir(parent):
+        raise InvalidInput(f"cannot write {path}: folder {parent} does not exist")
+    for given in [*inputs, registry]:
+        if given is None or not os.path.exists(os.fspath(given)):
+            continue
+        given = os.fspath(given)
+        src = os.path.realpath(given)
+        what = "the registry folder" if given is registry else "the input checkpoint"
+        if os.path.isfile(src) and given.endswith(".index.json"):
+            src = os.path.dirname(src)  # a sharded checkpoint: its whole folder is the input
+        if _inside(real, src) or _inside(src, real):
+            raise InvalidInput(f"output folder {path} is, holds or lies inside {what} {given}; "
                                "write it somewhere else")
     return path
