@@ -53,7 +53,7 @@ class CheckpointVector:
             if dtypes.is_floating(i.dtype):
                 work = "float64" if i.dtype == "float64" else "float32"
                 entries.append(TensorEntry(i.name, work, i.dtype, tuple(i.shape),
-                                           CodecPipeline(()), ()))
+                                           CodecPipeline(()), (), ""))
             else:
                 skipped.append(SkippedTensor(i.name, i.dtype, tuple(i.shape)))
         fingerprint = arch_fingerprint((i.name, i.dtype, i.shape) for i in infos)

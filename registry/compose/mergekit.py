@@ -297,12 +297,32 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
                 try:
                     vector = repo.get(ref)
                 except NotFound as e:
-                    raise NotFound(f"models[{i}]: {e}") from None
+                    raise NotFound(f"models[{i}] ({ref}): {e}") from None
             mp = dict(m.get("parameters") or {})
             w = mp.get("weight", top.get("weight"))
             coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
             operands.append(Operand(ref, coef, vector))
             settings.append(mp)
+        if method == "linear" and base_ref is not None \
+                and all(m["model"] != base_ref for m in models):
+            # mergekit: linear averages the base_model too (it needs a weight, top-level)
+            if "weight" not in top:
+                raise InvalidInput("linear averages base_model with the models (as mergekit "
+                                   "does): give it a weight (top-level parameters.weight) or "
+                                   "leave base_model out")
+            if base_ck is None:
+                stored = repo.stored_base(_stored_hash(repo, base_ref))
+                if stored is None:
+                    raise InvalidInput(f"no stored base {base_ref!r}")
+                base_ck = stored
+                opened.append(base_ck)
+                base_hash = checkpoint_base_hash(base_ck)
+            assert base_hash is not None
+            w = top["weight"]
+            coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
+            operands.append(Operand(base_ref, coef,
+                                    CheckpointVector(base_ck, base_ck, base_ref, base_hash)))
+            settings.append({})
         if not operands:
             raise InvalidInput("no model to merge besides the base")
         if rule == "peft":
