@@ -121,6 +121,7 @@ def test_equals_mergekit(models, reg, tmp_path, case):
     theirs = _mergekit(config, str(tmp_path / "mk"))
     ours = _tvreg(reg, config, str(tmp_path / "ours.safetensors"))
     diff = _max_diff(ours, theirs)
+    print(f"{case}: max abs difference {diff:g}")
     assert diff <= tol, (case, diff)
 
 
@@ -211,3 +212,50 @@ def test_bad_ref(models, reg, tmp_path):
     r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), "-o",
                                  str(tmp_path / "o.safetensors")])
     assert r.exit_code == 2 and "nosuch" in r.output
+
+
+def test_hf_output_and_checkpoint_save(models, reg, tmp_path):
+    """--format hf (the default without .safetensors) writes a folder transformers loads;
+    a merge of checkpoints saved as a version keeps them out of its parents."""
+    base, fts = models
+    config = _config("task_arithmetic", base, fts[:2], [{"weight": 0.5}, {"weight": 0.5}])
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = tmp_path / "merged"
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), "-o", str(out),
+                                 "--save", "ck", "--no-similarities"])
+    assert r.exit_code == 0, r.output
+    theirs = _mergekit(config, str(tmp_path / "mk"))
+    model = transformers.LlamaForCausalLM.from_pretrained(str(out))
+    sd = model.state_dict()
+    assert max(float((sd[n] - theirs[n]).abs().max()) for n in theirs) == 0.0
+    info = reg.show("ck")
+    assert info["parents"] == [] and info["recipe"]["parameters"]["models"][0] == {"weight": 0.5}
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "reproduce", "ck"])
+    assert r.exit_code == 2 and "checkpoint" in r.output
+
+
+def test_trim_ties_at_the_cut_as_mergekit():
+    """Entries tied at the trim cut: the same argsort picks the same ones as mergekit."""
+    from mergekit.sparsify import RescaleNorm, magnitude
+
+    from tvreg.compose.merge import _l1_rescaled, _mergekit_magnitude
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(-3, 4, (40, 24), generator=gen).float() * 0.125  # many equal |x|
+    for density in (0.1, 0.33, 0.5, 0.9):
+        ours = _mergekit_magnitude(t, density)
+        assert torch.equal(ours, magnitude(t, density))
+        assert torch.equal(_l1_rescaled(t, ours), magnitude(t, density, RescaleNorm.l1))
+
+
+def test_default_recipes_unchanged():
+    """The new options at their defaults leave the recipe JSON as it was."""
+    from tvreg.compose.merge import MergeParams
+
+    assert MergeParams("ties", density=0.5).to_json() == {
+        "method": "ties", "density": 0.5, "trim": "tensor", "majority_sign": "total"}
+    assert MergeParams().to_json() == {"method": "task_arithmetic"}
+    p = MergeParams("dare_ties", rule="mergekit")
+    assert (p.density, p.normalize, p.rescale) == (1.0, False, True)
+    assert MergeParams.from_json(p.to_json()) == p

@@ -208,7 +208,8 @@ class Composition:
     @property
     def parents(self) -> list[str]:
         """The operands' vector ids, each once, in operand order."""
-        return list(dict.fromkeys(op.vector.vector_id for op in self.operands))
+        return list(dict.fromkeys(op.vector.vector_id for op in self.operands
+                                  if op.vector.vector_id is not None))  # not checkpoints
 
     # --- tensors ---------------------------------------------------------------------------------
 
