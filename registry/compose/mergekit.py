@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
     from tvreg.tensors.checkpoints import Checkpoint
 
-#: mergekit methods tvreg runs, as (tvreg method, mergekit's default normalize)
+#: mergekit methods tvreg runs -> the tvreg method (with rule=mergekit)
 METHODS = {"linear": "task_arithmetic", "task_arithmetic": "task_arithmetic", "ties": "ties",
            "dare_linear": "dare_linear", "dare_ties": "dare_ties"}
 #: mergekit methods that come later (refused by name)
@@ -38,10 +38,6 @@ MODEL_PARAMS = {"weight", "density"}
 SHARED_PARAMS = {"normalize", "lambda", "rescale", "int8_mask"}
 TVREG_KEYS = {"rule", "seed", "trim", "majority_sign", "include", "exclude", "expression"}
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def _refuse(message: str) -> InvalidInput:
-    return InvalidInput(message)
 
 
 def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -265,7 +261,7 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
         base_dir = None
         if base_ref is not None and not isinstance(base_ref, str):
             raise InvalidInput(f"base_model must be a path or a stored base's name: {base_ref!r}")
-        if _is_path(base_ref):
+        if isinstance(base_ref, str) and _is_path(base_ref):
             base_ck = open_checkpoint(base_ref)
             opened.append(base_ck)
             base_dir = base_ref if os.path.isdir(base_ref) else None
@@ -320,8 +316,8 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
             assert base_hash is not None
             w = top["weight"]
             coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
-            operands.append(Operand(base_ref, coef,
-                                    CheckpointVector(base_ck, base_ck, base_ref, base_hash)))
+            zero: Any = CheckpointVector(base_ck, base_ck, base_ref, base_hash)  # τ = 0
+            operands.append(Operand(base_ref, coef, zero))
             settings.append({})
         if not operands:
             raise InvalidInput("no model to merge besides the base")
