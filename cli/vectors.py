@@ -119,10 +119,15 @@ def ls(reg, all_versions, remote, as_json):
 @click.command()
 @click.argument("ref")
 @click.option("--tensors", is_flag=True, help="Also list the tensors.")
+@click.option("--recipe", is_flag=True,
+              help="Print a saved composition's recipe as a mergekit YAML config.")
 @json_option
 @click.pass_obj
-def show(reg, ref, tensors, as_json):
+def show(reg, ref, tensors, recipe, as_json):
     """Show a version: ids, metadata, lineage, sizes."""
+    if recipe:
+        click.echo(reg.recipe_yaml(ref), nl=False)
+        return
     info = reg.show(ref, tensors=tensors)
     if as_json:
         emit_json(info)

@@ -345,6 +345,43 @@ class Registry:
 
         return search_coefficients(self.repo, expression, evaluate, grid, base=base, **params)
 
+    def merge_config(self, config: str | os.PathLike | Mapping[str, Any], *,
+                     allow_base_mismatch: bool = False) -> Any:
+        """A mergekit YAML config (a path or its dict) as a plan: ``plan.composition`` (a
+        :class:`Composition` with mergekit's semantics), ``plan.base`` and ``plan.out_dtype``;
+        models are registry refs or checkpoints (computed on the fly, nothing stored). Close it
+        with ``plan.close()``; write it with :meth:`write_merge` (docs/interop.md)."""
+        from tvreg.compose.mergekit import plan_merge
+
+        return plan_merge(self.repo, config, allow_base_mismatch=allow_base_mismatch)
+
+    def write_merge(self, plan: Any, output: str | os.PathLike, *, format: str | None = None,
+                    shard_size: Any = None, force: bool = False) -> int:
+        """Write θ_base + merged of a :meth:`merge_config` plan: a safetensors file, or a
+        Hugging Face folder (``format="hf"``, the default without a ``.safetensors`` suffix)."""
+        from tvreg.compose.mergekit import write_merge
+
+        return write_merge(self.repo, plan, os.fspath(output), format=format,
+                           shard_size=shard_size, force=force)
+
+    def recipe_yaml(self, ref: str) -> str:
+        """A saved composition's recipe as a mergekit YAML config (tvreg's own settings in a
+        ``tvreg`` block); ``tvreg merge`` of it rebuilds the version."""
+        from tvreg.compose.mergekit import recipe_yaml
+
+        record, _ = self.repo.resolve_ref(ref)
+        if record is None:
+            raise InvalidInput(f"{ref} is not a version (no recipe)")
+        return recipe_yaml(record)
+
+    def reproduce(self, ref: str) -> Any:
+        """Recompute a saved composition from its recipe and operands; a result with ``ok``
+        (every tensor bit-identical), ``vector_id``, and else the first differing ``tensor``
+        and its ``max_abs_diff``."""
+        from tvreg.compose.mergekit import reproduce
+
+        return reproduce(self.repo, ref)
+
     # --- stored bases (tvreg.repo.bases) ---------------------------------------------------------
 
     def add_base(self, path: Checkpointish, name: str | None = None, *,

@@ -34,6 +34,14 @@ _EXPORTS = {
     "dare_seed": "merge",
     "merge_tensor": "merge",
     "needs_thresholds": "merge",
+    "CheckpointVector": "checkpoint_operand",
+    "MergePlan": "mergekit",
+    "ReproduceResult": "mergekit",
+    "TensorParams": "mergekit",
+    "plan_merge": "mergekit",
+    "recipe_yaml": "mergekit",
+    "reproduce": "mergekit",
+    "write_merge": "mergekit",
 }
 
 __all__ = ["BaseMismatchWarning", "Composition", "ExpressionError", "MAX_DEPTH", "MAX_LENGTH",
@@ -41,6 +49,7 @@ __all__ = ["BaseMismatchWarning", "Composition", "ExpressionError", "MAX_DEPTH",
            "Product", "RefNode", "Sum", "Term", "apply_to_checkpoint", "canonical",
            "check_output_path", "dare_mask", "dare_seed", "dtype_label",
            "linear_terms", "merge_tensor", "needs_thresholds", "parse", "runs",
-           "scale_grid", "search"]
+           "scale_grid", "search", "CheckpointVector", "MergePlan", "ReproduceResult",
+           "TensorParams", "plan_merge", "recipe_yaml", "reproduce", "write_merge"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -140,7 +140,8 @@ class Composition:
 
     def __init__(self, repo: Repo, expression: str, operands: list[Operand],
                  params: MergeParams, *, lam: float = 1.0, include: str | None = None,
-                 exclude: str | None = None, allow_base_mismatch: bool = False) -> None:
+                 exclude: str | None = None, allow_base_mismatch: bool = False,
+                 tensor_params: Any = None) -> None:
         import math
 
         if not operands:
@@ -153,6 +154,10 @@ class Composition:
         self.params = params
         self.lam = float(lam)
         self.include, self.exclude = include, exclude
+        #: None, or per-tensor operand parameters (a mergekit recipe's weights and densities):
+        #: ``tensor_params(name) -> (weights, densities or None)`` and ``to_json()``, kept in
+        #: the recipe as ``parameters``; every tensor then goes through ``merge_tensor``
+        self.tensor_params = tensor_params
         inc, exc = compile_option(include, "--include"), compile_option(exclude, "--exclude")
         check_compatible(operands, allow_base_mismatch=allow_base_mismatch)
         self.allow_base_mismatch = allow_base_mismatch
@@ -193,14 +198,18 @@ class Composition:
     @property
     def recipe(self) -> dict[str, Any]:
         """How this vector was made: kept in the version record when it is saved."""
-        return {"expression": self.expression, "method": self.params.to_json(),
-                "lambda": self.lam, "include": self.include, "exclude": self.exclude,
-                "operands": [op.to_json() for op in self.operands]}
+        out = {"expression": self.expression, "method": self.params.to_json(),
+               "lambda": self.lam, "include": self.include, "exclude": self.exclude,
+               "operands": [op.to_json() for op in self.operands]}
+        if self.tensor_params is not None:  # absent by default: older recipes stay as they were
+            out["parameters"] = self.tensor_params.to_json()
+        return out
 
     @property
     def parents(self) -> list[str]:
         """The operands' vector ids, each once, in operand order."""
-        return list(dict.fromkeys(op.vector.vector_id for op in self.operands))
+        return list(dict.fromkeys(op.vector.vector_id for op in self.operands
+                                  if op.vector.vector_id is not None))  # not checkpoints
 
     # --- tensors ---------------------------------------------------------------------------------
 
@@ -230,15 +239,21 @@ class Composition:
         from tvreg.tensors.encoding import default_workers
 
         pool = self.repo.executor("operands")
-        load = self.repo.load_tensor
+
+        def load(op: Operand) -> Callable[..., torch.Tensor]:
+            # an operand whose vector reads its own tensors (a checkpoint pair's deltas,
+            # computed on the fly: compose/checkpoint_operand.py) has ``load_entry``
+            return getattr(op.vector, "load_entry", None) or self.repo.load_tensor
+
         ahead = ahead or default_workers()
-        queue = deque(pool.submit(load, op.vector.manifest.tensor(n)) for n, op in pairs[:ahead])
+        queue = deque(pool.submit(load(op), op.vector.manifest.tensor(n))
+                      for n, op in pairs[:ahead])
         try:
             for i in range(len(pairs)):
                 tensor = queue.popleft().result()
                 if i + ahead < len(pairs):
                     n, op = pairs[i + ahead]
-                    queue.append(pool.submit(load, op.vector.manifest.tensor(n)))
+                    queue.append(pool.submit(load(op), op.vector.manifest.tensor(n)))
                 yield tensor
                 del tensor
         finally:
@@ -352,8 +367,12 @@ class Composition:
 
         deltas = list(self._decode_stream([(name, op) for op in self.operands]))
         weights = [op.coef for op in self.operands]
+        densities = None
+        if self.tensor_params is not None:
+            weights, densities = self.tensor_params(name)
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
-        out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds)
+        out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds,
+                           densities=densities)
         if self.lam != 1.0:
             out.mul_(self.lam)
         return out
@@ -381,7 +400,8 @@ class Composition:
 
         names = self.names()
         try:
-            if self.params.method == "task_arithmetic":
+            if self.params.method == "task_arithmetic" and self.tensor_params is None \
+                    and self.params.rule == "peft":
                 yield from self._task_arithmetic(names, ahead=prefetch)
             elif not prefetch:
                 for name in names:

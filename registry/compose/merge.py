@@ -54,6 +54,7 @@ from tvreg.errors import InvalidInput, NonFiniteValues
 METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 TRIMS = ("tensor", "global")
 MAJORITY_SIGNS = ("total", "frequency")
+RULES = ("peft", "mergekit")
 
 _DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "magnitude_prune"})
 _MAGNITUDE_METHODS = frozenset({"ties", "magnitude_prune"})  # trimmed by magnitude
@@ -76,13 +77,35 @@ class MergeParams:
     seed: int = 0
     trim: str = "tensor"
     majority_sign: str = "total"
+    #: ``"peft"`` (the default, the rules above) or ``"mergekit"`` (mergekit 0.1.5's
+    #: generalized task arithmetic, see :func:`merge_tensor`); ``normalize`` and ``rescale``
+    #: mean something only with ``rule="mergekit"`` (None: mergekit's default for the method)
+    rule: str = "peft"
+    normalize: bool | None = None
+    rescale: bool | None = None
 
     def __post_init__(self) -> None:
         m = self.method
+        if self.rule not in RULES:
+            raise InvalidInput(f"unknown merge rule {self.rule!r}; known: {', '.join(RULES)}")
+        if self.rule == "peft" and (self.normalize is not None or self.rescale is not None):
+            raise InvalidInput("normalize and rescale have a meaning only with rule=mergekit")
+        if self.rule == "mergekit":
+            if self.trim != "tensor":
+                raise InvalidInput("rule=mergekit trims tensor by tensor (trim=tensor)")
+            for key in ("normalize", "rescale"):
+                value = getattr(self, key)
+                if value is None:
+                    value = (m == "ties") if key == "normalize" else m in _RANDOM_METHODS
+                if not isinstance(value, bool):
+                    raise InvalidInput(f"{key} must be true or false, not {value!r}")
+                object.__setattr__(self, key, value)
         if m not in METHODS:
             raise InvalidInput(f"unknown merge method {m!r}; known: {', '.join(METHODS)}")
         d = self.density
         if m in _DENSITY_METHODS:
+            if d is None and self.rule == "mergekit":
+                d = 1.0  # mergekit's default density
             if d is None:
                 raise InvalidInput(f"{m} needs a density in (0, 1] (the fraction of entries kept)")
             if isinstance(d, bool) or not isinstance(d, numbers.Real):
@@ -121,6 +144,8 @@ class MergeParams:
             out["trim"] = self.trim
         if self.method in _SIGN_METHODS:
             out["majority_sign"] = self.majority_sign
+        if self.rule != "peft":  # absent at the default: recipes of before stay byte-identical
+            out.update(rule=self.rule, normalize=self.normalize, rescale=self.rescale)
         return out
 
     @classmethod
@@ -128,7 +153,8 @@ class MergeParams:
         """Inverse of :meth:`to_json`."""
         if not isinstance(doc, Mapping):
             raise InvalidInput(f"merge parameters must be an object, not {type(doc).__name__}")
-        unknown = sorted(set(doc) - {"method", "density", "seed", "trim", "majority_sign"})
+        unknown = sorted(set(doc) - {"method", "density", "seed", "trim", "majority_sign",
+                                     "rule", "normalize", "rescale"})
         if unknown:
             raise InvalidInput(f"unknown merge parameter(s): {', '.join(unknown)}")
         return cls(**dict(doc))
@@ -191,12 +217,80 @@ def _compute_dtype(deltas: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(d.dtype == torch.float64 for d in deltas) else torch.float32
 
 
+def _mergekit_magnitude(t: torch.Tensor, density: float) -> torch.Tensor:
+    """mergekit ``sparsify.magnitude``: keep ``max(1, int(density·numel))`` entries, chosen by
+    ``torch.argsort(|x|, descending=True)`` (its order among entries tied at the cut)."""
+    if density >= 1:
+        return t
+    if t.numel() == 0:
+        return torch.zeros_like(t)
+    k = max(1, int(density * t.numel()))
+    mask = torch.zeros(t.numel(), dtype=t.dtype)
+    mask[torch.argsort(t.abs().reshape(-1).float(), descending=True)[:k]] = 1
+    return t * mask.reshape_as(t)
+
+
+def _l1_rescaled(t: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """mergekit ``rescaled_masked_tensor(..., RescaleNorm.l1)``: back to the L1 norm of ``t``."""
+    before, after = t.abs().sum(), masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def _merge_mergekit(params: MergeParams, ts: list[torch.Tensor], weights: list[float],
+                    densities: list[float], name: str) -> torch.Tensor:
+    """mergekit 0.1.5 ``GeneralizedTaskArithmeticMerge.merge_group`` on deltas (without the
+    base and without λ, which the composition applies): sparsify each delta (magnitude for
+    ties, a Bernoulli drop for dare_*; DARE's masks are tvreg's seeded :func:`dare_mask`, not
+    mergekit's global RNG), weight, then for ties/dare_ties elect the sign per entry from the
+    *weighted* deltas (``sum``/``count``) and divide by the sum of the agreeing models'
+    weights, else by the sum of the weights (``normalize``)."""
+    method = params.method
+    dtype = ts[0].dtype
+    out = []
+    for i, (t, d) in enumerate(zip(ts, densities, strict=True)):
+        if method in _MAGNITUDE_METHODS:
+            kept = _mergekit_magnitude(t, d)
+            if params.rescale and d < 1:
+                kept = _l1_rescaled(t, kept)
+        elif method in _RANDOM_METHODS and d < 1:
+            kept = t * dare_mask(params.seed, name, i, t.shape, d).to(dtype)
+            if params.rescale:
+                kept = _l1_rescaled(t, kept)
+        else:
+            kept = t
+        out.append(kept)
+    deltas = torch.stack(out, dim=0)
+    w = torch.tensor(weights, dtype=dtype)
+    while deltas.dim() > w.dim():
+        w.unsqueeze_(-1)
+    deltas.mul_(w)
+    if method in _SIGN_METHODS:
+        sign = deltas.sign()
+        weight = deltas.sum(dim=0) if params.majority_sign == "total" else sign.sum(dim=0)
+        mask = sign == ((weight >= 0).to(dtype) * 2 - 1)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if params.normalize:
+        mixed /= divisor
+    return mixed
+
+
 def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: Sequence[float],
-                 *, name: str = "", thresholds: Sequence[float] | None = None) -> torch.Tensor:
+                 *, name: str = "", thresholds: Sequence[float] | None = None,
+                 densities: Sequence[float] | None = None) -> torch.Tensor:
     """The merged delta of one tensor: ``deltas[i]`` is operand ``i``'s delta, ``weights[i]`` its
     coefficient. ``name`` seeds DARE's masks (with ``params.seed`` and the operand index);
     ``thresholds`` (one per operand, from :class:`MagnitudeQuantile`) are needed iff
-    :func:`needs_thresholds`. Returns a new float32 tensor (float64 if any delta is float64).
+    :func:`needs_thresholds`. ``densities`` (one per operand) replace ``params.density`` operand
+    by operand (mergekit's per-model ``density``). Returns a new float32 tensor (float64 if any
+    delta is float64).
     """
     if not isinstance(params, MergeParams):
         raise InvalidInput(f"params must be MergeParams, not {type(params).__name__}")
@@ -231,6 +325,16 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     dtype = _compute_dtype(deltas)
     ts = [d.to(dtype) for d in deltas]
     method, density = params.method, params.density
+    per_operand = [float(x) for x in densities] if densities is not None else None
+    if per_operand is not None and (len(per_operand) != len(ts) or any(
+            not (0.0 < x <= 1.0) for x in per_operand)):
+        raise InvalidInput(f"densities must be one per operand, each in (0, 1]: {per_operand}")
+    if params.rule == "mergekit":
+        return _merge_mergekit(params, ts, weights,
+                               per_operand or [density if density is not None else 1.0] * len(ts),
+                               name)
+    if per_operand is not None:
+        raise InvalidInput("per-operand densities need rule=mergekit")
     w = torch.tensor(weights, dtype=dtype).view((len(ts),) + (1,) * len(shape))
 
     if method == "task_arithmetic":

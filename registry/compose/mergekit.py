@@ -1,0 +1,505 @@
+"""mergekit recipes in and out: a mergekit YAML config as a :class:`Composition`, a saved
+composition's recipe as mergekit YAML, and a saved composition recomputed (``reproduce``).
+
+The semantics are mergekit 0.1.5's (``merge_methods/generalized_task_arithmetic.py``,
+``linear.py``, ``sparsify.py``, ``config.evaluate_setting``); docs/interop.md has the mapping
+table. A config names its models by path (a checkpoint, whose vector against the base is
+computed on the fly, :class:`~tvreg.compose.checkpoint_operand.CheckpointVector`) or by
+registry ref.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tvreg.compose.checkpoint_operand import CheckpointVector, checkpoint_base_hash
+from tvreg.compose.composition import Composition, Operand
+from tvreg.compose.merge import MergeParams
+from tvreg.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tvreg.repo.repo import Repo
+    from tvreg.tensors.checkpoints import Checkpoint
+
+#: mergekit methods tvreg runs -> the tvreg method (with rule=mergekit)
+METHODS = {"linear": "task_arithmetic", "task_arithmetic": "task_arithmetic", "ties": "ties",
+           "dare_linear": "dare_linear", "dare_ties": "dare_ties"}
+#: mergekit methods that come later (refused by name)
+LATER = ("breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp",
+         "multislerp", "karcher", "model_stock", "passthrough", "sce", "nearswap",
+         "arcee_fusion", "ram", "task_adapter")
+TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
+            "tokenizer_source", "tvreg"}
+MODEL_PARAMS = {"weight", "density"}
+SHARED_PARAMS = {"normalize", "lambda", "rescale", "int8_mask"}
+TVREG_KEYS = {"rule", "seed", "trim", "majority_sign", "include", "exclude", "expression"}
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """The config as a dict: a mapping as it is, else a YAML file's contents."""
+    if isinstance(config, Mapping):
+        return dict(config)
+    import yaml
+
+    try:
+        with open(os.fspath(config), encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise InvalidInput(f"cannot read {config}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise InvalidInput(f"{config} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{config}: a mergekit config is a mapping")
+    return doc
+
+
+def evaluate_setting(name: str, setting: Any, t: float) -> Any:
+    """mergekit ``config.evaluate_setting`` for numbers: a scalar; a list of numbers
+    interpolated at ``t`` in [0, 1]; ``{filter, value}`` conditions (one or a list), the first
+    whose ``filter`` is absent, ``*`` or a substring of ``name``. None if nothing applies."""
+    if isinstance(setting, Mapping):
+        setting = [setting]
+    if isinstance(setting, bool) or isinstance(setting, (int, float)):
+        return setting
+    if isinstance(setting, list):
+        if not setting:
+            return None
+        if all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
+            scaled = t * (len(setting) - 1)
+            i0 = int(scaled)
+            i1 = min(len(setting) - 1, i0 + 1)
+            frac = scaled - i0
+            return (1 - frac) * setting[i0] + frac * setting[i1]
+        for cond in setting:
+            if not isinstance(cond, Mapping) or "value" not in cond \
+                    or set(cond) - {"filter", "value"}:
+                raise InvalidInput(f"a parameter list holds numbers or {{filter, value}} "
+                                   f"conditions, not {cond!r}")
+            f = cond.get("filter")
+            if f is None or f == "*" or (name and str(f) in name):
+                return evaluate_setting(name, cond["value"], t)
+        return None
+    raise InvalidInput(f"unsupported parameter value {setting!r}")
+
+
+def layer_positions(names: list[str]) -> dict[str, float]:
+    """mergekit's ``t`` per tensor: ``i / (n - 1)`` in layer ``i`` of ``n`` (1 if ``n == 1``),
+    0 outside the layers (embeddings, final norm, head: its pre/post weights)."""
+    layers = {int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    count = max(layers) + 1 if layers else 0
+    out = {}
+    for n in names:
+        m = _LAYER.search(n)
+        if m is None:
+            out[n] = 0.0
+        else:
+            out[n] = int(m.group(1)) / (count - 1) if count > 1 else 1.0
+    return out
+
+
+@dataclass
+class TensorParams:
+    """Per-tensor, per-operand weight and density from a config's settings (a model's own
+    parameters first, then the top-level ones, as mergekit resolves them)."""
+
+    models: list[dict[str, Any]]
+    top: dict[str, Any]
+    density_default: float | None
+    positions: dict[str, float] = field(default_factory=dict)
+
+    def _value(self, i: int, key: str, name: str) -> Any:
+        t = self.positions.get(name, 0.0)
+        for scope in (self.models[i], self.top):
+            if key in scope:
+                value = evaluate_setting(name, scope[key], t)
+                if value is not None:
+                    return float(value)
+        return None
+
+    def __call__(self, name: str) -> tuple[list[float], list[float] | None]:
+        weights, densities = [], []
+        for i in range(len(self.models)):
+            w = self._value(i, "weight", name)
+            if w is None:
+                raise InvalidInput(f"models[{i}] has no weight for tensor {name!r}")
+            weights.append(w)
+            d = self._value(i, "density", name)
+            densities.append(self.density_default if d is None else d)
+        if self.density_default is None:
+            return weights, None
+        return weights, [1.0 if d is None else d for d in densities]
+
+    def check(self, names: list[str]) -> None:
+        """Every value every tensor needs, evaluated before anything is read."""
+        for n in names:
+            weights, densities = self(n)
+            if densities is not None and any(not (0.0 < d <= 1.0) for d in densities):
+                raise InvalidInput(f"density must be in (0, 1] (tensor {n!r}: {densities})")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as the recipe keeps them."""
+        return {"models": self.models, "parameters": self.top}
+
+
+@dataclass
+class MergePlan:
+    """A config resolved: the composition, the base to apply it to (a path, a stored base's
+    name, or None for the vectors' stored base), the output dtype, the checkpoints to close."""
+
+    composition: Composition
+    base: Any
+    out_dtype: str | None
+    opened: list[Any]
+    base_dir: str | None = None
+
+    def close(self) -> None:
+        """Close the checkpoints the plan opened."""
+        for ck in self.opened:
+            ck.close()
+        self.opened = []
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and os.path.exists(value)
+
+
+def _scalar_bool(top: dict[str, Any], key: str) -> bool | None:
+    if key not in top:
+        return None
+    value = top[key]
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameters.{key} must be true or false here (tvreg reads no "
+                           f"per-tensor {key}), not {value!r}")
+    return value
+
+
+def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
+               allow_base_mismatch: bool = False) -> MergePlan:
+    """A mergekit config as a :class:`MergePlan`; see :meth:`tvreg.Registry.merge_config`.
+    Every key is checked, and every per-tensor value evaluated, before a tensor is read."""
+    from tvreg.tensors.checkpoints import open_checkpoint
+
+    doc = load_config(config)
+    for key in doc:
+        if key not in TOP_KEYS:
+            what = {"slices": "slices (passthrough/frankenmerges)", "modules": "modules",
+                    "tokenizer": "tokenizer (a tokenizer block)",
+                    "chat_template": "chat_template"}.get(key, key)
+            raise InvalidInput(f"unsupported mergekit key {what!r}")
+    src = doc.get("tokenizer_source")
+    if src is not None and src != "base":
+        raise InvalidInput(f"unsupported tokenizer_source {src!r}: only 'base' (no union)")
+    method = doc.get("merge_method")
+    if not isinstance(method, str):
+        raise InvalidInput("a mergekit config needs merge_method")
+    ext = doc.get("tvreg") or {}
+    if not isinstance(ext, Mapping) or set(ext) - TVREG_KEYS:
+        raise InvalidInput(f"unknown tvreg key(s): {sorted(set(ext) - TVREG_KEYS)}")
+    rule = ext.get("rule", "mergekit")
+    if method in LATER:
+        raise InvalidInput(f"merge_method {method} is not supported yet (tvreg runs "
+                           f"{', '.join(METHODS)})")
+    if method not in METHODS and not (rule == "peft" and method == "magnitude_prune"):
+        raise InvalidInput(f"unknown merge_method {method!r}")
+    tv_method = METHODS.get(method, method)
+    top = dict(doc.get("parameters") or {})
+    allowed = ({"weight", "normalize"} if method == "linear" else MODEL_PARAMS | SHARED_PARAMS)
+    for key in top:
+        if key not in allowed:
+            raise InvalidInput(f"unsupported parameter {key!r} for {method}")
+    models = doc.get("models")
+    if not isinstance(models, list) or not models:
+        raise InvalidInput("a mergekit config needs models (a non-empty list)")
+    for i, m in enumerate(models):
+        if not isinstance(m, Mapping) or "model" not in m:
+            raise InvalidInput(f"models[{i}] needs model")
+        for key in m:
+            if key not in ("model", "parameters"):
+                raise InvalidInput(f"unsupported key {key!r} in models[{i}]")
+        for key in (m.get("parameters") or {}):
+            if key not in (MODEL_PARAMS if method != "linear" else {"weight"}):
+                raise InvalidInput(f"unsupported parameter {key!r} in models[{i}] (mergekit "
+                                   "reads it at the top level only)" if key in SHARED_PARAMS
+                                   else f"unsupported parameter {key!r} in models[{i}]")
+    dtype, out_dtype = doc.get("dtype"), doc.get("out_dtype")
+    for key, value in (("dtype", dtype), ("out_dtype", out_dtype)):
+        if value is not None and value not in ("float32", "bfloat16", "float16"):
+            raise InvalidInput(f"unsupported {key} {value!r}")
+
+    normalize = _scalar_bool(top, "normalize")
+    rescale = _scalar_bool(top, "rescale")
+    _scalar_bool(top, "int8_mask")  # accepted: it changes the mask's dtype, not the result
+    lam = top.get("lambda", 1.0)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise InvalidInput(f"parameters.lambda must be a number here, not {lam!r}")
+    if method == "linear":
+        if normalize is False:
+            raise InvalidInput("linear with normalize: false (Σ wᵢ·θᵢ, the base counted Σw "
+                               "times) is not a task-vector merge; leave normalize on")
+        normalize = True
+    if rule == "peft":
+        params = MergeParams(method=tv_method, density=top.get("density"),
+                             seed=ext.get("seed", 0), trim=ext.get("trim", "tensor"),
+                             majority_sign=ext.get("majority_sign", "total"))
+    elif rule == "mergekit":
+        params = MergeParams(method=tv_method, seed=ext.get("seed", 0),
+                             majority_sign=ext.get("majority_sign", "total"), rule="mergekit",
+                             normalize=normalize, rescale=rescale,
+                             density=1.0 if tv_method != "task_arithmetic" else None)
+    else:
+        raise InvalidInput(f"unknown tvreg.rule {rule!r}: peft or mergekit")
+
+    opened: list[Any] = []
+    try:
+        base_ref = doc.get("base_model")
+        base_ck: Checkpoint | None = None
+        base_dir = None
+        if base_ref is not None and not isinstance(base_ref, str):
+            raise InvalidInput(f"base_model must be a path or a stored base's name: {base_ref!r}")
+        if isinstance(base_ref, str) and _is_path(base_ref):
+            base_ck = open_checkpoint(base_ref)
+            opened.append(base_ck)
+            base_dir = base_ref if os.path.isdir(base_ref) else None
+        base_hash = checkpoint_base_hash(base_ck) if base_ck is not None else None
+
+        operands, settings = [], []
+        for i, m in enumerate(models):
+            ref = m["model"]
+            if not isinstance(ref, str):
+                raise InvalidInput(f"models[{i}].model must be a path or a registry ref")
+            if method != "linear" and base_ref is not None and ref == base_ref:
+                continue  # mergekit: the base is not one of the merged deltas
+            if _is_path(ref):
+                if base_ck is None:
+                    if base_ref is None:
+                        raise InvalidInput(f"models[{i}] is a checkpoint ({ref}): its vector "
+                                           "needs base_model")
+                    stored = repo.stored_base(_stored_hash(repo, base_ref))
+                    if stored is None:
+                        raise InvalidInput(f"no stored base {base_ref!r}")
+                    base_ck = stored
+                    opened.append(base_ck)
+                    base_hash = checkpoint_base_hash(base_ck)
+                ft = open_checkpoint(ref)
+                opened.append(ft)
+                assert base_hash is not None
+                vector: Any = CheckpointVector(base_ck, ft, ref, base_hash)
+            else:
+                try:
+                    vector = repo.get(ref)
+                except NotFound as e:
+                    raise NotFound(f"models[{i}] ({ref}): {e}") from None
+            mp = dict(m.get("parameters") or {})
+            w = mp.get("weight", top.get("weight"))
+            coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
+            operands.append(Operand(ref, coef, vector))
+            settings.append(mp)
+        if method == "linear" and base_ref is not None \
+                and all(m["model"] != base_ref for m in models):
+            # mergekit: linear averages the base_model too (it needs a weight, top-level)
+            if "weight" not in top:
+                raise InvalidInput("linear averages base_model with the models (as mergekit "
+                                   "does): give it a weight (top-level parameters.weight) or "
+                                   "leave base_model out")
+            if base_ck is None:
+                stored = repo.stored_base(_stored_hash(repo, base_ref))
+                if stored is None:
+                    raise InvalidInput(f"no stored base {base_ref!r}")
+                base_ck = stored
+                opened.append(base_ck)
+                base_hash = checkpoint_base_hash(base_ck)
+            assert base_hash is not None
+            w = top["weight"]
+            coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
+            zero: Any = CheckpointVector(base_ck, base_ck, base_ref, base_hash)  # τ = 0
+            operands.append(Operand(base_ref, coef, zero))
+            settings.append({})
+        if not operands:
+            raise InvalidInput("no model to merge besides the base")
+        if rule == "peft":
+            for i, mp in enumerate(settings):
+                if set(mp) - {"weight"} or not isinstance(mp.get("weight", 1.0), (int, float)):
+                    raise InvalidInput(f"models[{i}]: with tvreg.rule peft only a scalar "
+                                       "weight per model")
+            tensor_params = None
+        else:
+            tensor_params = TensorParams(
+                settings, {k: v for k, v in top.items() if k in MODEL_PARAMS},
+                1.0 if tv_method != "task_arithmetic" else None)
+        expression = ext.get("expression") or " + ".join(
+            f"{op.coef!r}*{_quoted(op.ref)}" for op in operands)
+        comp = Composition(repo, expression, operands, params, lam=float(lam),
+                           include=ext.get("include"), exclude=ext.get("exclude"),
+                           allow_base_mismatch=allow_base_mismatch,
+                           tensor_params=tensor_params)
+        if tensor_params is not None:
+            names = [e.name for e in comp.manifest.tensors]
+            tensor_params.positions = layer_positions(names)
+            tensor_params.check(comp.names())
+        base: Any = base_ck if base_ck is not None else base_ref
+        return MergePlan(comp, base, out_dtype or dtype, opened, base_dir)
+    except BaseException:
+        for ck in opened:
+            ck.close()
+        raise
+
+
+def _quoted(ref: str) -> str:
+    return ref if re.fullmatch(r"[A-Za-z0-9_.@/-]+", ref) and "/" not in ref else f'"{ref}"'
+
+
+def _stored_hash(repo: Repo, name: str) -> str:
+    from tvreg.repo.bases import resolve
+
+    return resolve(repo, name).base_hash
+
+
+def write_merge(repo: Repo, plan: MergePlan, output: str, *, format: str | None = None,
+                shard_size: Any = None, force: bool = False) -> int:
+    """θ_base + merged into ``output``: a safetensors file or (``format="hf"``) a Hugging
+    Face folder, from the plan's base (the vectors' stored base when it names none)."""
+    from tvreg.compose.apply import check_base, check_output_path, merged_weights
+    from tvreg.repo.bases import open_base
+    from tvreg.tensors.safetensors_io import write_safetensors
+
+    fmt = format or ("safetensors" if str(output).endswith(".safetensors") else "hf")
+    if fmt not in ("hf", "safetensors"):
+        raise InvalidInput(f"unknown format {fmt!r}: hf or safetensors")
+    comp = plan.composition
+    if fmt == "hf" and plan.base_dir is None:
+        raise InvalidInput("--format hf needs base_model to be a Hugging Face model folder "
+                           "(its config and tokenizer are copied); write --format safetensors")
+    if fmt == "safetensors":
+        if os.path.exists(output) and not force:
+            raise InvalidInput(f"{output} exists; pass --force to replace it")
+        check_output_path(output, [plan.base] if isinstance(plan.base, str) else (), repo.root)
+    ck = open_base(repo, plan.base, comp.base_hash)
+    try:
+        infos, _ = check_base(comp, ck, allow_base_mismatch=comp.allow_base_mismatch)
+        dt = plan.out_dtype
+        from tvreg import dtypes
+
+        specs = [(i.name, (dt or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
+                 for i in infos]
+        metadata = {"tvreg.expression": comp.expression, "tvreg.base_hash": comp.base_hash,
+                    "tvreg.recipe": comp.recipe_json()}
+        weights = merged_weights(comp, ck, infos, dt, restore=False)
+        if fmt == "hf":
+            from tvreg.tensors.hf_folder import DEFAULT_SHARD_SIZE, parse_size, write_hf_folder
+
+            size = DEFAULT_SHARD_SIZE if shard_size is None else parse_size(shard_size)
+            assert plan.base_dir is not None
+            return write_hf_folder(output, plan.base_dir, specs, weights, metadata, dtype=dt,
+                                   shard_size=size, force=force)
+        return write_safetensors(output, specs, weights, metadata, progress="merge")
+    finally:
+        if ck not in plan.opened:
+            ck.close()
+
+
+# --- recipes out ------------------------------------------------------------------------------
+
+
+def recipe_document(record: Any) -> dict[str, Any]:
+    """A saved composition's recipe as a mergekit config (with a ``tvreg`` block of what
+    mergekit has no key for); :func:`plan_merge` of it rebuilds the version."""
+    recipe = record.recipe
+    if not recipe:
+        raise InvalidInput(f"{record.name}@{record.version} is not a composition (no recipe)")
+    method = dict(recipe["method"])
+    rule = method.get("rule", "peft")
+    name = method["method"]
+    doc: dict[str, Any] = {"merge_method": name}
+    models = []
+    extra = recipe.get("parameters")
+    for i, op in enumerate(recipe["operands"]):
+        ref = op["ref"] if op.get("vector_id") is None else op["vector_id"]
+        params = dict(extra["models"][i]) if extra else {"weight": op["coef"]}
+        models.append({"model": ref, "parameters": params})
+    doc["models"] = models
+    top: dict[str, Any] = dict(extra["parameters"]) if extra else {}
+    if rule == "peft" and method.get("density") is not None:
+        top["density"] = method["density"]
+    if rule == "mergekit":
+        top["normalize"] = method["normalize"]
+        if name != "task_arithmetic":
+            top["rescale"] = method["rescale"]
+    if recipe.get("lambda", 1.0) != 1.0:
+        top["lambda"] = recipe["lambda"]
+    if top:
+        doc["parameters"] = top
+    tv: dict[str, Any] = {"rule": rule, "expression": recipe["expression"]}
+    for key in ("seed", "trim", "majority_sign"):
+        if key in method:
+            tv[key] = method[key]
+    for key in ("include", "exclude"):
+        if recipe.get(key) is not None:
+            tv[key] = recipe[key]
+    doc["tvreg"] = tv
+    return doc
+
+
+def recipe_yaml(record: Any) -> str:
+    """:func:`recipe_document` as YAML, each operand's ref and vector id in a comment."""
+    import yaml
+
+    doc = recipe_document(record)
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    refs = {op["vector_id"]: op["ref"] for op in record.recipe["operands"] if op.get("vector_id")}
+    lines = []
+    for line in text.splitlines():
+        m = re.match(r"^(- model: |\s*- model: )(\S+)$", line)
+        if m and m.group(2) in refs:
+            line += f"  # {refs[m.group(2)]}"
+        lines.append(line)
+    head = f"# tvreg recipe of {record.name}@{record.version} (vector {record.vector_id})\n"
+    return head + "\n".join(lines) + "\n"
+
+
+# --- reproduce --------------------------------------------------------------------------------
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`reproduce` found: ``ok`` when every tensor is the stored one bit for bit."""
+
+    ref: str
+    vector_id: str
+    ok: bool
+    tensor: str | None = None
+    max_abs_diff: float | None = None
+    tensors: int = 0
+
+
+def reproduce(repo: Repo, ref: str) -> ReproduceResult:
+    """Recompute a saved composition from its record's recipe and operands and compare it,
+    tensor by tensor, with the stored version (:class:`InvalidInput` if ``ref`` is not one)."""
+    import torch
+
+    record, vector_id = repo.resolve_ref(ref)
+    if record is None or not record.recipe:
+        raise InvalidInput(f"{ref} is not a saved composition (it has no recipe)")
+    for op in record.recipe["operands"]:
+        if op.get("vector_id") is None:
+            raise InvalidInput(f"{ref}: operand {op['ref']} was a checkpoint, not a stored "
+                               "vector; it cannot be reproduced from the registry")
+    plan = plan_merge(repo, recipe_document(record), allow_base_mismatch=True)
+    try:
+        stored = repo.get(vector_id)
+        comp = plan.composition
+        count = 0
+        for name, t in comp.iter_tensors(prefetch=False):
+            s = stored.tensor(name)
+            count += 1
+            if s.shape != t.shape or not torch.equal(s.to(t.dtype), t):
+                diff = float((s.to(torch.float64) - t.to(torch.float64)).abs().max()) \
+                    if s.shape == t.shape else float("inf")
+                return ReproduceResult(ref, vector_id, False, name, diff, count)
+        return ReproduceResult(ref, vector_id, True, tensors=count)
+    finally:
+        plan.close()

@@ -1,0 +1,261 @@
+"""tvreg merge against mergekit 0.1.5's own output on a tiny Llama (issue 16, items 4 and 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+pytest.importorskip("mergekit")
+transformers = pytest.importorskip("transformers")
+
+import tvreg  # noqa: E402
+from tvreg.cli.main import cli  # noqa: E402
+from tvreg.tensors.checkpoints import open_checkpoint  # noqa: E402
+
+
+def _tiny_llama(path, seed):
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A base and three fine-tunes (a few real AdamW steps on random tokens each)."""
+    root = tmp_path_factory.mktemp("llama")
+    base = _tiny_llama(root, 0)
+    base.save_pretrained(root / "base")
+    paths = []
+    for k in range(3):
+        model = _tiny_llama(root, 0)
+        model.load_state_dict(base.state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(100 + k)
+        for _ in range(3):
+            ids = torch.randint(0, 128, (2, 16), generator=gen)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.save_pretrained(root / f"ft{k}")
+        paths.append(str(root / f"ft{k}"))
+    return str(root / "base"), paths
+
+
+def _mergekit(config: dict, out: str) -> dict[str, torch.Tensor]:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    run_merge(MergeConfiguration.model_validate(config), out,
+              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+    return _read(out)
+
+
+def _read(path: str) -> dict[str, torch.Tensor]:
+    with open_checkpoint(path) as ck:
+        return {n: ck.tensor(n).clone() for n in ck.names()}
+
+
+def _tvreg(reg, config: dict, out: str) -> dict[str, torch.Tensor]:
+    plan = reg.merge_config(config)
+    try:
+        reg.write_merge(plan, out)
+    finally:
+        plan.close()
+    return _read(out)
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[n].double() - b[n].double()).abs().max()) for n in a)
+
+
+def _config(method, base, fts, params=None, top=None):
+    models = [{"model": p, "parameters": dict(params[i]) if params else {"weight": 1.0}}
+              for i, p in enumerate(fts)]
+    doc = {"merge_method": method, "base_model": base, "models": models, "dtype": "float32"}
+    if top:
+        doc["parameters"] = top
+    return doc
+
+
+@pytest.fixture()
+def reg(tmp_path):
+    return tvreg.open(str(tmp_path / "registry"))
+
+
+CASES = {
+    # method, per-model params, top-level params, tolerance (0: bit for bit)
+    "task_arithmetic": ("task_arithmetic", [{"weight": 0.7}, {"weight": 0.4}, {"weight": -0.2}],
+                        {"lambda": 0.9}, 0.0),
+    "ta_normalize_gradient_filter": (
+        "task_arithmetic",
+        [{"weight": [0.2, 1.0]}, {"weight": [{"filter": "self_attn", "value": 0.5},
+                                             {"value": 0.3}]}, {"weight": 0.25}],
+        {"normalize": True}, 0.0),
+    "ties": ("ties", [{"weight": 0.6, "density": 0.5}, {"weight": 0.3, "density": 0.7},
+                      {"weight": 0.5, "density": [0.3, 0.9]}], {"int8_mask": True}, 0.0),
+    "dare_ties_density1": ("dare_ties", [{"weight": 0.5}, {"weight": 0.7}, {"weight": 0.2}],
+                           None, 0.0),
+    "dare_linear_density1": ("dare_linear", [{"weight": 0.5}, {"weight": 0.7}, {"weight": 0.2}],
+                             {"normalize": True}, 0.0),
+    # linear is a weighted average of full weights in mergekit, base + Σwτ/Σw in tvreg
+    # (mergekit averages base_model too: its weight is the top-level one)
+    "linear": ("linear", [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}], {"weight": 0.1},
+               1e-6),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_equals_mergekit(models, reg, tmp_path, case):
+    method, params, top, tol = CASES[case]
+    base, fts = models
+    config = _config(method, base, fts, params, top)
+    theirs = _mergekit(config, str(tmp_path / "mk"))
+    ours = _tvreg(reg, config, str(tmp_path / "ours.safetensors"))
+    diff = _max_diff(ours, theirs)
+    print(f"{case}: max abs difference {diff:g}")
+    assert diff <= tol, (case, diff)
+
+
+def test_dare_statistics(models, reg, tmp_path):
+    """DARE's masks come from different RNGs: compare what is kept, not which entries."""
+    base, fts = models
+    config = _config("dare_linear", base, fts[:1], [{"weight": 1.0, "density": 0.5}],
+                     {"rescale": False})
+    theirs = _mergekit(config, str(tmp_path / "mk"))
+    ours = _tvreg(reg, config, str(tmp_path / "ours.safetensors"))
+    b = _read(os.path.join(base, "model.safetensors"))
+    n = "model.layers.0.mlp.up_proj.weight"
+    kept_ours = float(((ours[n] - b[n]) != 0).float().mean())
+    kept_theirs = float(((theirs[n] - b[n]) != 0).float().mean())
+    assert abs(kept_ours - 0.5) < 0.05 and abs(kept_theirs - 0.5) < 0.05
+    ft = _read(os.path.join(fts[0], "model.safetensors"))
+    keep = (ours[n] - b[n]) != 0  # every kept entry is the fine-tune's exact delta
+    assert torch.equal((ours[n] - b[n])[keep], (ft[n] - b[n])[keep])
+
+
+def test_registry_refs_save_recipe_reproduce(models, reg, tmp_path):
+    base, fts = models
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        r = runner.invoke(cli, ["--registry", reg.root, *args], catch_exceptions=False)
+        assert r.exit_code == code, r.output
+        return r
+
+    reg.add_base(base, name="llama")
+    for k, p in enumerate(fts[:2]):
+        reg.create(f"t{k}", base, p)
+    config = {"merge_method": "ties", "base_model": "llama",
+              "models": [{"model": "t0", "parameters": {"weight": 0.6, "density": 0.5}},
+                         {"model": fts[1], "parameters": {"weight": 0.4, "density": 0.6}}],
+              "dtype": "float32"}
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    # a checkpoint model against a stored base: equal to mergekit's with paths
+    invoke("merge", str(cfg), "-o", str(tmp_path / "a.safetensors"))
+    theirs = _mergekit(dict(config, base_model=base,
+                            models=[dict(config["models"][0], model=fts[0]),
+                                    config["models"][1]]), str(tmp_path / "mk"))
+    assert _max_diff(_read(str(tmp_path / "a.safetensors")), theirs) == 0.0
+    # registry refs only, saved, shown as a recipe, merged again: the same version
+    config["models"][1]["model"] = "t1"
+    cfg.write_text(yaml.safe_dump(config))
+    ref = invoke("merge", str(cfg), "--save", "m", "--no-similarities").stdout.strip()
+    vid = reg.show(ref)["vector_id"]
+    text = invoke("show", ref, "--recipe").stdout
+    assert "merge_method: ties" in text and "# t0@1" in text
+    again = tmp_path / "again.yml"
+    again.write_text(text)
+    assert invoke("merge", str(again), "--save", "m", "--no-similarities").stdout.strip() == ref
+    assert invoke("reproduce", ref).stdout.strip() == vid
+    # a tvreg composition (peft rules) round-trips through its recipe too
+    comp = reg.resolve("0.5*t0 + t1", method="dare_ties", density=0.5, seed=3)
+    saved = reg.save_composition("c", comp, similarities=False)
+    text = invoke("show", saved.ref, "--recipe").stdout
+    again.write_text(text)
+    assert invoke("merge", str(again), "--save", "c", "--no-similarities").stdout.strip() \
+        == saved.ref
+    assert invoke("reproduce", saved.ref).stdout.strip() == saved.record.vector_id
+    assert json.loads(invoke("reproduce", saved.ref, "--json").stdout)["ok"]
+    invoke("reproduce", "t0", code=2)
+
+
+@pytest.mark.parametrize("patch, word", [
+    ({"slices": []}, "slices"), ({"chat_template": "x"}, "chat_template"),
+    ({"tokenizer": {"source": "union"}}, "tokenizer"), ({"frobnicate": 1}, "frobnicate"),
+    ({"tokenizer_source": "union"}, "union"), ({"merge_method": "della"}, "della"),
+    ({"merge_method": "nope"}, "nope"),
+])
+def test_refused(models, reg, tmp_path, patch, word):
+    base, fts = models
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(dict(_config("ties", base, fts[:1]), **patch)))
+    out = tmp_path / "out.safetensors"
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert word in r.output and not out.exists()
+
+
+def test_bad_ref(models, reg, tmp_path):
+    base, _ = models
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(_config("task_arithmetic", base, ["nosuch"])))
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), "-o",
+                                 str(tmp_path / "o.safetensors")])
+    assert r.exit_code == 2 and "nosuch" in r.output
+
+
+def test_hf_output_and_checkpoint_save(models, reg, tmp_path):
+    """--format hf (the default without .safetensors) writes a folder transformers loads;
+    a merge of checkpoints saved as a version keeps them out of its parents."""
+    base, fts = models
+    config = _config("task_arithmetic", base, fts[:2], [{"weight": 0.5}, {"weight": 0.5}])
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = tmp_path / "merged"
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), "-o", str(out),
+                                 "--save", "ck", "--no-similarities"])
+    assert r.exit_code == 0, r.output
+    theirs = _mergekit(config, str(tmp_path / "mk"))
+    model = transformers.LlamaForCausalLM.from_pretrained(str(out))
+    sd = model.state_dict()
+    assert max(float((sd[n] - theirs[n]).abs().max()) for n in theirs) == 0.0
+    info = reg.show("ck")
+    assert info["parents"] == [] and info["recipe"]["parameters"]["models"][0] == {"weight": 0.5}
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "reproduce", "ck"])
+    assert r.exit_code == 2 and "checkpoint" in r.output
+
+
+def test_trim_ties_at_the_cut_as_mergekit():
+    """Entries tied at the trim cut: the same argsort picks the same ones as mergekit."""
+    from mergekit.sparsify import RescaleNorm, magnitude
+
+    from tvreg.compose.merge import _l1_rescaled, _mergekit_magnitude
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(-3, 4, (40, 24), generator=gen).float() * 0.125  # many equal |x|
+    for density in (0.1, 0.33, 0.5, 0.9):
+        ours = _mergekit_magnitude(t, density)
+        assert torch.equal(ours, magnitude(t, density))
+        assert torch.equal(_l1_rescaled(t, ours), magnitude(t, density, RescaleNorm.l1))
+
+
+def test_default_recipes_unchanged():
+    """The new options at their defaults leave the recipe JSON as it was."""
+    from tvreg.compose.merge import MergeParams
+
+    assert MergeParams("ties", density=0.5).to_json() == {
+        "method": "ties", "density": 0.5, "trim": "tensor", "majority_sign": "total"}
+    assert MergeParams().to_json() == {"method": "task_arithmetic"}
+    p = MergeParams("dare_ties", rule="mergekit")
+    assert (p.density, p.normalize, p.rescale) == (1.0, False, True)
+    assert MergeParams.from_json(p.to_json()) == p
