@@ -15,8 +15,9 @@ from .output import emit_json, human_bytes, message, warnings_to_stderr
               "safetensors file (a .safetensors name or --format safetensors).")
 @click.option("--format", "fmt", type=click.Choice(["hf", "safetensors"]),
               help="Output format (default: hf, safetensors for a .safetensors name).")
-@click.option("--shard-size", metavar="S", help="With --format hf: largest shard (e.g. 5GB).")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--shard-size", metavar="SIZE",
+              help="--format hf: largest shard, e.g. 500MB (default 5GB, as transformers).")
+@click.option("--force", is_flag=True, help="--format hf: replace a non-empty output folder.")
 @click.option("--save", "save_as", metavar="NAME",
               help="Store the merged vector as a new version of NAME.")
 @click.option("--task", help="Task label of the saved version.")
@@ -42,6 +43,9 @@ def merge(reg, config, output, fmt, shard_size, force, save_as, task, meta, no_s
             message(f"merging {comp.expression} ({comp.params.method}, lambda {comp.lam:g}, "
                     f"{len(comp.operands)} model(s), {len(comp.entries)} tensor(s))")
             result = None
+            if output:  # bad output: refused before anything is saved
+                reg.check_merge_output(plan, output, format=fmt, shard_size=shard_size,
+                                       force=force)
             if save_as:
                 result = reg.save_composition(save_as, comp, task=task, meta=meta_values,
                                               similarities=not no_similarities)

@@ -364,6 +364,16 @@ class Registry:
         return write_merge(self.repo, plan, os.fspath(output), format=format,
                            shard_size=shard_size, force=force)
 
+    def check_merge_output(self, plan: Any, output: str | os.PathLike, *,
+                           format: str | None = None, shard_size: Any = None,
+                           force: bool = False) -> str:
+        """The format :meth:`write_merge` would write ``output`` in, once the checks apply
+        runs on an output (before any work) have passed."""
+        from tvreg.compose.mergekit import check_merge_output
+
+        return check_merge_output(self.repo, plan, os.fspath(output), format=format,
+                                  shard_size=shard_size, force=force)
+
     def recipe_yaml(self, ref: str) -> str:
         """A saved composition's recipe as a mergekit YAML config (tvreg's own settings in a
         ``tvreg`` block); ``tvreg merge`` of it rebuilds the version."""

@@ -135,8 +135,17 @@ def test_the_model_card(loaded, run, bert, tmp_path):
     for op in comp.operands:
         assert f"`{op.vector.vector_id}`" in body and op.vector.ref in body
     assert "<b>" not in body and "alpha \\| &lt;b&gt;task&lt;/b&gt;" in body  # escaped
-    recipe = body.split("```json\n", 1)[1].split("\n```", 1)[0]
-    assert json.loads(recipe) == comp.recipe
+    # the recipe file: `tvreg merge` of it (given the base folder) rebuilds the weights
+    recipe = yaml.safe_load(body.split("```yaml\n", 1)[1].split("\n```", 1)[0])
+    assert [m["model"] for m in recipe["models"]] == [op.vector.vector_id for op in comp.operands]
+    cfg = tmp_path / "recipe.yml"
+    cfg.write_text(yaml.safe_dump({**recipe, "base_model": str(base)}))
+    run("merge", str(cfg), "-o", str(tmp_path / "again.safetensors"))
+    from safetensors.torch import load_file
+
+    again = load_file(tmp_path / "again.safetensors")
+    got = transformers.AutoModel.from_pretrained(out).state_dict()
+    assert all(torch.equal(again[n], got[n]) for n in got)
     assert f"tvreg base name {comp.base_hash[:12]}" in body
 
     # name the base (its weights are not stored) and the card says base_model

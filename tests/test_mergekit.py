@@ -259,3 +259,38 @@ def test_default_recipes_unchanged():
     p = MergeParams("dare_ties", rule="mergekit")
     assert (p.density, p.normalize, p.rescale) == (1.0, False, True)
     assert MergeParams.from_json(p.to_json()) == p
+
+
+def test_bad_output_saves_nothing(models, reg, tmp_path):
+    """The output is checked before --save stores anything: a registry left exactly as it was."""
+    from helpers import snapshot
+
+    base, fts = models
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(_config("task_arithmetic", base, fts[:1])))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("mine")
+    reg.init()
+    before = snapshot(reg.root)
+    for args, word in [(["-o", str(full)], "is not empty"),
+                       (["-o", str(tmp_path / "o"), "--shard-size", "1 parsec"], "invalid size"),
+                       (["-o", str(tmp_path / "o.safetensors"), "--force"], "--format hf")]:
+        r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), *args,
+                                     "--save", "m", "--no-similarities"])
+        assert r.exit_code == 2 and word in r.output, r.output
+        assert snapshot(reg.root) == before
+
+
+def test_hf_output_has_the_model_card(models, reg, tmp_path):
+    base, fts = models
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump(_config("ties", base, fts[:2], [
+        {"weight": 0.5, "density": 0.5}, {"weight": 0.5, "density": 0.7}])))
+    out = tmp_path / "merged"
+    r = CliRunner().invoke(cli, ["--registry", reg.root, "merge", str(cfg), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = (out / "README.md").read_text()
+    front = yaml.safe_load(text[4:].split("\n---\n", 1)[0])
+    assert front["base_model_relation"] == "merge" and front["tags"][:2] == ["tvreg", "merge"]
+    assert "ties" in text

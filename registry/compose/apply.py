@@ -235,11 +235,46 @@ def apply_to_checkpoint(comp: Composition, base: str | Checkpoint, output: str, 
 def _card(comp: Composition, output: str, base_dir: str | None) -> str:
     """The model card of a folder of ``comp``'s weights (:mod:`tvreg.compose.card`)."""
     from tvreg.compose.card import library_of, model_card
+    from tvreg.compose.recipe_yaml import recipe_config_yaml
     from tvreg.repo.bases import names_of
 
     names = sorted(names_of(comp.repo, comp.base_hash))
-    return model_card(comp, title=os.path.basename(os.path.abspath(output)),
-                      base_name=names[0] if names else None, library_name=library_of(base_dir))
+    title = os.path.basename(os.path.abspath(output))
+    recipe = recipe_config_yaml(comp.recipe, f"# tvreg recipe of {title}: `tvreg merge` of this "
+                                             "file rebuilds it (add base_model: BASE_FOLDER "
+                                             "when the base is not stored)")
+    return model_card(comp, title=title, base_name=names[0] if names else None,
+                      library_name=library_of(base_dir), recipe_file=recipe,
+                      recipe_format="yaml")
+
+
+def check_output(repo: Repo, output: str | os.PathLike, *, format: str | None, base: Any,
+                 base_dir: str | None, shard_size: int | str | None = None,
+                 force: bool = False) -> str:
+    """The format ``output`` is written in, once every check on it has passed (bad input, before
+    any work): a model folder needs a base folder with ``config.json``, an empty or new output
+    folder (or ``force``) outside the base and the registry, and a valid shard size; a file
+    must not be an input nor lie in the registry, and takes no shard size or ``force``."""
+    fmt = output_format(output, format)
+    out = os.fspath(output)
+    inputs = [base] if isinstance(base, (str, os.PathLike)) else []
+    if fmt == "hf":
+        from tvreg.tensors.hf_folder import check_hf_output, parse_size
+        from tvreg.tensors.outputs import check_output_folder
+
+        if out == "-":
+            raise InvalidInput("a model folder cannot go to standard output: give a folder, "
+                               "or --format safetensors")
+        check_output_folder(out, [*inputs, base_dir], repo.root)
+        check_hf_output(out, base_dir, force=force,
+                        given=base if base is not None else "the stored base (no --base)")
+        if shard_size is not None:
+            parse_size(shard_size)
+    else:
+        if shard_size is not None or force:
+            raise InvalidInput("--shard-size and --force are for --format hf (a model folder)")
+        check_output_path(out, inputs, repo.root)
+    return fmt
 
 
 def apply(repo: Repo, comp: Composition | str, base: Any = None,
@@ -254,18 +289,10 @@ def apply(repo: Repo, comp: Composition | str, base: Any = None,
 
     if output is None:
         raise InvalidInput("apply needs an output file")
-    fmt = output_format(output, format)
-    inputs = [base] if isinstance(base, (str, os.PathLike)) else []
-    base_dir = folder_of(base) if inputs and os.path.exists(os.fspath(base)) else None
-    if fmt == "hf":
-        from tvreg.tensors.hf_folder import check_hf_output
-        from tvreg.tensors.outputs import check_output_folder
-
-        check_output_folder(os.fspath(output), [*inputs, base_dir], repo.root)
-        check_hf_output(os.fspath(output), base_dir, force=force,
-                        given=base if base is not None else "the stored base (no --base)")
-    else:
-        check_output_path(os.fspath(output), inputs, repo.root)
+    base_dir = folder_of(base) if isinstance(base, (str, os.PathLike)) \
+        and os.path.exists(os.fspath(base)) else None
+    fmt = check_output(repo, output, format=format, base=base, base_dir=base_dir,
+                       shard_size=shard_size, force=force)
     if isinstance(comp, str):
         comp = resolve(repo, comp, allow_base_mismatch=bool(allow_base_mismatch))
     if allow_base_mismatch is None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tvreg.compose.checkpoint_operand import CheckpointVector, checkpoint_base_hash
 from tvreg.compose.composition import Composition, Operand
 from tvreg.compose.merge import MergeParams
+from tvreg.compose.recipe_yaml import recipe_config, recipe_config_yaml
 from tvreg.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -183,6 +184,7 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
     """A mergekit config as a :class:`MergePlan`; see :meth:`tvreg.Registry.merge_config`.
     Every key is checked, and every per-tensor value evaluated, before a tensor is read."""
     from tvreg.tensors.checkpoints import open_checkpoint
+    from tvreg.tensors.hf_folder import folder_of
 
     doc = load_config(config)
     for key in doc:
@@ -264,7 +266,7 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
         if isinstance(base_ref, str) and _is_path(base_ref):
             base_ck = open_checkpoint(base_ref)
             opened.append(base_ck)
-            base_dir = base_ref if os.path.isdir(base_ref) else None
+            base_dir = folder_of(base_ref)
         base_hash = checkpoint_base_hash(base_ck) if base_ck is not None else None
 
         operands, settings = [], []
@@ -361,45 +363,32 @@ def _stored_hash(repo: Repo, name: str) -> str:
 
 def write_merge(repo: Repo, plan: MergePlan, output: str, *, format: str | None = None,
                 shard_size: Any = None, force: bool = False) -> int:
-    """θ_base + merged into ``output``: a safetensors file or (``format="hf"``) a Hugging
-    Face folder, from the plan's base (the vectors' stored base when it names none)."""
-    from tvreg.compose.apply import check_base, check_output_path, merged_weights
+    """θ_base + merged into ``output`` through ``apply``'s writer: a safetensors file or
+    (``format="hf"``, the default without a ``.safetensors`` suffix) a Hugging Face folder
+    with its model card, from the plan's base (the vectors' stored base when it names none).
+    :func:`check_merge_output` runs first (also before a ``--save``)."""
+    from tvreg.compose.apply import apply_to_checkpoint
     from tvreg.repo.bases import open_base
-    from tvreg.tensors.safetensors_io import write_safetensors
 
-    fmt = format or ("safetensors" if str(output).endswith(".safetensors") else "hf")
-    if fmt not in ("hf", "safetensors"):
-        raise InvalidInput(f"unknown format {fmt!r}: hf or safetensors")
     comp = plan.composition
-    if fmt == "hf" and plan.base_dir is None:
-        raise InvalidInput("--format hf needs base_model to be a Hugging Face model folder "
-                           "(its config and tokenizer are copied); write --format safetensors")
-    if fmt == "safetensors":
-        if os.path.exists(output) and not force:
-            raise InvalidInput(f"{output} exists; pass --force to replace it")
-        check_output_path(output, [plan.base] if isinstance(plan.base, str) else (), repo.root)
-    ck = open_base(repo, plan.base, comp.base_hash)
-    try:
-        infos, _ = check_base(comp, ck, allow_base_mismatch=comp.allow_base_mismatch)
-        dt = plan.out_dtype
-        from tvreg import dtypes
+    fmt = check_merge_output(repo, plan, output, format=format, shard_size=shard_size,
+                             force=force)
+    ck = open_base(repo, plan.base, comp.base_hash)  # closed when written (plan.close again)
+    return apply_to_checkpoint(comp, ck, output, dtype=plan.out_dtype,
+                               allow_base_mismatch=comp.allow_base_mismatch, format=fmt,
+                               shard_size=shard_size, force=force, base_dir=plan.base_dir)
 
-        specs = [(i.name, (dt or i.dtype) if dtypes.is_floating(i.dtype) else i.dtype, i.shape)
-                 for i in infos]
-        metadata = {"tvreg.expression": comp.expression, "tvreg.base_hash": comp.base_hash,
-                    "tvreg.recipe": comp.recipe_json()}
-        weights = merged_weights(comp, ck, infos, dt, restore=False)
-        if fmt == "hf":
-            from tvreg.tensors.hf_folder import DEFAULT_SHARD_SIZE, parse_size, write_hf_folder
 
-            size = DEFAULT_SHARD_SIZE if shard_size is None else parse_size(shard_size)
-            assert plan.base_dir is not None
-            return write_hf_folder(output, plan.base_dir, specs, weights, metadata, dtype=dt,
-                                   shard_size=size, force=force)
-        return write_safetensors(output, specs, weights, metadata, progress="merge")
-    finally:
-        if ck not in plan.opened:
-            ck.close()
+def check_merge_output(repo: Repo, plan: MergePlan, output: str, *, format: str | None = None,
+                       shard_size: Any = None, force: bool = False) -> str:
+    """The output format, once ``output`` passed apply's checks (:func:`.apply.check_output`)."""
+    from tvreg.compose.apply import check_output
+
+    base = plan.base if isinstance(plan.base, (str, os.PathLike)) else \
+        getattr(plan.base, "path", None)
+    return check_output(repo, output, format=format,
+                        base=base if base is not None and os.path.exists(base) else None,
+                        base_dir=plan.base_dir, shard_size=shard_size, force=force)
 
 
 # --- recipes out ------------------------------------------------------------------------------
@@ -408,57 +397,16 @@ def write_merge(repo: Repo, plan: MergePlan, output: str, *, format: str | None 
 def recipe_document(record: Any) -> dict[str, Any]:
     """A saved composition's recipe as a mergekit config (with a ``tvreg`` block of what
     mergekit has no key for); :func:`plan_merge` of it rebuilds the version."""
-    recipe = record.recipe
-    if not recipe:
+    if not record.recipe:
         raise InvalidInput(f"{record.name}@{record.version} is not a composition (no recipe)")
-    method = dict(recipe["method"])
-    rule = method.get("rule", "peft")
-    name = method["method"]
-    doc: dict[str, Any] = {"merge_method": name}
-    models = []
-    extra = recipe.get("parameters")
-    for i, op in enumerate(recipe["operands"]):
-        ref = op["ref"] if op.get("vector_id") is None else op["vector_id"]
-        params = dict(extra["models"][i]) if extra else {"weight": op["coef"]}
-        models.append({"model": ref, "parameters": params})
-    doc["models"] = models
-    top: dict[str, Any] = dict(extra["parameters"]) if extra else {}
-    if rule == "peft" and method.get("density") is not None:
-        top["density"] = method["density"]
-    if rule == "mergekit":
-        top["normalize"] = method["normalize"]
-        if name != "task_arithmetic":
-            top["rescale"] = method["rescale"]
-    if recipe.get("lambda", 1.0) != 1.0:
-        top["lambda"] = recipe["lambda"]
-    if top:
-        doc["parameters"] = top
-    tv: dict[str, Any] = {"rule": rule, "expression": recipe["expression"]}
-    for key in ("seed", "trim", "majority_sign"):
-        if key in method:
-            tv[key] = method[key]
-    for key in ("include", "exclude"):
-        if recipe.get(key) is not None:
-            tv[key] = recipe[key]
-    doc["tvreg"] = tv
-    return doc
+    return recipe_config(record.recipe)
 
 
 def recipe_yaml(record: Any) -> str:
     """:func:`recipe_document` as YAML, each operand's ref and vector id in a comment."""
-    import yaml
-
-    doc = recipe_document(record)
-    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
-    refs = {op["vector_id"]: op["ref"] for op in record.recipe["operands"] if op.get("vector_id")}
-    lines = []
-    for line in text.splitlines():
-        m = re.match(r"^(- model: |\s*- model: )(\S+)$", line)
-        if m and m.group(2) in refs:
-            line += f"  # {refs[m.group(2)]}"
-        lines.append(line)
-    head = f"# tvreg recipe of {record.name}@{record.version} (vector {record.vector_id})\n"
-    return head + "\n".join(lines) + "\n"
+    recipe_document(record)  # a composition, or InvalidInput
+    return recipe_config_yaml(record.recipe, f"# tvreg recipe of {record.name}@"
+                                             f"{record.version} (vector {record.vector_id})")
 
 
 # --- reproduce --------------------------------------------------------------------------------
