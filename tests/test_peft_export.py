@@ -169,3 +169,15 @@ def test_cli(run, reg, bert, tmp_path):
                include=r"bias$", similarities=False)
     run("export", "bias", "--format", "peft", "--rank", "4", "-o", str(tmp_path / "b"), code=2)
     assert not (tmp_path / "b").exists()
+
+
+def test_unknown_ref_and_expression(run, reg, bert, tmp_path):
+    d, _, _ = bert
+    reg.create("ft", d / "base" / "model.safetensors", d / "ft.safetensors", similarities=False)
+    for ref in ("nope", "0.5*ft + nope"):
+        run("export", ref, "--format", "peft", "--rank", "4", "-o", str(tmp_path / "o"), code=2)
+        assert not (tmp_path / "o").exists()
+    rep = json.loads(run("export", "2*ft", "--format", "peft", "--rank", "32", "--include",
+                         r"query", "-o", str(tmp_path / "o"), "--json").stdout)
+    assert rep["rel_error_modules"] < 1e-5 and len(rep["modules"]) == 2
+    run("export", "ft", "--rank", "4", "-o", str(tmp_path / "x.safetensors"), code=2)

@@ -39,14 +39,14 @@ def _factors_of(repo: Repo, entry) -> tuple[Any, Any, float, bool] | None:
 
 def _operands(repo: Repo, ref: str):
     """``[(coef, TaskVector)]`` and a label: a ref, an expression, or a saved task-arithmetic
-    composition (its recipe's operands, when all are stored); None when factors cannot come
-    from operands (another method)."""
-    from tvreg.compose.expr import ExpressionError
+    composition (its recipe's operands, when all are still stored; any other recipe: the
+    version itself, decoded dense)."""
     from tvreg.compose.resolve import resolve
+    from tvreg.errors import InvalidName, InvalidRef, NotFound
 
     try:
         vec = repo.get(ref)
-    except Exception:  # noqa: BLE001 - not a ref: an expression
+    except (InvalidRef, InvalidName, NotFound):  # not a ref: an expression (or an error there)
         vec = None
     if vec is not None:
         recipe = vec.record.recipe if vec.record is not None else None
@@ -59,13 +59,10 @@ def _operands(repo: Repo, ref: str):
                 ops = [(lam * float(o["coef"]), repo.get(o["vector_id"]))
                        for o in recipe["operands"]]
                 return vec, ops
-            except Exception:  # noqa: BLE001 - an operand gone: the dense vector
+            except (NotFound, KeyError, TypeError, ValueError):  # an operand gone: dense
                 pass
         return vec, [(1.0, vec)]
-    try:
-        comp = resolve(repo, ref)
-    except ExpressionError:
-        raise
+    comp = resolve(repo, ref)
     return comp, [(comp.lam * op.coef, op.vector) for op in comp.operands]
 
 
