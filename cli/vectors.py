@@ -172,13 +172,47 @@ def tag(reg, ref, tag):
 
 @click.command()
 @click.argument("ref")
-@click.option("-o", "--output", required=True, metavar="F.safetensors", help="File to write.")
+@click.option("-o", "--output", required=True, metavar="PATH",
+              help="File to write (--format safetensors) or adapter folder (--format peft).")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "peft"]),
+              default="safetensors", show_default=True,
+              help="safetensors: the vector as stored; peft: a PEFT LoRA adapter folder.")
+@click.option("--rank", type=int, metavar="R", help="peft: rank per module (capped at each "
+              "module's).")
+@click.option("--energy", type=float, metavar="E", help="peft: per module, the smallest rank "
+              "keeping fraction E (0 < E <= 1) of its squared norm.")
+@click.option("--include", metavar="REGEX", help="peft: only tensors whose name matches.")
+@click.option("--force", is_flag=True, help="peft: replace a non-empty output folder.")
+@json_option
 @click.pass_obj
-def export(reg, ref, output):
-    """Write the task vector REF to a safetensors file (bit for bit what was stored)."""
-    check_stdout_output(output)
-    n = reg.export(ref, output)
-    message(f"wrote {output} ({human_bytes(n)})")
+def export(reg, ref, output, fmt, rank, energy, include, force, as_json):
+    """Write the task vector REF to a safetensors file (bit for bit what was stored), or with
+    --format peft as a PEFT LoRA adapter (REF may be an expression such as '0.5*a + b')."""
+    from tvreg.errors import InvalidInput
+
+    if fmt == "safetensors":
+        if rank is not None or energy is not None or include is not None or force or as_json:
+            raise InvalidInput("--rank, --energy, --include, --force and --json go with "
+                               "--format peft")
+        check_stdout_output(output)
+        n = reg.export(ref, output)
+        message(f"wrote {output} ({human_bytes(n)})")
+        return
+    report = reg.export_peft(ref, output, rank=rank, energy=energy, include=include,
+                             force=force)
+    rows = [(m["module"], "x".join(map(str, m["shape"])), str(m["rank"]),
+             f"{m['rel_error']:.3g}", "yes" if m["exact_factors"] else "")
+            for m in report["modules"]]
+    cols = ["MODULE", "SHAPE", "RANK", "REL ERROR", "FACTORS KEPT"]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    for r in [cols, *rows]:
+        message("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    message(f"wrote {output}: {len(report['modules'])} module(s), total rank "
+            f"{report['total_rank']}, rel error {report['rel_error']:.3g} (modules "
+            f"{report['rel_error_modules']:.3g}), not carried {report['not_carried_share']:.3g} "
+            f"of the squared norm ({len(report['not_carried'])} tensor(s))")
+    if as_json:
+        emit_json(report)
 
 
 COMMANDS = [create, ls, show, log, tag, export]

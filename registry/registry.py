@@ -613,6 +613,21 @@ class Registry:
 
         return export(self.repo, ref, path)
 
+    def export_peft(self, ref: str, out_dir: str | os.PathLike, *, rank: int | None = None,
+                    energy: float | None = None, include: str | None = None,
+                    force: bool = False) -> dict[str, Any]:
+        """Write a vector (a ref, an expression such as ``"0.5*a + b"``, or a saved
+        task-arithmetic composition) as a PEFT LoRA adapter folder (``adapter_config.json`` +
+        ``adapter_model.safetensors``): ``rank`` per module (capped at the module's) or the
+        smallest rank keeping fraction ``energy`` of each module's squared norm. LoRA-imported
+        factors are written as stored (sums concatenated); dense deltas are factored by SVD
+        (docs/interop.md). Returns the report: per module rank and relative error, and the share
+        of the vector the adapter does not carry. Bad input writes nothing."""
+        from tvreg.compose.peft_export import export_peft
+
+        return export_peft(self.repo, ref, out_dir, rank=rank, energy=energy, include=include,
+                           force=force)
+
     # --- maintenance -----------------------------------------------------------------------------
 
     def reindex(self) -> dict[str, Any]:
