@@ -4,7 +4,8 @@ Three full fine-tunes of the real all-MiniLM-L6-v2 (the `examples` extra; a few 
 each on random tokens, every parameter trained) are saved as Hugging Face folders. The same
 task-arithmetic and TIES merges are then run, each in a fresh child process, repeated:
 
-* ``mergekit-yaml CONFIG OUT`` (mergekit 0.1.5, CPU, the models as folders);
+* ``mergekit-yaml CONFIG OUT`` (mergekit 0.1.5, CPU, the models as folders; with a one-line
+  fix of its BERT planning bug, :data:`MERGEKIT_YAML`);
 * ``tvreg merge CONFIG -o OUT`` on the same YAML with the models as folders (their vectors
   computed on the fly against the base, nothing stored);
 * ``tvreg merge`` with the models as registry refs (the vectors stored beforehand);
@@ -29,6 +30,19 @@ import tempfile
 import time
 
 BIN = os.path.dirname(sys.executable)
+
+#: mergekit-yaml with one fix: mergekit 0.1.5 cannot plan BERT (its architecture lists
+#: position_ids' aliases as a tuple, and plan.py concatenates a list and that tuple). The fix
+#: (list(...)) changes nothing else; it is applied before mergekit.merge imports the planner.
+MERGEKIT_YAML = """
+import sys, inspect, mergekit.plan as plan
+src = inspect.getsource(plan).replace(
+    "[w_in.name] + (w_in.aliases or [])", "[w_in.name] + list(w_in.aliases or [])")
+exec(compile(src, plan.__file__, "exec"), plan.__dict__)
+from mergekit.scripts.run_yaml import main
+sys.argv = ["mergekit-yaml", *sys.argv[1:]]
+main()
+"""
 
 
 def _run(cmd: list[str]) -> tuple[float, int]:
@@ -131,7 +145,7 @@ def main() -> None:
         expr = "0.5*ft0 + 0.3*ft1 + 0.2*ft2"
         tie = ["--method", "ties", "--density", "0.5"] if method == "ties" else []
         runs = {
-            "mergekit-yaml": lambda o, p=paths: [os.path.join(BIN, "mergekit-yaml"), p, o],
+            "mergekit-yaml": lambda o, p=paths: [sys.executable, "-c", MERGEKIT_YAML, p, o],
             "tvreg merge (folders)": lambda o, p=paths: [*tvreg, "merge", p, "-o", o],
             "tvreg merge (refs)": lambda o, p=refs: [*tvreg, "merge", p, "-o", o],
             "tvreg apply --format hf": lambda o, t=tie: [*tvreg, "apply", expr, "--base", base,

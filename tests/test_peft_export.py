@@ -140,6 +140,18 @@ def test_lora_round_trip_and_sum(reg, bert, tmp_path):
     # truncated below the stored rank: QR + SVD of the product
     rep3 = reg.export_peft("0.5*l1 + l2", tmp_path / "t3", rank=3)
     assert rep3["ranks"] == [3] and rep3["rel_error_modules"] > 0
+    # every folder has a model card: an adapter of its (named) base, its operands
+    import yaml
+
+    reg.name_base(reg.get("l1").base_hash[:12], "org/tiny-bert")
+    reg.export_peft("0.5*l1 + l2", tmp_path / "carded", rank=3)
+    text = (tmp_path / "carded" / "README.md").read_text()
+    front = yaml.safe_load(text[4:].split("\n---\n", 1)[0])
+    assert front == {"base_model": "org/tiny-bert", "base_model_relation": "adapter",
+                     "library_name": "peft", "tags": ["tvreg", "lora", "task-vector"]}
+    assert reg.get("l1").vector_id in text and reg.get("l2").vector_id in text
+    cfg = json.loads((tmp_path / "carded" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "org/tiny-bert"
 
 
 def test_cli(run, reg, bert, tmp_path):
@@ -162,7 +174,7 @@ def test_cli(run, reg, bert, tmp_path):
     run("export", "ft", "--format", "peft", "--rank", "4", "-o", str(full), code=2)
     assert sorted(p.name for p in full.iterdir()) == ["x"]
     run("export", "ft", "--format", "peft", "--rank", "4", "-o", str(full), "--force")
-    assert sorted(p.name for p in full.iterdir()) == ["adapter_config.json",
+    assert sorted(p.name for p in full.iterdir()) == ["README.md", "adapter_config.json",
                                                       "adapter_model.safetensors"]
     # no 2-D tensor to adapt
     reg.create("bias", d / "base" / "model.safetensors", d / "ft.safetensors",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.compose.composition import Composition
 
-__all__ = ["library_of", "model_card", "relation_of"]
+__all__ = ["adapter_card", "library_of", "model_card", "relation_of"]
 
 
 def relation_of(comp: Composition) -> str:
@@ -124,4 +124,55 @@ def model_card(comp: Composition, *, title: str, base_name: str | None,
               "The recipe as tvreg records it (also in every weights file's `tvreg.recipe` "
               "metadata):", "",
               _fenced(text, recipe_format), ""]
+    return "\n".join(lines)
+
+
+def adapter_card(*, title: str, ref: str, base_hash: str, base_name: str | None,
+                 operands: list[tuple[float, Any]], report: dict[str, Any],
+                 mode: dict[str, Any]) -> str:
+    """The card of a PEFT LoRA adapter folder (``export --format peft``): ``base_model`` and
+    ``base_model_relation: adapter``, ``library_name: peft``; the source, its operands, the
+    rank choice and the adapter's error."""
+    import yaml
+
+    front: dict[str, Any] = {}
+    if base_name:
+        front["base_model"] = base_name
+    front["base_model_relation"] = "adapter"
+    front["library_name"] = "peft"
+    front["tags"] = ["tvreg", "lora", "task-vector"]
+    head = yaml.safe_dump(front, sort_keys=False, allow_unicode=True)
+    base = (f"{_code(base_name)} (base hash {_code(base_hash[:12])})" if base_name
+            else f"base hash {_code(base_hash)} (no recorded name: "
+                 f"`tvreg base name {base_hash[:12]} ORG/MODEL` records one)")
+    choice = (f"rank {mode['rank']} per module (capped at what a module allows)"
+              if mode.get("rank") is not None
+              else f"per module, the smallest rank keeping {mode.get('energy')} of its energy")
+    lines = [
+        "---", head.rstrip(), "---", "",
+        f"# {_cell(title)}", "",
+        f"A LoRA adapter written by tvreg from {_code(ref)}, a task vector of {base}: each "
+        "2-D weight delta as B·A by truncated SVD (or from the LoRA factors it was stored "
+        f"with). Ranks: {choice}" + (f", modules matching {_code(mode['include'])}"
+                                    if mode.get("include") else "") + ".", "",
+        "| measure | value |", "|---|---|",
+        f"| modules | {len(report['modules'])} |",
+        f"| ranks | {_cell(', '.join(map(str, report['ranks'])))} (total "
+        f"{report['total_rank']}) |",
+        f"| relative error over the modules | {report['rel_error_modules']:.4g} |",
+        f"| relative error over the vector | {report['rel_error']:.4g} |",
+        f"| share of the vector not carried (1-D tensors, excluded modules) | "
+        f"{report['not_carried_share']:.4g} |", "",
+        "## Operands", "",
+        "| ref | coefficient | vector id | task | dataset | lr | steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for coef, vec in operands:
+        meta = vec.record.metadata if vec.record else None
+        lines.append("| " + " | ".join([
+            _cell(vec.ref), f"{coef:g}", _code(vec.vector_id),
+            _cell(meta.task if meta else None), _cell(meta.dataset if meta else None),
+            _cell(f"{meta.lr:g}" if meta and meta.lr is not None else None),
+            _cell(meta.steps if meta else None)]) + " |")
+    lines.append("")
     return "\n".join(lines)

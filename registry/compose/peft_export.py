@@ -88,8 +88,9 @@ def export_peft(repo: Repo, ref: str, out_dir: str | os.PathLike, *, rank: int |
     check_rank_options(rank, energy)
     out = os.path.abspath(os.fspath(out_dir))
     check_peft_output(out, force=force)
-    if os.path.realpath(out).startswith(os.path.realpath(repo.root) + os.sep):
-        raise InvalidInput(f"{out_dir} is inside the registry folder; write it somewhere else")
+    from tvreg.tensors.outputs import check_output_folder
+
+    check_output_folder(out, (), repo.root)  # not in the registry, nor holding it
     pattern = None
     if include is not None:
         try:
@@ -156,10 +157,14 @@ def export_peft(repo: Repo, ref: str, out_dir: str | os.PathLike, *, rank: int |
     names = sorted(names_of(repo, manifest.base_hash))
     base_name = names[0] if names else None
     meta = {"tvreg.base_hash": manifest.base_hash, "tvreg.ref": str(ref)}
+    from tvreg.compose.card import adapter_card
     from tvreg.tensors.peft_out import write_adapter
 
-    write_adapter(out, plan.modules, base_name, meta, force=force)
     report = plan.report()
+    mode = {"rank": rank, "energy": energy, "include": include}
+    card = adapter_card(title=os.path.basename(out), ref=str(ref), base_hash=manifest.base_hash,
+                        base_name=base_name, operands=ops, report=report, mode=mode)
+    write_adapter(out, plan.modules, base_name, meta, force=force, files={"README.md": card})
     report.update({"ref": str(ref), "output": os.fspath(out_dir), "base_model_name_or_path":
-                   base_name, "mode": {"rank": rank, "energy": energy, "include": include}})
+                   base_name, "mode": mode})
     return report

@@ -75,12 +75,13 @@ def _pick_rank(s: np.ndarray, rank: int | None, energy: float | None) -> int:
     the smallest keeping fraction ``energy`` of Σs² (at least 1)."""
     if rank is not None:
         return min(rank, len(s))
+    assert energy is not None  # check_rank_options: one of them
     sq = s.astype(np.float64) ** 2
     total = float(sq.sum())
     if total == 0.0:
         return 1
     kept = np.cumsum(sq) / total
-    return int(min(len(s), np.searchsorted(kept, float(energy) * (1 - 1e-12)) + 1))
+    return int(min(len(s), np.searchsorted(kept, energy * (1 - 1e-12)) + 1))
 
 
 @dataclass
@@ -227,8 +228,9 @@ def check_peft_output(out_dir: str, *, force: bool = False) -> None:
 
 def write_adapter(out_dir: str | os.PathLike[str], modules: list[AdapterModule],
                   base_name: str | None, metadata: dict[str, str] | None = None, *,
-                  force: bool = False) -> None:
-    """Write the adapter folder into a temporary folder, then rename it into place."""
+                  force: bool = False, files: dict[str, str] | None = None) -> None:
+    """Write the adapter folder (and ``files``: name -> text, e.g. the model card) into a
+    temporary folder, then rename it into place."""
     import torch
     from safetensors.torch import save_file
 
@@ -245,6 +247,9 @@ def write_adapter(out_dir: str | os.PathLike[str], modules: list[AdapterModule],
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(json.dumps(adapter_config(modules, base_name), indent=2, sort_keys=True)
                     + "\n")
+        for name, text in (files or {}).items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.write(text)
         if os.path.isdir(out):
             if os.listdir(out):
                 old = out + f".old-{os.getpid()}"
