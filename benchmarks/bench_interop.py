@@ -99,7 +99,7 @@ def _config(method: str, base: str, models: list[str]) -> dict:
     weights = [0.5, 0.3, 0.2]
     params = [{"weight": w, **({"density": 0.5} if method == "ties" else {})} for w in weights]
     return {"merge_method": method, "base_model": base, "dtype": "float32",
-            "models": [{"model": m, "parameters": p} for m, p in zip(models, params)]}
+            "models": [{"model": m, "parameters": p} for m, p in zip(models, params, strict=True)]}
 
 
 def _max_diff(a: str, b: str) -> float:
@@ -123,12 +123,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--workdir")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import yaml
 
     work = args.workdir or tempfile.mkdtemp(prefix="tvreg-bench-interop-")
     os.makedirs(work, exist_ok=True)
-    base, fts = _build(work, args.steps)
+    if args.build_only:
+        _build(work, args.steps)
+        return
+    # built in a child: this process stays small (a child's ru_maxrss starts from its
+    # parent's at fork), and imports no torch until the comparison at the end
+    subprocess.run([sys.executable, __file__, "--build-only", "--workdir", work,
+                    "--steps", str(args.steps)], check=True, capture_output=True)
+    base, fts = os.path.join(work, "base"), [os.path.join(work, f"ft{k}") for k in range(3)]
     reg = os.path.join(work, "registry")
     tvreg = [os.path.join(BIN, "tvreg"), "--registry", reg]
     for k, ft in enumerate(fts):
@@ -162,13 +170,15 @@ def main() -> None:
                 times.append(wall)
                 rsss.append(rss)
                 results[label] = (times, rsss, out)
-        theirs = results["mergekit-yaml"][2]
         mk_time = statistics.median(results["mergekit-yaml"][0])
         mk_rss = statistics.median(results["mergekit-yaml"][1])
         for label, (times, rsss, out) in results.items():
             t, m = statistics.median(times), statistics.median(rsss)
-            diff = 0.0 if label == "mergekit-yaml" else _max_diff(out, theirs)
-            rows.append((method, label, t, t / mk_time, m / 1e6, m / mk_rss, diff))
+            rows.append([method, label, t, t / mk_time, m / 1e6, m / mk_rss, out,
+                         results["mergekit-yaml"][2]])
+    for row in rows:  # after every run: the comparison loads torch into this process
+        out, theirs = row[6], row[7]
+        row[6:] = [0.0 if out == theirs else _max_diff(out, theirs)]
     print(f"\n{len(fts)} full fine-tunes of all-MiniLM-L6-v2 (22.7M parameters, fp32), "
           f"{args.repeats} runs each, medians; {os.cpu_count()} CPUs\n")
     print("| merge | tool | wall s | × mergekit | peak RSS MB | × mergekit | max abs diff "

@@ -224,9 +224,23 @@ def _mergekit_magnitude(t: torch.Tensor, density: float) -> torch.Tensor:
         return t
     if t.numel() == 0:
         return torch.zeros_like(t)
-    k = max(1, int(density * t.numel()))
-    mask = torch.zeros(t.numel(), dtype=t.dtype)
-    mask[torch.argsort(t.abs().reshape(-1).float(), descending=True)[:k]] = 1
+    n = t.numel()
+    k = max(1, int(density * n))
+    flat = t.abs().reshape(-1).float()
+    # The same selection without a full sort when nothing is tied at the cut: the k-th largest
+    # magnitude v (kthvalue, ~7x faster than argsort); every entry above v is kept, and the
+    # entries equal to v are all kept when exactly that many are needed. When they are not:
+    # if v is 0 the product is the same whichever zeros are kept; otherwise argsort's order
+    # among the tied entries decides, as in mergekit.
+    v = torch.kthvalue(flat, n - k + 1).values
+    above = flat > v
+    tied = flat == v
+    need = k - int(above.sum())
+    if int(tied.sum()) == need or float(v) == 0.0:
+        keep = above | tied if float(v) != 0.0 else above
+        return t * keep.to(t.dtype).reshape_as(t)
+    mask = torch.zeros(n, dtype=t.dtype)
+    mask[torch.argsort(flat, descending=True)[:k]] = 1
     return t * mask.reshape_as(t)
 
 
