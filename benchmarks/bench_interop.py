@@ -156,7 +156,7 @@ def main() -> None:
             "mergekit-yaml": lambda o, p=paths: [sys.executable, "-c", MERGEKIT_YAML, p, o],
             "tvreg merge (folders)": lambda o, p=paths: [*tvreg, "merge", p, "-o", o],
             "tvreg merge (refs)": lambda o, p=refs: [*tvreg, "merge", p, "-o", o],
-            "tvreg apply --format hf": lambda o, t=tie: [*tvreg, "apply", expr, "--base", base,
+            "tvreg apply --format hf": lambda o, t=tie, e=expr: [*tvreg, "apply", e, "--base", base,
                                                          "-o", o, *t],
         }
         results: dict[str, tuple[list[float], list[int], str]] = {}

@@ -186,9 +186,18 @@ def dare_mask(seed: int, name: str, index: int, shape: Sequence[int] | torch.Siz
 
 def _magnitude_trim(t: torch.Tensor, density: float) -> torch.Tensor:
     """peft ``magnitude_based_pruning``: keep the top ``int(density·numel)`` entries by |x|."""
+    n = t.numel()
+    k = int(density * n)
+    flat = t.abs().reshape(-1)
+    if 0 < k < n:  # as in _mergekit_magnitude: no full selection unless entries tie at the cut
+        v = torch.kthvalue(flat, n - k + 1).values
+        above = flat > v
+        tied = flat == v
+        if int(tied.sum()) == k - int(above.sum()) or float(v) == 0.0:
+            keep = above | tied if float(v) != 0.0 else above
+            return t * keep.to(t.dtype).reshape(t.shape)
     mask = torch.zeros_like(t).reshape(-1)
-    k = int(density * t.numel())
-    top = torch.topk(t.abs().reshape(-1), k=k, largest=True)
+    top = torch.topk(flat, k=k, largest=True)
     mask[top[1]] = 1
     return t * mask.reshape(t.shape)
 
@@ -206,11 +215,12 @@ def _disjoint_ties(trimmed: torch.Tensor, weights: torch.Tensor, majority_sign: 
     """peft ``calculate_majority_sign_mask`` + ``disjoint_merge`` on stacked trimmed deltas."""
     sign = trimmed.sign()
     magnitude = trimmed.sum(dim=0) if majority_sign == "total" else sign.sum(dim=0)
-    elected = torch.where(magnitude >= 0, 1, -1)
+    # peft's operations, in the deltas' dtype instead of int64 (the same values, 3x faster):
+    # the elected sign as ±1.0, the agreeing count summed as a float (exact below 2^24)
+    elected = torch.where(magnitude >= 0, 1.0, -1.0).to(trimmed.dtype)
     agree = sign == elected
-    weighted = trimmed * weights
-    mixed = (weighted * agree).sum(dim=0)
-    return mixed / torch.clamp(agree.sum(dim=0), min=1.0)
+    mixed = (trimmed * weights).mul_(agree).sum(dim=0)
+    return mixed.div_(agree.sum(dim=0, dtype=trimmed.dtype).clamp_(min=1.0))
 
 
 def _compute_dtype(deltas: Sequence[torch.Tensor]) -> torch.dtype:
