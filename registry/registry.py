@@ -508,9 +508,9 @@ class Registry:
     def remote_ls(self, remote: str = "origin", *, all_versions: bool = False
                   ) -> list[dict[str, Any]]:
         """What a remote holds, like :meth:`ls`, from its index (no tensors are read)."""
-        from tvreg.repo.queries import ls_query
+        from tvreg.remote.index import remote_ls
 
-        return self.remote_sql(remote, ls_query(all_versions))
+        return remote_ls(self.remote(remote), all_versions)
 
     def remote_sql(self, remote: str, query: str) -> list[dict[str, Any]]:
         """A read-only query on a remote's index (tables ``versions``, ``tags``, view

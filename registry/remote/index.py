@@ -348,3 +348,25 @@ class IndexListedStore(Store):
 
     def touch(self, key: str) -> None:
         self._read_only()
+
+
+def remote_ls(remote: Source, all_versions: bool = False) -> list[dict]:
+    """``ls`` of a remote from its index, with each version's ``base_names`` (the remote's
+    base names, where its store can list them; else empty) as the local ``ls`` has them."""
+    from tvreg.repo.queries import ls_query
+    from tvreg.storage.documents import base_name_keys, or_none, read_base_name, read_many
+
+    cols, rows = remote_sql(remote, ls_query(all_versions))
+    store = remote.store()
+    names: dict[str, list[str]] = {}
+    try:
+        read = or_none(lambda k: read_base_name(store, k))
+        for doc in read_many(read, base_name_keys(store)):
+            if doc is not None:
+                names.setdefault(doc.base_hash, []).append(doc.name)
+    except (TvregError, OSError):  # a store that cannot list them: the rows say none
+        names = {}
+    out = [dict(zip(cols, row, strict=True)) for row in rows]
+    for r in out:
+        r["base_names"] = sorted(names.get(r["base_hash"], []))
+    return out
