@@ -109,6 +109,12 @@ def check_hf_output(out_dir: str, base_dir: str | None, *, force: bool = False,
         raise InvalidInput(f"{os.fspath(what) if what else 'the base'} is not a Hugging Face "
                            "model folder (no config.json): give one with --base, or write the "
                            "weights only with --format safetensors")
+    check_output_dir(out_dir, force=force)
+
+
+def check_output_dir(out_dir: str, *, force: bool = False) -> None:
+    """A folder output must be new, an empty folder, or (``force``) a folder to replace, in a
+    writable parent (model folders here, PEFT adapters in :mod:`.peft_out`)."""
     if os.path.lexists(out_dir):
         if not os.path.isdir(out_dir) or os.path.islink(out_dir):
             raise InvalidInput(f"{out_dir} exists and is not a folder")

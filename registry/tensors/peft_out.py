@@ -215,15 +215,9 @@ def adapter_config(modules: list[AdapterModule], base_name: str | None) -> dict[
 
 def check_peft_output(out_dir: str, *, force: bool = False) -> None:
     """The output must be new, an empty folder, or (``force``) a folder to replace."""
-    if os.path.lexists(out_dir):
-        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
-            raise InvalidInput(f"{out_dir} exists and is not a folder")
-        if os.listdir(out_dir) and not force:
-            raise InvalidInput(f"{out_dir} is not empty: give an empty or new folder, or --force "
-                               "to replace it")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise InvalidInput(f"{parent} is not a writable folder")
+    from tvreg.tensors.hf_folder import check_output_dir
+
+    check_output_dir(out_dir, force=force)
 
 
 def write_adapter(out_dir: str | os.PathLike[str], modules: list[AdapterModule],
