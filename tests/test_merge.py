@@ -72,10 +72,18 @@ def task_vectors(shape, n, seed, dtype=torch.float32):
 
 
 class _TorchWithMasks:
-    """``torch`` for peft's module, whose ``bernoulli`` returns the given masks in order."""
+    """``torch`` for peft's module, whose ``bernoulli`` returns the given masks in order and
+    whose ``topk`` breaks ties at the cut as tvreg does (the lowest positions first: a stable
+    descending sort; torch's own ``topk`` picks among them by an order of its sort)."""
 
-    def __init__(self, masks):
+    def __init__(self, masks=()):
         self._masks = list(masks)
+
+    @staticmethod
+    def topk(input, k, largest=True):
+        assert largest
+        index = torch.argsort(input, descending=True, stable=True)[:k]
+        return input[index], index
 
     def bernoulli(self, input, *args, **kwargs):
         mask = self._masks.pop(0)
@@ -92,24 +100,29 @@ def peft_merge(params, deltas, weights, name, monkeypatch):
     ts = [d.to(dtype) for d in deltas]
     w = torch.tensor(weights, dtype=dtype)
     m, d = params.method, params.density
-    with warnings.catch_warnings():
+    masks = [dare_mask(params.seed, name, i, ts[0].shape, d) for i in range(len(ts))] \
+        if m.startswith("dare") else []
+    with warnings.catch_warnings(), monkeypatch.context() as mp:
         warnings.simplefilter("ignore")  # peft warns about density >= 1
+        mp.setattr(PM, "torch", _TorchWithMasks(masks))
         if m == "task_arithmetic":
             return PM.task_arithmetic(ts, w)
         if m == "magnitude_prune":
             return PM.magnitude_prune(ts, w, d)
         if m == "ties":
             return PM.ties(ts, w, d, params.majority_sign)
-        masks = [dare_mask(params.seed, name, i, ts[0].shape, d) for i in range(len(ts))]
-        with monkeypatch.context() as mp:
-            mp.setattr(PM, "torch", _TorchWithMasks(masks))
-            if m == "dare_linear":
-                return PM.dare_linear(ts, w, d)
-            return PM.dare_ties(ts, w, d, params.majority_sign)
+        if m == "dare_linear":
+            return PM.dare_linear(ts, w, d)
+        return PM.dare_ties(ts, w, d, params.majority_sign)
 
 
-def assert_matches(out, ref):
+def assert_matches(out, ref, exact=True):
+    """Bit for bit (``exact``: up to three operands, which torch's ``sum(dim=0)`` adds in
+    operand order as tvreg does), else within float rounding."""
     assert out.dtype == ref.dtype and out.shape == ref.shape
+    if exact:
+        assert torch.equal(out, ref), f"{int((out != ref).sum())} entries differ"
+        return
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6 * scale)
 
@@ -140,7 +153,7 @@ def test_matches_peft(method, density, majority_sign, n, monkeypatch):
         deltas = task_vectors(shape, n, seed=100 * n + j)
         name = f"layers.{j}.weight"
         out = merge_tensor(params, deltas, weights, name=name)
-        assert_matches(out, peft_merge(params, deltas, weights, name, monkeypatch))
+        assert_matches(out, peft_merge(params, deltas, weights, name, monkeypatch), n <= 3)
 
 
 @needs_peft
@@ -429,3 +442,95 @@ def test_quantile_errors():
     with pytest.raises(InvalidInput, match="pass1 after pass2"):
         q.pass1(torch.ones(1))
     assert q.threshold() == 1.0
+
+
+# --- the numpy kernels (merge_kernels.py): tie rule, chunking, operand order ------------------
+
+
+def _stable_top(x: torch.Tensor, k: int, as32: bool) -> torch.Tensor:
+    """The reference keep mask: the first k of a stable descending sort of |x|."""
+    mag = x.abs().reshape(-1)
+    mask = torch.zeros(x.numel(), dtype=torch.bool)
+    mask[torch.argsort(mag.float() if as32 else mag, descending=True, stable=True)[:k]] = True
+    return mask
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(-4, 4), min_size=1, max_size=60), st.floats(0.0, 1.0),
+       st.booleans(), st.integers(1, 9))
+def test_magnitude_trim_keeps_the_lowest_positions_of_ties(values, density, as32, chunk):
+    """Heavily tied values, chunks as small as one entry: the kept set is the stable sort's."""
+    import numpy as np
+
+    from tvreg.compose import merge_kernels as mk
+
+    x = torch.tensor(values, dtype=torch.float64 if as32 else torch.float32) * 0.375
+    k = int(density * x.numel())
+    keep = mk.magnitude_keep(x.numpy(), k, as32=as32)
+    old = mk.CHUNK
+    try:
+        mk.CHUNK = chunk
+        got = torch.from_numpy(mk.merge_flat([x.numpy()], [keep], [1.0], combine="sum"))
+    finally:
+        mk.CHUNK = old
+    want = x * _stable_top(x, k, as32).to(x.dtype)
+    assert torch.equal(got, want)  # the sum starts from +0.0: a -0.0 entry comes out +0.0
+    trimmed = torch.from_numpy(mk.trim_flat(x.numpy(), keep))
+    assert torch.equal(trimmed, want) and torch.equal(trimmed.signbit(), want.signbit())
+    assert not np.shares_memory(trimmed.numpy(), x.numpy())
+
+
+def test_ties_at_the_cut_differ_from_peft_only_there():
+    """peft's own topk picks other tied entries: the trims differ only at entries tied at the
+    cut, and both keep k of them."""
+    from tvreg.compose.merge_kernels import magnitude_keep, trim_flat
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-6, 7, (300, 17), generator=g).float() * 2.0 ** -10
+    for density in (0.1, 0.35, 0.5, 0.8):
+        k = int(density * x.numel())
+        ours = torch.from_numpy(trim_flat(x.numpy().reshape(-1), magnitude_keep(
+            x.numpy().reshape(-1), k, as32=False))).reshape(x.shape)
+        theirs = PM.magnitude_based_pruning(x, density) if PM else ours
+        cut = torch.kthvalue(x.abs().reshape(-1), x.numel() - k + 1).values
+        differ = ours != theirs
+        assert bool((x.abs()[differ] == cut).all())
+        assert int((ours != 0).sum()) == int((theirs != 0).sum()) == int((x.abs() >= cut).sum()
+                                                                          .clamp(max=k))
+
+
+@pytest.mark.parametrize("method, rule", [(m, "peft") for m in METHODS] + [
+    (m, "mergekit") for m in METHODS if m != "magnitude_prune"])  # mergekit has none
+def test_chunking_changes_nothing(method, rule, monkeypatch):
+    """The kernels' chunk size is invisible: chunks of 7 entries give the same bits as one."""
+    from tvreg.compose import merge_kernels as mk
+
+    deltas = task_vectors((61, 13), 3, seed=11)
+    deltas[2] = torch.round(deltas[2] * 2e3) / 2e3  # ties at the cut too
+    params = (_params(method, 0.45, "frequency", seed=2) if rule == "peft" else
+              MergeParams(method, density=None if method == "task_arithmetic" else 0.45,
+                          rule="mergekit", seed=2 if method.startswith("dare") else 0))
+    whole = merge_tensor(params, deltas, [0.7, -0.4, 0.9], name="t")
+    monkeypatch.setattr(mk, "CHUNK", 7)
+    assert torch.equal(merge_tensor(params, deltas, [0.7, -0.4, 0.9], name="t"), whole)
+
+
+def test_many_operands_add_in_operand_order():
+    """Five operands: ((0 + w0·x0) + w1·x1) + …, whatever torch's sum(dim=0) would regroup."""
+    deltas = task_vectors((257, 9), 5, seed=4)
+    weights = [0.3, -1.1, 0.7, 2.0, -0.05]
+    want = torch.zeros(deltas[0].shape)
+    for d, w in zip(deltas, weights, strict=True):
+        want = want + d * torch.tensor(w)
+    assert torch.equal(merge_tensor(MergeParams(), deltas, weights), want)
+    p = MergeParams("ties", density=1.0)  # no trim: the elected disjoint mean, in order
+    total = torch.zeros(deltas[0].shape)
+    for d in deltas:
+        total = total + d
+    elected = torch.where(total >= 0, 1.0, -1.0)
+    mixed, count = torch.zeros(deltas[0].shape), torch.zeros(deltas[0].shape)
+    for d, w in zip(deltas, weights, strict=True):
+        agree = (d.sign() == elected).float()
+        mixed = mixed + d * torch.tensor(w) * agree
+        count = count + agree
+    assert torch.equal(merge_tensor(p, deltas, weights), mixed / count.clamp(min=1.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -49,12 +50,33 @@ def models(tmp_path_factory):
     return str(root / "base"), paths
 
 
+@contextlib.contextmanager
+def _stable_argsort():
+    """mergekit's magnitude trim with its ``torch.argsort`` made stable: tvreg's tie rule at the
+    trim cut (the lowest positions first; merge_kernels.py)."""
+    import mergekit.sparsify
+
+    class Torch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def argsort(x, descending=False):
+            return torch.argsort(x, descending=descending, stable=True)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mergekit.sparsify, "torch", Torch())
+        yield
+
+
 def _mergekit(config: dict, out: str) -> dict[str, torch.Tensor]:
+    """mergekit's own run_merge; ties at a trim cut broken as tvreg does (_stable_argsort)."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    run_merge(MergeConfiguration.model_validate(config), out,
-              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+    with _stable_argsort():
+        run_merge(MergeConfiguration.model_validate(config), out,
+                  MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
     return _read(out)
 
 
@@ -236,17 +258,29 @@ def test_hf_output_and_checkpoint_save(models, reg, tmp_path):
 
 
 def test_trim_ties_at_the_cut_as_mergekit():
-    """Entries tied at the trim cut: the same argsort picks the same ones as mergekit."""
+    """Entries tied at the trim cut: tvreg keeps those at the lowest positions (the first k of a
+    stable sort), mergekit those its unstable argsort puts first. With mergekit's argsort made
+    stable the trims are equal bit for bit; with its own they differ only at tied entries."""
     from mergekit.sparsify import RescaleNorm, magnitude
 
     from tvreg.compose.merge import _l1_rescaled, _mergekit_magnitude
 
     gen = torch.Generator().manual_seed(0)
-    t = torch.randint(-3, 4, (40, 24), generator=gen).float() * 0.125  # many equal |x|
+    t = torch.randint(-30, 31, (400, 24), generator=gen).float() * 0.125  # many equal |x|
+    seen = 0
     for density in (0.1, 0.33, 0.5, 0.9):
         ours = _mergekit_magnitude(t, density)
-        assert torch.equal(ours, magnitude(t, density))
-        assert torch.equal(_l1_rescaled(t, ours), magnitude(t, density, RescaleNorm.l1))
+        theirs = magnitude(t, density)
+        k = max(1, int(density * t.numel()))
+        cut = torch.kthvalue(t.abs().reshape(-1), t.numel() - k + 1).values
+        differ = ours != theirs
+        assert bool((t.abs()[differ] == cut).all())
+        assert int((ours != 0).sum()) == int((theirs != 0).sum())
+        seen += int(differ.sum())
+        with _stable_argsort():
+            assert torch.equal(ours, magnitude(t, density))
+            assert torch.equal(_l1_rescaled(t, ours), magnitude(t, density, RescaleNorm.l1))
+    assert seen  # the unstable argsort did pick other tied entries
 
 
 def test_default_recipes_unchanged():

@@ -17,7 +17,9 @@ Pure math, no I/O. Every method works tensor by tensor and matches ``peft.utils.
   combine as TIES without the magnitude trim (peft ``dare_linear`` / ``dare_ties``).
 
 As in peft, ``density >= 1`` means no trimming/dropping at all, and the per-tensor trim keeps
-exactly ``k = int(density·numel)`` entries (``torch.topk``; ``k = 0`` keeps none).
+exactly ``k = int(density·numel)`` entries (``k = 0`` keeps none); of the entries tied at the
+cut, those at the lowest flat positions (peft's ``torch.topk`` picks among them by its own
+order; :mod:`tvreg.compose.merge_kernels` says why and how the kernels run).
 
 Differences from peft, on purpose:
 
@@ -47,8 +49,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from tvreg.compose.merge_kernels import (KEEP_ALL, Keep, magnitude_keep, merge_flat,
+                                         threshold_keep, trim_flat)
 from tvreg.errors import InvalidInput, NonFiniteValues
 
 METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -184,74 +189,28 @@ def dare_mask(seed: int, name: str, index: int, shape: Sequence[int] | torch.Siz
                            generator=gen)
 
 
-def _magnitude_trim(t: torch.Tensor, density: float) -> torch.Tensor:
-    """peft ``magnitude_based_pruning``: keep the top ``int(density·numel)`` entries by |x|."""
-    n = t.numel()
-    k = int(density * n)
-    flat = t.abs().reshape(-1)
-    if 0 < k < n:  # as in _mergekit_magnitude: no full selection unless entries tie at the cut
-        v = torch.kthvalue(flat, n - k + 1).values
-        above = flat > v
-        tied = flat == v
-        if int(tied.sum()) == k - int(above.sum()) or float(v) == 0.0:
-            keep = above | tied if float(v) != 0.0 else above
-            return t * keep.to(t.dtype).reshape(t.shape)
-    mask = torch.zeros_like(t).reshape(-1)
-    top = torch.topk(flat, k=k, largest=True)
-    mask[top[1]] = 1
-    return t * mask.reshape(t.shape)
-
-
-def _threshold_trim(t: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Keep the entries with ``float32(|x|) >= threshold``; ``+inf`` keeps none."""
-    if math.isinf(threshold) and threshold > 0:
-        return torch.zeros_like(t)
-    keep = t.abs().to(torch.float32) >= threshold
-    return t * keep.to(t.dtype)
-
-
-def _disjoint_ties(trimmed: torch.Tensor, weights: torch.Tensor, majority_sign: str
-                   ) -> torch.Tensor:
-    """peft ``calculate_majority_sign_mask`` + ``disjoint_merge`` on stacked trimmed deltas."""
-    sign = trimmed.sign()
-    magnitude = trimmed.sum(dim=0) if majority_sign == "total" else sign.sum(dim=0)
-    # peft's operations, in the deltas' dtype instead of int64 (the same values, 3x faster):
-    # the elected sign as ±1.0, the agreeing count summed as a float (exact below 2^24)
-    elected = torch.where(magnitude >= 0, 1.0, -1.0).to(trimmed.dtype)
-    agree = sign == elected
-    mixed = (trimmed * weights).mul_(agree).sum(dim=0)
-    return mixed.div_(agree.sum(dim=0, dtype=trimmed.dtype).clamp_(min=1.0))
-
-
 def _compute_dtype(deltas: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(d.dtype == torch.float64 for d in deltas) else torch.float32
 
 
-def _mergekit_magnitude(t: torch.Tensor, density: float) -> torch.Tensor:
-    """mergekit ``sparsify.magnitude``: keep ``max(1, int(density·numel))`` entries, chosen by
-    ``torch.argsort(|x|, descending=True)`` (its order among entries tied at the cut)."""
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's entries as a flat numpy array (no copy when it is contiguous)."""
+    return t.detach().contiguous().numpy().reshape(-1)
+
+
+def _mergekit_keep(t: torch.Tensor, density: float) -> Keep:
+    """mergekit ``sparsify.magnitude``'s trim: ``max(1, int(density·numel))`` entries, their
+    magnitudes compared as float32."""
     if density >= 1:
-        return t
+        return KEEP_ALL
+    return magnitude_keep(_flat(t), max(1, int(density * t.numel())), as32=True)
+
+
+def _mergekit_magnitude(t: torch.Tensor, density: float) -> torch.Tensor:
+    """mergekit ``sparsify.magnitude`` of one tensor (a new tensor)."""
     if t.numel() == 0:
         return torch.zeros_like(t)
-    n = t.numel()
-    k = max(1, int(density * n))
-    flat = t.abs().reshape(-1).float()
-    # The same selection without a full sort when nothing is tied at the cut: the k-th largest
-    # magnitude v (kthvalue, ~7x faster than argsort); every entry above v is kept, and the
-    # entries equal to v are all kept when exactly that many are needed. When they are not:
-    # if v is 0 the product is the same whichever zeros are kept; otherwise argsort's order
-    # among the tied entries decides, as in mergekit.
-    v = torch.kthvalue(flat, n - k + 1).values
-    above = flat > v
-    tied = flat == v
-    need = k - int(above.sum())
-    if int(tied.sum()) == need or float(v) == 0.0:
-        keep = above | tied if float(v) != 0.0 else above
-        return t * keep.to(t.dtype).reshape_as(t)
-    mask = torch.zeros(n, dtype=t.dtype)
-    mask[torch.argsort(flat, descending=True)[:k]] = 1
-    return t * mask.reshape_as(t)
+    return torch.from_numpy(trim_flat(_flat(t), _mergekit_keep(t, density))).reshape(t.shape)
 
 
 def _l1_rescaled(t: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -262,48 +221,26 @@ def _l1_rescaled(t: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> to
     return masked * (before / after)
 
 
-def _merge_mergekit(params: MergeParams, ts: list[torch.Tensor], weights: list[float],
-                    densities: list[float], name: str) -> torch.Tensor:
-    """mergekit 0.1.5 ``GeneralizedTaskArithmeticMerge.merge_group`` on deltas (without the
-    base and without λ, which the composition applies): sparsify each delta (magnitude for
-    ties, a Bernoulli drop for dare_*; DARE's masks are tvreg's seeded :func:`dare_mask`, not
-    mergekit's global RNG), weight, then for ties/dare_ties elect the sign per entry from the
-    *weighted* deltas (``sum``/``count``) and divide by the sum of the agreeing models'
-    weights, else by the sum of the weights (``normalize``)."""
-    method = params.method
-    dtype = ts[0].dtype
-    out = []
+def _mergekit_operands(params: MergeParams, ts: list[torch.Tensor], densities: list[float],
+                       name: str) -> tuple[list[np.ndarray], list[Keep]]:
+    """mergekit 0.1.5 ``GeneralizedTaskArithmeticMerge``'s sparsification of each delta:
+    magnitude for ties, a Bernoulli drop for dare_* (DARE's masks are tvreg's seeded
+    :func:`dare_mask`, not mergekit's global RNG), L1-rescaled when ``rescale``."""
+    flats, keeps = [], []
     for i, (t, d) in enumerate(zip(ts, densities, strict=True)):
-        if method in _MAGNITUDE_METHODS:
-            kept = _mergekit_magnitude(t, d)
-            if params.rescale and d < 1:
-                kept = _l1_rescaled(t, kept)
-        elif method in _RANDOM_METHODS and d < 1:
-            kept = t * dare_mask(params.seed, name, i, t.shape, d).to(dtype)
+        keep = KEEP_ALL
+        if params.method in _MAGNITUDE_METHODS and d < 1:
+            keep = _mergekit_keep(t, d)
+            if params.rescale:  # needs the whole trimmed tensor's L1 norm first
+                kept = torch.from_numpy(trim_flat(_flat(t), keep)).reshape(t.shape)
+                t, keep = _l1_rescaled(t, kept), KEEP_ALL
+        elif params.method in _RANDOM_METHODS and d < 1:
+            t = t * dare_mask(params.seed, name, i, t.shape, d).to(t.dtype)
             if params.rescale:
-                kept = _l1_rescaled(t, kept)
-        else:
-            kept = t
-        out.append(kept)
-    deltas = torch.stack(out, dim=0)
-    w = torch.tensor(weights, dtype=dtype)
-    while deltas.dim() > w.dim():
-        w.unsqueeze_(-1)
-    deltas.mul_(w)
-    if method in _SIGN_METHODS:
-        sign = deltas.sign()
-        weight = deltas.sum(dim=0) if params.majority_sign == "total" else sign.sum(dim=0)
-        mask = sign == ((weight >= 0).to(dtype) * 2 - 1)
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if params.normalize:
-        mixed /= divisor
-    return mixed
+                t = _l1_rescaled(ts[i], t)
+        flats.append(_flat(t))
+        keeps.append(keep)
+    return flats, keeps
 
 
 def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: Sequence[float],
@@ -347,39 +284,36 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
         raise InvalidInput(f"thresholds given, but trim={params.trim} for {params.method}")
 
     dtype = _compute_dtype(deltas)
-    ts = [d.to(dtype) for d in deltas]
+    device = deltas[0].device  # the kernels run on the host (merge_kernels.py)
+    ts = [d.detach().to("cpu", dtype) for d in deltas]
     method, density = params.method, params.density
     per_operand = [float(x) for x in densities] if densities is not None else None
     if per_operand is not None and (len(per_operand) != len(ts) or any(
             not (0.0 < x <= 1.0) for x in per_operand)):
         raise InvalidInput(f"densities must be one per operand, each in (0, 1]: {per_operand}")
     if params.rule == "mergekit":
-        return _merge_mergekit(params, ts, weights,
-                               per_operand or [density if density is not None else 1.0] * len(ts),
-                               name)
+        flats, keeps = _mergekit_operands(
+            params, ts, per_operand or [density if density is not None else 1.0] * len(ts), name)
+        combine = "mergekit_sign" if method in _SIGN_METHODS else "mergekit_sum"
+        out = merge_flat(flats, keeps, weights, combine=combine,
+                         majority=params.majority_sign, normalize=bool(params.normalize))
+        return torch.from_numpy(out).reshape(shape).to(device)
     if per_operand is not None:
         raise InvalidInput("per-operand densities need rule=mergekit")
-    w = torch.tensor(weights, dtype=dtype).view((len(ts),) + (1,) * len(shape))
 
-    if method == "task_arithmetic":
-        return (torch.stack(ts, dim=0) * w).sum(dim=0)
-    assert density is not None  # MergeParams requires one for every other method
-
-    if density is not None and density >= 1.0:
-        pruned = ts  # peft: density >= 1 prunes nothing (and DARE does not rescale)
-    elif method in _MAGNITUDE_METHODS:
-        if global_trim:
-            pruned = [_threshold_trim(t, thr) for t, thr in zip(ts, cuts, strict=True)]
-        else:
-            pruned = [_magnitude_trim(t, density) for t in ts]
-    else:  # dare_*: peft random_pruning(..., rescale=True)
-        pruned = [t * dare_mask(params.seed, name, i, shape, density).to(dtype) / density
-                  for i, t in enumerate(ts)]
-    stacked = torch.stack(pruned, dim=0)
-
-    if method in ("magnitude_prune", "dare_linear"):
-        return (stacked * w).sum(dim=0)
-    return _disjoint_ties(stacked, w, params.majority_sign)
+    flats = [_flat(t) for t in ts]
+    keeps = [KEEP_ALL] * len(ts)  # task arithmetic, and density >= 1 (peft: no trim, no rescale)
+    if method != "task_arithmetic" and density is not None and density < 1.0:
+        if method in _MAGNITUDE_METHODS and global_trim:
+            keeps = [threshold_keep(c) for c in cuts]
+        elif method in _MAGNITUDE_METHODS:  # peft magnitude_based_pruning: int(density·numel)
+            keeps = [magnitude_keep(f, int(density * f.size), as32=False) for f in flats]
+        else:  # dare_*: peft random_pruning(..., rescale=True)
+            flats = [_flat(t * dare_mask(params.seed, name, i, shape, density).to(dtype) / density)
+                     for i, t in enumerate(ts)]
+    combine = "ties" if method in _SIGN_METHODS else "sum"
+    out = merge_flat(flats, keeps, weights, combine=combine, majority=params.majority_sign)
+    return torch.from_numpy(out).reshape(shape).to(device)
 
 
 # --- global trim ------------------------------------------------------------------------------
