@@ -12,7 +12,10 @@ task-arithmetic and TIES merges are then run, each in a fresh child process, rep
 * ``tvreg apply EXPR --base BASE -o OUT`` (tvreg's own rule: peft's TIES, for TA the same).
 
 Wall time and peak RSS (``wait4``'s ru_maxrss of the child) are measured; the outputs are
-checked against mergekit's (max abs difference). Prints a table (medians) and ratios against
+checked against mergekit's: max abs difference, entries that differ, and how many of those lie
+outside the entries where some fine-tune's |τ| equals its TIES trim cut (where tvreg keeps the
+tied entries at the lowest positions and mergekit those its unstable argsort puts first; 0 for
+tvreg merge, which follows mergekit's rule; apply uses peft's rule, another formula). Prints a table (medians) and ratios against
 mergekit's time in the same run.
 
     python benchmarks/bench_interop.py [--repeats 3] [--steps 3] [--workdir DIR]
@@ -102,20 +105,51 @@ def _config(method: str, base: str, models: list[str]) -> dict:
             "models": [{"model": m, "parameters": p} for m, p in zip(models, params, strict=True)]}
 
 
-def _max_diff(a: str, b: str) -> float:
-    import torch
+def _read(folder: str) -> dict:
     from safetensors.torch import load_file
 
-    def read(folder: str) -> dict:
-        out = {}
-        for f in sorted(os.listdir(folder)):
-            if f.endswith(".safetensors"):
-                out.update(load_file(os.path.join(folder, f)))
-        return out
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, f)))
+    return out
 
-    x, y = read(a), read(b)
-    return max(float((x[n].double() - y[n].double()).abs().max()) for n in y
-               if n in x and torch.is_floating_point(y[n]))
+
+def _compare(a: str, b: str, tied_at_cut: dict) -> tuple[float, int, int]:
+    """Max abs difference, the number of differing entries, and how many of those are not at an
+    entry where some operand's |τ| equals its trim cut (ties broken differently, allowed)."""
+    import torch
+
+    x, y = _read(a), _read(b)
+    diff, differ, outside = 0.0, 0, 0
+    for n in y:
+        if n not in x or not torch.is_floating_point(y[n]):
+            continue
+        d = x[n] != y[n]
+        diff = max(diff, float((x[n].double() - y[n].double()).abs().max()))
+        differ += int(d.sum())
+        tied = tied_at_cut.get(n)
+        outside += int((d & ~tied).sum()) if tied is not None else int(d.sum())
+    return diff, differ, outside
+
+
+def _tied_at_cut(base: str, fts: list[str], density: float) -> dict:
+    """Per tensor: where some fine-tune's |τ| equals the k-th largest (mergekit's k)."""
+    import torch
+
+    b, out = _read(base), {}
+    vectors = [_read(f) for f in fts]
+    for n, t in b.items():
+        if not torch.is_floating_point(t):
+            continue
+        mask = torch.zeros(t.shape, dtype=torch.bool)
+        for v in vectors:
+            mag = (v[n] - t).abs().float()
+            k = max(1, int(density * mag.numel()))
+            cut = torch.kthvalue(mag.reshape(-1), mag.numel() - k + 1).values
+            mask |= mag == cut
+        out[n] = mask
+    return out
 
 
 def main() -> None:
@@ -176,16 +210,19 @@ def main() -> None:
             t, m = statistics.median(times), statistics.median(rsss)
             rows.append([method, label, t, t / mk_time, m / 1e6, m / mk_rss, out,
                          results["mergekit-yaml"][2]])
-    for row in rows:  # after every run: the comparison loads torch into this process
+    tied = _tied_at_cut(base, fts, 0.5)  # after every run: this loads torch into this process
+    for row in rows:
         out, theirs = row[6], row[7]
-        row[6:] = [0.0 if out == theirs else _max_diff(out, theirs)]
+        row[6:] = [(0.0, 0, 0) if out == theirs else
+                   _compare(out, theirs, tied if row[0] == "ties" else {})]
     print(f"\n{len(fts)} full fine-tunes of all-MiniLM-L6-v2 (22.7M parameters, fp32), "
           f"{args.repeats} runs each, medians; {os.cpu_count()} CPUs\n")
     print("| merge | tool | wall s | × mergekit | peak RSS MB | × mergekit | max abs diff "
-          "vs mergekit |")
-    print("|---|---|---|---|---|---|---|")
-    for method, label, t, tr, m, mr, diff in rows:
-        print(f"| {method} | {label} | {t:.2f} | {tr:.2f} | {m:.0f} | {mr:.2f} | {diff:.2e} |")
+          "vs mergekit | entries differing | of them not tied at a cut |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, label, t, tr, m, mr, (diff, differ, outside) in rows:
+        print(f"| {method} | {label} | {t:.2f} | {tr:.2f} | {m:.0f} | {mr:.2f} | {diff:.2e} "
+              f"| {differ} | {outside} |")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -52,8 +52,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tvreg.compose.merge_kernels import (KEEP_ALL, Keep, magnitude_keep, merge_flat,
-                                         threshold_keep, trim_flat)
+from tvreg.compose.merge_kernels import (
+    KEEP_ALL,
+    Keep,
+    magnitude_keep,
+    merge_flat,
+    threshold_keep,
+    trim_flat,
+)
 from tvreg.errors import InvalidInput, NonFiniteValues
 
 METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")

@@ -31,7 +31,7 @@ made stable, which then agrees bit for bit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
