@@ -8,7 +8,8 @@ from .expression import ExpressionCommand
 from .options import json_option, parse_meta
 from .output import check_stdout_output, emit_json, human_bytes, message, warnings_to_stderr
 
-METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "tsv", "iso_c",
+           "iso_cts"]
 
 
 def merge_options(fn):
@@ -25,6 +26,8 @@ def merge_options(fn):
                      help="Trim by magnitude per tensor or over the whole vector."),
         click.option("--majority-sign", type=click.Choice(["total", "frequency"]), default="total",
                      show_default=True, help="TIES sign election."),
+        click.option("--common-fraction", type=float,
+                     help="iso_cts: share of the directions kept common [default: 0.8]."),
         click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
                      help="Global scale: θ = θ_base + λ·merged."),
         click.option("--include", metavar="REGEX", help="Only tensors whose name matches."),
@@ -41,7 +44,8 @@ def _resolve(reg, expression, kw):
     comp = reg.resolve(expression, method=kw["method"], density=kw["density"], seed=kw["seed"],
                        trim=kw["trim"], majority_sign=kw["majority_sign"], lam=kw["lam"],
                        include=kw["include"], exclude=kw["exclude"],
-                       allow_base_mismatch=kw["allow_base_mismatch"])
+                       allow_base_mismatch=kw["allow_base_mismatch"],
+                       common_fraction=kw["common_fraction"])
     report = comp.dtype_report
     if report:  # compatible (names and shapes decide), but said: the dtypes are not one
         listed = ", ".join(f"{r['ref']} ({r['dtypes']})" for r in report["operands"])

@@ -291,8 +291,13 @@ class Registry:
     def resolve(self, expression: str, *, method: str = "task_arithmetic",
                 density: float | None = None, seed: int = 0, trim: str = "tensor",
                 majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
-                exclude: str | None = None, allow_base_mismatch: bool = False) -> Composition:
+                exclude: str | None = None, allow_base_mismatch: bool = False,
+                common_fraction: float | None = None) -> Composition:
         """A composition of stored vectors, e.g. ``reg.resolve("0.5*a + b - c@2")``.
+
+        ``method`` is a merge method (docs/composition.md): task_arithmetic, ties, dare_linear,
+        dare_ties, magnitude_prune, or a spectral one (tsv, iso_c, iso_cts; ``common_fraction``
+        for iso_cts, default 0.8).
 
         Refs are resolved and compatibility (architecture, base) checked from the manifests;
         no tensor is read until the composition's tensors are asked for.
@@ -301,7 +306,8 @@ class Registry:
 
         return resolve(self.repo, expression, method=method, density=density, seed=seed,
                        trim=trim, majority_sign=majority_sign, lam=lam, include=include,
-                       exclude=exclude, allow_base_mismatch=allow_base_mismatch)
+                       exclude=exclude, allow_base_mismatch=allow_base_mismatch,
+                       common_fraction=common_fraction)
 
     def save_composition(self, name: str, comp: Composition, *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,

@@ -30,6 +30,9 @@ from tvreg.compose.merge import (
 )
 from tvreg.errors import InvalidInput, NonFiniteValues
 
+#: the methods peft has (the spectral ones are checked against fusion_bench: test_spectral.py)
+PEFT_METHODS = [m for m in METHODS if m not in ("tsv", "iso_c", "iso_cts")]
+
 
 def _load_peft_merge_utils():
     spec = importlib.util.find_spec("peft")
@@ -139,7 +142,7 @@ def _params(method, density, majority_sign="total", seed=0):
 
 
 PEFT_CASES = [("task_arithmetic", None, "total")] + [
-    (m, d, ms) for m in METHODS[1:] for d in (0.2, 0.55, 1.0)
+    (m, d, ms) for m in PEFT_METHODS[1:] for d in (0.2, 0.55, 1.0)
     for ms in (("total", "frequency") if m in ("ties", "dare_ties") else ("total",))]
 
 
@@ -157,7 +160,7 @@ def test_matches_peft(method, density, majority_sign, n, monkeypatch):
 
 
 @needs_peft
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PEFT_METHODS)
 def test_matches_peft_float64_and_mixed_dtypes(method, monkeypatch):
     params = _params(method, 0.3, "frequency", seed=3)
     deltas = task_vectors((40, 24), 3, seed=5, dtype=torch.float64)
@@ -169,7 +172,7 @@ def test_matches_peft_float64_and_mixed_dtypes(method, monkeypatch):
 
 
 @needs_peft
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PEFT_METHODS)
 def test_bf16_inputs_merge_in_float32(method, monkeypatch):
     params = _params(method, 0.4)
     deltas = task_vectors((33, 17), 2, seed=9, dtype=torch.bfloat16)
@@ -197,7 +200,7 @@ def test_ties_formula_by_hand():
 
 
 def test_empty_and_scalar_tensors():
-    for method in METHODS:
+    for method in PEFT_METHODS:
         p = _params(method, 0.5)
         e = merge_tensor(p, [torch.zeros(0, 3), torch.zeros(0, 3)], [1.0, 1.0], name="e")
         assert e.shape == (0, 3)
@@ -499,8 +502,8 @@ def test_ties_at_the_cut_differ_from_peft_only_there():
                                                                           .clamp(max=k))
 
 
-@pytest.mark.parametrize("method, rule", [(m, "peft") for m in METHODS] + [
-    (m, "mergekit") for m in METHODS if m != "magnitude_prune"])  # mergekit has none
+@pytest.mark.parametrize("method, rule", [(m, "peft") for m in PEFT_METHODS] + [
+    (m, "mergekit") for m in PEFT_METHODS if m != "magnitude_prune"])  # mergekit has none
 def test_chunking_changes_nothing(method, rule, monkeypatch):
     """The kernels' chunk size is invisible: chunks of 7 entries give the same bits as one."""
     from tvreg.compose import merge_kernels as mk

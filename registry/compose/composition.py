@@ -168,6 +168,10 @@ class Composition:
                         if (inc is None or inc.search(t.name)) and not (exc and exc.search(t.name))]
         if not self.entries:
             raise InvalidInput("--include/--exclude leave no tensor to compose")
+        if params.method in ("tsv", "iso_c", "iso_cts") and not any(
+                len(e.shape) == 2 and 0 not in e.shape for e in self.entries):
+            raise InvalidInput(f"{params.method} merges matrices (2-D tensors); the composed "
+                               "tensors have none (a spectral method would only average)")
         self._thresholds: list[float] | None = None
         from tvreg.tensors.encoding import default_workers
         from tvreg.util.buffers import BufferPool

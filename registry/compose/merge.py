@@ -60,9 +60,11 @@ from tvreg.compose.merge_kernels import (
     threshold_keep,
     trim_flat,
 )
+from tvreg.compose.spectral import SPECTRAL_METHODS, iso_c, iso_cts, mean, tsv
 from tvreg.errors import InvalidInput, NonFiniteValues
 
-METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "tsv", "iso_c",
+           "iso_cts")
 TRIMS = ("tensor", "global")
 MAJORITY_SIGNS = ("total", "frequency")
 RULES = ("peft", "mergekit")
@@ -71,6 +73,9 @@ _DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "magnitude_pru
 _MAGNITUDE_METHODS = frozenset({"ties", "magnitude_prune"})  # trimmed by magnitude
 _RANDOM_METHODS = frozenset({"dare_linear", "dare_ties"})
 _SIGN_METHODS = frozenset({"ties", "dare_ties"})
+_SPECTRAL_METHODS = frozenset(SPECTRAL_METHODS)
+#: Iso-CTS's default share of the directions kept common (the paper's and fusion_bench's)
+COMMON_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class MergeParams:
     rule: str = "peft"
     normalize: bool | None = None
     rescale: bool | None = None
+    #: ``iso_cts`` only: the share of each matrix's directions kept common (None: 0.8)
+    common_fraction: float | None = None
 
     def __post_init__(self) -> None:
         m = self.method
@@ -113,6 +120,17 @@ class MergeParams:
                 object.__setattr__(self, key, value)
         if m not in METHODS:
             raise InvalidInput(f"unknown merge method {m!r}; known: {', '.join(METHODS)}")
+        if m in _SPECTRAL_METHODS and self.rule != "peft":
+            raise InvalidInput(f"{m} has no mergekit rule (it follows fusion_bench); "
+                               "leave rule at its default")
+        c = self.common_fraction
+        if m == "iso_cts":
+            c = COMMON_FRACTION if c is None else c
+            if isinstance(c, bool) or not isinstance(c, numbers.Real) or not (0.0 <= c <= 1.0):
+                raise InvalidInput(f"common_fraction must be a number in [0, 1], not {c!r}")
+            object.__setattr__(self, "common_fraction", float(c))
+        elif c is not None:
+            raise InvalidInput(f"common_fraction has no meaning for {m} (only for iso_cts)")
         d = self.density
         if m in _DENSITY_METHODS:
             if d is None and self.rule == "mergekit":
@@ -155,6 +173,8 @@ class MergeParams:
             out["trim"] = self.trim
         if self.method in _SIGN_METHODS:
             out["majority_sign"] = self.majority_sign
+        if self.method == "iso_cts":
+            out["common_fraction"] = self.common_fraction
         if self.rule != "peft":  # absent at the default: recipes of before stay byte-identical
             out.update(rule=self.rule, normalize=self.normalize, rescale=self.rescale)
         return out
@@ -165,7 +185,7 @@ class MergeParams:
         if not isinstance(doc, Mapping):
             raise InvalidInput(f"merge parameters must be an object, not {type(doc).__name__}")
         unknown = sorted(set(doc) - {"method", "density", "seed", "trim", "majority_sign",
-                                     "rule", "normalize", "rescale"})
+                                     "rule", "normalize", "rescale", "common_fraction"})
         if unknown:
             raise InvalidInput(f"unknown merge parameter(s): {', '.join(unknown)}")
         return cls(**dict(doc))
@@ -306,6 +326,8 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
         return torch.from_numpy(out).reshape(shape).to(device)
     if per_operand is not None:
         raise InvalidInput("per-operand densities need rule=mergekit")
+    if method in _SPECTRAL_METHODS:
+        return _spectral(params, ts, weights).to(device)
 
     flats = [_flat(t) for t in ts]
     keeps = [KEEP_ALL] * len(ts)  # task arithmetic, and density >= 1 (peft: no trim, no rescale)
@@ -320,6 +342,21 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     combine = "ties" if method in _SIGN_METHODS else "sum"
     out = merge_flat(flats, keeps, weights, combine=combine, majority=params.majority_sign)
     return torch.from_numpy(out).reshape(shape).to(device)
+
+
+def _spectral(params: MergeParams, ts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """TSV-M, Iso-C, Iso-CTS (spectral.py) of the weighted deltas; tensors that are not
+    matrices averaged, as the papers do."""
+    scaled = [t * w if w != 1.0 else t for t, w in zip(ts, weights, strict=True)]
+    if scaled[0].dim() != 2 or 0 in scaled[0].shape:
+        return mean(scaled, running=params.method != "iso_c")
+    with torch.no_grad():
+        if params.method == "tsv":
+            return tsv(scaled)
+        if params.method == "iso_c":
+            return iso_c(scaled)
+        assert params.common_fraction is not None
+        return iso_cts(scaled, params.common_fraction)
 
 
 # --- global trim ------------------------------------------------------------------------------

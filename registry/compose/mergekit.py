@@ -37,7 +37,10 @@ TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_
             "tokenizer_source", "tvreg"}
 MODEL_PARAMS = {"weight", "density"}
 SHARED_PARAMS = {"normalize", "lambda", "rescale", "int8_mask"}
-TVREG_KEYS = {"rule", "seed", "trim", "majority_sign", "include", "exclude", "expression"}
+TVREG_KEYS = {"rule", "seed", "trim", "majority_sign", "include", "exclude", "expression",
+              "common_fraction"}
+#: tvreg's own methods (no mergekit name): run with tvreg's rules (``tvreg.rule: peft``)
+TVREG_METHODS = ("magnitude_prune", "tsv", "iso_c", "iso_cts")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -202,11 +205,11 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
     ext = doc.get("tvreg") or {}
     if not isinstance(ext, Mapping) or set(ext) - TVREG_KEYS:
         raise InvalidInput(f"unknown tvreg key(s): {sorted(set(ext) - TVREG_KEYS)}")
-    rule = ext.get("rule", "mergekit")
+    rule = ext.get("rule", "peft" if method in TVREG_METHODS[1:] else "mergekit")
     if method in LATER:
         raise InvalidInput(f"merge_method {method} is not supported yet (tvreg runs "
                            f"{', '.join(METHODS)})")
-    if method not in METHODS and not (rule == "peft" and method == "magnitude_prune"):
+    if method not in METHODS and not (rule == "peft" and method in TVREG_METHODS):
         raise InvalidInput(f"unknown merge_method {method!r}")
     tv_method = METHODS.get(method, method)
     top = dict(doc.get("parameters") or {})
@@ -247,12 +250,14 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
     if rule == "peft":
         params = MergeParams(method=tv_method, density=top.get("density"),
                              seed=ext.get("seed", 0), trim=ext.get("trim", "tensor"),
-                             majority_sign=ext.get("majority_sign", "total"))
+                             majority_sign=ext.get("majority_sign", "total"),
+                             common_fraction=ext.get("common_fraction"))
     elif rule == "mergekit":
         params = MergeParams(method=tv_method, seed=ext.get("seed", 0),
                              majority_sign=ext.get("majority_sign", "total"), rule="mergekit",
                              normalize=normalize, rescale=rescale,
-                             density=1.0 if tv_method != "task_arithmetic" else None)
+                             density=1.0 if tv_method != "task_arithmetic" else None,
+                             common_fraction=ext.get("common_fraction"))
     else:
         raise InvalidInput(f"unknown tvreg.rule {rule!r}: peft or mergekit")
 

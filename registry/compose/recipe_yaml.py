@@ -1,6 +1,7 @@
 """A recipe (:attr:`Composition.recipe`, as a version record keeps it) as a mergekit YAML
 config: ``models`` by vector id (the ref in a comment), mergekit's parameters, and a ``tvreg``
-block for what mergekit has no key for (rule, expression, seed, trim, majority sign, filters).
+block for what mergekit has no key for (rule, expression, seed, trim, majority sign, Iso-CTS's
+common fraction, filters).
 ``tvreg merge`` of it (:mod:`.mergekit`) rebuilds the composition; docs/interop.md."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def recipe_config(recipe: Mapping[str, Any]) -> dict[str, Any]:
     if top:
         doc["parameters"] = top
     tv: dict[str, Any] = {"rule": rule, "expression": recipe["expression"]}
-    for key in ("seed", "trim", "majority_sign"):
+    for key in ("seed", "trim", "majority_sign", "common_fraction"):
         if key in method:
             tv[key] = method[key]
     for key in ("include", "exclude"):

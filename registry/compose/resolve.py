@@ -15,13 +15,14 @@ if TYPE_CHECKING:  # pragma: no cover
 def resolve(repo: Repo, expression: str, *, method: str = "task_arithmetic",
             density: float | None = None, seed: int = 0, trim: str = "tensor",
             majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
-            exclude: str | None = None, allow_base_mismatch: bool = False) -> Composition:
+            exclude: str | None = None, allow_base_mismatch: bool = False,
+            common_fraction: float | None = None) -> Composition:
     """A composition of the stored vectors ``expression`` names; see
     :meth:`tvreg.Registry.resolve`. No tensor is read here."""
     from tvreg.compose.merge import MergeParams
 
     params = MergeParams(method=method, density=density, seed=seed, trim=trim,
-                         majority_sign=majority_sign)
+                         majority_sign=majority_sign, common_fraction=common_fraction)
     terms = linear_terms(expression)
     unspaced = runs(expression)
     for run in unspaced:  # `sent-topic` must never silently mean sent - topic

@@ -1,0 +1,161 @@
+"""Spectral merges (TSV-M, Iso-C, Iso-CTS): tvreg against fusion_bench 0.2.33 on real vectors.
+
+Three full fine-tunes of the real all-MiniLM-L6-v2 (the `examples` extra; a few AdamW steps
+each on random tokens, every parameter trained; built by bench_interop.py's builder) give three
+task vectors of 22.7M parameters. Each method runs, in this one process, alternately:
+
+* fusion_bench's own function (``TSVM_utils.compute_and_sum_svd_mem_reduction``,
+  ``iso_utils.iso_c``, ``iso_utils.iso_cts``) on the task vectors as plain state dicts already
+  in memory (its cost is the merge alone);
+* tvreg's ``merge_tensor`` on the same in-memory tensors (the same work);
+* tvreg end to end: ``reg.resolve(...).state_dict()`` from the stored vectors (decoding and
+  verifying them included).
+
+Wall time (median of ``--repeats``), the largest relative error per tensor against
+fusion_bench's result, and the peak RSS of each run in a fresh child (``--rss``) are printed as
+a table with ratios against fusion_bench's time.
+
+    python benchmarks/bench_merge_methods.py [--repeats 3] [--workdir DIR] [--rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = ("iso_c", "tsv", "iso_cts")
+
+
+def _vectors(work: str) -> list[dict]:
+    from safetensors.torch import load_file
+
+    def read(folder: str) -> dict:
+        out = {}
+        for f in sorted(os.listdir(folder)):
+            if f.endswith(".safetensors"):
+                out.update(load_file(os.path.join(folder, f)))
+        return out
+
+    base = read(os.path.join(work, "base"))
+    out = []
+    for k in range(3):
+        ft = read(os.path.join(work, f"ft{k}"))
+        out.append({n: ft[n] - t for n, t in base.items() if t.is_floating_point()})
+    return out
+
+
+def _fusion(method: str, vectors: list[dict]) -> dict:
+    from fusion_bench.method.isotropic_merging import iso_utils
+    from fusion_bench.method.task_singular_vector.utils import TSVM_utils
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per tensor
+        if method == "tsv":
+            return TSVM_utils.compute_and_sum_svd_mem_reduction(vectors, accelerator="cpu")
+        if method == "iso_c":
+            return iso_utils.iso_c(vectors, accelerator="cpu")
+        return iso_utils.iso_cts(vectors, common_space_fraction=0.8, accelerator="cpu")
+
+
+def _tvreg_kernel(method: str, vectors: list[dict]) -> dict:
+    from tvreg.compose.merge import MergeParams, merge_tensor
+
+    params = MergeParams(method)
+    return {n: merge_tensor(params, [v[n] for v in vectors], [1.0] * len(vectors), name=n)
+            for n in vectors[0]}
+
+
+def _tvreg_e2e(method: str, registry: str) -> dict:
+    import tvreg
+
+    reg = tvreg.open(registry)
+    return reg.resolve("ft0 + ft1 + ft2", method=method).state_dict()
+
+
+def _rel(ours: dict, theirs: dict) -> float:
+    worst = 0.0
+    for n, t in theirs.items():
+        norm = float(t.double().norm()) or 1.0
+        worst = max(worst, float((ours[n].double() - t.double()).norm()) / norm)
+    return worst
+
+
+def _child(args: list[str]) -> int:
+    """Peak RSS (bytes) of this script run with ``args`` in a fresh child."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"child {args} failed")
+    return usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir")
+    ap.add_argument("--rss", action="store_true", help="also peak RSS, one child per run")
+    ap.add_argument("--one", nargs=2, metavar=("TOOL", "METHOD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = args.workdir or tempfile.mkdtemp(prefix="tvreg-bench-methods-")
+    registry = os.path.join(work, "registry")
+    if args.one:  # a child of --rss: one run, then exit
+        tool, method = args.one
+        if tool == "e2e":
+            _tvreg_e2e(method, registry)
+        else:
+            (_fusion if tool == "fusion" else _tvreg_kernel)(method, _vectors(work))
+        return
+    if not os.path.isdir(os.path.join(work, "ft2")):
+        subprocess.run([sys.executable, os.path.join(HERE, "bench_interop.py"), "--build-only",
+                        "--workdir", work], check=True, capture_output=True)
+    if not os.path.isdir(registry):
+        tv = [os.path.join(os.path.dirname(sys.executable), "tvreg"), "--registry", registry]
+        for k in range(3):
+            subprocess.run([*tv, "create", f"ft{k}", "--base", os.path.join(work, "base"),
+                            "--finetuned", os.path.join(work, f"ft{k}"), "--no-similarities"],
+                           check=True, capture_output=True)
+    import torch
+
+    vectors = _vectors(work)
+    rows = []
+    for method in METHODS:
+        times: dict[str, list[float]] = {"fusion": [], "kernel": [], "e2e": []}
+        results: dict[str, dict] = {}
+        for _ in range(args.repeats):
+            for tool in times:  # interleaved: the same machine state for all
+                t0 = time.perf_counter()
+                out = (_fusion(method, vectors) if tool == "fusion" else
+                       _tvreg_kernel(method, vectors) if tool == "kernel" else
+                       _tvreg_e2e(method, registry))
+                times[tool].append(time.perf_counter() - t0)
+                results[tool] = out
+        base_t = statistics.median(times["fusion"])
+        for tool, label in (("fusion", "fusion_bench 0.2.33 (in memory)"),
+                            ("kernel", "tvreg merge_tensor (in memory)"),
+                            ("e2e", "tvreg resolve().state_dict() (from the store)")):
+            t = statistics.median(times[tool])
+            rss = _child(["--workdir", work, "--one", tool, method]) / 1e6 if args.rss else None
+            err = 0.0 if tool == "fusion" else _rel(results[tool], results["fusion"])
+            rows.append((method, label, t, t / base_t, rss, err))
+    print(f"\n3 full fine-tunes of all-MiniLM-L6-v2 (22.7M parameters, fp32); medians of "
+          f"{args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs\n")
+    print("| method | tool | wall s | × fusion_bench | peak RSS MB | max rel. error per tensor |")
+    print("|---|---|---|---|---|---|")
+    for method, label, t, r, rss, err in rows:
+        rss_s = f"{rss:.0f}" if rss is not None else "–"
+        print(f"| {method} | {label} | {t:.2f} | {r:.2f} | {rss_s} | {err:.1e} |")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
