@@ -28,6 +28,8 @@ def merge_options(fn):
                      show_default=True, help="TIES sign election."),
         click.option("--common-fraction", type=float,
                      help="iso_cts: share of the directions kept common [default: 0.8]."),
+        click.option("--device", metavar="DEV",
+                     help="Where the spectral methods' SVDs run: cpu or cuda[:N]."),
         click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
                      help="Global scale: θ = θ_base + λ·merged."),
         click.option("--include", metavar="REGEX", help="Only tensors whose name matches."),
@@ -45,7 +47,7 @@ def _resolve(reg, expression, kw):
                        trim=kw["trim"], majority_sign=kw["majority_sign"], lam=kw["lam"],
                        include=kw["include"], exclude=kw["exclude"],
                        allow_base_mismatch=kw["allow_base_mismatch"],
-                       common_fraction=kw["common_fraction"])
+                       common_fraction=kw["common_fraction"], device=kw["device"])
     report = comp.dtype_report
     if report:  # compatible (names and shapes decide), but said: the dtypes are not one
         listed = ", ".join(f"{r['ref']} ({r['dtypes']})" for r in report["operands"])

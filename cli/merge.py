@@ -26,10 +26,12 @@ from .output import emit_json, human_bytes, message, warnings_to_stderr
               help="With --save: skip computing its similarities (`tvreg similarities` later).")
 @click.option("--allow-base-mismatch", is_flag=True,
               help="Merge vectors of different bases anyway (with a warning).")
+@click.option("--device", metavar="DEV",
+              help="Where a spectral method's SVDs run: cpu or cuda[:N].")
 @json_option
 @click.pass_obj
 def merge(reg, config, output, fmt, shard_size, force, save_as, task, meta, no_similarities,
-          allow_base_mismatch, as_json):
+          allow_base_mismatch, device, as_json):
     """Run a mergekit YAML CONFIG: models are registry refs or checkpoint paths."""
     from tvreg.errors import InvalidInput
 
@@ -37,7 +39,7 @@ def merge(reg, config, output, fmt, shard_size, force, save_as, task, meta, no_s
         raise InvalidInput("give -o OUT, --save NAME, or both")
     meta_values = parse_meta(meta)
     with warnings_to_stderr():
-        plan = reg.merge_config(config, allow_base_mismatch=allow_base_mismatch)
+        plan = reg.merge_config(config, allow_base_mismatch=allow_base_mismatch, device=device)
         try:
             comp = plan.composition
             message(f"merging {comp.expression} ({comp.params.method}, lambda {comp.lam:g}, "

@@ -292,12 +292,13 @@ class Registry:
                 density: float | None = None, seed: int = 0, trim: str = "tensor",
                 majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
                 exclude: str | None = None, allow_base_mismatch: bool = False,
-                common_fraction: float | None = None) -> Composition:
+                common_fraction: float | None = None, device: Any = None) -> Composition:
         """A composition of stored vectors, e.g. ``reg.resolve("0.5*a + b - c@2")``.
 
         ``method`` is a merge method (docs/composition.md): task_arithmetic, ties, dare_linear,
         dare_ties, magnitude_prune, or a spectral one (tsv, iso_c, iso_cts; ``common_fraction``
-        for iso_cts, default 0.8).
+        for iso_cts, default 0.8). ``device`` is where the spectral methods' SVDs run ("cuda":
+        the GPU; None: the host with every core, or the CUDA device the tensors are asked for on).
 
         Refs are resolved and compatibility (architecture, base) checked from the manifests;
         no tensor is read until the composition's tensors are asked for.
@@ -307,7 +308,7 @@ class Registry:
         return resolve(self.repo, expression, method=method, density=density, seed=seed,
                        trim=trim, majority_sign=majority_sign, lam=lam, include=include,
                        exclude=exclude, allow_base_mismatch=allow_base_mismatch,
-                       common_fraction=common_fraction)
+                       common_fraction=common_fraction, device=device)
 
     def save_composition(self, name: str, comp: Composition, *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,
@@ -352,14 +353,16 @@ class Registry:
         return search_coefficients(self.repo, expression, evaluate, grid, base=base, **params)
 
     def merge_config(self, config: str | os.PathLike | Mapping[str, Any], *,
-                     allow_base_mismatch: bool = False) -> Any:
+                     allow_base_mismatch: bool = False, device: Any = None) -> Any:
         """A mergekit YAML config (a path or its dict) as a plan: ``plan.composition`` (a
         :class:`Composition` with mergekit's semantics), ``plan.base`` and ``plan.out_dtype``;
         models are registry refs or checkpoints (computed on the fly, nothing stored). Close it
-        with ``plan.close()``; write it with :meth:`write_merge` (docs/interop.md)."""
+        with ``plan.close()``; write it with :meth:`write_merge` (docs/interop.md). ``device``:
+        where a spectral method's SVDs run, as in :meth:`resolve`."""
         from tvreg.compose.mergekit import plan_merge
 
-        return plan_merge(self.repo, config, allow_base_mismatch=allow_base_mismatch)
+        return plan_merge(self.repo, config, allow_base_mismatch=allow_base_mismatch,
+                          device=device)
 
     def write_merge(self, plan: Any, output: str | os.PathLike, *, format: str | None = None,
                     shard_size: Any = None, force: bool = False) -> int:

@@ -81,3 +81,19 @@ def test_apply_to_a_cuda_state_dict_in_place(many):
     merged = comp.state_dict()
     for n, t in base.items():
         torch.testing.assert_close(on_gpu[n].cpu(), t + 0.5 * merged[n], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["tsv", "iso_c", "iso_cts"])
+def test_spectral_svds_on_cuda_equal_the_host_ones(many, method, tmp_path):
+    """The SVDs on the GPU (device="cuda", or asked for on CUDA), within 1e-4 of the host's;
+    a file written with --device cuda holds host tensors."""
+    host = many.resolve("v0 + 0.5*v1 + v2", method=method).state_dict()
+    for comp, where in ((many.resolve("v0 + 0.5*v1 + v2", method=method, device="cuda"), None),
+                        (many.resolve("v0 + 0.5*v1 + v2", method=method), "cuda")):
+        dev = comp.state_dict(device=where)
+        for n, t in host.items():
+            err = float((dev[n].cpu().double() - t.double()).norm() / t.double().norm())
+            assert err <= 1e-4, (n, err)
+    out = tmp_path / "m.safetensors"
+    many.resolve("v0 + v1", method=method, device="cuda").save(str(out))
+    assert set(load_file(str(out))) == set(host)

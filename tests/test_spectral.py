@@ -186,3 +186,22 @@ def test_recipe_file(filled, zoo, tmp_path):
         "models": [{"model": "sentiment", "parameters": {"weight": 1.0}}]}))
     r = CliRunner().invoke(cli, ["--registry", filled.root, "merge", str(cfg), "-o", str(out)])
     assert r.exit_code == 2 and "only for iso_cts" in r.output
+
+
+def test_device_option(filled, tmp_path):
+    """--device: cpu gives the default's bits; cuda without a GPU, or a device for a method
+    that has no SVD, is one line and exit 2 with nothing written."""
+    cpu = filled.resolve("sentiment + topic", method="tsv", device="cpu").state_dict()
+    default = filled.resolve("sentiment + topic", method="tsv").state_dict()
+    assert all(torch.equal(cpu[n], t) for n, t in default.items())
+    out = tmp_path / "m.safetensors"
+    runner = CliRunner()
+    cases = [(["--method", "tsv", "--device", "nope"], "unknown device 'nope'"),
+             (["--device", "cpu"], "only for the spectral methods")]
+    if not torch.cuda.is_available():
+        cases.append((["--method", "iso_c", "--device", "cuda"], "no CUDA GPU here"))
+    for args, message in cases:
+        r = runner.invoke(cli, ["--registry", filled.root, "compose", "sentiment + topic",
+                                *args, "-o", str(out)])
+        assert r.exit_code == 2 and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not out.exists()

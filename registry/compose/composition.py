@@ -141,7 +141,7 @@ class Composition:
     def __init__(self, repo: Repo, expression: str, operands: list[Operand],
                  params: MergeParams, *, lam: float = 1.0, include: str | None = None,
                  exclude: str | None = None, allow_base_mismatch: bool = False,
-                 tensor_params: Any = None) -> None:
+                 tensor_params: Any = None, device: Any = None) -> None:
         import math
 
         if not operands:
@@ -158,6 +158,10 @@ class Composition:
         #: ``tensor_params(name) -> (weights, densities or None)`` and ``to_json()``, kept in
         #: the recipe as ``parameters``; every tensor then goes through ``merge_tensor``
         self.tensor_params = tensor_params
+        #: where the spectral methods' SVDs run (None: the host, every core, unless the
+        #: tensors are asked for on a CUDA device: then there)
+        self.device = _compute_device(device, params.method)
+        self._target: Any = None  # the device iter_tensors delivers to, while it runs
         inc, exc = compile_option(include, "--include"), compile_option(exclude, "--exclude")
         check_compatible(operands, allow_base_mismatch=allow_base_mismatch)
         self.allow_base_mismatch = allow_base_mismatch
@@ -375,8 +379,18 @@ class Composition:
         if self.tensor_params is not None:
             weights, densities = self.tensor_params(name)
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
+        import torch
+
+        compute = None
+        if self.params.method in ("tsv", "iso_c", "iso_cts"):
+            compute = self.device if self.device is not None else (
+                self._target if self._target is not None
+                and torch.device(self._target).type == "cuda" else None)
         out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds,
-                           densities=densities)
+                           densities=densities, device=compute)
+        if out.device.type != "cpu" and (self._target is None
+                                         or torch.device(self._target) != out.device):
+            out = out.cpu()  # the caller wants it elsewhere (a file: the host)
         if self.lam != 1.0:
             out.mul_(self.lam)
         return out
@@ -388,13 +402,17 @@ class Composition:
         copy overlaps the next decode); without, memory holds one name's tensors only."""
         from tvreg.tensors.taskvector import to_device
 
-        for name, tensor, buf in self.stream(prefetch):
-            moved = to_device(tensor, device, dtype)
-            if moved.device.type != "cpu" or moved.data_ptr() != tensor.data_ptr():
-                self.recycle(buf)  # copied (pinned, cast): the host buffer is free again
-            del tensor
-            yield name, moved
-            del moved
+        self._target = device
+        try:
+            for name, tensor, buf in self.stream(prefetch):
+                moved = to_device(tensor, device, dtype)
+                if moved.device.type != "cpu" or moved.data_ptr() != tensor.data_ptr():
+                    self.recycle(buf)  # copied (pinned, cast): the host buffer is free again
+                del tensor
+                yield name, moved
+                del moved
+        finally:
+            self._target = None
 
     def stream(self, prefetch: bool = True) -> Iterator[tuple[str, torch.Tensor, Any]]:
         """``(name, merged tensor, buffer)`` on the host, as :meth:`iter_tensors`. A caller that
@@ -501,6 +519,27 @@ class Composition:
     def __repr__(self) -> str:
         return (f"<Composition {self.expression!r} method={self.params.method} lambda={self.lam} "
                 f"tensors={len(self.entries)}>")
+
+
+def _compute_device(device: Any, method: str) -> Any:
+    """``device`` checked: a torch device the spectral methods can run on, or None."""
+    if device is None:
+        return None
+    import torch
+
+    if method not in ("tsv", "iso_c", "iso_cts"):
+        raise InvalidInput(f"a compute device has a meaning only for the spectral methods "
+                           f"(tsv, iso_c, iso_cts), not for {method}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInput(f"unknown device {device!r} (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput(f"device {device}: no CUDA GPU here "
+                           "(torch.cuda.is_available() is false)")
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidInput(f"unsupported device {device!r} (cpu, cuda, cuda:N)")
+    return dev
 
 
 def scale_grid(grid: Any) -> list[float]:

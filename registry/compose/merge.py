@@ -271,14 +271,19 @@ def _mergekit_operands(params: MergeParams, ts: list[torch.Tensor], densities: l
 
 def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: Sequence[float],
                  *, name: str = "", thresholds: Sequence[float] | None = None,
-                 densities: Sequence[float] | None = None) -> torch.Tensor:
+                 densities: Sequence[float] | None = None, device: Any = None) -> torch.Tensor:
     """The merged delta of one tensor: ``deltas[i]`` is operand ``i``'s delta, ``weights[i]`` its
     coefficient. ``name`` seeds DARE's masks (with ``params.seed`` and the operand index);
     ``thresholds`` (one per operand, from :class:`MagnitudeQuantile`) are needed iff
     :func:`needs_thresholds`. ``densities`` (one per operand) replace ``params.density`` operand
-    by operand (mergekit's per-model ``density``). Returns a new float32 tensor (float64 if any
-    delta is float64).
+    by operand (mergekit's per-model ``density``). ``device`` is where the spectral methods
+    compute (their SVDs; the result is then on it); None: the host, every core. Returns a new
+    float32 tensor (float64 if any delta is float64).
     """
+    compute = torch.device(device) if device is not None else None
+    if compute is not None and compute.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput(f"device {compute}: no CUDA GPU here (torch.cuda.is_available() "
+                           "is false)")
     if not isinstance(params, MergeParams):
         raise InvalidInput(f"params must be MergeParams, not {type(params).__name__}")
     deltas = list(deltas)
@@ -327,6 +332,8 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     if per_operand is not None:
         raise InvalidInput("per-operand densities need rule=mergekit")
     if method in _SPECTRAL_METHODS:
+        if compute is not None:  # the SVDs on that device (CUDA: pinned, non-blocking copies)
+            return _spectral(params, [_to_compute(t, compute) for t in ts], weights)
         return _spectral(params, ts, weights).to(device)
 
     flats = [_flat(t) for t in ts]
@@ -342,6 +349,12 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     combine = "ties" if method in _SIGN_METHODS else "sum"
     out = merge_flat(flats, keeps, weights, combine=combine, majority=params.majority_sign)
     return torch.from_numpy(out).reshape(shape).to(device)
+
+
+def _to_compute(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _spectral(params: MergeParams, ts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:

@@ -183,7 +183,7 @@ def _scalar_bool(top: dict[str, Any], key: str) -> bool | None:
 
 
 def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
-               allow_base_mismatch: bool = False) -> MergePlan:
+               allow_base_mismatch: bool = False, device: Any = None) -> MergePlan:
     """A mergekit config as a :class:`MergePlan`; see :meth:`tvreg.Registry.merge_config`.
     Every key is checked, and every per-tensor value evaluated, before a tensor is read."""
     from tvreg.tensors.checkpoints import open_checkpoint
@@ -343,7 +343,7 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
         comp = Composition(repo, expression, operands, params, lam=float(lam),
                            include=ext.get("include"), exclude=ext.get("exclude"),
                            allow_base_mismatch=allow_base_mismatch,
-                           tensor_params=tensor_params)
+                           tensor_params=tensor_params, device=device)
         if tensor_params is not None:
             names = [e.name for e in comp.manifest.tensors]
             tensor_params.positions = layer_positions(names)

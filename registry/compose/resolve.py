@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tvreg.compose.composition import Composition, Operand
 from tvreg.compose.expr import ExpressionError, canonical, linear_terms, runs
@@ -16,7 +16,7 @@ def resolve(repo: Repo, expression: str, *, method: str = "task_arithmetic",
             density: float | None = None, seed: int = 0, trim: str = "tensor",
             majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
             exclude: str | None = None, allow_base_mismatch: bool = False,
-            common_fraction: float | None = None) -> Composition:
+            common_fraction: float | None = None, device: Any = None) -> Composition:
     """A composition of the stored vectors ``expression`` names; see
     :meth:`tvreg.Registry.resolve`. No tensor is read here."""
     from tvreg.compose.merge import MergeParams
@@ -43,4 +43,4 @@ def resolve(repo: Repo, expression: str, *, method: str = "task_arithmetic",
                            f"if {whole.text!r} is one name, quote it: \"{whole.text}\")"
                            ) from None
     return Composition(repo, canonical(terms), operands, params, lam=lam, include=include,
-                       exclude=exclude, allow_base_mismatch=allow_base_mismatch)
+                       exclude=exclude, allow_base_mismatch=allow_base_mismatch, device=device)

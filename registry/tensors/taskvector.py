@@ -33,7 +33,7 @@ def to_device(t: torch.Tensor, device: str | torch.device | None,
     if device is None:
         return t
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
