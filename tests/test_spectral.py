@@ -205,3 +205,19 @@ def test_device_option(filled, tmp_path):
                                 *args, "-o", str(out)])
         assert r.exit_code == 2 and message in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["tsv", "iso_c"])
+def test_rank_deficient_tall_matrices_take_the_svd(method, capsys):
+    """Rank-1 task matrices, tall enough for the Gram route: the singular values it would
+    divide by are at rounding level, so the SVD of the matrix as given runs (fusion_bench's
+    computation), and the results agree although the rounding-level directions are arbitrary."""
+    g = torch.Generator().manual_seed(1)
+    ts = [torch.randn(200, 1, generator=g) @ torch.randn(1, 8, generator=g) for _ in range(3)]
+    for shape in ((200, 8), (8, 200)):
+        mats = [t if shape == (200, 8) else t.T.contiguous() for t in ts]
+        ours = merge_tensor(MergeParams(method), mats, [1.0, 0.5, 2.0], name="w")
+        theirs = fusion(method, [{"w": t * w} for t, w in zip(mats, [1.0, 0.5, 2.0],
+                                                              strict=True)])["w"]
+        capsys.readouterr()
+        assert rel_err(ours, theirs) <= 1e-4, shape

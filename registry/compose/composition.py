@@ -21,6 +21,8 @@ from tvreg.util.listings import listing
 from tvreg.util.patterns import compile_option
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
     import torch
 
     from tvreg.compose.merge import MergeParams
@@ -369,11 +371,16 @@ class Composition:
             for _, f in queue:
                 f.cancel()
 
-    def _merged(self, name: str) -> torch.Tensor:
-        """TIES, DARE, magnitude pruning: all k tensors of the name at once."""
+    def _decoded(self, name: str) -> list[torch.Tensor]:
+        """The operands' tensors of one name (decoded in parallel on the operand pool)."""
+        return list(self._decode_stream([(name, op) for op in self.operands]))
+
+    def _merged(self, name: str, decoded: Future | None = None) -> torch.Tensor:
+        """TIES, DARE, magnitude pruning, the spectral methods: all k tensors of the name at
+        once (``decoded``: a future of :meth:`_decoded`, else decoded here)."""
         from tvreg.compose.merge import merge_tensor, needs_thresholds
 
-        deltas = list(self._decode_stream([(name, op) for op in self.operands]))
+        deltas = decoded.result() if decoded is not None else self._decoded(name)
         weights = [op.coef for op in self.operands]
         densities = None
         if self.tensor_params is not None:
@@ -429,14 +436,27 @@ class Composition:
                 for name in names:
                     yield name, self._merged(name), None
             else:
-                with ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as pending_pool:
-                    pending = pending_pool.submit(self._merged, names[0])
-                    for i, name in enumerate(names):
-                        tensor = pending.result()
-                        if i + 1 < len(names):
-                            pending = pending_pool.submit(self._merged, names[i + 1])
-                        yield name, tensor, None
-                        del tensor
+                # three stages at once: the operands of name i+1 are decoded while name i is
+                # merged and the caller uses name i-1
+                with ThreadPoolExecutor(1, thread_name_prefix="tvreg-decode") as decode_pool, \
+                        ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as merge_pool:
+                    decoded = {j: decode_pool.submit(self._decoded, names[j])
+                               for j in range(min(2, len(names)))}
+                    pending = merge_pool.submit(self._merged, names[0], decoded.pop(0))
+                    try:
+                        for i, name in enumerate(names):
+                            tensor = pending.result()
+                            if i + 1 < len(names):
+                                pending = merge_pool.submit(self._merged, names[i + 1],
+                                                            decoded.pop(i + 1))
+                            if i + 2 < len(names):
+                                decoded[i + 2] = decode_pool.submit(self._decoded, names[i + 2])
+                            yield name, tensor, None
+                            del tensor
+                    finally:
+                        pending.cancel()
+                        for f in decoded.values():
+                            f.cancel()
         finally:
             self._buffers.clear()
 
