@@ -208,10 +208,11 @@ def test_device_option(filled, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["tsv", "iso_c"])
-def test_rank_deficient_tall_matrices_take_the_svd(method, capsys):
-    """Rank-1 task matrices, tall enough for the Gram route: the singular values it would
-    divide by are at rounding level, so the SVD of the matrix as given runs (fusion_bench's
-    computation), and the results agree although the rounding-level directions are arbitrary."""
+def test_rank_deficient_matrices_as_fusion_bench(method, capsys):
+    """Rank-1 task matrices, tall and wide: the directions at rounding level are arbitrary, and
+    only the same computation as fusion_bench's (the SVD of each matrix as given, not of its
+    transpose or its Gram matrix) gives the same ones; TSV weighs them by their own tiny
+    singular values and Iso-C by the mean, and both agree."""
     g = torch.Generator().manual_seed(1)
     ts = [torch.randn(200, 1, generator=g) @ torch.randn(1, 8, generator=g) for _ in range(3)]
     for shape in ((200, 8), (8, 200)):
