@@ -37,14 +37,8 @@ METHODS = ("iso_c", "tsv", "iso_cts")
 
 
 def _vectors(work: str) -> list[dict]:
-    from safetensors.torch import load_file
-
-    def read(folder: str) -> dict:
-        out = {}
-        for f in sorted(os.listdir(folder)):
-            if f.endswith(".safetensors"):
-                out.update(load_file(os.path.join(folder, f)))
-        return out
+    sys.path.insert(0, HERE)
+    from bench_interop import _read as read  # a folder's safetensors files as one dict
 
     base = read(os.path.join(work, "base"))
     out = []
