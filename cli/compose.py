@@ -9,7 +9,12 @@ from .options import json_option, parse_meta
 from .output import check_stdout_output, emit_json, human_bytes, message, warnings_to_stderr
 
 METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "tsv", "iso_c",
-           "iso_cts"]
+           "iso_cts", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",
+           "nuslerp", "karcher", "model_stock", "consensus"]
+#: the options of merge_options that are MergeParams fields (None: the method's default)
+PARAM_OPTIONS = ("density", "seed", "trim", "majority_sign", "common_fraction", "rule",
+                 "normalize", "rescale", "gamma", "epsilon", "t", "k", "tall_mask_lambda",
+                 "filter_wise")
 
 
 def merge_options(fn):
@@ -18,16 +23,39 @@ def merge_options(fn):
         click.option("--method", default="task_arithmetic", show_default=True,
                      type=click.Choice(METHODS), help="Merge method."),
         click.option("--density", type=float,
-                     help="Fraction kept (ties, dare_*, magnitude_prune)."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of DARE's drops."),
-        click.option("--trim", type=click.Choice(["tensor", "global"]), default="tensor",
-                     show_default=True,
-                     help="Trim by magnitude per tensor or over the whole vector."),
-        click.option("--majority-sign", type=click.Choice(["total", "frequency"]), default="total",
-                     show_default=True, help="TIES sign election."),
+                     help="Fraction kept (ties, dare_*, magnitude_prune, breadcrumbs*, della*)."),
+        click.option("--seed", type=int,
+                     help="Seed of the random drops (dare_*, della*) [default: 0]."),
+        click.option("--trim", type=click.Choice(["tensor", "global"]),
+                     help="Trim by magnitude per tensor or over the whole vector "
+                          "[default: tensor]."),
+        click.option("--majority-sign", type=click.Choice(["total", "frequency"]),
+                     help="Sign election (ties, dare_ties, breadcrumbs_ties, della) "
+                          "[default: total]."),
+        click.option("--rule", type=click.Choice(["peft", "mergekit"]),
+                     help="ties, dare_*: peft's rules (default) or mergekit's weighted ones."),
+        click.option("--normalize/--no-normalize", default=None,
+                     help="rule mergekit: divide by the (agreeing) weights' sum "
+                          "[default: mergekit's for the method]."),
+        click.option("--rescale/--no-rescale", default=None,
+                     help="rule mergekit: rescale the kept entries to the delta's L1 norm "
+                          "[default: mergekit's for the method]."),
         click.option("--common-fraction", type=float,
                      help="iso_cts: share of the directions kept common [default: 0.8]."),
+        click.option("--gamma", type=float,
+                     help="breadcrumbs*: share of the largest magnitudes dropped "
+                          "[default: 0.01]."),
+        click.option("--epsilon", type=float,
+                     help="della*: keep probabilities density ± epsilon by rank "
+                          "[default: 0.15]."),
+        click.option("--t", "t", type=float,
+                     help="slerp: interpolation point (0: the first, 1: the second)."),
+        click.option("--k", "k", type=int,
+                     help="consensus: least number of tasks' TALL masks [default: 2]."),
+        click.option("--tall-mask-lambda", type=float,
+                     help="consensus: the TALL masks' lambda [default: 0.6]."),
+        click.option("--filter-wise", is_flag=True, default=None,
+                     help="model_stock: one ratio per row, not per tensor."),
         click.option("--device", metavar="DEV",
                      help="Where the spectral methods' SVDs run: cpu or cuda[:N]."),
         click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
@@ -43,11 +71,9 @@ def merge_options(fn):
 
 
 def _resolve(reg, expression, kw):
-    comp = reg.resolve(expression, method=kw["method"], density=kw["density"], seed=kw["seed"],
-                       trim=kw["trim"], majority_sign=kw["majority_sign"], lam=kw["lam"],
-                       include=kw["include"], exclude=kw["exclude"],
-                       allow_base_mismatch=kw["allow_base_mismatch"],
-                       common_fraction=kw["common_fraction"], device=kw["device"])
+    comp = reg.resolve(expression, method=kw["method"], lam=kw["lam"], include=kw["include"],
+                       exclude=kw["exclude"], allow_base_mismatch=kw["allow_base_mismatch"],
+                       device=kw["device"], **{key: kw[key] for key in PARAM_OPTIONS})
     report = comp.dtype_report
     if report:  # compatible (names and shapes decide), but said: the dtypes are not one
         listed = ", ".join(f"{r['ref']} ({r['dtypes']})" for r in report["operands"])

@@ -288,27 +288,34 @@ class Registry:
 
     # --- composition -----------------------------------------------------------------------------
 
-    def resolve(self, expression: str, *, method: str = "task_arithmetic",
-                density: float | None = None, seed: int = 0, trim: str = "tensor",
-                majority_sign: str = "total", lam: float = 1.0, include: str | None = None,
-                exclude: str | None = None, allow_base_mismatch: bool = False,
-                common_fraction: float | None = None, device: Any = None) -> Composition:
+    def resolve(self, expression: str, *, method: str = "task_arithmetic", lam: float = 1.0,
+                include: str | None = None, exclude: str | None = None,
+                allow_base_mismatch: bool = False, device: Any = None,
+                **params: Any) -> Composition:
         """A composition of stored vectors, e.g. ``reg.resolve("0.5*a + b - c@2")``.
 
         ``method`` is a merge method (docs/composition.md): task_arithmetic, ties, dare_linear,
-        dare_ties, magnitude_prune, or a spectral one (tsv, iso_c, iso_cts; ``common_fraction``
-        for iso_cts, default 0.8). ``device`` is where the spectral methods' SVDs run ("cuda":
-        the GPU; None: the host with every core, or the CUDA device the tensors are asked for on).
+        dare_ties, magnitude_prune; mergekit's breadcrumbs, breadcrumbs_ties, della,
+        della_linear, slerp, nuslerp, karcher, model_stock; consensus (TALL masks); or a
+        spectral one (tsv, iso_c, iso_cts). ``params`` are the method's parameters, by
+        :class:`~tvreg.compose.merge.MergeParams`'s names: ``density``, ``seed``, ``trim``,
+        ``majority_sign``, ``rule`` (``"mergekit"``: mergekit's weighted TIES), ``normalize``,
+        ``rescale``, ``common_fraction``, ``gamma``, ``epsilon``, ``t``, ``k``,
+        ``tall_mask_lambda``, ``filter_wise``, ``nuslerp_flatten``, ``nuslerp_row_wise``,
+        ``max_iter``, ``tol`` (None: the default). ``device`` is where the spectral methods'
+        SVDs run ("cuda": the GPU; None: the host with every core, or the CUDA device the
+        tensors are asked for on). slerp and karcher interpolate weights: they read the stored
+        base (or, in :meth:`apply`, the base written onto; else set ``comp.base_weights`` to
+        an open checkpoint).
 
         Refs are resolved and compatibility (architecture, base) checked from the manifests;
         no tensor is read until the composition's tensors are asked for.
         """
         from tvreg.compose.resolve import resolve
 
-        return resolve(self.repo, expression, method=method, density=density, seed=seed,
-                       trim=trim, majority_sign=majority_sign, lam=lam, include=include,
-                       exclude=exclude, allow_base_mismatch=allow_base_mismatch,
-                       common_fraction=common_fraction, device=device)
+        return resolve(self.repo, expression, method=method, lam=lam, include=include,
+                       exclude=exclude, allow_base_mismatch=allow_base_mismatch, device=device,
+                       **params)
 
     def save_composition(self, name: str, comp: Composition, *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,

@@ -30,8 +30,10 @@ from tvreg.compose.merge import (
 )
 from tvreg.errors import InvalidInput, NonFiniteValues
 
-#: the methods peft has (the spectral ones are checked against fusion_bench: test_spectral.py)
-PEFT_METHODS = [m for m in METHODS if m not in ("tsv", "iso_c", "iso_cts")]
+#: the methods peft has (the spectral ones are checked against fusion_bench in
+#: test_spectral.py, mergekit's others against mergekit in test_merge_methods.py)
+PEFT_METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+assert set(PEFT_METHODS) <= set(METHODS)
 
 
 def _load_peft_merge_utils():
@@ -248,7 +250,7 @@ def test_params_json_round_trip():
     for p in cases:
         assert MergeParams.from_json(p.to_json()) == p
     with pytest.raises(InvalidInput, match="unknown merge parameter"):
-        MergeParams.from_json({"method": "ties", "density": 0.5, "k": 3})
+        MergeParams.from_json({"method": "ties", "density": 0.5, "kappa": 3})
 
 
 def test_needs_thresholds():

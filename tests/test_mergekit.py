@@ -214,7 +214,7 @@ def test_registry_refs_save_recipe_reproduce(models, reg, tmp_path):
 @pytest.mark.parametrize("patch, word", [
     ({"slices": []}, "slices"), ({"chat_template": "x"}, "chat_template"),
     ({"tokenizer": {"source": "union"}}, "tokenizer"), ({"frobnicate": 1}, "frobnicate"),
-    ({"tokenizer_source": "union"}, "union"), ({"merge_method": "della"}, "della"),
+    ({"tokenizer_source": "union"}, "union"), ({"merge_method": "multislerp"}, "multislerp"),
     ({"merge_method": "nope"}, "nope"),
 ])
 def test_refused(models, reg, tmp_path, patch, word):

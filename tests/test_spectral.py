@@ -120,7 +120,7 @@ def test_params():
             (dict(method="iso_cts", common_fraction=1.5), "common_fraction must be"),
             (dict(method="iso_cts", common_fraction="x"), "common_fraction must be"),
             (dict(method="tsv", density=0.5), "density has no meaning for tsv"),
-            (dict(method="tsv", rule="mergekit"), "no mergekit rule")]:
+            (dict(method="tsv", rule="mergekit"), "no rule to choose")]:
         with pytest.raises(InvalidInput, match=message):
             MergeParams(**kwargs)
 

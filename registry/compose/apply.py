@@ -226,10 +226,16 @@ def apply_to_checkpoint(comp: Composition, base: str | Checkpoint, output: str, 
         else:
             def write(weights: Iterator[tuple[str, torch.Tensor]]) -> int:
                 return write_safetensors(output, specs, weights, metadata, progress="apply")
-        if not same_base:  # exact-mode deltas then come from the stored base, if any
-            return write(merged_weights(comp, ck, infos, dtype, restore=False))
-        with comp.repo.using_base(ck, comp.base_hash):
-            return write(merged_weights(comp, ck, infos, dtype))
+        previous = comp.base_weights
+        if comp.params.weight_space:  # slerp, karcher: the weights interpolated are ck's
+            comp.base_weights = ck
+        try:
+            if not same_base:  # exact-mode deltas then come from the stored base, if any
+                return write(merged_weights(comp, ck, infos, dtype, restore=False))
+            with comp.repo.using_base(ck, comp.base_hash):
+                return write(merged_weights(comp, ck, infos, dtype))
+        finally:
+            comp.base_weights = previous
 
 
 def _card(comp: Composition, output: str, base_dir: str | None) -> str:

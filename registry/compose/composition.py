@@ -38,6 +38,10 @@ class BaseMismatchWarning(UserWarning):
     """Operands (or a base checkpoint) of different base hashes, allowed on request."""
 
 
+class ModelStockWarning(UserWarning):
+    """model_stock over vectors of different tasks: it assumes fine-tunes of one task."""
+
+
 @dataclass(frozen=True)
 class Operand:
     """One term of a composition: the ref as written, its coefficient, the vector it resolved to."""
@@ -143,11 +147,21 @@ class Composition:
     def __init__(self, repo: Repo, expression: str, operands: list[Operand],
                  params: MergeParams, *, lam: float = 1.0, include: str | None = None,
                  exclude: str | None = None, allow_base_mismatch: bool = False,
-                 tensor_params: Any = None, device: Any = None) -> None:
+                 tensor_params: Any = None, device: Any = None,
+                 base_weights: Any = None) -> None:
         import math
+
+        from tvreg.compose.merge import operand_count_problem
 
         if not operands:
             raise InvalidInput("a composition needs at least one vector")
+        problem = operand_count_problem(params.method, len(operands))
+        if problem:
+            raise InvalidInput(problem)
+        if params.method == "slerp" and params.t is None and "t" not in getattr(
+                tensor_params, "top", {}):
+            raise InvalidInput("slerp needs t, the interpolation point (--t; 0: the first "
+                               "model, 1: the second)")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
             raise InvalidInput(f"invalid lambda {lam!r}: a finite number")
         self.repo = repo  # where the operands' tensors are read
@@ -178,11 +192,34 @@ class Composition:
                 len(e.shape) == 2 and 0 not in e.shape for e in self.entries):
             raise InvalidInput(f"{params.method} merges matrices (2-D tensors); the composed "
                                "tensors have none (a spectral method would only average)")
+        if params.method == "model_stock":
+            tasks = {t for op in operands
+                     if (t := getattr(op.vector, "metadata", {}).get("task")) is not None}
+            if len(tasks) > 1:
+                warnings.warn(f"model_stock assumes fine-tunes of one task (different seeds or "
+                              f"runs); these are of {len(tasks)} tasks: "
+                              f"{', '.join(sorted(str(t) for t in tasks))}",
+                              ModelStockWarning, stacklevel=3)
+        #: the base model's weights (a checkpoint) for the methods that interpolate weights
+        #: (slerp, karcher): given, else the stored base of the operands' base hash, else set
+        #: by apply from the base it writes onto (:meth:`check_ready` says when one is missing)
+        self.base_weights = base_weights
+        if params.weight_space and base_weights is None:
+            self.base_weights = repo.stored_base(self.base_hash)
         self._thresholds: list[float] | None = None
         from tvreg.tensors.encoding import default_workers
         from tvreg.util.buffers import BufferPool
 
         self._buffers = BufferPool(keep=4 * default_workers() + 4)
+
+    def check_ready(self) -> None:
+        """:class:`InvalidInput` if the tensors cannot be computed (a method that interpolates
+        weights with no base weights at hand); called before anything is read or written."""
+        if self.params.weight_space and self.base_weights is None:
+            raise InvalidInput(
+                f"{self.params.method} interpolates the models' weights, so it needs the base "
+                f"model's: store it (tvreg base add PATH) or, with apply, give --base; no "
+                f"stored base of {self.base_hash[:12]}")
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -383,8 +420,13 @@ class Composition:
         deltas = decoded.result() if decoded is not None else self._decoded(name)
         weights = [op.coef for op in self.operands]
         densities = None
+        extras: dict[str, Any] = {}
         if self.tensor_params is not None:
             weights, densities = self.tensor_params(name)
+            extras = self.tensor_params.extras(name)
+        if self.params.weight_space:
+            assert self.base_weights is not None  # check_ready
+            extras["base"] = self.base_weights.tensor(name)
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
         import torch
 
@@ -394,7 +436,7 @@ class Composition:
                 self._target if self._target is not None
                 and torch.device(self._target).type == "cuda" else None)
         out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds,
-                           densities=densities, device=compute)
+                           densities=densities, device=compute, **extras)
         if out.device.type != "cpu" and (self._target is None
                                          or torch.device(self._target) != out.device):
             out = out.cpu()  # the caller wants it elsewhere (a file: the host)
@@ -427,6 +469,7 @@ class Composition:
         after that): the next tensors reuse the memory instead of faulting in fresh pages."""
         from concurrent.futures import ThreadPoolExecutor
 
+        self.check_ready()
         names = self.names()
         try:
             if self.params.method == "task_arithmetic" and self.tensor_params is None \
@@ -521,6 +564,7 @@ class Composition:
         from tvreg.tensors.outputs import check_output_path
         from tvreg.tensors.safetensors_io import write_safetensors
 
+        self.check_ready()
         path = check_output_path(path, registry=self.repo.root)
         dtype = sum_dtype([op.vector.manifest for op in self.operands])
         specs = [(e.name, dtype, e.shape) for e in self.entries]

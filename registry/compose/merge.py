@@ -52,6 +52,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tvreg.compose.consensus import TALL_MASK_LAMBDA, consensus
+from tvreg.compose.consensus import K as CONSENSUS_K
+from tvreg.compose.interpolation import karcher, model_stock, nuslerp, nuslerp_t, slerp
 from tvreg.compose.merge_kernels import (
     KEEP_ALL,
     Keep,
@@ -60,22 +63,76 @@ from tvreg.compose.merge_kernels import (
     threshold_keep,
     trim_flat,
 )
+from tvreg.compose.sparsify import EPSILON, GAMMA, band_keep, della_mask
 from tvreg.compose.spectral import SPECTRAL_METHODS, iso_c, iso_cts, mean, tsv
 from tvreg.errors import InvalidInput, NonFiniteValues
 
 METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "tsv", "iso_c",
-           "iso_cts")
+           "iso_cts", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",
+           "nuslerp", "karcher", "model_stock", "consensus")
 TRIMS = ("tensor", "global")
 MAJORITY_SIGNS = ("total", "frequency")
 RULES = ("peft", "mergekit")
 
-_DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "magnitude_prune"})
+_BAND_METHODS = frozenset({"breadcrumbs", "breadcrumbs_ties"})
+_DELLA_METHODS = frozenset({"della", "della_linear"})
+#: mergekit's generalized task arithmetic only (no peft counterpart): rule=mergekit always
+_MERGEKIT_ONLY = _BAND_METHODS | _DELLA_METHODS
+_DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "magnitude_prune"}) \
+    | _MERGEKIT_ONLY
 _MAGNITUDE_METHODS = frozenset({"ties", "magnitude_prune"})  # trimmed by magnitude
-_RANDOM_METHODS = frozenset({"dare_linear", "dare_ties"})
-_SIGN_METHODS = frozenset({"ties", "dare_ties"})
+_RANDOM_METHODS = frozenset({"dare_linear", "dare_ties"}) | _DELLA_METHODS  # seeded drops
+_SIGN_METHODS = frozenset({"ties", "dare_ties", "breadcrumbs_ties", "della"})
 _SPECTRAL_METHODS = frozenset(SPECTRAL_METHODS)
+#: the methods that interpolate the models' weights: they need the base's weights
+WEIGHT_SPACE_METHODS = frozenset({"slerp", "karcher"})
+#: methods of their own formulas (not a rule of trimmed sums)
+_OWN_METHODS = _SPECTRAL_METHODS | WEIGHT_SPACE_METHODS | {"nuslerp", "model_stock",
+                                                           "consensus"}
 #: Iso-CTS's default share of the directions kept common (the paper's and fusion_bench's)
 COMMON_FRACTION = 0.8
+#: mergekit's defaults of normalize and rescale (rule=mergekit)
+_NORMALIZE_DEFAULT = frozenset({"ties", "della"})
+_RESCALE_DEFAULT = frozenset({"dare_linear", "dare_ties", "della", "della_linear"})
+
+#: method-specific parameters: (methods, default, kind); kind "unit" is a number in [0, 1],
+#: "nonneg" a number >= 0, "count" an integer >= 0 (>= 1 for max_iter), "bool" true/false,
+#: "real" any finite number; a default of None leaves it None (slerp's t: per tensor from a
+#: recipe, else the composition requires it)
+_EXTRA: dict[str, tuple[frozenset[str], Any, str]] = {
+    "gamma": (_BAND_METHODS, GAMMA, "unit"),
+    "epsilon": (_DELLA_METHODS, EPSILON, "nonneg"),
+    "t": (frozenset({"slerp"}), None, "real"),
+    "k": (frozenset({"consensus"}), CONSENSUS_K, "count"),
+    "tall_mask_lambda": (frozenset({"consensus"}), TALL_MASK_LAMBDA, "nonneg"),
+    "filter_wise": (frozenset({"model_stock"}), False, "bool"),
+    "nuslerp_flatten": (frozenset({"nuslerp"}), True, "bool"),
+    "nuslerp_row_wise": (frozenset({"nuslerp"}), False, "bool"),
+    "max_iter": (frozenset({"karcher"}), 10, "count"),
+    "tol": (frozenset({"karcher"}), 1e-5, "nonneg"),
+}
+
+
+def _checked(key: str, value: Any, kind: str) -> Any:
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{key} must be true or false, not {value!r}")
+        return value
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (
+                1 if key == "max_iter" else 0):
+            raise InvalidInput(f"{key} must be an integer >= {1 if key == 'max_iter' else 0}, "
+                               f"not {value!r}")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(float(value)):
+        raise InvalidInput(f"{key} must be a finite number, not {value!r}")
+    v = float(value)
+    if kind == "unit" and not (0.0 <= v <= 1.0):
+        raise InvalidInput(f"{key} must be in [0, 1], got {value!r}")
+    if kind == "nonneg" and v < 0:
+        raise InvalidInput(f"{key} must be >= 0, got {value!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -83,9 +140,10 @@ class MergeParams:
     """A merge method and its parameters. Invalid combinations raise :class:`InvalidInput`.
 
     Parameters that have no meaning for the method (``density`` for ``task_arithmetic``, a
-    non-default ``seed`` outside ``dare_*``, ``trim="global"`` outside ``ties`` and
-    ``magnitude_prune``, ``majority_sign="frequency"`` outside ``ties`` and ``dare_ties``) are
-    refused rather than silently ignored, so a recipe never records a setting that did nothing.
+    non-default ``seed`` outside the seeded drops (``dare_*``, ``della*``), ``trim="global"``
+    outside ``ties`` and ``magnitude_prune``, ``majority_sign="frequency"`` outside the
+    sign-electing methods, ``gamma`` outside breadcrumbs, ...) are refused rather than silently
+    ignored, so a recipe never records a setting that did nothing.
     """
 
     method: str = "task_arithmetic"
@@ -93,19 +151,48 @@ class MergeParams:
     seed: int = 0
     trim: str = "tensor"
     majority_sign: str = "total"
-    #: ``"peft"`` (the default, the rules above) or ``"mergekit"`` (mergekit 0.1.5's
-    #: generalized task arithmetic, see :func:`merge_tensor`); ``normalize`` and ``rescale``
-    #: mean something only with ``rule="mergekit"`` (None: mergekit's default for the method)
-    rule: str = "peft"
+    #: ``"peft"`` (the rules above) or ``"mergekit"`` (mergekit 0.1.5's generalized task
+    #: arithmetic, see :func:`merge_tensor`); None: the method's own (mergekit for
+    #: breadcrumbs* and della*, which have no other, peft for the rest). ``normalize`` and
+    #: ``rescale`` mean something only with ``rule="mergekit"`` (None: mergekit's default)
+    rule: str | None = None
     normalize: bool | None = None
     rescale: bool | None = None
     #: ``iso_cts`` only: the share of each matrix's directions kept common (None: 0.8)
     common_fraction: float | None = None
+    #: breadcrumbs*: the share of the largest magnitudes dropped as outliers (None: 0.01)
+    gamma: float | None = None
+    #: della*: the half-width of the keep probabilities around ``density`` (None: 0.15)
+    epsilon: float | None = None
+    #: slerp: the interpolation point (0: the first model, 1: the second; required)
+    t: float | None = None
+    #: consensus: the least number of tasks' TALL masks that keep an entry (None: 2)
+    k: int | None = None
+    #: consensus: the TALL masks' λ (None: 0.6)
+    tall_mask_lambda: float | None = None
+    #: model_stock: one interpolation ratio per row instead of per tensor (None: false)
+    filter_wise: bool | None = None
+    #: nuslerp: over the whole tensor (None: true), else per row or (row_wise) per column
+    nuslerp_flatten: bool | None = None
+    nuslerp_row_wise: bool | None = None
+    #: karcher: the iteration's bounds (None: 10 steps, 1e-5)
+    max_iter: int | None = None
+    tol: float | None = None
 
     def __post_init__(self) -> None:
         m = self.method
+        if m not in METHODS:
+            raise InvalidInput(f"unknown merge method {m!r}; known: {', '.join(METHODS)}")
+        if self.rule is None:
+            object.__setattr__(self, "rule", "mergekit" if m in _MERGEKIT_ONLY else "peft")
         if self.rule not in RULES:
             raise InvalidInput(f"unknown merge rule {self.rule!r}; known: {', '.join(RULES)}")
+        if m in _MERGEKIT_ONLY and self.rule != "mergekit":
+            raise InvalidInput(f"{m} is mergekit's method (rule=mergekit); it has no peft rule")
+        if m in _OWN_METHODS and self.rule != "peft":
+            source = "fusion_bench" if m in _SPECTRAL_METHODS or m == "consensus" else "mergekit"
+            raise InvalidInput(f"{m} has no rule to choose (it follows {source}'s formula); "
+                               "leave rule at its default")
         if self.rule == "peft" and (self.normalize is not None or self.rescale is not None):
             raise InvalidInput("normalize and rescale have a meaning only with rule=mergekit")
         if self.rule == "mergekit":
@@ -114,15 +201,10 @@ class MergeParams:
             for key in ("normalize", "rescale"):
                 value = getattr(self, key)
                 if value is None:
-                    value = (m == "ties") if key == "normalize" else m in _RANDOM_METHODS
+                    value = m in (_NORMALIZE_DEFAULT if key == "normalize" else _RESCALE_DEFAULT)
                 if not isinstance(value, bool):
                     raise InvalidInput(f"{key} must be true or false, not {value!r}")
                 object.__setattr__(self, key, value)
-        if m not in METHODS:
-            raise InvalidInput(f"unknown merge method {m!r}; known: {', '.join(METHODS)}")
-        if m in _SPECTRAL_METHODS and self.rule != "peft":
-            raise InvalidInput(f"{m} has no mergekit rule (it follows fusion_bench); "
-                               "leave rule at its default")
         c = self.common_fraction
         if m == "iso_cts":
             c = COMMON_FRACTION if c is None else c
@@ -131,6 +213,18 @@ class MergeParams:
             object.__setattr__(self, "common_fraction", float(c))
         elif c is not None:
             raise InvalidInput(f"common_fraction has no meaning for {m} (only for iso_cts)")
+        for key, (methods, default, kind) in _EXTRA.items():
+            value = getattr(self, key)
+            if m not in methods:
+                if value is not None:
+                    raise InvalidInput(f"{key} has no meaning for {m} (only for "
+                                       f"{', '.join(sorted(methods))})")
+                continue
+            if value is None:
+                if default is None:  # slerp's t: given per tensor by a recipe, or required
+                    continue         # by the composition (Composition checks)
+                value = default
+            object.__setattr__(self, key, _checked(key, value, kind))
         d = self.density
         if m in _DENSITY_METHODS:
             if d is None and self.rule == "mergekit":
@@ -142,6 +236,8 @@ class MergeParams:
             if not (0.0 < float(d) <= 1.0):  # also refuses NaN
                 raise InvalidInput(f"density must be in (0, 1], got {d!r}")
             object.__setattr__(self, "density", float(d))
+            if m in _DELLA_METHODS:
+                check_della(self.density, self.epsilon)
         elif d is not None:
             raise InvalidInput(f"density has no meaning for {m}; leave it out")
         s = self.seed
@@ -149,7 +245,8 @@ class MergeParams:
             raise InvalidInput(f"seed must be an integer, not {s!r}")
         object.__setattr__(self, "seed", int(s))
         if self.seed != 0 and m not in _RANDOM_METHODS:
-            raise InvalidInput(f"seed has no meaning for {m} (only for dare_linear, dare_ties)")
+            raise InvalidInput(f"seed has no meaning for {m} (only for "
+                               f"{', '.join(sorted(_RANDOM_METHODS))})")
         if self.trim not in TRIMS:
             raise InvalidInput(f"unknown trim {self.trim!r}; known: {', '.join(TRIMS)}")
         if self.trim != "tensor" and m not in _MAGNITUDE_METHODS:
@@ -160,7 +257,12 @@ class MergeParams:
                                f"known: {', '.join(MAJORITY_SIGNS)}")
         if self.majority_sign != "total" and m not in _SIGN_METHODS:
             raise InvalidInput(f"majority_sign={self.majority_sign} has no meaning for {m} "
-                               "(only for ties, dare_ties)")
+                               f"(only for {', '.join(sorted(_SIGN_METHODS))})")
+
+    @property
+    def weight_space(self) -> bool:
+        """Whether the method interpolates the models' weights (it needs the base's)."""
+        return self.method in WEIGHT_SPACE_METHODS
 
     def to_json(self) -> dict[str, Any]:
         """The method and the parameters that mean something for it (for recipes)."""
@@ -175,6 +277,9 @@ class MergeParams:
             out["majority_sign"] = self.majority_sign
         if self.method == "iso_cts":
             out["common_fraction"] = self.common_fraction
+        for key, (methods, _, _) in _EXTRA.items():
+            if self.method in methods:
+                out[key] = getattr(self, key)
         if self.rule != "peft":  # absent at the default: recipes of before stay byte-identical
             out.update(rule=self.rule, normalize=self.normalize, rescale=self.rescale)
         return out
@@ -185,10 +290,19 @@ class MergeParams:
         if not isinstance(doc, Mapping):
             raise InvalidInput(f"merge parameters must be an object, not {type(doc).__name__}")
         unknown = sorted(set(doc) - {"method", "density", "seed", "trim", "majority_sign",
-                                     "rule", "normalize", "rescale", "common_fraction"})
+                                     "rule", "normalize", "rescale", "common_fraction",
+                                     *_EXTRA})
         if unknown:
             raise InvalidInput(f"unknown merge parameter(s): {', '.join(unknown)}")
         return cls(**dict(doc))
+
+
+def check_della(density: float, epsilon: float | None) -> None:
+    """mergekit's rule for DELLA: below density 1, ``density ± epsilon`` inside (0, 1)."""
+    eps = EPSILON if epsilon is None else epsilon
+    if density < 1 and (density + eps >= 1 or density - eps <= 0):
+        raise InvalidInput(f"della: density ± epsilon must lie in (0, 1) (density {density:g}, "
+                           f"epsilon {eps:g})")
 
 
 def needs_thresholds(params: MergeParams) -> bool:
@@ -200,19 +314,31 @@ def needs_thresholds(params: MergeParams) -> bool:
 # --- helpers ----------------------------------------------------------------------------------
 
 
+def operand_seed(kind: str, seed: int, name: str, index: int) -> int:
+    """The 63-bit seed of a random drop (``kind``: ``dare`` or ``della``) for operand
+    ``index`` of tensor ``name``: the first 63 bits of
+    ``sha256(f"tvreg-{kind}\\0{seed}\\0{name}\\0{index}")``."""
+    digest = hashlib.sha256(f"tvreg-{kind}\0{seed}\0{name}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def operand_generator(kind: str, seed: int, name: str, index: int) -> torch.Generator:
+    """A CPU generator seeded with :func:`operand_seed`."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(operand_seed(kind, seed, name, index))
+    return gen
+
+
 def dare_seed(seed: int, name: str, index: int) -> int:
     """The 63-bit seed of DARE's drop mask for operand ``index`` of tensor ``name``."""
-    digest = hashlib.sha256(f"tvreg-dare\0{seed}\0{name}\0{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    return operand_seed("dare", seed, name, index)
 
 
 def dare_mask(seed: int, name: str, index: int, shape: Sequence[int] | torch.Size,
               density: float) -> torch.Tensor:
     """DARE's keep mask (float32 zeros and ones, 1 with probability ``density``)."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(dare_seed(seed, name, index))
     return torch.bernoulli(torch.full(tuple(shape), float(density), dtype=torch.float32),
-                           generator=gen)
+                           generator=operand_generator("dare", seed, name, index))
 
 
 def _compute_dtype(deltas: Sequence[torch.Tensor]) -> torch.dtype:
@@ -248,20 +374,30 @@ def _l1_rescaled(t: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> to
 
 
 def _mergekit_operands(params: MergeParams, ts: list[torch.Tensor], densities: list[float],
-                       name: str) -> tuple[list[np.ndarray], list[Keep]]:
+                       name: str, gammas: list[float], epsilons: list[float]
+                       ) -> tuple[list[np.ndarray], list[Keep]]:
     """mergekit 0.1.5 ``GeneralizedTaskArithmeticMerge``'s sparsification of each delta:
-    magnitude for ties, a Bernoulli drop for dare_* (DARE's masks are tvreg's seeded
-    :func:`dare_mask`, not mergekit's global RNG), L1-rescaled when ``rescale``."""
+    magnitude for ties, a Bernoulli drop for dare_*, the band for breadcrumbs*, the ranked drop
+    for della* (the random masks are tvreg's seeded ones, :func:`operand_generator`, not
+    mergekit's global RNG), L1-rescaled when ``rescale``."""
     flats, keeps = [], []
+    method = params.method
     for i, (t, d) in enumerate(zip(ts, densities, strict=True)):
         keep = KEEP_ALL
-        if params.method in _MAGNITUDE_METHODS and d < 1:
-            keep = _mergekit_keep(t, d)
+        if d < 1 and (method in _MAGNITUDE_METHODS or method in _BAND_METHODS):
+            keep = _mergekit_keep(t, d) if method in _MAGNITUDE_METHODS \
+                else band_keep(_flat(t), d, gammas[i])
             if params.rescale:  # needs the whole trimmed tensor's L1 norm first
                 kept = torch.from_numpy(trim_flat(_flat(t), keep)).reshape(t.shape)
                 t, keep = _l1_rescaled(t, kept), KEEP_ALL
-        elif params.method in _RANDOM_METHODS and d < 1:
-            t = t * dare_mask(params.seed, name, i, t.shape, d).to(t.dtype)
+        elif d < 1 and method in _RANDOM_METHODS:
+            if method in _DELLA_METHODS:
+                check_della(d, epsilons[i])
+                mask = della_mask(t, d, epsilons[i], operand_generator("della", params.seed,
+                                                                       name, i))
+            else:
+                mask = dare_mask(params.seed, name, i, t.shape, d)
+            t = t * mask.to(t.dtype)
             if params.rescale:
                 t = _l1_rescaled(ts[i], t)
         flats.append(_flat(t))
@@ -271,14 +407,21 @@ def _mergekit_operands(params: MergeParams, ts: list[torch.Tensor], densities: l
 
 def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: Sequence[float],
                  *, name: str = "", thresholds: Sequence[float] | None = None,
-                 densities: Sequence[float] | None = None, device: Any = None) -> torch.Tensor:
+                 densities: Sequence[float] | None = None,
+                 gammas: Sequence[float] | None = None, epsilons: Sequence[float] | None = None,
+                 t: float | None = None, base: torch.Tensor | None = None,
+                 device: Any = None) -> torch.Tensor:
     """The merged delta of one tensor: ``deltas[i]`` is operand ``i``'s delta, ``weights[i]`` its
     coefficient. ``name`` seeds DARE's masks (with ``params.seed`` and the operand index);
     ``thresholds`` (one per operand, from :class:`MagnitudeQuantile`) are needed iff
     :func:`needs_thresholds`. ``densities`` (one per operand) replace ``params.density`` operand
-    by operand (mergekit's per-model ``density``). ``device`` is where the spectral methods
-    compute (their SVDs; the result is then on it); None: the host, every core. Returns a new
-    float32 tensor (float64 if any delta is float64).
+    by operand (mergekit's per-model ``density``), and so do ``gammas`` and ``epsilons``
+    (breadcrumbs', DELLA's); ``t`` replaces ``params.t`` for this tensor (a slerp whose ``t``
+    varies over layers). ``base`` is the base model's tensor, needed by the methods that
+    interpolate weights (:data:`WEIGHT_SPACE_METHODS`: they merge ``θᵢ = base + τᵢ`` and return
+    the result minus ``base``). ``device`` is where the spectral methods compute (their SVDs;
+    the result is then on it); None: the host, every core. Returns a new float32 tensor
+    (float64 if any delta is float64).
     """
     compute = torch.device(device) if device is not None else None
     if compute is not None and compute.type == "cuda" and not torch.cuda.is_available():
@@ -306,10 +449,10 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     if global_trim:
         if thresholds is None:
             raise InvalidInput("trim=global needs one threshold per operand (MagnitudeQuantile)")
-        cuts = [float(t) for t in thresholds]
+        cuts = [float(x) for x in thresholds]
         if len(cuts) != len(deltas):
             raise InvalidInput(f"{len(deltas)} deltas but {len(cuts)} thresholds")
-        if any(math.isnan(t) for t in cuts):
+        if any(math.isnan(x) for x in cuts):
             raise InvalidInput("a global-trim threshold is NaN")
     elif thresholds is not None and params.trim != "global":
         raise InvalidInput(f"thresholds given, but trim={params.trim} for {params.method}")
@@ -322,21 +465,37 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     if per_operand is not None and (len(per_operand) != len(ts) or any(
             not (0.0 < x <= 1.0) for x in per_operand)):
         raise InvalidInput(f"densities must be one per operand, each in (0, 1]: {per_operand}")
+    gam = _per_operand("gammas", gammas, len(ts), params.gamma, 0.0, 1.0)
+    eps = _per_operand("epsilons", epsilons, len(ts), params.epsilon, 0.0, math.inf)
     if params.rule == "mergekit":
         flats, keeps = _mergekit_operands(
-            params, ts, per_operand or [density if density is not None else 1.0] * len(ts), name)
+            params, ts, per_operand or [density if density is not None else 1.0] * len(ts), name,
+            gam, eps)
         combine = "mergekit_sign" if method in _SIGN_METHODS else "mergekit_sum"
         out = merge_flat(flats, keeps, weights, combine=combine,
                          majority=params.majority_sign, normalize=bool(params.normalize))
         return torch.from_numpy(out).reshape(shape).to(device)
-    if per_operand is not None:
-        raise InvalidInput("per-operand densities need rule=mergekit")
+    if per_operand is not None or gammas is not None or epsilons is not None:
+        raise InvalidInput("per-operand densities, gammas and epsilons need rule=mergekit")
     if method in _SPECTRAL_METHODS:
         if compute is not None:  # the SVDs on that device (CUDA: pinned, non-blocking copies)
-            return _spectral(params, [_to_compute(t, compute) for t in ts], weights)
+            return _spectral(params, [_to_compute(x, compute) for x in ts], weights)
         return _spectral(params, ts, weights).to(device)
+    if method in _OWN_METHODS:
+        if t is not None:
+            _checked("t", t, "real")
+        if params.weight_space:
+            if base is None:
+                raise InvalidInput(f"{method} interpolates the models' weights: it needs the "
+                                   f"base model's tensor {name!r}")
+            if tuple(base.shape) != tuple(shape):
+                raise InvalidInput(f"the base's tensor {name!r} has shape {list(base.shape)}, "
+                                   f"the operands {list(shape)}")
+            base = base.detach().to("cpu", dtype)
+        with torch.no_grad():
+            return _geometric(params, ts, weights, base, t, name).to(device)
 
-    flats = [_flat(t) for t in ts]
+    flats = [_flat(x) for x in ts]
     keeps = [KEEP_ALL] * len(ts)  # task arithmetic, and density >= 1 (peft: no trim, no rescale)
     if method != "task_arithmetic" and density is not None and density < 1.0:
         if method in _MAGNITUDE_METHODS and global_trim:
@@ -344,11 +503,62 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
         elif method in _MAGNITUDE_METHODS:  # peft magnitude_based_pruning: int(density·numel)
             keeps = [magnitude_keep(f, int(density * f.size), as32=False) for f in flats]
         else:  # dare_*: peft random_pruning(..., rescale=True)
-            flats = [_flat(t * dare_mask(params.seed, name, i, shape, density).to(dtype) / density)
-                     for i, t in enumerate(ts)]
+            flats = [_flat(x * dare_mask(params.seed, name, i, shape, density).to(dtype) / density)
+                     for i, x in enumerate(ts)]
     combine = "ties" if method in _SIGN_METHODS else "sum"
     out = merge_flat(flats, keeps, weights, combine=combine, majority=params.majority_sign)
     return torch.from_numpy(out).reshape(shape).to(device)
+
+
+def _per_operand(key: str, values: Sequence[float] | None, count: int, default: float | None,
+                 low: float, high: float) -> list[float]:
+    if values is None:
+        return [default if default is not None else 0.0] * count
+    out = [float(x) for x in values]
+    if len(out) != count or any(not (low <= x <= high) for x in out):
+        raise InvalidInput(f"{key} must be one per operand, each in [{low:g}, {high:g}]: {out}")
+    return out
+
+
+def operand_count_problem(method: str, count: int) -> str | None:
+    """Why ``count`` operands do not suit ``method`` (None when they do)."""
+    if method == "slerp" and count not in (1, 2):
+        return ("slerp interpolates between two models: give two vectors (or one, to "
+                f"interpolate from the base towards it), not {count}")
+    if method == "nuslerp" and count != 2:
+        return f"nuslerp interpolates between two vectors, not {count}"
+    if method == "model_stock" and count < 2:
+        return f"model_stock needs at least two fine-tunes of one task, not {count}"
+    return None
+
+
+def _geometric(params: MergeParams, ts: list[torch.Tensor], weights: list[float],
+               base: torch.Tensor | None, t: float | None, name: str) -> torch.Tensor:
+    """slerp, nuslerp, karcher, model_stock, consensus (interpolation.py, consensus.py)."""
+    method = params.method
+    problem = operand_count_problem(method, len(ts))
+    if problem:
+        raise InvalidInput(f"{problem} (tensor {name!r})")
+    if method == "nuslerp":  # the weights are the interpolation's, not scales of τ
+        assert params.nuslerp_row_wise is not None and params.nuslerp_flatten is not None
+        return nuslerp(nuslerp_t(weights), ts[0], ts[1], row_wise=params.nuslerp_row_wise,
+                       flatten=params.nuslerp_flatten)
+    scaled = [x * w if w != 1.0 else x for x, w in zip(ts, weights, strict=True)]
+    if method == "model_stock":
+        return model_stock(scaled, filter_wise=bool(params.filter_wise))
+    if method == "consensus":
+        assert params.k is not None and params.tall_mask_lambda is not None
+        return consensus(scaled, k=params.k, tall_mask_lambda=params.tall_mask_lambda)
+    assert base is not None
+    models = [base + x for x in scaled]
+    if method == "slerp":
+        point = params.t if t is None else float(t)
+        assert point is not None
+        ends = [base] + models if len(models) == 1 else models
+        return slerp(point, ends[0], ends[1]) - base
+    assert params.max_iter is not None and params.tol is not None
+    return karcher(models, [1.0 / len(models)] * len(models), max_iter=params.max_iter,
+                   tol=params.tol) - base
 
 
 def _to_compute(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -32,7 +32,7 @@ made stable, which then agrees bit for bit).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,16 +47,19 @@ COMBINES = ("sum", "ties", "mergekit_sum", "mergekit_sign")
 class Keep:
     """Which entries of one operand a trim keeps.
 
-    ``kind``: ``"all"``, ``"none"``, or ``"cut"``: the entries with ``|x| > cut``, and those
+    ``kind``: ``"all"``, ``"none"``, ``"cut"``: the entries with ``|x| > cut``, and those
     with ``|x| == cut`` at flat positions below ``stop`` (the magnitude trim's tie rule;
-    ``stop = 0`` keeps none of them, ``stop >= numel`` all). ``as32``: magnitudes are compared
-    as float32 (mergekit's trim and the global trim's threshold), else in the operand's dtype.
+    ``stop = 0`` keeps none of them, ``stop >= numel`` all), or ``"mask"``: the entries where
+    the flat boolean array ``mask`` is true (breadcrumbs' band, sparsify.py). ``as32``:
+    magnitudes are compared as float32 (mergekit's trim and the global trim's threshold), else
+    in the operand's dtype.
     """
 
     kind: str
     cut: float = 0.0
     stop: int = 0
     as32: bool = False
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 KEEP_ALL = Keep("all")
@@ -117,6 +120,9 @@ def _trimmed(x: np.ndarray, keep: Keep, start: int, out: np.ndarray) -> np.ndarr
         return x
     if keep.kind == "none":
         return np.multiply(x, 0.0, out=out)
+    if keep.kind == "mask":
+        assert keep.mask is not None
+        return np.multiply(x, keep.mask[start:start + x.size], out=out)
     mag = np.abs(x, out=out)
     if keep.as32 and mag.dtype != np.float32:
         mag = mag.astype(np.float32)

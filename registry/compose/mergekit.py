@@ -18,29 +18,50 @@ from typing import TYPE_CHECKING, Any
 
 from tvreg.compose.checkpoint_operand import CheckpointVector, checkpoint_base_hash
 from tvreg.compose.composition import Composition, Operand
-from tvreg.compose.merge import MergeParams
+from tvreg.compose.merge import WEIGHT_SPACE_METHODS, MergeParams, check_della
 from tvreg.compose.recipe_yaml import recipe_config, recipe_config_yaml
+from tvreg.compose.sparsify import EPSILON, GAMMA
 from tvreg.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
     from tvreg.tensors.checkpoints import Checkpoint
 
-#: mergekit methods tvreg runs -> the tvreg method (with rule=mergekit)
+#: mergekit methods tvreg runs -> the tvreg method (the generalized task arithmetic ones with
+#: rule=mergekit)
 METHODS = {"linear": "task_arithmetic", "task_arithmetic": "task_arithmetic", "ties": "ties",
-           "dare_linear": "dare_linear", "dare_ties": "dare_ties"}
-#: mergekit methods that come later (refused by name)
-LATER = ("breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp",
-         "multislerp", "karcher", "model_stock", "passthrough", "sce", "nearswap",
-         "arcee_fusion", "ram", "task_adapter")
+           "dare_linear": "dare_linear", "dare_ties": "dare_ties", "breadcrumbs": "breadcrumbs",
+           "breadcrumbs_ties": "breadcrumbs_ties", "della": "della",
+           "della_linear": "della_linear", "slerp": "slerp", "nuslerp": "nuslerp",
+           "karcher": "karcher", "model_stock": "model_stock"}
+#: mergekit methods of their own formulas (no rule of trimmed sums)
+GEOMETRIC = ("slerp", "nuslerp", "karcher", "model_stock")
+#: mergekit methods tvreg does not run (refused by name)
+LATER = ("multislerp", "passthrough", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl",
+         "task_adapter")
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tvreg"}
 MODEL_PARAMS = {"weight", "density"}
 SHARED_PARAMS = {"normalize", "lambda", "rescale", "int8_mask"}
+#: per method: the per-model parameters and the top-level-only ones mergekit reads
+#: (generalized task arithmetic: MODEL_PARAMS and SHARED_PARAMS, plus these per-model ones)
+GTA_EXTRA = {"breadcrumbs": {"gamma"}, "breadcrumbs_ties": {"gamma"}, "della": {"epsilon"},
+             "della_linear": {"epsilon"}}
+#: (tvreg also reads a weight per model for slerp, karcher and model_stock: it scales τ first)
+OWN_PARAMS: dict[str, tuple[set[str], set[str]]] = {
+    "slerp": ({"weight"}, {"t"}),
+    "nuslerp": ({"weight"}, {"nuslerp_flatten", "nuslerp_row_wise"}),
+    "karcher": ({"weight"}, {"max_iter", "tol"}),
+    "model_stock": ({"weight"}, {"filter_wise"}),
+}
+#: the per-tensor settings (lists over layers, filters) tvreg evaluates tensor by tensor
+TENSOR_SETTINGS = {"weight", "density", "gamma", "epsilon", "t"}
 TVREG_KEYS = {"rule", "seed", "trim", "majority_sign", "include", "exclude", "expression",
-              "common_fraction"}
+              "common_fraction", "k", "tall_mask_lambda"}
 #: tvreg's own methods (no mergekit name): run with tvreg's rules (``tvreg.rule: peft``)
-TVREG_METHODS = ("magnitude_prune", "tsv", "iso_c", "iso_cts")
+TVREG_METHODS = ("magnitude_prune", "tsv", "iso_c", "iso_cts", "consensus")
+#: tvreg's own method parameters a recipe's ``tvreg`` block may hold
+TVREG_PARAMS = ("common_fraction", "k", "tall_mask_lambda")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -108,17 +129,23 @@ def layer_positions(names: list[str]) -> dict[str, float]:
 
 @dataclass
 class TensorParams:
-    """Per-tensor, per-operand weight and density from a config's settings (a model's own
-    parameters first, then the top-level ones, as mergekit resolves them)."""
+    """Per-tensor, per-operand settings from a config: weight and density (and breadcrumbs'
+    gamma, DELLA's epsilon) per model, a model's own value first, then the top-level one, as
+    mergekit resolves them; slerp's ``t`` per tensor (top-level)."""
 
     models: list[dict[str, Any]]
     top: dict[str, Any]
     density_default: float | None
     positions: dict[str, float] = field(default_factory=dict)
+    #: the weight of a model that gives none (None: every model needs one)
+    weight_default: float | None = None
+    #: the per-model keys beyond weight and density the method reads (gamma, epsilon)
+    extra_keys: tuple[str, ...] = ()
 
-    def _value(self, i: int, key: str, name: str) -> Any:
+    def _value(self, i: int | None, key: str, name: str) -> Any:
         t = self.positions.get(name, 0.0)
-        for scope in (self.models[i], self.top):
+        scopes = (self.top,) if i is None else (self.models[i], self.top)
+        for scope in scopes:
             if key in scope:
                 value = evaluate_setting(name, scope[key], t)
                 if value is not None:
@@ -130,6 +157,8 @@ class TensorParams:
         for i in range(len(self.models)):
             w = self._value(i, "weight", name)
             if w is None:
+                w = self.weight_default
+            if w is None:
                 raise InvalidInput(f"models[{i}] has no weight for tensor {name!r}")
             weights.append(w)
             d = self._value(i, "density", name)
@@ -138,12 +167,38 @@ class TensorParams:
             return weights, None
         return weights, [1.0 if d is None else d for d in densities]
 
+    def extras(self, name: str) -> dict[str, Any]:
+        """``merge_tensor``'s other per-tensor arguments: ``gammas``, ``epsilons`` (one per
+        model, None where no model or top-level setting gives one: the method's default) and
+        slerp's ``t``."""
+        out: dict[str, Any] = {}
+        for key in self.extra_keys:
+            values = [self._value(i, key, name) for i in range(len(self.models))]
+            if any(v is not None for v in values):
+                default = {"gamma": GAMMA, "epsilon": EPSILON}[key]
+                out[key + "s"] = [default if v is None else v for v in values]
+        if "t" in self.top:
+            t = self._value(None, "t", name)
+            if t is None:
+                raise InvalidInput(f"parameters.t gives no value for tensor {name!r}")
+            out["t"] = t
+        return out
+
     def check(self, names: list[str]) -> None:
         """Every value every tensor needs, evaluated before anything is read."""
         for n in names:
             weights, densities = self(n)
             if densities is not None and any(not (0.0 < d <= 1.0) for d in densities):
                 raise InvalidInput(f"density must be in (0, 1] (tensor {n!r}: {densities})")
+            extras = self.extras(n)
+            for g in extras.get("gammas", []):
+                if not (0.0 <= g <= 1.0):
+                    raise InvalidInput(f"gamma must be in [0, 1] (tensor {n!r}: {g})")
+            if "epsilon" in self.extra_keys:
+                for i, e in enumerate(extras.get("epsilons", [EPSILON] * len(self.models))):
+                    if e < 0:
+                        raise InvalidInput(f"epsilon must be >= 0 (tensor {n!r}: {e})")
+                    check_della(densities[i] if densities else 1.0, e)
 
     def to_json(self) -> dict[str, Any]:
         """The settings as the recipe keeps them."""
@@ -205,15 +260,23 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
     ext = doc.get("tvreg") or {}
     if not isinstance(ext, Mapping) or set(ext) - TVREG_KEYS:
         raise InvalidInput(f"unknown tvreg key(s): {sorted(set(ext) - TVREG_KEYS)}")
-    rule = ext.get("rule", "peft" if method in TVREG_METHODS[1:] else "mergekit")
+    own = method in GEOMETRIC or method in TVREG_METHODS[1:]
+    rule = ext.get("rule", "peft" if own else "mergekit")
     if method in LATER:
-        raise InvalidInput(f"merge_method {method} is not supported yet (tvreg runs "
+        raise InvalidInput(f"merge_method {method} is not supported (tvreg runs "
                            f"{', '.join(METHODS)})")
     if method not in METHODS and not (rule == "peft" and method in TVREG_METHODS):
         raise InvalidInput(f"unknown merge_method {method!r}")
     tv_method = METHODS.get(method, method)
     top = dict(doc.get("parameters") or {})
-    allowed = ({"weight", "normalize"} if method == "linear" else MODEL_PARAMS | SHARED_PARAMS)
+    if method == "linear":
+        model_keys, allowed = {"weight"}, {"weight", "normalize"}
+    elif method in OWN_PARAMS:
+        model_keys, top_only = OWN_PARAMS[method]
+        allowed = model_keys | top_only
+    else:
+        model_keys = MODEL_PARAMS | GTA_EXTRA.get(method, set())
+        allowed = model_keys | SHARED_PARAMS
     for key in top:
         if key not in allowed:
             raise InvalidInput(f"unsupported parameter {key!r} for {method}")
@@ -227,9 +290,9 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
             if key not in ("model", "parameters"):
                 raise InvalidInput(f"unsupported key {key!r} in models[{i}]")
         for key in (m.get("parameters") or {}):
-            if key not in (MODEL_PARAMS if method != "linear" else {"weight"}):
+            if key not in model_keys:
                 raise InvalidInput(f"unsupported parameter {key!r} in models[{i}] (mergekit "
-                                   "reads it at the top level only)" if key in SHARED_PARAMS
+                                   "reads it at the top level only)" if key in allowed
                                    else f"unsupported parameter {key!r} in models[{i}]")
     dtype, out_dtype = doc.get("dtype"), doc.get("out_dtype")
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype)):
@@ -247,17 +310,26 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
             raise InvalidInput("linear with normalize: false (Σ wᵢ·θᵢ, the base counted Σw "
                                "times) is not a task-vector merge; leave normalize on")
         normalize = True
-    if rule == "peft":
+    scalars = {key: top[key] for key in ("gamma", "epsilon", "t") if key in top
+               and isinstance(top[key], (int, float)) and not isinstance(top[key], bool)}
+    tvreg_params: dict[str, Any] = {key: ext.get(key) for key in TVREG_PARAMS}
+    if method in GEOMETRIC:
+        if rule != "peft":
+            raise InvalidInput(f"{method} has no tvreg.rule (it follows mergekit's formula)")
+        own_scalars = {key: top[key] for key in OWN_PARAMS[method][1] if key != "t"}
+        params = MergeParams(method=tv_method, t=scalars.get("t"), **own_scalars)
+    elif rule == "peft":
         params = MergeParams(method=tv_method, density=top.get("density"),
                              seed=ext.get("seed", 0), trim=ext.get("trim", "tensor"),
                              majority_sign=ext.get("majority_sign", "total"),
-                             common_fraction=ext.get("common_fraction"))
+                             **tvreg_params)
     elif rule == "mergekit":
         params = MergeParams(method=tv_method, seed=ext.get("seed", 0),
                              majority_sign=ext.get("majority_sign", "total"), rule="mergekit",
                              normalize=normalize, rescale=rescale,
                              density=1.0 if tv_method != "task_arithmetic" else None,
-                             common_fraction=ext.get("common_fraction"))
+                             gamma=scalars.get("gamma"), epsilon=scalars.get("epsilon"),
+                             **tvreg_params)
     else:
         raise InvalidInput(f"unknown tvreg.rule {rule!r}: peft or mergekit")
 
@@ -306,44 +378,54 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
             coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
             operands.append(Operand(ref, coef, vector))
             settings.append(mp)
-        if method == "linear" and base_ref is not None \
-                and all(m["model"] != base_ref for m in models):
-            # mergekit: linear averages the base_model too (it needs a weight, top-level)
-            if "weight" not in top:
+        # mergekit: linear averages base_model with the models (it needs a weight, top-level),
+        # karcher takes its mean over base_model too: the base as an operand (τ = 0)
+        with_base = base_ref is not None and all(m["model"] != base_ref for m in models) \
+            and method == "linear" or (method == "karcher" and base_ref is not None)
+        if (with_base or tv_method in WEIGHT_SPACE_METHODS) and base_ref is not None \
+                and base_ck is None:
+            stored = repo.stored_base(_stored_hash(repo, base_ref))
+            if stored is None:
+                raise InvalidInput(f"no stored base {base_ref!r}")
+            base_ck = stored
+            opened.append(base_ck)
+            base_hash = checkpoint_base_hash(base_ck)
+        if with_base:
+            if method == "linear" and "weight" not in top:
                 raise InvalidInput("linear averages base_model with the models (as mergekit "
                                    "does): give it a weight (top-level parameters.weight) or "
                                    "leave base_model out")
-            if base_ck is None:
-                stored = repo.stored_base(_stored_hash(repo, base_ref))
-                if stored is None:
-                    raise InvalidInput(f"no stored base {base_ref!r}")
-                base_ck = stored
-                opened.append(base_ck)
-                base_hash = checkpoint_base_hash(base_ck)
-            assert base_hash is not None
-            w = top["weight"]
+            assert base_hash is not None and base_ck is not None and base_ref is not None
+            w = top.get("weight", 1.0)
             coef = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
             zero: Any = CheckpointVector(base_ck, base_ck, base_ref, base_hash)  # τ = 0
-            operands.append(Operand(base_ref, coef, zero))
-            settings.append({})
+            at = 0 if method == "karcher" else len(operands)  # mergekit's order of entries
+            operands.insert(at, Operand(base_ref, coef, zero))
+            settings.insert(at, {})
         if not operands:
             raise InvalidInput("no model to merge besides the base")
-        if rule == "peft":
+        if method in GEOMETRIC:
+            tensor_params: TensorParams | None = TensorParams(
+                settings, {k: v for k, v in top.items() if k in ("weight", "t")}, None,
+                weight_default=None if method == "nuslerp" else 1.0)
+        elif rule == "peft":
             for i, mp in enumerate(settings):
                 if set(mp) - {"weight"} or not isinstance(mp.get("weight", 1.0), (int, float)):
                     raise InvalidInput(f"models[{i}]: with tvreg.rule peft only a scalar "
                                        "weight per model")
             tensor_params = None
-        else:
+        else:  # rule mergekit
+            extra = tuple(sorted(GTA_EXTRA.get(method, ())))
             tensor_params = TensorParams(
-                settings, {k: v for k, v in top.items() if k in MODEL_PARAMS},
-                1.0 if tv_method != "task_arithmetic" else None)
+                settings, {k: v for k, v in top.items() if k in MODEL_PARAMS or k in extra},
+                1.0 if tv_method != "task_arithmetic" else None, extra_keys=extra)
         expression = ext.get("expression") or " + ".join(
             f"{op.coef!r}*{_quoted(op.ref)}" for op in operands)
         comp = Composition(repo, expression, operands, params, lam=float(lam),
                            include=ext.get("include"), exclude=ext.get("exclude"),
                            allow_base_mismatch=allow_base_mismatch,
-                           tensor_params=tensor_params, device=device)
+                           tensor_params=tensor_params, device=device,
+                           base_weights=base_ck if tv_method in WEIGHT_SPACE_METHODS else None)
         if tensor_params is not None:
             names = [e.name for e in comp.manifest.tensors]
             tensor_params.positions = layer_positions(names)

@@ -1,7 +1,7 @@
 """A recipe (:attr:`Composition.recipe`, as a version record keeps it) as a mergekit YAML
 config: ``models`` by vector id (the ref in a comment), mergekit's parameters, and a ``tvreg``
 block for what mergekit has no key for (rule, expression, seed, trim, majority sign, Iso-CTS's
-common fraction, filters).
+common fraction, consensus's k and TALL-mask λ, filters).
 ``tvreg merge`` of it (:mod:`.mergekit`) rebuilds the composition; docs/interop.md."""
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["recipe_config", "recipe_config_yaml"]
+
+#: method parameters mergekit has keys for (top-level ``parameters``)
+MERGEKIT_PARAMS = ("gamma", "epsilon", "t", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise",
+                   "max_iter", "tol")
 
 
 def recipe_config(recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,8 +32,11 @@ def recipe_config(recipe: Mapping[str, Any]) -> dict[str, Any]:
         models.append({"model": ref, "parameters": params})
     doc["models"] = models
     top: dict[str, Any] = dict(extra["parameters"]) if extra else {}
-    if rule == "peft" and method.get("density") is not None:
+    if method.get("density") is not None and (rule == "peft" or not extra):
         top["density"] = method["density"]
+    for key in MERGEKIT_PARAMS:  # the method's own mergekit parameters, unless per tensor
+        if method.get(key) is not None and key not in top:
+            top[key] = method[key]
     if rule == "mergekit":
         top["normalize"] = method["normalize"]
         if name != "task_arithmetic":
@@ -39,7 +46,7 @@ def recipe_config(recipe: Mapping[str, Any]) -> dict[str, Any]:
     if top:
         doc["parameters"] = top
     tv: dict[str, Any] = {"rule": rule, "expression": recipe["expression"]}
-    for key in ("seed", "trim", "majority_sign", "common_fraction"):
+    for key in ("seed", "trim", "majority_sign", "common_fraction", "k", "tall_mask_lambda"):
         if key in method:
             tv[key] = method[key]
     for key in ("include", "exclude"):

@@ -32,6 +32,7 @@ def save_composition(repo: Repo, name: str, comp: Composition, *, task: str | No
     from tvreg.tensors.encoding import TensorEncoder
 
     repo.require_writable()
+    comp.check_ready()
     validate_name(name)
     check_level(level)
     metadata = Metadata(task=task, dataset=dataset, meta=dict(meta or {}))
