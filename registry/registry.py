@@ -291,6 +291,7 @@ class Registry:
     def resolve(self, expression: str, *, method: str = "task_arithmetic", lam: float = 1.0,
                 include: str | None = None, exclude: str | None = None,
                 allow_base_mismatch: bool = False, device: Any = None,
+                operand_params: Mapping[str | int, Mapping[str, Any]] | None = None,
                 **params: Any) -> Composition:
         """A composition of stored vectors, e.g. ``reg.resolve("0.5*a + b - c@2")``.
 
@@ -308,6 +309,15 @@ class Registry:
         base (or, in :meth:`apply`, the base written onto; else set ``comp.base_weights`` to
         an open checkpoint).
 
+        Values may differ per operand and per tensor, as in mergekit: ``density``, ``gamma``,
+        ``epsilon`` (and slerp's ``t``) may be a number, a list of numbers (a gradient over
+        the layers: ``[0.2, 0.8]``) or ``{"filter": "attn", "value": ...}`` conditions (one
+        or a list; the first whose filter is in the tensor's name applies), and
+        ``operand_params`` gives an operand (its ref as written in the expression, or its
+        position) its own ``weight`` (which multiplies its coefficient), ``density``,
+        ``gamma`` or ``epsilon`` the same way (docs/composition.md, "Per-operand and
+        per-layer parameters"). Every value is evaluated for every tensor here.
+
         Refs are resolved and compatibility (architecture, base) checked from the manifests;
         no tensor is read until the composition's tensors are asked for.
         """
@@ -315,7 +325,7 @@ class Registry:
 
         return resolve(self.repo, expression, method=method, lam=lam, include=include,
                        exclude=exclude, allow_base_mismatch=allow_base_mismatch, device=device,
-                       **params)
+                       operand_params=operand_params, **params)
 
     def save_composition(self, name: str, comp: Composition, *, task: str | None = None,
                          dataset: str | None = None, meta: dict[str, Any] | None = None,

@@ -328,3 +328,70 @@ def test_hf_output_has_the_model_card(models, reg, tmp_path):
     front = yaml.safe_load(text[4:].split("\n---\n", 1)[0])
     assert front["base_model_relation"] == "merge" and front["tags"][:2] == ["tvreg", "merge"]
     assert "ties" in text
+
+
+# --- per-operand and per-layer parameters from Python (issue 17, item 3) ------------------------
+
+#: a mergekit config's models[i].parameters and top-level parameters, and the same values as
+#: Registry.resolve's keywords and operand_params (operands t0, t1, t2 = the fine-tunes)
+PYTHON_CASES = {
+    "ties_gradients": (
+        "ties", [{"weight": 0.6, "density": [0.3, 0.9]},
+                 {"weight": [{"filter": "mlp", "value": 0.2}, {"value": 0.5}], "density": 0.7},
+                 {"weight": [1.0, 0.25, 0.5]}],
+        {"density": [{"filter": "self_attn", "value": 0.4}, {"value": 0.8}]}),
+    "breadcrumbs_gamma": (
+        "breadcrumbs", [{"weight": 0.5, "density": 0.8, "gamma": [0.0, 0.1]},
+                        {"weight": 0.7, "gamma": 0.05}, {"weight": [0.1, 0.3]}],
+        {"density": 0.9, "gamma": 0.02}),
+    "task_arithmetic_filters": (
+        "task_arithmetic", [{"weight": [{"filter": "embed", "value": 0.0}, {"value": 1.0}]},
+                            {"weight": [0.0, 1.0]}, {"weight": -0.3}], {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PYTHON_CASES))
+def test_python_operand_params_equal_mergekit(models, reg, tmp_path, case):
+    """reg.resolve(..., operand_params=...) with values per operand, over the layers and by
+    tensor name equals mergekit's run_merge of the config that gives the same values."""
+    method, params, top = PYTHON_CASES[case]
+    base, fts = models
+    reg.add_base(base, name="llama")  # where the recipe's merge is written onto
+    for k, p in enumerate(fts):
+        reg.create(f"t{k}", base, p, similarities=False)
+    # the weights in operand_params multiply the expression's coefficients: 2*t0 with weight
+    # w/2 is mergekit's weight w
+    from tvreg.compose.settings import scaled_setting
+
+    halved = dict(params[0], weight=scaled_setting(params[0]["weight"], 0.5))
+    comp = reg.resolve("2*t0 + t1 + t2", method=method, rule="mergekit",
+                       operand_params={"t0": halved, 1: params[1], "t2": params[2]}, **top)
+    out = str(tmp_path / "ours.safetensors")
+    reg.apply(comp, base, out)
+    theirs = _mergekit(_config(method, base, fts, params, top), str(tmp_path / "mk"))
+    assert _max_diff(_read(out), theirs) == 0.0
+    # kept in the recipe: saved, shown as mergekit YAML, merged again and reproduced
+    saved = reg.save_composition("m", comp, similarities=False)
+    assert saved.record.recipe["parameters"]["models"][0]["weight"] == params[0]["weight"]
+    assert reg.reproduce(saved.ref).ok
+    cfg = tmp_path / "again.yml"
+    cfg.write_text(reg.recipe_yaml(saved.ref))
+    plan = reg.merge_config(str(cfg))
+    try:
+        reg.write_merge(plan, str(tmp_path / "again.safetensors"))
+    finally:
+        plan.close()
+    assert _max_diff(_read(str(tmp_path / "again.safetensors")), theirs) == 0.0
+
+
+def test_layer_positions_follow_the_llama_layers(models, reg):
+    """t runs over the model's decoder layers as in mergekit: layer i of n at i/(n-1), the
+    embeddings, final norm and head at 0."""
+    from tvreg.compose.settings import layer_positions
+
+    base, _ = models
+    names = list(_read(base))
+    pos = layer_positions(names)
+    assert {pos[n] for n in names if ".layers.0." in n} == {0.0}
+    assert {pos[n] for n in names if ".layers.1." in n} == {1.0}
+    assert pos["model.embed_tokens.weight"] == pos["model.norm.weight"] == 0.0

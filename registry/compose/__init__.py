@@ -37,7 +37,10 @@ _EXPORTS = {
     "CheckpointVector": "checkpoint_operand",
     "MergePlan": "mergekit",
     "ReproduceResult": "mergekit",
-    "TensorParams": "mergekit",
+    "TensorParams": "settings",
+    "evaluate_setting": "settings",
+    "layer_positions": "settings",
+    "operand_setting_keys": "merge",
     "plan_merge": "mergekit",
     "recipe_yaml": "mergekit",
     "reproduce": "mergekit",
@@ -50,6 +53,7 @@ __all__ = ["BaseMismatchWarning", "Composition", "ExpressionError", "MAX_DEPTH",
            "check_output_path", "dare_mask", "dare_seed", "dtype_label",
            "linear_terms", "merge_tensor", "needs_thresholds", "parse", "runs",
            "scale_grid", "search", "CheckpointVector", "MergePlan", "ReproduceResult",
-           "TensorParams", "plan_merge", "recipe_yaml", "reproduce", "write_merge"]
+           "TensorParams", "plan_merge", "recipe_yaml", "reproduce", "write_merge",
+           "evaluate_setting", "layer_positions", "operand_setting_keys"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

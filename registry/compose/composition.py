@@ -174,6 +174,11 @@ class Composition:
         #: ``tensor_params(name) -> (weights, densities or None)`` and ``to_json()``, kept in
         #: the recipe as ``parameters``; every tensor then goes through ``merge_tensor``
         self.tensor_params = tensor_params
+        if tensor_params is not None and params.trim == "global" and (
+                any("density" in m for m in tensor_params.models)
+                or isinstance(tensor_params.top.get("density"), (list, tuple, dict))):
+            raise InvalidInput("trim=global cuts each vector once, at one density; densities "
+                               "per operand or per tensor need trim=tensor")
         #: where the spectral methods' SVDs run (None: the host, every core, unless the
         #: tensors are asked for on a CUDA device: then there)
         self.device = _compute_device(device, params.method)
@@ -424,6 +429,8 @@ class Composition:
         if self.tensor_params is not None:
             weights, densities = self.tensor_params(name)
             extras = self.tensor_params.extras(name)
+            if needs_thresholds(self.params):
+                densities = None  # one density for the whole vector: in the thresholds
         if self.params.weight_space:
             assert self.base_weights is not None  # check_ready
             extras["base"] = self.base_weights.tensor(name)

@@ -297,6 +297,22 @@ class MergeParams:
         return cls(**dict(doc))
 
 
+def operand_setting_keys(method: str) -> tuple[str, ...]:
+    """The parameters of ``method`` that may differ per operand and per tensor (mergekit's
+    per-model parameters): ``weight`` always, ``density`` where the method has one,
+    breadcrumbs' ``gamma``, DELLA's ``epsilon``."""
+    if method not in METHODS:
+        raise InvalidInput(f"unknown merge method {method!r}; known: {', '.join(METHODS)}")
+    keys = ["weight"]
+    if method in _DENSITY_METHODS:
+        keys.append("density")
+    if method in _BAND_METHODS:
+        keys.append("gamma")
+    if method in _DELLA_METHODS:
+        keys.append("epsilon")
+    return tuple(keys)
+
+
 def check_della(density: float, epsilon: float | None) -> None:
     """mergekit's rule for DELLA: below density 1, ``density ± epsilon`` inside (0, 1)."""
     eps = EPSILON if epsilon is None else epsilon
@@ -415,7 +431,8 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
     coefficient. ``name`` seeds DARE's masks (with ``params.seed`` and the operand index);
     ``thresholds`` (one per operand, from :class:`MagnitudeQuantile`) are needed iff
     :func:`needs_thresholds`. ``densities`` (one per operand) replace ``params.density`` operand
-    by operand (mergekit's per-model ``density``), and so do ``gammas`` and ``epsilons``
+    by operand (mergekit's per-model ``density``; with either rule, not with a global trim),
+    and so do ``gammas`` and ``epsilons``
     (breadcrumbs', DELLA's); ``t`` replaces ``params.t`` for this tensor (a slerp whose ``t``
     varies over layers). ``base`` is the base model's tensor, needed by the methods that
     interpolate weights (:data:`WEIGHT_SPACE_METHODS`: they merge ``θᵢ = base + τᵢ`` and return
@@ -475,8 +492,11 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
         out = merge_flat(flats, keeps, weights, combine=combine,
                          majority=params.majority_sign, normalize=bool(params.normalize))
         return torch.from_numpy(out).reshape(shape).to(device)
-    if per_operand is not None or gammas is not None or epsilons is not None:
-        raise InvalidInput("per-operand densities, gammas and epsilons need rule=mergekit")
+    if gammas is not None or epsilons is not None:  # breadcrumbs*, della*: rule=mergekit
+        raise InvalidInput("per-operand gammas and epsilons need rule=mergekit")
+    if per_operand is not None and (method not in _DENSITY_METHODS or global_trim):
+        raise InvalidInput(f"per-operand densities have no meaning for {method}"
+                           + (" with trim=global (one cut per vector)" if global_trim else ""))
     if method in _SPECTRAL_METHODS:
         if compute is not None:  # the SVDs on that device (CUDA: pinned, non-blocking copies)
             return _spectral(params, [_to_compute(x, compute) for x in ts], weights)
@@ -497,14 +517,20 @@ def merge_tensor(params: MergeParams, deltas: Sequence[torch.Tensor], weights: S
 
     flats = [_flat(x) for x in ts]
     keeps = [KEEP_ALL] * len(ts)  # task arithmetic, and density >= 1 (peft: no trim, no rescale)
-    if method != "task_arithmetic" and density is not None and density < 1.0:
-        if method in _MAGNITUDE_METHODS and global_trim:
+    # one density per operand (a recipe's or operand_params'), else params.density for all
+    dens: list[float | None] = list(per_operand) if per_operand else [density] * len(ts)
+    if method != "task_arithmetic" and method in _MAGNITUDE_METHODS and global_trim:
+        if density is not None and density < 1.0:
             keeps = [threshold_keep(c) for c in cuts]
-        elif method in _MAGNITUDE_METHODS:  # peft magnitude_based_pruning: int(density·numel)
-            keeps = [magnitude_keep(f, int(density * f.size), as32=False) for f in flats]
-        else:  # dare_*: peft random_pruning(..., rescale=True)
-            flats = [_flat(x * dare_mask(params.seed, name, i, shape, density).to(dtype) / density)
-                     for i, x in enumerate(ts)]
+    elif method != "task_arithmetic":
+        for i, share in enumerate(dens):
+            if share is None or share >= 1.0:
+                continue
+            if method in _MAGNITUDE_METHODS:  # peft magnitude_based_pruning: int(density·numel)
+                keeps[i] = magnitude_keep(flats[i], int(share * flats[i].size), as32=False)
+            else:  # dare_*: peft random_pruning(..., rescale=True)
+                mask = dare_mask(params.seed, name, i, shape, share).to(dtype)
+                flats[i] = _flat(ts[i] * mask / share)
     combine = "ties" if method in _SIGN_METHODS else "sum"
     out = merge_flat(flats, keeps, weights, combine=combine, majority=params.majority_sign)
     return torch.from_numpy(out).reshape(shape).to(device)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tvreg.compose.checkpoint_operand import CheckpointVector, checkpoint_base_hash
 from tvreg.compose.composition import Composition, Operand
-from tvreg.compose.merge import WEIGHT_SPACE_METHODS, MergeParams, check_della
+from tvreg.compose.merge import WEIGHT_SPACE_METHODS, MergeParams, operand_setting_keys
 from tvreg.compose.recipe_yaml import recipe_config, recipe_config_yaml
-from tvreg.compose.sparsify import EPSILON, GAMMA
+from tvreg.compose.settings import TensorParams, is_setting
 from tvreg.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,7 +62,6 @@ TVREG_KEYS = {"rule", "seed", "trim", "majority_sign", "include", "exclude", "ex
 TVREG_METHODS = ("magnitude_prune", "tsv", "iso_c", "iso_cts", "consensus")
 #: tvreg's own method parameters a recipe's ``tvreg`` block may hold
 TVREG_PARAMS = ("common_fraction", "k", "tall_mask_lambda")
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -81,128 +80,6 @@ def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]
     if not isinstance(doc, dict):
         raise InvalidInput(f"{config}: a mergekit config is a mapping")
     return doc
-
-
-def evaluate_setting(name: str, setting: Any, t: float) -> Any:
-    """mergekit ``config.evaluate_setting`` for numbers: a scalar; a list of numbers
-    interpolated at ``t`` in [0, 1]; ``{filter, value}`` conditions (one or a list), the first
-    whose ``filter`` is absent, ``*`` or a substring of ``name``. None if nothing applies."""
-    if isinstance(setting, Mapping):
-        setting = [setting]
-    if isinstance(setting, bool) or isinstance(setting, (int, float)):
-        return setting
-    if isinstance(setting, list):
-        if not setting:
-            return None
-        if all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
-            scaled = t * (len(setting) - 1)
-            i0 = int(scaled)
-            i1 = min(len(setting) - 1, i0 + 1)
-            frac = scaled - i0
-            return (1 - frac) * setting[i0] + frac * setting[i1]
-        for cond in setting:
-            if not isinstance(cond, Mapping) or "value" not in cond \
-                    or set(cond) - {"filter", "value"}:
-                raise InvalidInput(f"a parameter list holds numbers or {{filter, value}} "
-                                   f"conditions, not {cond!r}")
-            f = cond.get("filter")
-            if f is None or f == "*" or (name and str(f) in name):
-                return evaluate_setting(name, cond["value"], t)
-        return None
-    raise InvalidInput(f"unsupported parameter value {setting!r}")
-
-
-def layer_positions(names: list[str]) -> dict[str, float]:
-    """mergekit's ``t`` per tensor: ``i / (n - 1)`` in layer ``i`` of ``n`` (1 if ``n == 1``),
-    0 outside the layers (embeddings, final norm, head: its pre/post weights)."""
-    layers = {int(m.group(1)) for n in names if (m := _LAYER.search(n))}
-    count = max(layers) + 1 if layers else 0
-    out = {}
-    for n in names:
-        m = _LAYER.search(n)
-        if m is None:
-            out[n] = 0.0
-        else:
-            out[n] = int(m.group(1)) / (count - 1) if count > 1 else 1.0
-    return out
-
-
-@dataclass
-class TensorParams:
-    """Per-tensor, per-operand settings from a config: weight and density (and breadcrumbs'
-    gamma, DELLA's epsilon) per model, a model's own value first, then the top-level one, as
-    mergekit resolves them; slerp's ``t`` per tensor (top-level)."""
-
-    models: list[dict[str, Any]]
-    top: dict[str, Any]
-    density_default: float | None
-    positions: dict[str, float] = field(default_factory=dict)
-    #: the weight of a model that gives none (None: every model needs one)
-    weight_default: float | None = None
-    #: the per-model keys beyond weight and density the method reads (gamma, epsilon)
-    extra_keys: tuple[str, ...] = ()
-
-    def _value(self, i: int | None, key: str, name: str) -> Any:
-        t = self.positions.get(name, 0.0)
-        scopes = (self.top,) if i is None else (self.models[i], self.top)
-        for scope in scopes:
-            if key in scope:
-                value = evaluate_setting(name, scope[key], t)
-                if value is not None:
-                    return float(value)
-        return None
-
-    def __call__(self, name: str) -> tuple[list[float], list[float] | None]:
-        weights, densities = [], []
-        for i in range(len(self.models)):
-            w = self._value(i, "weight", name)
-            if w is None:
-                w = self.weight_default
-            if w is None:
-                raise InvalidInput(f"models[{i}] has no weight for tensor {name!r}")
-            weights.append(w)
-            d = self._value(i, "density", name)
-            densities.append(self.density_default if d is None else d)
-        if self.density_default is None:
-            return weights, None
-        return weights, [1.0 if d is None else d for d in densities]
-
-    def extras(self, name: str) -> dict[str, Any]:
-        """``merge_tensor``'s other per-tensor arguments: ``gammas``, ``epsilons`` (one per
-        model, None where no model or top-level setting gives one: the method's default) and
-        slerp's ``t``."""
-        out: dict[str, Any] = {}
-        for key in self.extra_keys:
-            values = [self._value(i, key, name) for i in range(len(self.models))]
-            if any(v is not None for v in values):
-                default = {"gamma": GAMMA, "epsilon": EPSILON}[key]
-                out[key + "s"] = [default if v is None else v for v in values]
-        if "t" in self.top:
-            t = self._value(None, "t", name)
-            if t is None:
-                raise InvalidInput(f"parameters.t gives no value for tensor {name!r}")
-            out["t"] = t
-        return out
-
-    def check(self, names: list[str]) -> None:
-        """Every value every tensor needs, evaluated before anything is read."""
-        for n in names:
-            weights, densities = self(n)
-            if densities is not None and any(not (0.0 < d <= 1.0) for d in densities):
-                raise InvalidInput(f"density must be in (0, 1] (tensor {n!r}: {densities})")
-            extras = self.extras(n)
-            for g in extras.get("gammas", []):
-                if not (0.0 <= g <= 1.0):
-                    raise InvalidInput(f"gamma must be in [0, 1] (tensor {n!r}: {g})")
-            if "epsilon" in self.extra_keys:
-                for i, e in enumerate(extras.get("epsilons", [EPSILON] * len(self.models))):
-                    if e < 0:
-                        raise InvalidInput(f"epsilon must be >= 0 (tensor {n!r}: {e})")
-                    check_della(densities[i] if densities else 1.0, e)
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings as the recipe keeps them."""
-        return {"models": self.models, "parameters": self.top}
 
 
 @dataclass
@@ -319,7 +196,11 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
         own_scalars = {key: top[key] for key in OWN_PARAMS[method][1] if key != "t"}
         params = MergeParams(method=tv_method, t=scalars.get("t"), **own_scalars)
     elif rule == "peft":
-        params = MergeParams(method=tv_method, density=top.get("density"),
+        dens = top.get("density")
+        if is_setting(dens) or (dens is None and any(
+                "density" in (m.get("parameters") or {}) for m in models)):
+            dens = 1.0  # a stand-in: the densities are per tensor (TensorParams below)
+        params = MergeParams(method=tv_method, density=dens,
                              seed=ext.get("seed", 0), trim=ext.get("trim", "tensor"),
                              majority_sign=ext.get("majority_sign", "total"),
                              **tvreg_params)
@@ -408,12 +289,22 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
             tensor_params: TensorParams | None = TensorParams(
                 settings, {k: v for k, v in top.items() if k in ("weight", "t")}, None,
                 weight_default=None if method == "nuslerp" else 1.0)
-        elif rule == "peft":
+        elif rule == "peft":  # tvreg's rules: weights and densities per model and per tensor
+            keys = operand_setting_keys(tv_method)
             for i, mp in enumerate(settings):
-                if set(mp) - {"weight"} or not isinstance(mp.get("weight", 1.0), (int, float)):
-                    raise InvalidInput(f"models[{i}]: with tvreg.rule peft only a scalar "
-                                       "weight per model")
+                for key in mp:
+                    if key not in keys:
+                        raise InvalidInput(f"models[{i}]: {key} has no meaning for {tv_method} "
+                                           f"(it reads {', '.join(keys)} per model)")
             tensor_params = None
+            if any(is_setting(mp.get("weight")) or "density" in mp for mp in settings) \
+                    or is_setting(top.get("weight")) or is_setting(top.get("density")):
+                has_density = "density" in keys
+                dens = top.get("density")
+                tensor_params = TensorParams(
+                    settings, {k: v for k, v in top.items() if k in ("weight", "density")},
+                    dens if has_density and not is_setting(dens) else None,
+                    weight_default=1.0, density_required=has_density)
         else:  # rule mergekit
             extra = tuple(sorted(GTA_EXTRA.get(method, ())))
             tensor_params = TensorParams(
@@ -427,9 +318,7 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
                            tensor_params=tensor_params, device=device,
                            base_weights=base_ck if tv_method in WEIGHT_SPACE_METHODS else None)
         if tensor_params is not None:
-            names = [e.name for e in comp.manifest.tensors]
-            tensor_params.positions = layer_positions(names)
-            tensor_params.check(comp.names())
+            tensor_params.bind([e.name for e in comp.manifest.tensors], comp.names())
         base: Any = base_ck if base_ck is not None else base_ref
         return MergePlan(comp, base, out_dtype or dtype, opened, base_dir)
     except BaseException:

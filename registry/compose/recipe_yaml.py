@@ -32,7 +32,7 @@ def recipe_config(recipe: Mapping[str, Any]) -> dict[str, Any]:
         models.append({"model": ref, "parameters": params})
     doc["models"] = models
     top: dict[str, Any] = dict(extra["parameters"]) if extra else {}
-    if method.get("density") is not None and (rule == "peft" or not extra):
+    if method.get("density") is not None and not extra:  # else: in the per-tensor settings
         top["density"] = method["density"]
     for key in MERGEKIT_PARAMS:  # the method's own mergekit parameters, unless per tensor
         if method.get(key) is not None and key not in top:
