@@ -8,6 +8,7 @@ task vectors of 22.7M parameters. Each method runs, in this one process, alterna
   ``iso_utils.iso_c``, ``iso_utils.iso_cts``) on the task vectors as plain state dicts already
   in memory (its cost is the merge alone);
 * tvreg's ``merge_tensor`` on the same in-memory tensors (the same work);
+* the same, two names at a time (what a composition does on the host: the same results);
 * tvreg end to end: ``reg.resolve(...).state_dict()`` from the stored vectors (decoding and
   verifying them included).
 
@@ -66,6 +67,21 @@ def _tvreg_kernel(method: str, vectors: list[dict]) -> dict:
     params = MergeParams(method)
     return {n: merge_tensor(params, [v[n] for v in vectors], [1.0] * len(vectors), name=n)
             for n in vectors[0]}
+
+
+def _tvreg_kernel_concurrent(method: str, vectors: list[dict]) -> dict:
+    """As :func:`_tvreg_kernel`, two names at a time (what a composition does on the host for
+    the spectral methods: Composition._merge_depth); the same results bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tvreg.compose.merge import MergeParams, merge_tensor
+
+    params = MergeParams(method)
+    names = list(vectors[0])
+    with ThreadPoolExecutor(2) as pool:
+        merged = pool.map(lambda n: merge_tensor(params, [v[n] for v in vectors],
+                                                 [1.0] * len(vectors), name=n), names)
+        return dict(zip(names, merged, strict=True))
 
 
 def _tvreg_e2e(method: str, registry: str) -> dict:
@@ -127,7 +143,8 @@ def main() -> None:
         if tool == "e2e":
             _tvreg_e2e(method, registry)
         else:
-            (_fusion if tool == "fusion" else _tvreg_kernel)(method, _vectors(work))
+            {"fusion": _fusion, "kernel": _tvreg_kernel,
+             "kernel2": _tvreg_kernel_concurrent}[tool](method, _vectors(work))
         return
     if not os.path.isdir(os.path.join(work, "ft2")):
         subprocess.run([sys.executable, os.path.join(HERE, "bench_interop.py"), "--build-only",
@@ -141,7 +158,7 @@ def main() -> None:
     rss: dict[tuple[str, str], float] = {}
     if args.rss:  # first, while this process is small (a child's ru_maxrss starts from ours)
         for method in METHODS:
-            for tool in ("fusion", "kernel", "e2e"):
+            for tool in ("fusion", "kernel", "kernel2", "e2e"):
                 rss[tool, method] = _child(["--workdir", work, "--one", tool, method]) / 1e6
     import torch
 
@@ -149,19 +166,21 @@ def main() -> None:
     posed = _well_posed(vectors)
     rows = []
     for method in METHODS:
-        times: dict[str, list[float]] = {"fusion": [], "kernel": [], "e2e": []}
+        times: dict[str, list[float]] = {"fusion": [], "kernel": [], "kernel2": [], "e2e": []}
         results: dict[str, dict] = {}
         for _ in range(args.repeats):
             for tool in times:  # interleaved: the same machine state for all
                 t0 = time.perf_counter()
                 out = (_fusion(method, vectors) if tool == "fusion" else
                        _tvreg_kernel(method, vectors) if tool == "kernel" else
+                       _tvreg_kernel_concurrent(method, vectors) if tool == "kernel2" else
                        _tvreg_e2e(method, registry))
                 times[tool].append(time.perf_counter() - t0)
                 results[tool] = out
         base_t = statistics.median(times["fusion"])
         for tool, label in (("fusion", "fusion_bench 0.2.33 (in memory)"),
                             ("kernel", "tvreg merge_tensor (in memory)"),
+                            ("kernel2", "tvreg merge_tensor, 2 names at once (in memory)"),
                             ("e2e", "tvreg resolve().state_dict() (from the store)")):
             t = statistics.median(times[tool])
             err = (0.0, 0.0) if tool == "fusion" else (
