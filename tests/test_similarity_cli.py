@@ -24,7 +24,7 @@ def test_similar_table_and_json_match_the_library(run, three):
     rows = json.loads(run("similar", "topic", "--json").stdout)
     assert rows == want and len(rows) == 2
     text = run("similar", "topic").stdout.splitlines()
-    assert text[0].split() == ["ref", "vector", "cosine", "sign_conflicts"]
+    assert text[0].split() == ["ref", "vector", "cosine", "sign_conflicts", "alignment"]
     assert [line.split()[0] for line in text[1:]] == [r["ref"] for r in want]
     assert text[1].split()[2] == f"{want[0]['cosine']:.6f}"
     assert len(json.loads(run("similar", "topic", "--top", "1", "--json").stdout)) == 1
@@ -150,9 +150,10 @@ def test_undefined_values_print_as_dash_and_null(run, zoo):
     run("create", "sentiment", "--base", str(zoo.base),
         "--finetuned", str(zoo.finetuned["sentiment"]))
     run("create", "zero", "--base", str(zoo.base), "--finetuned", str(zoo.base))  # a zero vector
-    assert run("similar", "zero").stdout.splitlines()[1].split()[2:] == ["-", "-"]
+    assert run("similar", "zero").stdout.splitlines()[1].split()[2:] == ["-", "-", "-"]
     rows = json.loads(run("similar", "zero", "--json").stdout)
     assert rows[0]["cosine"] is None and rows[0]["sign_conflict_rate"] is None
+    assert rows[0]["alignment"] is None  # a side whose matrices are all zero
     table = run("similar", "--matrix").stdout.splitlines()
     assert table[1].split() == ["sentiment@1", "1.000", "-"]
     assert table[2].split() == ["zero@1", "-", "-"]
