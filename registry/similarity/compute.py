@@ -18,12 +18,14 @@ per worker. Results do not depend on which vector of a pair is X, nor on inserti
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -180,12 +182,14 @@ _GRAM_BLOCK = 1 << 20
 @dataclass
 class Spectrum:
     """One matrix's short side: its Gram matrix G = S Sᵀ (s×s, float64; S is the matrix or its
-    transpose, whichever has fewer rows, so s = min(rows, columns)), ‖·‖²_F = tr G, and the
-    eigenvectors of G for its k largest eigenvalues (the top-k singular vectors of that side)."""
+    transpose, whichever has fewer rows, so s = min(rows, columns)), ‖·‖²_F = tr G, the
+    eigenvectors of G by decreasing eigenvalue (the singular vectors of that side), and k: the
+    first k span the matrix's top singular subspace."""
 
     gram: np.ndarray
     energy: float
-    basis: np.ndarray
+    vectors: np.ndarray
+    k: int
 
 
 def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
@@ -211,20 +215,43 @@ def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
         gram += block @ block.T
     energy = float(np.trace(gram))
     if energy <= 0.0:
-        return Spectrum(gram, 0.0, np.zeros((s, 0)))
+        return Spectrum(gram, 0.0, np.zeros((s, s)), 0)
     lam, vecs = np.linalg.eigh(gram)  # ascending
     lam = np.clip(lam[::-1], 0.0, None)
     cum = np.cumsum(lam)
     k = min(s, int(np.searchsorted(cum, ALIGNMENT_NORM_SHARE ** 2 * cum[-1])) + 1)
-    return Spectrum(gram, energy, np.ascontiguousarray(vecs[:, ::-1][:, :k]))
+    return Spectrum(gram, energy, np.ascontiguousarray(vecs[:, ::-1]), k)
 
 
 def projected_energy(a: Spectrum, b: Spectrum) -> float:
     """‖Π_B A‖²_F: the energy of matrix A inside B's top singular subspace (of the short side),
-    Σ_i w_iᵀ G_A w_i over B's basis vectors w_i; 0 where B is all zero."""
-    if not b.basis.shape[1]:
+    Σ_{i≤k} w_iᵀ G_A w_i over B's first k singular vectors w_i; 0 where B is all zero. Where
+    k > s/2 it is ‖A‖² − Σ_{i>k} w_iᵀ G_A w_i, over the fewer vectors outside: the cost is
+    s² · min(k, s − k), and a fine-tune's matrices often need most of their rank for 0.95 of
+    their norm (docs/similarity.md)."""
+    s = b.vectors.shape[0]
+    if b.k == 0:
         return 0.0
-    return min(a.energy, max(0.0, float(np.sum((a.gram @ b.basis) * b.basis))))
+    if 2 * b.k <= s:
+        w = b.vectors[:, :b.k]
+        inside = float(np.sum((a.gram @ w) * w))
+    else:
+        w = b.vectors[:, b.k:]
+        inside = a.energy - float(np.sum((a.gram @ w) * w))
+    return min(a.energy, max(0.0, inside))
+
+
+def one_blas_thread():
+    """A context in which BLAS/LAPACK run one thread per call (threadpoolctl, where installed;
+    otherwise nothing changes): the passes already run one spectrum per worker of the operand
+    pool, and OpenBLAS threads inside each of them fight over the same cores. Measured on 2
+    cores: ``eigh`` of a 1024×1024 Gram matrix on 2 threads at once took 1.8-2.6 s each with
+    OpenBLAS's own threads, 0.4-0.7 s with one each (benchmarks/bench_similarity.py)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - an optional speed-up
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def pair_energies(a: Spectrum | None, b: Spectrum | None
@@ -328,13 +355,12 @@ def pair_pass(reg: Repo, x: str, partners: list[str],
     window = 2 * default_workers()
 
     def compare(name: str, xv: np.ndarray, where: np.ndarray, negative: np.ndarray,
-                xs: Spectrum | None, partner: str) -> tuple[str, float, int, int, Any]:
+                xs: Future | None, partner: str) -> tuple[str, float, int, int, Any]:
         entry = manifests[partner].tensor(name)
         pv = _flat(reg.load_tensor(entry))
         ps = spectrum(pv, tuple(entry.shape)) if xs is not None else None
-        return (partner, *_compare(xv, where, negative, pv,
-                                   stats[partner].tensors[name].threshold),
-                pair_energies(xs, ps))
+        compared = _compare(xv, where, negative, pv, stats[partner].tensors[name].threshold)
+        return (partner, *compared, pair_energies(xs.result(), ps) if xs is not None else None)
 
     own = None
     if x not in stats:  # x's own statistics in the same pass (a new vector is read once)
@@ -346,7 +372,10 @@ def pair_pass(reg: Repo, x: str, partners: list[str],
         threshold = (own or stats[x]).tensors[entry.name].threshold
         where = _material_positions(xv, threshold)
         negative = xv[where] < 0
-        xs = spectrum(xv, tuple(entry.shape)) if partners else None
+        # x's spectrum on the pool, submitted before the partners' jobs (which wait for it):
+        # one worker computes it while the others decode and compare the partners
+        xs = (pool.submit(spectrum, xv, tuple(entry.shape))
+              if partners and len(entry.shape) == 2 else None)
         jobs: deque = deque()
         todo = list(partners)
         while todo or jobs:
@@ -504,6 +533,12 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
     statistics of vectors that have none, then every missing pair (for bases of at most
     ``exact_limit`` vectors). Idempotent: a second call computes nothing. Each pass is stored
     in its own transaction, so an interrupted update keeps what it finished."""
+    with one_blas_thread():
+        return _update(reg, vector_ids, exact_limit, on_vector)
+
+
+def _update(reg: Repo, vector_ids: Iterable[str] | None, exact_limit: int,
+            on_vector: Callable[[str], None] | None) -> dict[str, int]:
     done = {"vectors": 0, "pairs": 0}
     with reg.catalog.reader() as con:
         groups = _groups(con, vector_ids)
