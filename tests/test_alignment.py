@@ -258,3 +258,52 @@ def test_rebuild_recomputes_alignment(run, filled, reg_path):
     run("similarities", "--rebuild")
     with tvreg.open(reg_path) as again:
         assert _values(again) == want
+
+
+# --- spectra files: the cache of per-matrix spectra ---------------------------------------------
+
+
+def _spectra_files(reg) -> set[str]:
+    folder = reg.repo.root + "/spectra"
+    import os
+
+    return {n for n in os.listdir(folder) if n.endswith(".npz")} if os.path.isdir(folder) else set()
+
+
+def test_spectra_files_spare_the_partners_and_change_no_value(zoo, tmp_path, monkeypatch):
+    """Storing a vector computes the spectra of its own matrices only: its partners' come from
+    their spectra files. Values are the same with the files, without them, and with a damaged
+    one."""
+    reg = tvreg.open(tmp_path / "r")
+    tasks = list(zoo.finetuned)
+    for task in tasks[:2]:
+        reg.create(task, zoo.base, zoo.finetuned[task])
+    ids = {t: reg.get(t).vector_id for t in tasks[:2]}
+    assert _spectra_files(reg) == {f"{v}.npz" for v in ids.values()}
+    calls = []
+    real = similarity.spectrum
+    monkeypatch.setattr(similarity, "spectrum", lambda v, s: calls.append(s) or real(v, s))
+    reg.create(tasks[2], zoo.base, zoo.finetuned[tasks[2]])
+    matrices = sum(len(t.shape) == 2 for t in reg.manifest(reg.get(tasks[2]).vector_id).tensors)
+    assert len(calls) == matrices  # the new vector's; not 3 × that
+    want = _values(reg)
+    import shutil
+
+    shutil.rmtree(reg.repo.root + "/spectra")
+    assert reg.rebuild_similarities() == {"vectors": 3, "pairs": 3}
+    assert _values(reg) == want and len(_spectra_files(reg)) == 3
+    # a torn file is computed again (and not trusted)
+    torn = reg.repo.root + f"/spectra/{ids[tasks[0]]}.npz"
+    with open(torn, "r+b") as f:
+        f.truncate(100)
+    with reg.catalog.writer() as con:
+        con.execute("DELETE FROM similarities")
+    calls.clear()
+    assert reg.update_similarities() == {"vectors": 0, "pairs": 3}
+    assert _values(reg) == want
+    assert 0 < len(calls) < 3 * matrices
+    # rebuild deletes them (and writes them again); a vector the catalog no longer lists loses its file
+    with reg.catalog.writer() as con:
+        con.execute("DELETE FROM vectors WHERE vector_id = ?", [ids[tasks[0]]])
+    reg.update_similarities()
+    assert f"{ids[tasks[0]]}.npz" not in _spectra_files(reg)

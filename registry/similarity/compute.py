@@ -23,6 +23,7 @@ import datetime as _dt
 import functools
 import hashlib
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -34,6 +35,7 @@ import numpy as np
 from tvreg.catalog import sketches as sketch_index
 from tvreg.catalog.sketches import SKETCH_DIM
 from tvreg.errors import InvalidInput, NotFound
+from tvreg.similarity import spectra as spectra_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest, TensorEntry
@@ -182,14 +184,19 @@ _GRAM_BLOCK = 1 << 20
 @dataclass
 class Spectrum:
     """One matrix's short side: its Gram matrix G = S Sᵀ (s×s, float64; S is the matrix or its
-    transpose, whichever has fewer rows, so s = min(rows, columns)), ‖·‖²_F = tr G, the
-    eigenvectors of G by decreasing eigenvalue (the singular vectors of that side), and k: the
-    first k span the matrix's top singular subspace."""
+    transpose, whichever has fewer rows, so s = min(rows, columns)), ‖·‖²_F = tr G, k (its top
+    k singular vectors hold :data:`ALIGNMENT_NORM_SHARE` of its norm) and the singular vectors
+    a projection uses: the top k where k ≤ s/2, else the s − k after them."""
 
     gram: np.ndarray
     energy: float
     vectors: np.ndarray
     k: int
+
+    @classmethod
+    def of(cls, gram: np.ndarray, vectors: np.ndarray, k: int) -> Spectrum:
+        """From stored parts (spectra files): the energy is tr G, as computed."""
+        return cls(gram, float(np.trace(gram)), vectors, k)
 
 
 def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
@@ -213,14 +220,14 @@ def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
     for j in range(0, length, step):
         block = short[:, j:j + step].astype(np.float64)
         gram += block @ block.T
-    energy = float(np.trace(gram))
-    if energy <= 0.0:
-        return Spectrum(gram, 0.0, np.zeros((s, s)), 0)
+    if float(np.trace(gram)) <= 0.0:
+        return Spectrum.of(gram, np.zeros((s, 0)), 0)
     lam, vecs = np.linalg.eigh(gram)  # ascending
     lam = np.clip(lam[::-1], 0.0, None)
     cum = np.cumsum(lam)
     k = min(s, int(np.searchsorted(cum, ALIGNMENT_NORM_SHARE ** 2 * cum[-1])) + 1)
-    return Spectrum(gram, energy, np.ascontiguousarray(vecs[:, ::-1]), k)
+    vecs = vecs[:, ::-1]
+    return Spectrum.of(gram, np.ascontiguousarray(vecs[:, :k] if 2 * k <= s else vecs[:, k:]), k)
 
 
 def projected_energy(a: Spectrum, b: Spectrum) -> float:
@@ -229,16 +236,52 @@ def projected_energy(a: Spectrum, b: Spectrum) -> float:
     k > s/2 it is ‖A‖² − Σ_{i>k} w_iᵀ G_A w_i, over the fewer vectors outside: the cost is
     s² · min(k, s − k), and a fine-tune's matrices often need most of their rank for 0.95 of
     their norm (docs/similarity.md)."""
-    s = b.vectors.shape[0]
     if b.k == 0:
         return 0.0
-    if 2 * b.k <= s:
-        w = b.vectors[:, :b.k]
-        inside = float(np.sum((a.gram @ w) * w))
-    else:
-        w = b.vectors[:, b.k:]
-        inside = a.energy - float(np.sum((a.gram @ w) * w))
+    w = b.vectors
+    inside = float(np.sum((a.gram @ w) * w))
+    if 2 * b.k > w.shape[0]:  # w holds the vectors outside the top k
+        inside = a.energy - inside
     return min(a.energy, max(0.0, inside))
+
+
+class _Spectra:
+    """The spectra of one vector's matrices during a pass: read from its spectra file
+    (:mod:`tvreg.similarity.spectra`) where there is one, else computed and written to a new
+    one, committed by :meth:`close` once every matrix of the vector went through :meth:`get`."""
+
+    def __init__(self, reg: Repo, vector_id: str, manifest: Manifest) -> None:
+        self._index = {e.name: i for i, e in enumerate(manifest.tensors)}
+        self._left = sum(len(e.shape) == 2 for e in manifest.tensors)
+        self._reader = spectra_files.Reader(reg.root, vector_id, ALIGNMENT_NORM_SHARE)
+        self._writer = None
+        if not self._reader.complete:
+            self._writer = spectra_files.Writer(reg.root, vector_id, ALIGNMENT_NORM_SHARE)
+        self._lock = threading.Lock()
+
+    def get(self, name: str, values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
+        if len(shape) != 2:
+            return None
+        i = self._index[name]
+        if self._writer is None:
+            found = self._reader.get(i)
+            if found is not None:
+                return Spectrum.of(*found)
+        spec = spectrum(values, shape)
+        assert spec is not None
+        if self._writer is not None:
+            self._writer.add(i, spec.gram, spec.vectors, spec.k)
+            with self._lock:
+                self._left -= 1
+        return spec
+
+    def close(self) -> None:
+        self._reader.close()
+        if self._writer is not None:
+            if self._left == 0:
+                self._writer.commit()
+            else:
+                self._writer.abort()
 
 
 def one_blas_thread():
@@ -346,25 +389,43 @@ def pair_pass(reg: Repo, x: str, partners: list[str],
     """Dot products, sign conflicts and subspace alignments of vector ``x`` with each partner,
     per tensor: each of x's tensors is decoded once and prepared (its material positions and
     their signs, its :func:`spectrum` if a matrix); the partners' tensors are decoded, their
-    spectra computed, and compared on the operand pool."""
-    from tvreg.tensors.encoding import default_workers
-
-    pool = reg.executor("operands")
+    spectra read from their spectra files or computed, and compared on the operand pool."""
     manifests = {v: reg.manifest(v) for v in [x, *partners]}
     totals = {p: _PairTotals() for p in partners}
-    window = 2 * default_workers()
+    sources = {v: _Spectra(reg, v, manifests[v]) for v in [x, *partners]} if partners else {}
 
     def compare(name: str, xv: np.ndarray, where: np.ndarray, negative: np.ndarray,
                 xs: Future | None, partner: str) -> tuple[str, float, int, int, Any]:
         entry = manifests[partner].tensor(name)
         pv = _flat(reg.load_tensor(entry))
-        ps = spectrum(pv, tuple(entry.shape)) if xs is not None else None
+        ps = sources[partner].get(name, pv, tuple(entry.shape)) if xs is not None else None
         compared = _compare(xv, where, negative, pv, stats[partner].tensors[name].threshold)
         return (partner, *compared, pair_energies(xs.result(), ps) if xs is not None else None)
 
     own = None
     if x not in stats:  # x's own statistics in the same pass (a new vector is read once)
         own = VectorStats(x, 0.0, manifests[x].n_params, 0, np.zeros(SKETCH_DIM))
+    try:
+        _pair_tensors(reg, x, manifests, partners, stats, totals, own, sources, compare)
+    finally:
+        for source in sources.values():
+            source.close()
+    if own is not None:
+        own.norm = math.sqrt(math.fsum(t.norm ** 2 for t in own.tensors.values()))
+        own.n_material = sum(t.n_material for t in own.tensors.values())
+        stats[x] = own
+    return totals
+
+
+def _pair_tensors(reg: Repo, x: str, manifests: dict[str, Manifest], partners: list[str],
+                  stats: dict[str, VectorStats], totals: dict[str, _PairTotals],
+                  own: VectorStats | None, sources: dict[str, _Spectra],
+                  compare: Callable[..., Any]) -> None:
+    """The loop of :func:`pair_pass` over x's tensors."""
+    from tvreg.tensors.encoding import default_workers
+
+    pool = reg.executor("operands")
+    window = 2 * default_workers()
     for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
         xv = _flat(tensor)
         if own is not None:
@@ -374,7 +435,7 @@ def pair_pass(reg: Repo, x: str, partners: list[str],
         negative = xv[where] < 0
         # x's spectrum on the pool, submitted before the partners' jobs (which wait for it):
         # one worker computes it while the others decode and compare the partners
-        xs = (pool.submit(spectrum, xv, tuple(entry.shape))
+        xs = (pool.submit(sources[x].get, entry.name, xv, tuple(entry.shape))
               if partners and len(entry.shape) == 2 else None)
         jobs: deque = deque()
         todo = list(partners)
@@ -385,11 +446,6 @@ def pair_pass(reg: Repo, x: str, partners: list[str],
             partner, *values = jobs.popleft().result()
             totals[partner].add(entry.name, *values)
         del tensor, xv, xs
-    if own is not None:
-        own.norm = math.sqrt(math.fsum(t.norm ** 2 for t in own.tensors.values()))
-        own.n_material = sum(t.n_material for t in own.tensors.values())
-        stats[x] = own
-    return totals
 
 
 #: the all-pairs pass holds one tensor of every vector of a base (plus its material positions)
@@ -426,7 +482,7 @@ def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
             threshold = stats[v].tensors[name].threshold
         where = _material_positions(values, threshold)
         # each vector's spectrum once per tensor name, shared by all its pairs
-        spec = spectrum(values, tuple(entry.shape)) if v in paired else None
+        spec = sources[v].get(name, values, tuple(entry.shape)) if v in paired else None
         return values, threshold, where, values[where] < 0, spec
 
     def compare(prepared: dict[str, Prepared], pair: tuple[str, str]) -> tuple:
@@ -435,14 +491,19 @@ def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
         vb, threshold_b, _, _, sb = prepared[b]
         return (*_compare(va, where, negative, vb, threshold_b), pair_energies(sa, sb))
 
-    for entry in manifests[ids[0]].tensors:
-        name = entry.name
-        prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved),
-                            strict=True))
-        for pair, values in zip(order, pool.map(functools.partial(compare, prepared), order),
-                                strict=True):
-            totals[pair].add(name, *values)
-        del prepared
+    sources = {v: _Spectra(reg, v, manifests[v]) for v in sorted(paired)}
+    try:
+        for entry in manifests[ids[0]].tensors:
+            name = entry.name
+            prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved),
+                                strict=True))
+            for pair, values in zip(order, pool.map(functools.partial(compare, prepared), order),
+                                    strict=True):
+                totals[pair].add(name, *values)
+            del prepared
+    finally:
+        for source in sources.values():
+            source.close()
     for v, st in own.items():
         st.norm = math.sqrt(math.fsum(t.norm ** 2 for t in st.tensors.values()))
         st.n_material = sum(t.n_material for t in st.tensors.values())
@@ -541,6 +602,9 @@ def _update(reg: Repo, vector_ids: Iterable[str] | None, exact_limit: int,
             on_vector: Callable[[str], None] | None) -> dict[str, int]:
     done = {"vectors": 0, "pairs": 0}
     with reg.catalog.reader() as con:
+        # spectra files of vectors gc deleted (or reindex dropped) go; a cache miss at worst
+        spectra_files.prune(reg.root, {r[0] for r in con.execute(
+            "SELECT vector_id FROM vectors").fetchall()})
         groups = _groups(con, vector_ids)
         everything = [v for ids in groups.values() for v in ids]
         have = {r[0] for r in con.execute(
@@ -636,8 +700,10 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
 
 
 def clear(reg: Repo) -> None:
-    """Forget every stored statistic and similarity: the sketch index and the catalog rows."""
+    """Forget every stored statistic and similarity: the sketch index, the spectra files and the
+    catalog rows."""
     sketch_index.clear(reg.root)
+    spectra_files.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
             con.execute(f"DELETE FROM {table}")
