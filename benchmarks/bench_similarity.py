@@ -12,9 +12,11 @@ Two measurements (see benchmarks/README.md and docs/similarity.md):
    on the registry's operand pool (the update must read each of them once). One more, instrumented
    update says where the time goes, and a fresh child process measures the update's peak RSS.
    The subspace alignment (docs/similarity.md) is computed in the same pass as the cosines; with
-   ``--alignment both`` (the default) each repeat also times the update without it (tvreg's
-   ``similarity.spectrum`` patched to return None, which skips every matrix: the pass as it was
-   before the alignment), and the rebuild is timed both ways.
+   ``--alignment both`` (the default) each repeat times the update three ways: without it
+   (tvreg's ``similarity._Spectra.get`` patched to return None, which skips every matrix: the
+   pass as it was before the alignment), with it but no spectra files (every vector's spectra
+   computed: what the cache saves), and with it as an insert runs (the N-1 stored vectors'
+   spectra read from their files, vector N's computed); the rebuild is timed with and without.
 2. **Query.** A catalog of 10,000 versions of one base: one real vector (made with
    ``tvreg.testing.make_toy_zoo``, the query) and 9,999 synthetic rows (``vectors``, ``versions``,
    ``vector_stats`` with random sketches; no objects) sharing its base and architecture. Times
@@ -169,28 +171,40 @@ def _count_pairs(reg) -> tuple[int, int, int]:
 
 
 class _NoAlignment:
-    """Inside: tvreg's similarity pass computes no spectra, so no alignment (the pass as it was
+    """Inside: tvreg's similarity pass gets no spectra, so no alignment (the pass as it was
     before the alignment: cosines, sign conflicts, statistics)."""
 
     def __enter__(self):
         from tvreg.similarity import compute as similarity
 
-        self._saved = similarity.spectrum
-        similarity.spectrum = lambda values, shape: None
+        self._saved = similarity._Spectra.get
+        similarity._Spectra.get = lambda self, name, values, shape: None
         return self
 
     def __exit__(self, *exc) -> None:
         from tvreg.similarity import compute as similarity
 
-        similarity.spectrum = self._saved
+        similarity._Spectra.get = self._saved
+
+
+def _drop_spectra(reg, vid: str | None) -> None:
+    """Delete vector ``vid``'s spectra file (as for a vector just stored), or all of them."""
+    from tvreg.similarity import spectra
+
+    if vid is None:
+        spectra.clear(reg.repo.root)
+    elif os.path.exists(spectra.path(reg.repo.root, vid)):
+        os.unlink(spectra.path(reg.repo.root, vid))
 
 
 def _breakdown_update(reg, vid: str) -> tuple:
     """One update with timers around its parts (summed over the threads that run them)."""
     from tvreg.catalog import db as catalog
     from tvreg.similarity import compute as similarity
+    from tvreg.similarity import spectra
 
     _forget(reg, vid)
+    _drop_spectra(reg, vid)
     tr = _Tracer()
     tr.wrap(reg.repo, "load_tensor", "decode a tensor (reg.load_tensor)")
     tr.wrap(similarity, "_dot", "dot products (_dot, float64)")
@@ -199,6 +213,8 @@ def _breakdown_update(reg, vid: str) -> tuple:
     tr.wrap(similarity, "sketch_add", "sketch of the new vector (sketch_add)")
     tr.wrap(similarity, "spectrum", "alignment: spectra (Gram + eigh), every vector")
     tr.wrap(similarity, "projected_energy", "alignment: projections (both directions)")
+    tr.wrap(spectra.Reader, "get", "alignment: read a spectra file's matrix")
+    tr.wrap(spectra.Writer, "add", "alignment: write a spectra file's matrix")
     tr.wrap(similarity, "_store_stats", "catalog: store statistics")
     tr.wrap(similarity, "_store_pairs", "catalog: store pairs")
     tr.wrap(similarity, "_load_stats", "catalog: load statistics")
@@ -283,7 +299,7 @@ def part_insert(args: argparse.Namespace, work: str) -> dict:
             assert done == {"vectors": args.n, "pairs": n_pairs}, done
         out["rows"] = _count_pairs(reg)
 
-        floor_s, update_s, plain_s = [], [], []
+        floor_s, update_s, plain_s, cold_s = [], [], [], []
         for i in range(args.repeats):  # interleaved, so drift of a shared machine hits all alike
             floor_s.append(_floor(reg, vids))
             if without:
@@ -294,20 +310,27 @@ def part_insert(args: argparse.Namespace, work: str) -> dict:
                     plain_s.append(time.perf_counter() - t0)
                 assert done == {"vectors": 1, "pairs": args.n - 1}, done
             if args.alignment != "off":
-                _forget(reg, vids[-1])
-                t0 = time.perf_counter()
-                done = reg.update_similarities([vids[-1]])
-                update_s.append(time.perf_counter() - t0)
-                assert done == {"vectors": 1, "pairs": args.n - 1}, done
+                for cold, series in ((True, cold_s), (False, update_s)):
+                    _forget(reg, vids[-1])
+                    _drop_spectra(reg, None if cold else vids[-1])
+                    t0 = time.perf_counter()
+                    done = reg.update_similarities([vids[-1]])
+                    series.append(time.perf_counter() - t0)
+                    assert done == {"vectors": 1, "pairs": args.n - 1}, done
             assert _count_pairs(reg) == out["rows"]
             print(f"# repeat {i + 1}/{args.repeats}: floor {floor_s[-1]:.2f} s, "
-                  f"update {_fmt_runs(update_s[-1:])} s, without alignment "
-                  f"{_fmt_runs(plain_s[-1:])} s", file=sys.stderr, flush=True)
+                  f"update {_fmt_runs(update_s[-1:])} s, no spectra files "
+                  f"{_fmt_runs(cold_s[-1:])} s, without alignment {_fmt_runs(plain_s[-1:])} s",
+                  file=sys.stderr, flush=True)
         out["floor"], out["update"], out["update_plain"] = floor_s, update_s, plain_s
+        out["update_cold"] = cold_s
+        out["spectra_bytes"] = os.path.getsize(
+            os.path.join(root, "spectra", f"{vids[-1]}.npz"))
         if args.breakdown and args.alignment != "off":
             out["breakdown"] = _breakdown_update(reg, vids[-1])
         if args.rss and args.alignment != "off":
             _forget(reg, vids[-1])
+            _drop_spectra(reg, vids[-1])
     if args.rss and args.alignment != "off":
         out["rss"] = _run_child(root, vids[-1])
         assert out["rss"]["done"] == {"vectors": 1, "pairs": args.n - 1}, out["rss"]
@@ -556,6 +579,9 @@ def report(args: argparse.Namespace, ins: dict | None, qry: dict | None, started
         if ins["update_plain"]:
             rows.append((f"update_similarities([vector {n}]), without alignment",
                          f"{_med(ins['update_plain']):.2f}", _fmt_runs(ins["update_plain"])))
+        if ins["update_cold"]:
+            rows.append((f"update_similarities([vector {n}]), with alignment, no spectra files",
+                         f"{_med(ins['update_cold']):.2f}", _fmt_runs(ins["update_cold"])))
         if ins["update"]:
             rows.append((f"update_similarities([vector {n}]), with alignment",
                          f"{_med(ins['update']):.2f}", _fmt_runs(ins["update"])))
@@ -570,7 +596,10 @@ def report(args: argparse.Namespace, ins: dict | None, qry: dict | None, started
             print(line)
         if ins["update_plain"] and ins["update"]:
             cost = _med(ins["update"]) / _med(ins["update_plain"])
-            print(f"\nalignment's cost: update {cost:.2f}x"
+            cold = _med(ins["update_cold"]) / _med(ins["update_plain"])
+            print(f"\nspectra file of one vector: {ins['spectra_bytes'] / MB:.1f} MB "
+                  f"({ins['spectra_bytes'] / ins['raw_bytes']:.2f}x its fp32 size)")
+            print(f"alignment's cost: update {cost:.2f}x (without spectra files {cold:.2f}x)"
                   + (f", rebuild {ins['rebuild'] / ins['rebuild_plain']:.2f}x"
                      if "rebuild" in ins and "rebuild_plain" in ins else ""))
         u_med = _med(ins["update"] or ins["update_plain"])

@@ -453,8 +453,16 @@ ALL_PAIRS_BYTES = 1 << 30
 
 
 def _fits_all_pairs(reg: Repo, ids: list[str]) -> bool:
-    largest = max(e.nbytes for e in reg.manifest(ids[0]).tensors) if ids else 0
-    return len(ids) * largest * 3 <= ALL_PAIRS_BYTES
+    """Whether one tensor of every vector fits in :data:`ALL_PAIRS_BYTES`: the tensor, its
+    material positions and, for a matrix, its spectrum (an s × s Gram matrix and up to s × s/2
+    singular vectors in float64, s its short side)."""
+    if not ids:
+        return True
+    entries = reg.manifest(ids[0]).tensors
+    largest = max(e.nbytes for e in entries)
+    spectrum_bytes = max((12 * min(e.shape) ** 2 for e in entries if len(e.shape) == 2),
+                         default=0)
+    return len(ids) * (largest * 3 + spectrum_bytes) <= ALL_PAIRS_BYTES
 
 
 def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
