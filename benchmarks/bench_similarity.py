@@ -356,7 +356,7 @@ def _synthesize(reg, vid: str, size: int, seed: float = 0.42) -> float:
                     "'bytegroup4+zstd3', '[]' FROM syn", keys)
         con.execute("INSERT INTO versions SELECT 'syn' || lpad(i::VARCHAR, 5, '0'), 1, vid, ?, ?, "
                     "NULL, NULL, NULL, NULL, '{}', 1000000, 4000000, 2000000, 'bytegroup4+zstd3', "
-                    "now()::TIMESTAMP, '[]', NULL FROM syn", keys)
+                    "now()::TIMESTAMP, '[]', NULL, NULL, NULL, NULL FROM syn", keys)
         con.execute("INSERT INTO vector_stats SELECT vid, ?, ?, "
                     "sqrt(list_sum(list_transform(sketch::FLOAT[], lambda x: x::DOUBLE * x))), "
                     "1000000, 200000, sketch, now()::TIMESTAMP FROM syn", keys)
@@ -380,7 +380,7 @@ def _store_exact_pairs(reg, vid: str) -> float:
     with reg.catalog.writer() as con:
         con.execute("SELECT setseed(0.7)")
         con.execute("INSERT INTO similarities SELECT least(?, vector_id), greatest(?, vector_id), "
-                    "c * 2.0, 1.0, 2.0, c, 1000, 400, 0.4, now()::TIMESTAMP "
+                    "c * 2.0, 1.0, 2.0, c, 1000, 400, 0.4, now()::TIMESTAMP, random(), 21 "
                     "FROM (SELECT vector_id, random() * 2 - 1 AS c FROM vectors WHERE vector_id <> ?)",
                     [vid, vid, vid])
     return time.perf_counter() - t0
