@@ -426,17 +426,30 @@ def _pair_tensors(reg: Repo, x: str, manifests: dict[str, Manifest], partners: l
 
     pool = reg.executor("operands")
     window = 2 * default_workers()
-    for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
+
+    def x_spectrum(item: tuple | None) -> Future | None:
+        if item is None or not partners or len(item[0].shape) != 2:
+            return None
+        entry, tensor = item
+        return pool.submit(sources[x].get, entry.name, _flat(tensor), tuple(entry.shape))
+
+    # x's spectrum of the next tensor is submitted before the partners' jobs of this one (which
+    # wait for this one's): computing x's spectra is the longest part of an insert (0.4 s per
+    # 1024 x 1024 matrix), and this keeps it off the critical path. Spectrum jobs wait for
+    # nothing, so the pool cannot deadlock.
+    tensors = _decoded(reg, list(manifests[x].tensors))
+    upcoming = next(tensors, None)
+    upcoming_xs = x_spectrum(upcoming)
+    while upcoming is not None:
+        (entry, tensor), xs = upcoming, upcoming_xs
+        upcoming = next(tensors, None)
+        upcoming_xs = x_spectrum(upcoming)
         xv = _flat(tensor)
         if own is not None:
             own.tensors[entry.name] = _tensor_stats(entry.name, xv, own.sketch)
         threshold = (own or stats[x]).tensors[entry.name].threshold
         where = _material_positions(xv, threshold)
         negative = xv[where] < 0
-        # x's spectrum on the pool, submitted before the partners' jobs (which wait for it):
-        # one worker computes it while the others decode and compare the partners
-        xs = (pool.submit(sources[x].get, entry.name, xv, tuple(entry.shape))
-              if partners and len(entry.shape) == 2 else None)
         jobs: deque = deque()
         todo = list(partners)
         while todo or jobs:
