@@ -13,7 +13,11 @@ share of one matrix's Frobenius norm inside the other's top singular subspace, s
 
 A pass takes one vector X and decodes each of its tensors once, then the same tensor of each
 partner on the registry's operand pool; memory is one tensor of X (in float64) plus one tensor
-per worker. Results do not depend on which vector of a pair is X, nor on insertion order.
+per worker, and for a matrix its spectrum (X's of this tensor and of the next, and one per
+worker; up to 1.5 s² float64 numbers each, s the short side). Each vector's spectra are kept
+in its spectra file (:mod:`tvreg.similarity.spectra`), so a later pass reads them instead of
+computing them.
+Results do not depend on which vector of a pair is X, nor on insertion order.
 """
 
 from __future__ import annotations
@@ -208,7 +212,7 @@ def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
     weight, its output side). For a matrix with no more rows than columns (square attention
     matrices, down-projections) that is the short side; for a tall one (up-projections,
     embeddings) tvreg takes the right one, R^columns, which needs only the columns×columns Gram
-    and makes a pair's cost O(s²k) from the two spectra (docs/similarity.md measures it)."""
+    and makes a pair's cost O(s² · min(k, s − k)) from the two spectra (docs/similarity.md)."""
     if len(shape) != 2:
         return None
     rows, cols = shape

@@ -15,8 +15,8 @@ the folder; passes delete the files of vectors the catalog no longer lists.
 
 Measured (benchmarks/bench_similarity.py, 2 cores): storing the 6th vector of 21M parameters
 (21 matrices, 20 of 1024 × 1024) spent 73 of its 77 busy seconds computing the 126 spectra of
-the 6 vectors, 55 s in all; with the other 5 vectors' spectra read from here it computes 21 and
-takes 14.5 s (3.1 s without the alignment). A file is 2.2× the vector's float32 size there.
+the 6 vectors, 53 s in all; with the other 5 vectors' spectra read from here it computes 21 and
+takes 13.2 s (3.3 s without the alignment). A file is 2.2× the vector's float32 size there.
 """
 
 from __future__ import annotations
