@@ -302,8 +302,20 @@ def test_spectra_files_spare_the_partners_and_change_no_value(zoo, tmp_path, mon
     assert reg.update_similarities() == {"vectors": 0, "pairs": 3}
     assert _values(reg) == want
     assert 0 < len(calls) < 3 * matrices
-    # rebuild deletes them (and writes them again); a vector the catalog no longer lists loses its file
+    # a vector the catalog no longer lists loses its file, a dead writer its temporary file
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    folder = reg.repo.root + "/spectra/"
+    for pid in (dead, str(os.getpid())):
+        with open(folder + f"{ids[tasks[1]]}.npz.{pid}.1.tmp", "wb") as f:
+            f.write(b"torn")
     with reg.catalog.writer() as con:
         con.execute("DELETE FROM vectors WHERE vector_id = ?", [ids[tasks[0]]])
     reg.update_similarities()
     assert f"{ids[tasks[0]]}.npz" not in _spectra_files(reg)
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".tmp")) == [
+        f"{ids[tasks[1]]}.npz.{os.getpid()}.1.tmp"]  # a live process's file stays

@@ -72,6 +72,11 @@ def test_matrix_plot_writes_a_png(run, three, tmp_path):
     img = matplotlib.image.imread(str(out))
     # 3 labels: a 4.8 x 3.8 inch figure (cells plus the colorbar) at 100 dpi
     assert img.shape == (380, 480, 4)
+    # the alignments' heatmap: the same figure, other pixels (another scale and values)
+    other = tmp_path / "alignment.png"
+    run("similar", "--matrix", "--by", "alignment", "--plot", str(other))
+    img2 = matplotlib.image.imread(str(other))
+    assert img2.shape == img.shape and (img2 != img).any()
 
 
 def test_plot_into_a_missing_folder_is_bad_input_before_any_output(run, three, tmp_path):

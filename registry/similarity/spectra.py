@@ -11,7 +11,8 @@ uses (the top k, or the s − k after them where k > s/2) and ``k<i>``. The arra
 the pass computed, bit for bit, so a value is the same whether its spectra came from here or
 were computed afresh. A vector id names its content, so a file never goes stale; one that is
 missing, torn or of another format is computed again. ``tvreg similarities --rebuild`` deletes
-the folder; passes delete the files of vectors the catalog no longer lists.
+the folder; passes delete the files of vectors the catalog no longer lists, and temporary files
+whose writer's process is gone.
 
 Measured (benchmarks/bench_similarity.py, 2 cores): storing the 6th vector of 21M parameters
 (21 matrices, 20 of 1024 × 1024) spent 73 of its 77 busy seconds computing the 126 spectra of
@@ -131,14 +132,26 @@ def clear(root: str) -> None:
 
 
 def prune(root: str, keep: set[str]) -> None:
-    """Delete the files of vectors not in ``keep`` (and temporary files of dead writers are left
-    to ``clear``: one may belong to a pass still running)."""
+    """Delete the files of vectors not in ``keep``, and temporary files whose writer's process
+    is gone (a pass killed while writing; a live one may still be writing its own)."""
     folder = os.path.join(root, FOLDER)
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if name.endswith(".npz") and name[:-4] not in keep:
+        if (name.endswith(".npz") and name[:-4] not in keep) or (
+                name.endswith(".tmp") and not _alive(name.split(".")[-3])):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (a temporary file's) still runs; True where it cannot tell."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
