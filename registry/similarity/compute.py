@@ -238,8 +238,7 @@ def projected_energy(a: Spectrum, b: Spectrum) -> float:
     """‖Π_B A‖²_F: the energy of matrix A inside B's top singular subspace (of the short side),
     Σ_{i≤k} w_iᵀ G_A w_i over B's first k singular vectors w_i; 0 where B is all zero. Where
     k > s/2 it is ‖A‖² − Σ_{i>k} w_iᵀ G_A w_i, over the fewer vectors outside: the cost is
-    s² · min(k, s − k), and a fine-tune's matrices often need most of their rank for 0.95 of
-    their norm (docs/similarity.md)."""
+    s² · min(k, s − k) (docs/similarity.md)."""
     if b.k == 0:
         return 0.0
     w = b.vectors
