@@ -11,6 +11,12 @@ Two measurements (see benchmarks/README.md and docs/similarity.md):
    holding N-1 vectors adds. It is compared with the *decode floor*, decoding the N vectors once
    on the registry's operand pool (the update must read each of them once). One more, instrumented
    update says where the time goes, and a fresh child process measures the update's peak RSS.
+   The subspace alignment (docs/similarity.md) is computed in the same pass as the cosines; with
+   ``--alignment both`` (the default) each repeat times the update three ways: without it
+   (tvreg's ``similarity._Spectra.get`` patched to return None, which skips every matrix: the
+   pass as it was before the alignment), with it but no spectra files (every vector's spectra
+   computed: what the cache saves), and with it as an insert runs (the N-1 stored vectors'
+   spectra read from their files, vector N's computed); the rebuild is timed with and without.
 2. **Query.** A catalog of 10,000 versions of one base: one real vector (made with
    ``tvreg.testing.make_toy_zoo``, the query) and 9,999 synthetic rows (``vectors``, ``versions``,
    ``vector_stats`` with random sketches; no objects) sharing its base and architecture. Times
@@ -20,6 +26,7 @@ Two measurements (see benchmarks/README.md and docs/similarity.md):
 
     python benchmarks/bench_similarity.py [--n 20] [--params-width 1024] [--repeats 3]
     python benchmarks/bench_similarity.py --n 5 --params-width 256 --catalog-size 1000   # quick
+    python benchmarks/bench_similarity.py --part insert --n 8 --repeats 3   # alignment's cost
 """
 
 from __future__ import annotations
@@ -163,18 +170,51 @@ def _count_pairs(reg) -> tuple[int, int, int]:
                      for t in ("similarities", "tensor_similarities", "vector_stats"))
 
 
+class _NoAlignment:
+    """Inside: tvreg's similarity pass gets no spectra, so no alignment (the pass as it was
+    before the alignment: cosines, sign conflicts, statistics)."""
+
+    def __enter__(self):
+        from tvreg.similarity import compute as similarity
+
+        self._saved = similarity._Spectra.get
+        similarity._Spectra.get = lambda self, name, values, shape: None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from tvreg.similarity import compute as similarity
+
+        similarity._Spectra.get = self._saved
+
+
+def _drop_spectra(reg, vid: str | None) -> None:
+    """Delete vector ``vid``'s spectra file (as for a vector just stored), or all of them."""
+    from tvreg.similarity import spectra
+
+    if vid is None:
+        spectra.clear(reg.repo.root)
+    elif os.path.exists(spectra.path(reg.repo.root, vid)):
+        os.unlink(spectra.path(reg.repo.root, vid))
+
+
 def _breakdown_update(reg, vid: str) -> tuple:
     """One update with timers around its parts (summed over the threads that run them)."""
     from tvreg.catalog import db as catalog
     from tvreg.similarity import compute as similarity
+    from tvreg.similarity import spectra
 
     _forget(reg, vid)
+    _drop_spectra(reg, vid)
     tr = _Tracer()
     tr.wrap(reg.repo, "load_tensor", "decode a tensor (reg.load_tensor)")
     tr.wrap(similarity, "_dot", "dot products (_dot, float64)")
     tr.wrap(similarity, "_material", "material masks (_material)")
     tr.wrap(similarity, "material_threshold", "thresholds of the new vector")
     tr.wrap(similarity, "sketch_add", "sketch of the new vector (sketch_add)")
+    tr.wrap(similarity, "spectrum", "alignment: spectra (Gram + eigh), every vector")
+    tr.wrap(similarity, "projected_energy", "alignment: projections (both directions)")
+    tr.wrap(spectra.Reader, "get", "alignment: read a spectra file's matrix")
+    tr.wrap(spectra.Writer, "add", "alignment: write a spectra file's matrix")
     tr.wrap(similarity, "_store_stats", "catalog: store statistics")
     tr.wrap(similarity, "_store_pairs", "catalog: store pairs")
     tr.wrap(similarity, "_load_stats", "catalog: load statistics")
@@ -241,30 +281,57 @@ def part_insert(args: argparse.Namespace, work: str) -> dict:
                    largest=max(t.nbytes for t in m.tensors))
         n_pairs = args.n * (args.n - 1) // 2
 
-        print("# rebuild_similarities() ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        done = reg.rebuild_similarities()
-        out["rebuild"] = time.perf_counter() - t0
-        assert done == {"vectors": args.n, "pairs": n_pairs}, done
+        m0 = reg.manifest(vids[0])
+        out["matrices"] = sum(len(t.shape) == 2 for t in m0.tensors)
+        without = args.alignment in ("off", "both")
+        if without:
+            print("# rebuild_similarities() without alignment ...", file=sys.stderr, flush=True)
+            with _NoAlignment():
+                t0 = time.perf_counter()
+                done = reg.rebuild_similarities()
+                out["rebuild_plain"] = time.perf_counter() - t0
+            assert done == {"vectors": args.n, "pairs": n_pairs}, done
+        if args.alignment != "off":
+            print("# rebuild_similarities() ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            done = reg.rebuild_similarities()
+            out["rebuild"] = time.perf_counter() - t0
+            assert done == {"vectors": args.n, "pairs": n_pairs}, done
         out["rows"] = _count_pairs(reg)
 
-        floor_s, update_s = [], []
-        for i in range(args.repeats):  # interleaved, so drift of a shared machine hits both alike
+        floor_s, update_s, plain_s, cold_s = [], [], [], []
+        for i in range(args.repeats):  # interleaved, so drift of a shared machine hits all alike
             floor_s.append(_floor(reg, vids))
-            _forget(reg, vids[-1])
-            t0 = time.perf_counter()
-            done = reg.update_similarities([vids[-1]])
-            update_s.append(time.perf_counter() - t0)
-            assert done == {"vectors": 1, "pairs": args.n - 1}, done
+            if without:
+                _forget(reg, vids[-1])
+                with _NoAlignment():
+                    t0 = time.perf_counter()
+                    done = reg.update_similarities([vids[-1]])
+                    plain_s.append(time.perf_counter() - t0)
+                assert done == {"vectors": 1, "pairs": args.n - 1}, done
+            if args.alignment != "off":
+                for cold, series in ((True, cold_s), (False, update_s)):
+                    _forget(reg, vids[-1])
+                    _drop_spectra(reg, None if cold else vids[-1])
+                    t0 = time.perf_counter()
+                    done = reg.update_similarities([vids[-1]])
+                    series.append(time.perf_counter() - t0)
+                    assert done == {"vectors": 1, "pairs": args.n - 1}, done
             assert _count_pairs(reg) == out["rows"]
             print(f"# repeat {i + 1}/{args.repeats}: floor {floor_s[-1]:.2f} s, "
-                  f"update {update_s[-1]:.2f} s", file=sys.stderr, flush=True)
-        out["floor"], out["update"] = floor_s, update_s
-        if args.breakdown:
+                  f"update {_fmt_runs(update_s[-1:])} s, no spectra files "
+                  f"{_fmt_runs(cold_s[-1:])} s, without alignment {_fmt_runs(plain_s[-1:])} s",
+                  file=sys.stderr, flush=True)
+        out["floor"], out["update"], out["update_plain"] = floor_s, update_s, plain_s
+        out["update_cold"] = cold_s
+        out["spectra_bytes"] = os.path.getsize(
+            os.path.join(root, "spectra", f"{vids[-1]}.npz"))
+        if args.breakdown and args.alignment != "off":
             out["breakdown"] = _breakdown_update(reg, vids[-1])
-        if args.rss:
+        if args.rss and args.alignment != "off":
             _forget(reg, vids[-1])
-    if args.rss:
+            _drop_spectra(reg, vids[-1])
+    if args.rss and args.alignment != "off":
         out["rss"] = _run_child(root, vids[-1])
         assert out["rss"]["done"] == {"vectors": 1, "pairs": args.n - 1}, out["rss"]
     return out
@@ -289,7 +356,7 @@ def _synthesize(reg, vid: str, size: int, seed: float = 0.42) -> float:
                     "'bytegroup4+zstd3', '[]' FROM syn", keys)
         con.execute("INSERT INTO versions SELECT 'syn' || lpad(i::VARCHAR, 5, '0'), 1, vid, ?, ?, "
                     "NULL, NULL, NULL, NULL, '{}', 1000000, 4000000, 2000000, 'bytegroup4+zstd3', "
-                    "now()::TIMESTAMP, '[]', NULL FROM syn", keys)
+                    "now()::TIMESTAMP, '[]', NULL, NULL, NULL, NULL FROM syn", keys)
         con.execute("INSERT INTO vector_stats SELECT vid, ?, ?, "
                     "sqrt(list_sum(list_transform(sketch::FLOAT[], lambda x: x::DOUBLE * x))), "
                     "1000000, 200000, sketch, now()::TIMESTAMP FROM syn", keys)
@@ -313,7 +380,7 @@ def _store_exact_pairs(reg, vid: str) -> float:
     with reg.catalog.writer() as con:
         con.execute("SELECT setseed(0.7)")
         con.execute("INSERT INTO similarities SELECT least(?, vector_id), greatest(?, vector_id), "
-                    "c * 2.0, 1.0, 2.0, c, 1000, 400, 0.4, now()::TIMESTAMP "
+                    "c * 2.0, 1.0, 2.0, c, 1000, 400, 0.4, now()::TIMESTAMP, random(), 21 "
                     "FROM (SELECT vector_id, random() * 2 - 1 AS c FROM vectors WHERE vector_id <> ?)",
                     [vid, vid, vid])
     return time.perf_counter() - t0
@@ -503,19 +570,40 @@ def report(args: argparse.Namespace, ins: dict | None, qry: dict | None, started
 
     if ins:
         n = ins["n"]
-        f_med, u_med = _med(ins["floor"]), _med(ins["update"])
-        ratio = u_med / f_med
+        f_med = _med(ins["floor"])
         print(f"\n1. Insert of vector {n} into a registry holding {n - 1} vectors with their "
-              f"similarities ({n - 1} pairs)\n")
-        rows = [
-            (f"decode floor: the {n} vectors once (operand pool)", f"{f_med:.2f}",
-             _fmt_runs(ins["floor"])),
-            (f"update_similarities([vector {n}])", f"{u_med:.2f}", _fmt_runs(ins["update"])),
-            (f"rebuild_similarities(): all {n * (n - 1) // 2} pairs, once", f"{ins['rebuild']:.2f}",
-             f"{ins['rebuild'] / f_med:.1f} decode floors"),
-        ]
+              f"similarities ({n - 1} pairs; {ins['matrices']} matrices per vector)\n")
+        rows = [(f"decode floor: the {n} vectors once (operand pool)", f"{f_med:.2f}",
+                 _fmt_runs(ins["floor"]))]
+        pairs = n * (n - 1) // 2
+        if ins["update_plain"]:
+            rows.append((f"update_similarities([vector {n}]), without alignment",
+                         f"{_med(ins['update_plain']):.2f}", _fmt_runs(ins["update_plain"])))
+        if ins["update_cold"]:
+            rows.append((f"update_similarities([vector {n}]), with alignment, no spectra files",
+                         f"{_med(ins['update_cold']):.2f}", _fmt_runs(ins["update_cold"])))
+        if ins["update"]:
+            rows.append((f"update_similarities([vector {n}]), with alignment",
+                         f"{_med(ins['update']):.2f}", _fmt_runs(ins["update"])))
+        if "rebuild_plain" in ins:
+            rows.append((f"rebuild_similarities(): all {pairs} pairs, without alignment",
+                         f"{ins['rebuild_plain']:.2f}",
+                         f"{ins['rebuild_plain'] / f_med:.1f} decode floors"))
+        if "rebuild" in ins:
+            rows.append((f"rebuild_similarities(): all {pairs} pairs, with alignment",
+                         f"{ins['rebuild']:.2f}", f"{ins['rebuild'] / f_med:.1f} decode floors"))
         for line in _table(("operation", "median s", "runs (s)"), rows):
             print(line)
+        if ins["update_plain"] and ins["update"]:
+            cost = _med(ins["update"]) / _med(ins["update_plain"])
+            cold = _med(ins["update_cold"]) / _med(ins["update_plain"])
+            print(f"\nspectra file of one vector: {ins['spectra_bytes'] / MB:.1f} MB "
+                  f"({ins['spectra_bytes'] / ins['raw_bytes']:.2f}x its fp32 size)")
+            print(f"alignment's cost: update {cost:.2f}x (without spectra files {cold:.2f}x)"
+                  + (f", rebuild {ins['rebuild'] / ins['rebuild_plain']:.2f}x"
+                     if "rebuild" in ins and "rebuild_plain" in ins else ""))
+        u_med = _med(ins["update"] or ins["update_plain"])
+        ratio = u_med / f_med
         verdict = "met" if ratio <= 2.0 else f"missed by {ratio / 2.0:.2f}x"
         per_run = _med([u / f for u, f in zip(ins["update"], ins["floor"])])
         print(f"\nupdate / decode floor: {ratio:.2f}x of the medians, {per_run:.2f}x the median of "
@@ -591,6 +679,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds per timing series: fewer calls (at least 3) when slower")
     p.add_argument("--part", choices=("all", "insert", "query"), default="all")
+    p.add_argument("--alignment", choices=("both", "on", "off"), default="both",
+                   help="time the insert with the subspace alignment, without it, or both")
     p.add_argument("--no-rss", dest="rss", action="store_false",
                    help="skip the peak-RSS child process")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",

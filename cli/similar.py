@@ -36,39 +36,44 @@ def _footnote(estimated: bool) -> None:
                                              "version of every name) as a matrix.")
 @click.option("--plot", "plot_path", metavar="PNG", type=click.Path(dir_okay=False),
               help="With --matrix: also draw it as a heatmap (needs matplotlib).")
+@click.option("--by", default="cosine", show_default=True, metavar="cosine|alignment",
+              help="Rank (or, with --matrix, show) by cosine or by subspace alignment.")
 @json_option
 @click.pass_obj
-def similar(reg, refs, k, matrix, plot_path, as_json):
-    """Versions most similar to REF (cosine of the task vectors, sign-conflict rate).
+def similar(reg, refs, k, matrix, plot_path, by, as_json):
+    """Versions most similar to REF (cosine of the task vectors, sign-conflict rate, subspace
+    alignment of their matrices).
 
     Values were computed when the vectors were stored (docs/similarity.md); `~` marks a cosine
     estimated from sketches (bases with very many vectors).
     """
+    if by not in ("cosine", "alignment"):  # before any work (the library checks it too)
+        raise InvalidInput(f"invalid --by {by!r}: one of cosine, alignment")
     if plot_path and not matrix:
         raise InvalidInput("--plot needs --matrix")
     if matrix:
-        _matrix(reg, list(refs) or None, plot_path, as_json)
+        _matrix(reg, list(refs) or None, plot_path, by, as_json)
         return
     if len(refs) != 1:
         raise InvalidInput(f"give one REF (got {len(refs)}), or --matrix [REF...]")
-    rows = reg.similar(refs[0], k)
+    rows = reg.similar(refs[0], k, by)
     if as_json:
         emit_json(rows)
         return
-    table(["ref", "vector", "cosine", "sign_conflicts"],
+    table(["ref", "vector", "cosine", "sign_conflicts", "alignment"],
           [(r["ref"], r["vector_id"][:12], _cosine(r["cosine"], r["exact"], 6),
-            _number(r["sign_conflict_rate"], 3)) for r in rows])
+            _number(r["sign_conflict_rate"], 3), _number(r["alignment"], 4)) for r in rows])
     _footnote(any(not r["exact"] and r["cosine"] is not None for r in rows))
 
 
-def _matrix(reg, refs, plot_path, as_json) -> None:
+def _matrix(reg, refs, plot_path, by, as_json) -> None:
     if plot_path:
         _require_matplotlib()
         from tvreg.compose.apply import check_output_path
 
         # a missing folder (or one inside the registry) is bad input, found before any work
         check_output_path(plot_path, registry=getattr(reg, "root", None))
-    m = reg.similarity_matrix(refs)
+    m = reg.similarity_matrix(refs, by)
     for s in m.skipped:
         message(f"skipped {s['ref']}: {s['reason']}")
     if plot_path and not m.labels:

@@ -552,22 +552,26 @@ class Registry:
 
     # --- similarities ----------------------------------------------------------------------------
 
-    def similar(self, ref: str, k: int = 10) -> list[dict[str, Any]]:
-        """The ``k`` versions of ``ref``'s base most similar to it, best first: dicts with ref,
-        name, version, vector_id, cosine, sign_conflict_rate and exact (False: a sketch
-        estimate). Versions holding ``ref``'s own vector are left out."""
+    def similar(self, ref: str, k: int = 10, by: str = "cosine") -> list[dict[str, Any]]:
+        """The ``k`` versions of ``ref``'s base most similar to it, best first by ``by``
+        (``"cosine"`` or ``"alignment"``): dicts with ref, name, version, vector_id, cosine,
+        sign_conflict_rate, alignment (subspace alignment in [0, 1], None for an estimate or
+        without matrices) and exact (False: a sketch estimate). Versions holding ``ref``'s own
+        vector are left out."""
         from tvreg.similarity.compute import similar
 
         self.repo.require()
-        return similar(self.repo, ref, k)
+        return similar(self.repo, ref, k, by)
 
-    def similarity_matrix(self, refs: list[str] | None = None) -> SimilarityMatrix:
-        """Cosines between ``refs`` (default: the newest version of every name), with labels;
-        refs of another base than the first are skipped and listed in ``skipped``."""
+    def similarity_matrix(self, refs: list[str] | None = None,
+                          by: str = "cosine") -> SimilarityMatrix:
+        """Cosines (``by="alignment"``: subspace alignments) between ``refs`` (default: the
+        newest version of every name), with labels; refs of another base than the first are
+        skipped and listed in ``skipped``."""
         from tvreg.similarity.compute import similarity_matrix
 
         self.repo.require()
-        return similarity_matrix(self.repo, refs)
+        return similarity_matrix(self.repo, refs, by)
 
     def update_similarities(self, refs: list[str] | None = None, *,
                             on_vector: Callable[[str], None] | None = None) -> dict[str, int]:

@@ -24,7 +24,7 @@ def test_similar_table_and_json_match_the_library(run, three):
     rows = json.loads(run("similar", "topic", "--json").stdout)
     assert rows == want and len(rows) == 2
     text = run("similar", "topic").stdout.splitlines()
-    assert text[0].split() == ["ref", "vector", "cosine", "sign_conflicts"]
+    assert text[0].split() == ["ref", "vector", "cosine", "sign_conflicts", "alignment"]
     assert [line.split()[0] for line in text[1:]] == [r["ref"] for r in want]
     assert text[1].split()[2] == f"{want[0]['cosine']:.6f}"
     assert len(json.loads(run("similar", "topic", "--top", "1", "--json").stdout)) == 1
@@ -72,6 +72,11 @@ def test_matrix_plot_writes_a_png(run, three, tmp_path):
     img = matplotlib.image.imread(str(out))
     # 3 labels: a 4.8 x 3.8 inch figure (cells plus the colorbar) at 100 dpi
     assert img.shape == (380, 480, 4)
+    # the alignments' heatmap: the same figure, other pixels (another scale and values)
+    other = tmp_path / "alignment.png"
+    run("similar", "--matrix", "--by", "alignment", "--plot", str(other))
+    img2 = matplotlib.image.imread(str(other))
+    assert img2.shape == img.shape and (img2 != img).any()
 
 
 def test_plot_into_a_missing_folder_is_bad_input_before_any_output(run, three, tmp_path):
@@ -150,9 +155,10 @@ def test_undefined_values_print_as_dash_and_null(run, zoo):
     run("create", "sentiment", "--base", str(zoo.base),
         "--finetuned", str(zoo.finetuned["sentiment"]))
     run("create", "zero", "--base", str(zoo.base), "--finetuned", str(zoo.base))  # a zero vector
-    assert run("similar", "zero").stdout.splitlines()[1].split()[2:] == ["-", "-"]
+    assert run("similar", "zero").stdout.splitlines()[1].split()[2:] == ["-", "-", "-"]
     rows = json.loads(run("similar", "zero", "--json").stdout)
     assert rows[0]["cosine"] is None and rows[0]["sign_conflict_rate"] is None
+    assert rows[0]["alignment"] is None  # a side whose matrices are all zero
     table = run("similar", "--matrix").stdout.splitlines()
     assert table[1].split() == ["sentiment@1", "1.000", "-"]
     assert table[2].split() == ["zero@1", "-", "-"]

@@ -442,6 +442,14 @@ def tag_row(t: TagRecord) -> tuple:
 
 # --- rows of derived similarity data (tables of schema/migrations; filled by tvreg.similarity)
 
+#: the columns tvreg.similarity fills, in the order of its rows (migrations 2 and 5)
+SIMILARITY_COLUMNS = ("vector_a", "vector_b", "dot", "norm_a", "norm_b", "cosine",
+                      "n_both_material", "n_sign_conflicts", "sign_conflict_rate", "computed_at",
+                      "alignment", "n_matrices")
+TENSOR_SIMILARITY_COLUMNS = ("vector_a", "vector_b", "tensor", "dot", "cosine", "n_both_material",
+                             "n_sign_conflicts", "sign_conflict_rate", "alignment")
+
+
 
 def forget_similarity_rows(con, vector_ids: list[str]) -> None:
     """Delete the rows of these vectors (inside a catalog transaction)."""

@@ -1,5 +1,6 @@
 """Similarities between vectors of one base (layer L5): statistics, passes that compute them,
-queries, and the heatmap plot (docs/similarity.md).
+the spectra files the subspace alignment caches, queries, and the heatmap plot
+(docs/similarity.md).
 """
 
 from tvreg.util.lazy import lazy_exports

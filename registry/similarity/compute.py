@@ -5,22 +5,32 @@ Per vector (one pass): its L2 norm and each tensor's, each tensor's *materiality
 CountSketch of :data:`SKETCH_DIM` numbers for approximate similarity at scale.
 
 Per pair of vectors of the same base and architecture (one pass over both): the exact dot
-product (products exact in float64, float64 sums) and so the cosine, per tensor and in all, and
-the sign-conflict rate: among parameters material in both, the fraction whose signs differ.
+product (products exact in float64, float64 sums) and so the cosine, per tensor and in all, the
+sign-conflict rate: among parameters material in both, the fraction whose signs differ, and the
+subspace alignment of their matrices (Marczak et al., *No Task Left Behind*, ICML 2025: the
+share of one matrix's Frobenius norm inside the other's top singular subspace, symmetrised; see
+:func:`spectrum` and docs/similarity.md).
 
 A pass takes one vector X and decodes each of its tensors once, then the same tensor of each
 partner on the registry's operand pool; memory is one tensor of X (in float64) plus one tensor
-per worker. Results do not depend on which vector of a pair is X, nor on insertion order.
+per worker, and for a matrix its spectrum (X's of this tensor and of the next, and one per
+worker; up to 1.5 s² float64 numbers each, s the short side). Each vector's spectra are kept
+in its spectra file (:mod:`tvreg.similarity.spectra`), so a later pass reads them instead of
+computing them.
+Results do not depend on which vector of a pair is X, nor on insertion order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +39,7 @@ import numpy as np
 from tvreg.catalog import sketches as sketch_index
 from tvreg.catalog.sketches import SKETCH_DIM
 from tvreg.errors import InvalidInput, NotFound
+from tvreg.similarity import spectra as spectra_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest, TensorEntry
@@ -165,6 +176,151 @@ def _flat(tensor: Any) -> np.ndarray:
     return tensor.reshape(-1).numpy()
 
 
+# --- subspace alignment ------------------------------------------------------------------------
+
+#: a matrix's top singular subspace holds this share of its Frobenius norm: the smallest k with
+#: ‖B_k‖_F ≥ 0.95 ‖B‖_F, i.e. 0.9025 of Σσ² (the Iso paper's rank rule, Eq. 6, at its 0.95)
+ALIGNMENT_NORM_SHARE = 0.95
+#: Gram matrices are summed over blocks of about this many elements (float64 temporaries)
+_GRAM_BLOCK = 1 << 20
+
+
+@dataclass
+class Spectrum:
+    """One matrix's short side: its Gram matrix G = S Sᵀ (s×s, float64; S is the matrix or its
+    transpose, whichever has fewer rows, so s = min(rows, columns)), ‖·‖²_F = tr G, k (its top
+    k singular vectors hold :data:`ALIGNMENT_NORM_SHARE` of its norm) and the singular vectors
+    a projection uses: the top k where k ≤ s/2, else the s − k after them."""
+
+    gram: np.ndarray
+    energy: float
+    vectors: np.ndarray
+    k: int
+
+    @classmethod
+    def of(cls, gram: np.ndarray, vectors: np.ndarray, k: int) -> Spectrum:
+        """From stored parts (spectra files): the energy is tr G, as computed."""
+        return cls(gram, float(np.trace(gram)), vectors, k)
+
+
+def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
+    """The :class:`Spectrum` of a 2-D tensor (``values`` flattened, row-major), None for any
+    other rank. Gram in float64 (products of float32 values are exact), summed a block of rows
+    of the short side's transpose at a time; ``numpy.linalg.eigh`` for its eigenvectors.
+
+    The short side: the Iso paper projects onto the left singular subspace (rows of a torch
+    weight, its output side). For a matrix with no more rows than columns (square attention
+    matrices, down-projections) that is the short side; for a tall one (up-projections,
+    embeddings) tvreg takes the right one, R^columns, which needs only the columns×columns Gram
+    and makes a pair's cost O(s² · min(k, s − k)) from the two spectra (docs/similarity.md)."""
+    if len(shape) != 2:
+        return None
+    rows, cols = shape
+    a = values.reshape(rows, cols)
+    short = a if rows <= cols else a.T  # s × L, a view
+    s, length = short.shape
+    gram = np.zeros((s, s))
+    step = max(1, _GRAM_BLOCK // max(1, s))
+    for j in range(0, length, step):
+        block = short[:, j:j + step].astype(np.float64)
+        gram += block @ block.T
+    if float(np.trace(gram)) <= 0.0:
+        return Spectrum.of(gram, np.zeros((s, 0)), 0)
+    lam, vecs = np.linalg.eigh(gram)  # ascending
+    lam = np.clip(lam[::-1], 0.0, None)
+    cum = np.cumsum(lam)
+    k = min(s, int(np.searchsorted(cum, ALIGNMENT_NORM_SHARE ** 2 * cum[-1])) + 1)
+    vecs = vecs[:, ::-1]
+    return Spectrum.of(gram, np.ascontiguousarray(vecs[:, :k] if 2 * k <= s else vecs[:, k:]), k)
+
+
+def projected_energy(a: Spectrum, b: Spectrum) -> float:
+    """‖Π_B A‖²_F: the energy of matrix A inside B's top singular subspace (of the short side),
+    Σ_{i≤k} w_iᵀ G_A w_i over B's first k singular vectors w_i; 0 where B is all zero. Where
+    k > s/2 it is ‖A‖² − Σ_{i>k} w_iᵀ G_A w_i, over the fewer vectors outside: the cost is
+    s² · min(k, s − k) (docs/similarity.md)."""
+    if b.k == 0:
+        return 0.0
+    w = b.vectors
+    inside = float(np.sum((a.gram @ w) * w))
+    if 2 * b.k > w.shape[0]:  # w holds the vectors outside the top k
+        inside = a.energy - inside
+    return min(a.energy, max(0.0, inside))
+
+
+class _Spectra:
+    """The spectra of one vector's matrices during a pass: read from its spectra file
+    (:mod:`tvreg.similarity.spectra`) where there is one, else computed and written to a new
+    one, committed by :meth:`close` once every matrix of the vector went through :meth:`get`."""
+
+    def __init__(self, reg: Repo, vector_id: str, manifest: Manifest) -> None:
+        self._index = {e.name: i for i, e in enumerate(manifest.tensors)}
+        self._left = sum(len(e.shape) == 2 for e in manifest.tensors)
+        self._reader = spectra_files.Reader(reg.root, vector_id, ALIGNMENT_NORM_SHARE)
+        self._writer = None
+        if not self._reader.complete:
+            self._writer = spectra_files.Writer(reg.root, vector_id, ALIGNMENT_NORM_SHARE)
+        self._lock = threading.Lock()
+
+    def get(self, name: str, values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
+        if len(shape) != 2:
+            return None
+        i = self._index[name]
+        if self._writer is None:
+            found = self._reader.get(i)
+            if found is not None:
+                return Spectrum.of(*found)
+        spec = spectrum(values, shape)
+        assert spec is not None
+        if self._writer is not None:
+            self._writer.add(i, spec.gram, spec.vectors, spec.k)
+            with self._lock:
+                self._left -= 1
+        return spec
+
+    def close(self) -> None:
+        self._reader.close()
+        if self._writer is not None:
+            if self._left == 0:
+                self._writer.commit()
+            else:
+                self._writer.abort()
+
+
+def one_blas_thread():
+    """A context in which BLAS/LAPACK run one thread per call (threadpoolctl, where installed;
+    otherwise nothing changes): the passes already run one spectrum per worker of the operand
+    pool, and OpenBLAS threads inside each of them fight over the same cores. Measured on 2
+    cores: ``eigh`` of a 1024×1024 Gram matrix on 2 threads at once took 1.8-2.6 s each with
+    OpenBLAS's own threads, 0.4-0.7 s with one each (benchmarks/bench_similarity.py)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - an optional speed-up
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def pair_energies(a: Spectrum | None, b: Spectrum | None
+                    ) -> tuple[float, float, float, float] | None:
+    """(‖Π_B A‖², ‖A‖², ‖Π_A B‖², ‖B‖²) of one tensor of a pair, None if it is no matrix."""
+    if a is None or b is None:
+        return None
+    return projected_energy(a, b), a.energy, projected_energy(b, a), b.energy
+
+
+def alignment(energies: Iterable[tuple[float, float, float, float] | None]) -> float | None:
+    """The symmetrised alignment of matrices given by :func:`pair_energies`'s tuples: the mean
+    of the two directions, each √(Σ‖Π_B A_t‖² / Σ‖A_t‖²) over the matrices t (the Iso ratio of
+    the block-diagonal matrix of all of them). None without a matrix or where a side's
+    matrices are all zero."""
+    terms = [e for e in energies if e is not None]
+    ab, na = math.fsum(e[0] for e in terms), math.fsum(e[1] for e in terms)
+    ba, nb = math.fsum(e[2] for e in terms), math.fsum(e[3] for e in terms)
+    if na <= 0.0 or nb <= 0.0:
+        return None
+    return min(1.0, (math.sqrt(ab / na) + math.sqrt(ba / nb)) / 2.0)
+
+
 # --- passes ------------------------------------------------------------------------------------
 
 
@@ -220,31 +376,77 @@ class _PairTotals:
     dot: float = 0.0
     both: int = 0
     conflicts: int = 0
+    #: per tensor: (name, dot, both, conflicts, energies of :func:`pair_energies` or None)
     tensors: list[tuple] = field(default_factory=list)
+
+    def add(self, name: str, dot: float, both: int, conflicts: int,
+            energies: tuple[float, float, float, float] | None) -> None:
+        self.dot += dot
+        self.both += both
+        self.conflicts += conflicts
+        self.tensors.append((name, dot, both, conflicts, energies))
 
 
 def pair_pass(reg: Repo, x: str, partners: list[str],
               stats: dict[str, VectorStats]) -> dict[str, _PairTotals]:
-    """Dot products and sign conflicts of vector ``x`` with each partner, per tensor: each of
-    x's tensors is decoded once and prepared (float64 copy, its material positions and their
-    signs); the partners' tensors are decoded and compared on the operand pool."""
-    from tvreg.tensors.encoding import default_workers
-
-    pool = reg.executor("operands")
+    """Dot products, sign conflicts and subspace alignments of vector ``x`` with each partner,
+    per tensor: each of x's tensors is decoded once and prepared (its material positions and
+    their signs, its :func:`spectrum` if a matrix); the partners' tensors are decoded, their
+    spectra read from their spectra files or computed, and compared on the operand pool."""
     manifests = {v: reg.manifest(v) for v in [x, *partners]}
     totals = {p: _PairTotals() for p in partners}
-    window = 2 * default_workers()
+    sources = {v: _Spectra(reg, v, manifests[v]) for v in [x, *partners]} if partners else {}
 
     def compare(name: str, xv: np.ndarray, where: np.ndarray, negative: np.ndarray,
-                partner: str) -> tuple[str, float, int, int]:
-        pv = _flat(reg.load_tensor(manifests[partner].tensor(name)))
-        return (partner, *_compare(xv, where, negative, pv,
-                                   stats[partner].tensors[name].threshold))
+                xs: Future | None, partner: str) -> tuple[str, float, int, int, Any]:
+        entry = manifests[partner].tensor(name)
+        pv = _flat(reg.load_tensor(entry))
+        ps = sources[partner].get(name, pv, tuple(entry.shape)) if xs is not None else None
+        compared = _compare(xv, where, negative, pv, stats[partner].tensors[name].threshold)
+        return (partner, *compared, pair_energies(xs.result(), ps) if xs is not None else None)
 
     own = None
     if x not in stats:  # x's own statistics in the same pass (a new vector is read once)
         own = VectorStats(x, 0.0, manifests[x].n_params, 0, np.zeros(SKETCH_DIM))
-    for entry, tensor in _decoded(reg, list(manifests[x].tensors)):
+    try:
+        _pair_tensors(reg, x, manifests, partners, stats, totals, own, sources, compare)
+    finally:
+        for source in sources.values():
+            source.close()
+    if own is not None:
+        own.norm = math.sqrt(math.fsum(t.norm ** 2 for t in own.tensors.values()))
+        own.n_material = sum(t.n_material for t in own.tensors.values())
+        stats[x] = own
+    return totals
+
+
+def _pair_tensors(reg: Repo, x: str, manifests: dict[str, Manifest], partners: list[str],
+                  stats: dict[str, VectorStats], totals: dict[str, _PairTotals],
+                  own: VectorStats | None, sources: dict[str, _Spectra],
+                  compare: Callable[..., Any]) -> None:
+    """The loop of :func:`pair_pass` over x's tensors."""
+    from tvreg.tensors.encoding import default_workers
+
+    pool = reg.executor("operands")
+    window = 2 * default_workers()
+
+    def x_spectrum(item: tuple | None) -> Future | None:
+        if item is None or not partners or len(item[0].shape) != 2:
+            return None
+        entry, tensor = item
+        return pool.submit(sources[x].get, entry.name, _flat(tensor), tuple(entry.shape))
+
+    # x's spectrum of the next tensor is submitted before the partners' jobs of this one (which
+    # wait for this one's): computing x's spectra is the longest part of an insert (0.4 s per
+    # 1024 x 1024 matrix), and this keeps it off the critical path. Spectrum jobs wait for
+    # nothing, so the pool cannot deadlock.
+    tensors = _decoded(reg, list(manifests[x].tensors))
+    upcoming = next(tensors, None)
+    upcoming_xs = x_spectrum(upcoming)
+    while upcoming is not None:
+        (entry, tensor), xs = upcoming, upcoming_xs
+        upcoming = next(tensors, None)
+        upcoming_xs = x_spectrum(upcoming)
         xv = _flat(tensor)
         if own is not None:
             own.tensors[entry.name] = _tensor_stats(entry.name, xv, own.sketch)
@@ -255,19 +457,11 @@ def pair_pass(reg: Repo, x: str, partners: list[str],
         todo = list(partners)
         while todo or jobs:
             while todo and len(jobs) < window:
-                jobs.append(pool.submit(compare, entry.name, xv, where, negative, todo.pop(0)))
-            partner, dot, both, conflicts = jobs.popleft().result()
-            t = totals[partner]
-            t.dot += dot
-            t.both += both
-            t.conflicts += conflicts
-            t.tensors.append((entry.name, dot, both, conflicts))
-        del tensor, xv
-    if own is not None:
-        own.norm = math.sqrt(math.fsum(t.norm ** 2 for t in own.tensors.values()))
-        own.n_material = sum(t.n_material for t in own.tensors.values())
-        stats[x] = own
-    return totals
+                jobs.append(pool.submit(compare, entry.name, xv, where, negative, xs,
+                                        todo.pop(0)))
+            partner, *values = jobs.popleft().result()
+            totals[partner].add(entry.name, *values)
+        del tensor, xv, xs
 
 
 #: the all-pairs pass holds one tensor of every vector of a base (plus its material positions)
@@ -275,8 +469,16 @@ ALL_PAIRS_BYTES = 1 << 30
 
 
 def _fits_all_pairs(reg: Repo, ids: list[str]) -> bool:
-    largest = max(e.nbytes for e in reg.manifest(ids[0]).tensors) if ids else 0
-    return len(ids) * largest * 3 <= ALL_PAIRS_BYTES
+    """Whether one tensor of every vector fits in :data:`ALL_PAIRS_BYTES`: the tensor, its
+    material positions and, for a matrix, its spectrum (an s × s Gram matrix and up to s × s/2
+    singular vectors in float64, s its short side)."""
+    if not ids:
+        return True
+    entries = reg.manifest(ids[0]).tensors
+    largest = max(e.nbytes for e in entries)
+    spectrum_bytes = max((12 * min(e.shape) ** 2 for e in entries if len(e.shape) == 2),
+                         default=0)
+    return len(ids) * (largest * 3 + spectrum_bytes) <= ALL_PAIRS_BYTES
 
 
 def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
@@ -291,36 +493,41 @@ def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
     order = sorted(pairs)
     totals = {p: _PairTotals() for p in order}
     involved = sorted({v for p in pairs for v in p} | set(own))
-    Prepared = tuple[np.ndarray, float, np.ndarray, np.ndarray]
+    paired = {v for p in pairs for v in p}
+    Prepared = tuple[np.ndarray, float, np.ndarray, np.ndarray, Spectrum | None]
 
     def prepare(name: str, v: str) -> Prepared:
-        values = _flat(reg.load_tensor(manifests[v].tensor(name)))
+        entry = manifests[v].tensor(name)
+        values = _flat(reg.load_tensor(entry))
         if v in own:
             own[v].tensors[name] = _tensor_stats(name, values, own[v].sketch)
             threshold = own[v].tensors[name].threshold
         else:
             threshold = stats[v].tensors[name].threshold
         where = _material_positions(values, threshold)
-        return values, threshold, where, values[where] < 0
+        # each vector's spectrum once per tensor name, shared by all its pairs
+        spec = sources[v].get(name, values, tuple(entry.shape)) if v in paired else None
+        return values, threshold, where, values[where] < 0, spec
 
-    def compare(prepared: dict[str, Prepared], pair: tuple[str, str]) -> tuple[float, int, int]:
+    def compare(prepared: dict[str, Prepared], pair: tuple[str, str]) -> tuple:
         a, b = pair
-        va, _, where, negative = prepared[a]
-        vb, threshold_b, _, _ = prepared[b]
-        return _compare(va, where, negative, vb, threshold_b)
+        va, _, where, negative, sa = prepared[a]
+        vb, threshold_b, _, _, sb = prepared[b]
+        return (*_compare(va, where, negative, vb, threshold_b), pair_energies(sa, sb))
 
-    for entry in manifests[ids[0]].tensors:
-        name = entry.name
-        prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved),
-                            strict=True))
-        for pair, (dot, both, conflicts) in zip(
-                order, pool.map(functools.partial(compare, prepared), order), strict=True):
-            t = totals[pair]
-            t.dot += dot
-            t.both += both
-            t.conflicts += conflicts
-            t.tensors.append((name, dot, both, conflicts))
-        del prepared
+    sources = {v: _Spectra(reg, v, manifests[v]) for v in sorted(paired)}
+    try:
+        for entry in manifests[ids[0]].tensors:
+            name = entry.name
+            prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved),
+                                strict=True))
+            for pair, values in zip(order, pool.map(functools.partial(compare, prepared), order),
+                                    strict=True):
+                totals[pair].add(name, *values)
+            del prepared
+    finally:
+        for source in sources.values():
+            source.close()
     for v, st in own.items():
         st.norm = math.sqrt(math.fsum(t.norm ** 2 for t in st.tensors.values()))
         st.n_material = sum(t.n_material for t in st.tensors.values())
@@ -371,7 +578,7 @@ def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
 def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
                  stats: dict[str, VectorStats]) -> None:
     """Rows of pairs keyed ``(a, b)`` with ``a < b``."""
-    from tvreg.catalog.db import insert_rows
+    from tvreg.catalog.db import SIMILARITY_COLUMNS, TENSOR_SIMILARITY_COLUMNS, insert_rows
 
     now = _now()
     rows, tensor_rows = [], []
@@ -379,13 +586,16 @@ def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
         na, nb = stats[a].norm, stats[b].norm
         con.execute("DELETE FROM similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
         con.execute("DELETE FROM tensor_similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
+        energies = [e for *_, e in t.tensors]
         rows.append((a, b, t.dot, na, nb, _cosine(t.dot, na, nb), t.both, t.conflicts,
-                     _rate(t.conflicts, t.both), now))
-        for name, dot, both, conflicts in t.tensors:
+                     _rate(t.conflicts, t.both), now, alignment(energies),
+                     sum(e is not None for e in energies)))
+        for name, dot, both, conflicts, e in t.tensors:
             cos = _cosine(dot, stats[a].tensors[name].norm, stats[b].tensors[name].norm)
-            tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both)))
-    insert_rows(con, "similarities", rows)
-    insert_rows(con, "tensor_similarities", tensor_rows)
+            tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both),
+                                alignment([e])))
+    insert_rows(con, "similarities", rows, SIMILARITY_COLUMNS)
+    insert_rows(con, "tensor_similarities", tensor_rows, TENSOR_SIMILARITY_COLUMNS)
 
 
 def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list[str]]:
@@ -408,16 +618,26 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
     statistics of vectors that have none, then every missing pair (for bases of at most
     ``exact_limit`` vectors). Idempotent: a second call computes nothing. Each pass is stored
     in its own transaction, so an interrupted update keeps what it finished."""
+    with one_blas_thread():
+        return _update(reg, vector_ids, exact_limit, on_vector)
+
+
+def _update(reg: Repo, vector_ids: Iterable[str] | None, exact_limit: int,
+            on_vector: Callable[[str], None] | None) -> dict[str, int]:
     done = {"vectors": 0, "pairs": 0}
     with reg.catalog.reader() as con:
+        # spectra files of vectors gc deleted (or reindex dropped) go; a cache miss at worst
+        spectra_files.prune(reg.root, {r[0] for r in con.execute(
+            "SELECT vector_id FROM vectors").fetchall()})
         groups = _groups(con, vector_ids)
         everything = [v for ids in groups.values() for v in ids]
         have = {r[0] for r in con.execute(
             "SELECT vector_id FROM vector_stats WHERE vector_id IN (SELECT unnest(?))",
             [everything]).fetchall()}
+        # a pair from before migration 5 (n_matrices NULL) lacks its alignment: missing
         stored = {(a, b) for a, b in con.execute(
-            "SELECT vector_a, vector_b FROM similarities WHERE vector_a IN (SELECT unnest(?))",
-            [everything]).fetchall()}
+            "SELECT vector_a, vector_b FROM similarities WHERE vector_a IN (SELECT unnest(?)) "
+            "AND n_matrices IS NOT NULL", [everything]).fetchall()}
         stats = _load_stats(con, everything)
     for ids in groups.values():
         fresh = [vid for vid in ids if vid not in have]
@@ -504,8 +724,10 @@ def _most_missing(missing: set[tuple[str, str]]) -> str:
 
 
 def clear(reg: Repo) -> None:
-    """Forget every stored statistic and similarity: the sketch index and the catalog rows."""
+    """Forget every stored statistic and similarity: the sketch index, the spectra files and the
+    catalog rows."""
     sketch_index.clear(reg.root)
+    spectra_files.clear(reg.root)
     with reg.catalog.writer() as con:
         for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
             con.execute(f"DELETE FROM {table}")
@@ -521,13 +743,26 @@ def _sketches(reg: Repo, ids: list[str]) -> dict[str, tuple[float, np.ndarray]]:
     return {vid: (norm, np.asarray(sk, dtype=np.float64)) for vid, norm, sk in rows}
 
 
-def similar(reg: Repo, ref: str, k: int = 10) -> list[dict[str, Any]]:
-    """The versions most similar to ``ref`` among those of its base, best first: exact cosines
-    where the pair is stored, sketch estimates otherwise (``exact`` says which). Estimates are
-    ranked from the base's sketch file (milliseconds for 10,000 vectors), or from the catalog
-    for vectors the file lacks."""
+#: what :func:`similar` and :func:`similarity_matrix` rank or show
+BY = ("cosine", "alignment")
+
+
+def check_by(by: Any) -> str:
+    """``by`` if it names a statistic of :data:`BY`, else :class:`InvalidInput`."""
+    if by not in BY:
+        raise InvalidInput(f"invalid --by {by!r}: one of {', '.join(BY)}")
+    return by
+
+
+def similar(reg: Repo, ref: str, k: int = 10, by: str = "cosine") -> list[dict[str, Any]]:
+    """The versions most similar to ``ref`` among those of its base, best first by ``by``
+    (``cosine`` or ``alignment``): exact values where the pair is stored, sketch estimates of
+    the cosine otherwise (``exact`` says which; an estimate has no alignment, and ranks after
+    every exact alignment). Estimates are ranked from the base's sketch file (milliseconds for
+    10,000 vectors), or from the catalog for vectors the file lacks."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput(f"invalid --top {k!r}: a positive integer")
+    check_by(by)
     record, vid = reg.resolve_ref(ref)
     m = reg.manifest(vid)
     base, arch = m.base_hash, m.arch_fingerprint
@@ -537,11 +772,11 @@ def similar(reg: Repo, ref: str, k: int = 10) -> list[dict[str, Any]]:
             raise NotFound(f"no similarities computed for {record.ref if record else vid[:12]} "
                            "yet; run `tvreg similarities`")
         qnorm = row[0]
-        values: dict[str, tuple[float | None, float | None, bool]] = {
-            other: (cos, rate, True) for other, cos, rate in con.execute(
+        values: dict[str, tuple[float | None, float | None, bool, float | None]] = {
+            other: (cos, rate, True, align) for other, cos, rate, align in con.execute(
                 "SELECT CASE WHEN vector_a = $v THEN vector_b ELSE vector_a END, cosine, "
-                "sign_conflict_rate FROM similarities WHERE vector_a = $v OR vector_b = $v",
-                {"v": vid}).fetchall()}
+                "sign_conflict_rate, alignment FROM similarities "
+                "WHERE vector_a = $v OR vector_b = $v", {"v": vid}).fetchall()}
         others = [r[0] for r in con.execute(
             "SELECT vector_id FROM vectors WHERE base_hash = ? AND arch_fingerprint = ? "
             "AND vector_id <> ?", [base, arch, vid]).fetchall()]
@@ -550,15 +785,22 @@ def similar(reg: Repo, ref: str, k: int = 10) -> list[dict[str, Any]]:
         if missing:
             estimates.update(_estimates_from_catalog(con, vid, missing))
         for other in want:
-            values[other] = (estimates.get(other), None, False)
-        ranked = sorted(others, key=lambda o: (values[o][0] is None, -(values[o][0] or 0.0), o))
+            values[other] = (estimates.get(other), None, False, None)
+        col = 0 if by == "cosine" else 3
+        # by alignment, pairs without one (estimates, no matrices) follow in order of cosine
+        ranked = sorted(others, key=lambda o: (_finite(values[o][col]) is None,
+                                               -(_finite(values[o][col]) or 0.0),
+                                               _finite(values[o][0]) is None,
+                                               -(_finite(values[o][0]) or 0.0), o))
         top = ranked[:k]  # every vector has at least one version
         versions = con.execute("SELECT name, version, vector_id FROM versions "
                                "WHERE vector_id IN (SELECT unnest(?))", [top]).fetchall()
     rows = [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
              "cosine": _finite(values[other][0]), "sign_conflict_rate": _finite(values[other][1]),
-             "exact": values[other][2]} for name, version, other in versions]
-    rows.sort(key=lambda r: (r["cosine"] is None, -(r["cosine"] or 0.0), r["name"], r["version"]))
+             "alignment": _finite(values[other][3]), "exact": values[other][2]}
+            for name, version, other in versions]
+    rows.sort(key=lambda r: (r[by] is None, -(r[by] or 0.0), r["cosine"] is None,
+                             -(r["cosine"] or 0.0), r["name"], r["version"]))
     return rows[:k]
 
 
@@ -600,24 +842,31 @@ def _finite(x: float | None) -> float | None:
 
 @dataclass
 class SimilarityMatrix:
-    """Cosines between versions of one base: ``values[i, j]`` (NaN where undefined)."""
+    """Cosines (or alignments: ``by``) between versions of one base: ``values[i, j]`` (NaN
+    where undefined)."""
 
     labels: list[str]
     vector_ids: list[str]
     values: np.ndarray
     exact: np.ndarray
     skipped: list[dict[str, str]]
+    by: str = "cosine"
 
     def to_json(self) -> dict[str, Any]:
-        return {"labels": self.labels, "vector_ids": self.vector_ids,
+        return {"labels": self.labels, "vector_ids": self.vector_ids, "by": self.by,
                 "matrix": [[None if not math.isfinite(v) else float(v) for v in row]
                            for row in self.values],
                 "exact": self.exact.tolist(), "skipped": self.skipped}
 
 
-def similarity_matrix(reg: Repo, refs: list[str] | None = None) -> SimilarityMatrix:
-    """Cosines between ``refs`` (default: the newest version of every name, if they share one
-    base). Refs of another base than the first are skipped, with the reason."""
+def similarity_matrix(reg: Repo, refs: list[str] | None = None,
+                      by: str = "cosine") -> SimilarityMatrix:
+    """Cosines (``by="alignment"``: subspace alignments) between ``refs`` (default: the newest
+    version of every name, if they share one base). Refs of another base than the first are
+    skipped, with the reason. Alignments are exact or missing (NaN): there is no sketch of
+    them, and the diagonal is NaN (a matrix's alignment with itself is the share of its norm in
+    its own top subspace, at least 0.95, not a stored pair)."""
+    check_by(by)
     if refs is None:
         latest = reg.catalog.rows("SELECT name, version, base_hash, arch_fingerprint FROM latest "
                                   "ORDER BY name")
@@ -648,12 +897,12 @@ def similarity_matrix(reg: Repo, refs: list[str] | None = None) -> SimilarityMat
     uniq = sorted(set(ids))
     pair = {}
     if uniq:
-        for r in reg.catalog.rows("SELECT vector_a, vector_b, cosine FROM similarities "
+        for r in reg.catalog.rows(f"SELECT vector_a, vector_b, {by} AS value FROM similarities "
                                   "WHERE vector_a IN (SELECT unnest(?)) "
                                   "AND vector_b IN (SELECT unnest(?))",
                                   [uniq, uniq]):
-            pair[(r["vector_a"], r["vector_b"])] = r["cosine"]
-    sketches = _sketches(reg, uniq) if uniq else {}
+            pair[(r["vector_a"], r["vector_b"])] = r["value"]
+    sketches = _sketches(reg, uniq) if uniq and by == "cosine" else {}
     norms = {v: sk[0] for v, sk in sketches.items()}
     for i, a in enumerate(ids):
         for j, b in enumerate(ids):
@@ -668,4 +917,4 @@ def similarity_matrix(reg: Repo, refs: list[str] | None = None) -> SimilarityMat
             elif a in sketches and b in sketches:
                 c = _cosine(float(sketches[a][1] @ sketches[b][1]), norms[a], norms[b])
                 values[i, j] = np.nan if c is None else c
-    return SimilarityMatrix(labels, ids, values, exact, skipped)
+    return SimilarityMatrix(labels, ids, values, exact, skipped, by)

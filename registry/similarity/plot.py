@@ -28,7 +28,9 @@ def heatmap(m: SimilarityMatrix, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=100)
     try:
         values = np.ma.masked_invalid(m.values)
-        image = ax.imshow(values, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        alignment = getattr(m, "by", "cosine") == "alignment"  # in [0, 1], not [-1, 1]
+        image = ax.imshow(values, cmap="viridis" if alignment else "RdBu_r",
+                          vmin=0.0 if alignment else -1.0, vmax=1.0)
         ax.set_xticks(range(n), labels=m.labels, rotation=45, ha="right")
         ax.set_yticks(range(n), labels=m.labels)
         for i in range(n):
@@ -37,8 +39,10 @@ def heatmap(m: SimilarityMatrix, path: str | os.PathLike) -> None:
                 if math.isfinite(v):
                     mark = "" if m.exact[i, j] else "~"  # estimated from sketches
                     ax.text(j, i, f"{mark}{v:.2f}", ha="center", va="center", fontsize=8,
-                            color="white" if abs(v) > 0.6 else "black")
-        ax.set_title("cosine similarity of task vectors")
+                            color=("black" if v > 0.6 else "white") if alignment
+                            else ("white" if abs(v) > 0.6 else "black"))
+        ax.set_title("subspace alignment of task vectors" if alignment
+                     else "cosine similarity of task vectors")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
         # tight_layout cannot make room for labels longer than the figure allows (the cells
