@@ -319,3 +319,24 @@ def test_spectra_files_spare_the_partners_and_change_no_value(zoo, tmp_path, mon
     assert f"{ids[tasks[0]]}.npz" not in _spectra_files(reg)
     assert sorted(n for n in os.listdir(folder) if n.endswith(".tmp")) == [
         f"{ids[tasks[1]]}.npz.{os.getpid()}.1.tmp"]  # a live process's file stays
+
+
+def test_matrices_above_the_size_cap_get_no_alignment(zoo, tmp_path, monkeypatch):
+    """A matrix whose short side is above ALIGNMENT_MAX_SIDE gets no alignment (NULL), is not
+    counted in n_matrices, and costs no spectrum; the pair's alignment covers the others."""
+    monkeypatch.setattr(similarity, "ALIGNMENT_MAX_SIDE", 31)  # leaves out the 32-wide ones
+    reg = tvreg.open(tmp_path / "r")
+    for task in list(zoo.finetuned)[:2]:
+        reg.create(task, zoo.base, zoo.finetuned[task])
+    shapes = {t.name: t.shape for t in reg.manifest(reg.get("sentiment").vector_id).tensors}
+    small = [n for n, s in shapes.items() if len(s) == 2 and min(s) <= 31]
+    big = [n for n, s in shapes.items() if len(s) == 2 and min(s) > 31]
+    assert small and big
+    per_tensor = {r["tensor"]: r["alignment"]
+                  for r in reg.sql("SELECT tensor, alignment FROM tensor_similarities")}
+    assert all(per_tensor[n] is None for n in big)
+    assert all(per_tensor[n] is not None for n in small)
+    row = reg.sql("SELECT alignment, n_matrices FROM similarities")[0]
+    vecs = {r: stored(reg, r) for r in ("sentiment", "topic")}
+    want = reference_alignment([(vecs["sentiment"][n], vecs["topic"][n]) for n in small])
+    assert row["n_matrices"] == len(small) and abs(row["alignment"] - want) < 1e-9

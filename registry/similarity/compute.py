@@ -181,6 +181,20 @@ def _flat(tensor: Any) -> np.ndarray:
 #: a matrix's top singular subspace holds this share of its Frobenius norm: the smallest k with
 #: ‖B_k‖_F ≥ 0.95 ‖B‖_F, i.e. 0.9025 of Σσ² (the Iso paper's rank rule, Eq. 6, at its 0.95)
 ALIGNMENT_NORM_SHARE = 0.95
+#: matrices whose short side is longer get no alignment (NULL per tensor, not counted in a
+#: pair's ``n_matrices``): the eigendecomposition of an s × s Gram matrix costs O(s³) at insert
+#: (measured on 2 cores: 0.4–0.7 s at s = 1024, so about 25 s at a 7B LLM's 4096, for each of
+#: its ~220 matrices) and its spectra file 16·s² bytes. 1024 covers BERT, MiniLM, ViT/CLIP up
+#: to ViT-L and GPT-2 medium (docs/similarity.md)
+ALIGNMENT_MAX_SIDE = 1024
+
+
+def aligned(shape: tuple[int, ...] | list[int]) -> bool:
+    """Whether a tensor of this shape gets an alignment: a matrix, short side at most
+    :data:`ALIGNMENT_MAX_SIDE`."""
+    return len(shape) == 2 and min(shape) <= ALIGNMENT_MAX_SIDE
+
+
 #: Gram matrices are summed over blocks of about this many elements (float64 temporaries)
 _GRAM_BLOCK = 1 << 20
 
@@ -212,8 +226,9 @@ def spectrum(values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
     weight, its output side). For a matrix with no more rows than columns (square attention
     matrices, down-projections) that is the short side; for a tall one (up-projections,
     embeddings) tvreg takes the right one, R^columns, which needs only the columns×columns Gram
-    and makes a pair's cost O(s² · min(k, s − k)) from the two spectra (docs/similarity.md)."""
-    if len(shape) != 2:
+    and makes a pair's cost O(s² · min(k, s − k)) from the two spectra (docs/similarity.md).
+    None also for a matrix whose short side is above :data:`ALIGNMENT_MAX_SIDE`."""
+    if not aligned(shape):
         return None
     rows, cols = shape
     a = values.reshape(rows, cols)
@@ -255,7 +270,7 @@ class _Spectra:
 
     def __init__(self, reg: Repo, vector_id: str, manifest: Manifest) -> None:
         self._index = {e.name: i for i, e in enumerate(manifest.tensors)}
-        self._left = sum(len(e.shape) == 2 for e in manifest.tensors)
+        self._left = sum(aligned(e.shape) for e in manifest.tensors)
         self._reader = spectra_files.Reader(reg.root, vector_id, ALIGNMENT_NORM_SHARE)
         self._writer = None
         if not self._reader.complete:
@@ -263,7 +278,7 @@ class _Spectra:
         self._lock = threading.Lock()
 
     def get(self, name: str, values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
-        if len(shape) != 2:
+        if not aligned(shape):
             return None
         i = self._index[name]
         if self._writer is None:
@@ -431,7 +446,7 @@ def _pair_tensors(reg: Repo, x: str, manifests: dict[str, Manifest], partners: l
     window = 2 * default_workers()
 
     def x_spectrum(item: tuple | None) -> Future | None:
-        if item is None or not partners or len(item[0].shape) != 2:
+        if item is None or not partners or not aligned(item[0].shape):
             return None
         entry, tensor = item
         return pool.submit(sources[x].get, entry.name, _flat(tensor), tuple(entry.shape))
@@ -476,7 +491,7 @@ def _fits_all_pairs(reg: Repo, ids: list[str]) -> bool:
         return True
     entries = reg.manifest(ids[0]).tensors
     largest = max(e.nbytes for e in entries)
-    spectrum_bytes = max((12 * min(e.shape) ** 2 for e in entries if len(e.shape) == 2),
+    spectrum_bytes = max((12 * min(e.shape) ** 2 for e in entries if aligned(e.shape)),
                          default=0)
     return len(ids) * (largest * 3 + spectrum_bytes) <= ALL_PAIRS_BYTES
 
