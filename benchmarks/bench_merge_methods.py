@@ -120,12 +120,13 @@ def _well_posed(vectors: list[dict]) -> set[str]:
     return out
 
 
-def _child(args: list[str]) -> int:
-    """Peak RSS (bytes) of this script run with ``args`` in a fresh child."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.DEVNULL)
+def _child(args: list[str]) -> int | None:
+    """Peak RSS (bytes) of this script run with ``args`` in a fresh child (None: it failed)."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"child {args} failed")
+        return None
     return usage.ru_maxrss * 1024
 
 
@@ -134,8 +135,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir")
     ap.add_argument("--rss", action="store_true", help="also peak RSS, one child per run")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated, of " + ", ".join(METHODS))
     ap.add_argument("--one", nargs=2, metavar=("TOOL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or set(methods) - set(METHODS):
+        ap.error(f"--methods: some of {', '.join(METHODS)}")
     work = args.workdir or tempfile.mkdtemp(prefix="tvreg-bench-methods-")
     registry = os.path.join(work, "registry")
     if args.one:  # a child of --rss: one run, then exit
@@ -155,35 +161,46 @@ def main() -> None:
             subprocess.run([*tv, "create", f"ft{k}", "--base", os.path.join(work, "base"),
                             "--finetuned", os.path.join(work, f"ft{k}"), "--no-similarities"],
                            check=True, capture_output=True)
-    rss: dict[tuple[str, str], float] = {}
+    rss: dict[tuple[str, str], float | None] = {}
     if args.rss:  # first, while this process is small (a child's ru_maxrss starts from ours)
-        for method in METHODS:
+        for method in methods:
             for tool in ("fusion", "kernel", "kernel2", "e2e"):
-                rss[tool, method] = _child(["--workdir", work, "--one", tool, method]) / 1e6
+                peak = _child(["--workdir", work, "--one", tool, method])
+                rss[tool, method] = peak / 1e6 if peak is not None else None
     import torch
 
     vectors = _vectors(work)
     posed = _well_posed(vectors)
     rows = []
-    for method in METHODS:
+    failed: dict[tuple[str, str], str] = {}
+    for method in methods:
         times: dict[str, list[float]] = {"fusion": [], "kernel": [], "kernel2": [], "e2e": []}
         results: dict[str, dict] = {}
         for _ in range(args.repeats):
             for tool in times:  # interleaved: the same machine state for all
                 t0 = time.perf_counter()
-                out = (_fusion(method, vectors) if tool == "fusion" else
-                       _tvreg_kernel(method, vectors) if tool == "kernel" else
-                       _tvreg_kernel_concurrent(method, vectors) if tool == "kernel2" else
-                       _tvreg_e2e(method, registry))
+                try:
+                    out = (_fusion(method, vectors) if tool == "fusion" else
+                           _tvreg_kernel(method, vectors) if tool == "kernel" else
+                           _tvreg_kernel_concurrent(method, vectors) if tool == "kernel2" else
+                           _tvreg_e2e(method, registry))
+                except Exception as e:  # e.g. an SVD that does not converge (LAPACK)
+                    failed[tool, method] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                    continue
                 times[tool].append(time.perf_counter() - t0)
                 results[tool] = out
-        base_t = statistics.median(times["fusion"])
+        base_t = statistics.median(times["fusion"]) if times["fusion"] else float("nan")
         for tool, label in (("fusion", "fusion_bench 0.2.33 (in memory)"),
                             ("kernel", "tvreg merge_tensor (in memory)"),
                             ("kernel2", "tvreg merge_tensor, 2 names at once (in memory)"),
                             ("e2e", "tvreg resolve().state_dict() (from the store)")):
+            if not times[tool]:
+                rows.append((method, label + " — failed: " + failed[tool, method],
+                             float("nan"), float("nan"), None, (float("nan"),) * 2))
+                continue
             t = statistics.median(times[tool])
-            err = (0.0, 0.0) if tool == "fusion" else (
+            err = (0.0, 0.0) if tool == "fusion" else (float("nan"),) * 2 \
+                if "fusion" not in results else (
                 _rel(results[tool], results["fusion"], posed),
                 _rel(results[tool], results["fusion"]))
             rows.append((method, label, t, t / base_t, rss.get((tool, method)), err))
