@@ -195,7 +195,8 @@ SCORE = textwrap.dedent("""\
     if len(sys.argv) > 2 and sys.argv[2] == "words":
         print("accuracy: high")
     else:
-        print(-abs(float(sd["head.bias"].sum()) - 0.3) - 0.01 * float(abs(sd["mlp.fc1.weight"]).mean()))
+        fc1 = float(abs(sd["mlp.fc1.weight"]).mean())
+        print(-abs(float(sd["head.bias"].sum()) - 0.3) - 0.01 * fc1)
     """)
 
 
