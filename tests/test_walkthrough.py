@@ -117,6 +117,22 @@ def test_compositions_are_well_formed(quick):
         assert acc(r["multi"]) and math.isclose(r["normalized"], r["multi"] / r["ft"])
     assert math.isclose(add["mean_normalized"], sum(r["normalized"] for r in add["rows"]) / 4)
 
+    # merge methods: each row's λ from the grid, its normalized accuracy from its test accuracy
+    methods = results["methods"]
+    assert [r["method"] for r in methods["rows"]] == list(grid["methods"])
+    assert methods["grid"] == list(grid["method_grid"])
+    for r in methods["rows"]:
+        assert r["lam"] in grid["method_grid"] and acc(r["val"])
+        assert all(math.isclose(r["normalized"][n], r["test"][n] / results["acc_ft"][n]["test"])
+                   for n in MAIN_TASKS)
+        assert math.isclose(r["mean_normalized"], sum(r["normalized"].values()) / 4)
+        assert r["val"] == max(g["score"] for g in r["grid"])
+    assert methods["best"] == max(methods["rows"], key=lambda r: r["val"])["label"]
+    # task arithmetic at the addition's λ is the addition's model: the same accuracies
+    ta = methods["rows"][0]
+    if ta["lam"] == add["lambda"]:
+        assert [ta["test"][n] for n in MAIN_TASKS] == [r["multi"] for r in add["rows"]]
+
     models = [r["model"] for r in results["analogy"]]
     assert models[0] == "base (zero-shot)" and models[-1].startswith("analogy:")
     assert all(acc(r["target"]) and acc(r["source"]) for r in results["analogy"])
@@ -131,7 +147,8 @@ def test_compositions_are_well_formed(quick):
 def test_tables_and_heatmap_are_written(quick):
     out, stdout, results = quick
     md = (out / "results.md").read_text()
-    for title in ("### Fine-tuning", "### Negation", "### Addition", "### Analogy"):
+    for title in ("### Fine-tuning", "### Negation", "### Addition", "### Merge methods",
+                  "### Analogy"):
         assert title in md and title in stdout
     assert f"| topic | {results['acc_base']['test']['topic']:.3f} |" in md
     png = (out / "heatmap.png").read_bytes()

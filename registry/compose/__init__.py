@@ -7,6 +7,9 @@ from tvreg.util.lazy import lazy_exports
 #: public name -> the module of this package that defines it
 _EXPORTS = {
     "apply_to_checkpoint": "apply",
+    "compare_methods": "compare",
+    "CommandEvaluator": "eval_command",
+    "EvalCommandFailed": "eval_command",
     "check_output_path": "apply",
     "BaseMismatchWarning": "composition",
     "Composition": "composition",
@@ -50,6 +53,7 @@ _EXPORTS = {
 __all__ = ["BaseMismatchWarning", "Composition", "ExpressionError", "MAX_DEPTH", "MAX_LENGTH",
            "METHODS", "MagnitudeQuantile", "MergeParams", "Neg", "Number", "Operand",
            "Product", "RefNode", "Sum", "Term", "apply_to_checkpoint", "canonical",
+           "compare_methods", "CommandEvaluator", "EvalCommandFailed",
            "check_output_path", "dare_mask", "dare_seed", "dtype_label",
            "linear_terms", "merge_tensor", "needs_thresholds", "parse", "runs",
            "scale_grid", "search", "CheckpointVector", "MergePlan", "ReproduceResult",

@@ -1,20 +1,23 @@
 """A composition stored as a version (``save_composition``), and λ picked by a search over a
-grid (``search_coefficients``)."""
+grid (``search_coefficients``; its parts, ``base_state`` and ``scaled``, are also
+``compare_methods``'s)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tvreg.codecs.choose import check_level
 from tvreg.compose.composition import Composition, scale_grid, search
 from tvreg.compose.resolve import resolve
+from tvreg.errors import IncompatibleCheckpoints
 from tvreg.format.manifest import Manifest
 from tvreg.format.records import Metadata
 from tvreg.names import validate_name
 from tvreg.repo.bases import open_base
 from tvreg.repo.write import AfterInsert, CreateResult, store_version
+from tvreg.util.listings import listing
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
@@ -57,21 +60,50 @@ def save_composition(repo: Repo, name: str, comp: Composition, *, task: str | No
                          after_insert)
 
 
+def base_state(repo: Repo, base: Any, comp: Composition) -> dict:
+    """The base's tensors as a state dict: ``base`` is a checkpoint path, a stored base's name
+    or hash prefix, None (the stored base of ``comp``'s vectors), a state dict (kept as given,
+    not copied) or a ``torch.nn.Module``. Every tensor ``comp`` merges must be in it with its
+    shape (:class:`IncompatibleCheckpoints` otherwise, before any merge): a tensor missing
+    from the base would otherwise be left out of every evaluated model without a word."""
+    from tvreg.tensors.checkpoints import is_in_memory
+
+    if base is not None and not isinstance(base, (str, os.PathLike)) and is_in_memory(base):
+        base_sd = dict(base) if isinstance(base, Mapping) else dict(base.state_dict())
+    else:
+        with open_base(repo, base, comp.base_hash) as ck:
+            base_sd = {n: ck.tensor(n) for n in ck.names()}
+    check_fits(base_sd, comp)
+    return base_sd
+
+
+def check_fits(base_sd: dict, comp: Composition) -> None:
+    """:class:`IncompatibleCheckpoints` unless every tensor ``comp`` merges is in ``base_sd``
+    with its shape."""
+    missing = [e.name for e in comp.entries if e.name not in base_sd]
+    wrong = [f"{e.name} ({list(base_sd[e.name].shape)} in the base vs {list(e.shape)})"
+             for e in comp.entries
+             if e.name in base_sd and tuple(base_sd[e.name].shape) != tuple(e.shape)]
+    if missing or wrong:
+        parts = ([f"{len(missing)} tensor(s) missing: {listing(missing)}"] if missing else []) \
+            + ([f"{len(wrong)} of another shape: {listing(wrong)}"] if wrong else [])
+        raise IncompatibleCheckpoints("the base does not fit the vectors: " + "; ".join(parts))
+
+
+def scaled(base_sd: dict, merged: dict) -> Callable[[float], dict]:
+    """``make(λ)``: θ_base + λ·merged as a new state dict (summed in the merged tensors'
+    dtype, cast back to the base's, as apply does); tensors not merged are the base's own."""
+    def make(lam: float) -> dict:
+        return {n: (t.to(merged[n].dtype) + lam * merged[n]).to(t.dtype) if n in merged else t
+                for n, t in base_sd.items()}
+    return make
+
+
 def search_coefficients(repo: Repo, expression: str, evaluate: Callable[[dict], float],
                         grid: Any, *, base: Any = None, **params: Any) -> dict[str, Any]:
     """For each λ in ``grid``, θ_base + λ·merged scored by ``evaluate``; see
     :meth:`tvreg.Registry.search_coefficients`. The merged vector is computed once."""
     grid = scale_grid(grid)
     comp = resolve(repo, expression, **params)
-    merged = comp.state_dict()
-    if base is None or isinstance(base, (str, os.PathLike)):
-        with open_base(repo, base, comp.base_hash) as ck:
-            base_sd = {n: ck.tensor(n) for n in ck.names()}
-    else:
-        base_sd = dict(base)
-
-    def make(lam: float) -> dict:
-        return {n: (t.to(merged[n].dtype) + lam * merged[n]).to(t.dtype) if n in merged else t
-                for n, t in base_sd.items()}
-
-    return search(make, evaluate, grid)
+    base_sd = base_state(repo, base, comp)
+    return search(scaled(base_sd, comp.state_dict()), evaluate, grid)
