@@ -8,7 +8,7 @@ task vectors of 22.7M parameters. Each method runs, in this one process, alterna
   ``iso_utils.iso_c``, ``iso_utils.iso_cts``) on the task vectors as plain state dicts already
   in memory (its cost is the merge alone);
 * tvreg's ``merge_tensor`` on the same in-memory tensors (the same work);
-* the same, two names at a time (what a composition does on the host: the same results);
+* the same, two names at a time (tried: slower, not used by compositions);
 * tvreg end to end: ``reg.resolve(...).state_dict()`` from the stored vectors (decoding and
   verifying them included).
 
@@ -70,8 +70,10 @@ def _tvreg_kernel(method: str, vectors: list[dict]) -> dict:
 
 
 def _tvreg_kernel_concurrent(method: str, vectors: list[dict]) -> dict:
-    """As :func:`_tvreg_kernel`, two names at a time (what a composition does on the host for
-    the spectral methods: Composition._merge_depth); the same results bit for bit."""
+    """As :func:`_tvreg_kernel`, two names' SVDs at a time: the same results bit for bit, but
+    measured 2.5x slower on a quiet 2-core machine (MKL's threads of two SVDs fight over the
+    cores; with one thread each it is no better), so compositions merge one name at a time.
+    Kept as the measurement behind that choice."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tvreg.compose.merge import MergeParams, merge_tensor
@@ -192,7 +194,7 @@ def main() -> None:
         base_t = statistics.median(times["fusion"]) if times["fusion"] else float("nan")
         for tool, label in (("fusion", "fusion_bench 0.2.33 (in memory)"),
                             ("kernel", "tvreg merge_tensor (in memory)"),
-                            ("kernel2", "tvreg merge_tensor, 2 names at once (in memory)"),
+                            ("kernel2", "tvreg merge_tensor, 2 names at once (tried, not used)"),
                             ("e2e", "tvreg resolve().state_dict() (from the store)")):
             if not times[tool]:
                 rows.append((method, label + " — failed: " + failed[tool, method],

@@ -79,6 +79,10 @@ def compare_methods(reg, expression, eval_cmd, test_cmd, base, methods, lambdas,
                                      grid=grid, base=base, test=test_cmd, include=include,
                                      exclude=exclude, allow_base_mismatch=allow_base_mismatch,
                                      device=device, work_dir=work_dir, on_row=done)
+    edges = [r["label"] for r in result["rows"] if r["at_edge"]]
+    if edges:
+        message(f"note: the best lambda is at the edge of the grid for {', '.join(edges)}: "
+                "a wider --lambdas may find a better one")
     if as_json:
         emit_json(result)
         return

@@ -86,7 +86,8 @@ FULL = Settings(steps=60, doc_steps=60, batch_size=16, lr=5e-5, n_train=1200, n_
                 add_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
                 methods=("task_arithmetic", "ties", "dare_ties", "breadcrumbs", "tsv", "iso_c",
                          "iso_cts", "consensus"),
-                method_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
+                method_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0,
+                             5.0, 6.0),
                 oracle=True)
 QUICK = Settings(steps=16, doc_steps=6, batch_size=8, lr=2e-4, n_train=200, n_val=32,
                  n_test=64, neg_grid=(1.0,), add_grid=(0.5,),

@@ -90,6 +90,7 @@ def test_rows_are_search_coefficients_results(filled, zoo):
         scores = [s["score"] for s in row["scores"]]
         # the best λ is the argmax (the first one on a tie), its score the validation score
         assert row["best_lambda"] == GRID[scores.index(max(scores))]
+        assert row["at_edge"] == (row["best_lambda"] in (min(GRID), max(GRID)))
         assert row["validation"] == max(scores)
         for key, value in params.items():
             assert row["params"][key] == value
@@ -332,3 +333,12 @@ def test_interrupted_evaluation_leaves_no_file(filled, zoo, tmp_path):
         assert os.listdir(os.path.join(work, os.listdir(work)[0])) == []
     assert os.listdir(work) == []
     assert torch.equal(load_file(zoo.base)["head.bias"], sd["head.bias"])
+
+
+def test_search_coefficients_refuses_a_grid_that_is_not_finite(filled, zoo):
+    def never(state_dict):
+        raise AssertionError("nothing is evaluated")
+
+    for grid in ([0.5, float("inf")], [float("nan")], [True], ["x"]):
+        with pytest.raises(tvreg.InvalidInput, match="finite number"):
+            filled.search_coefficients(EXPR, never, grid, base=zoo.base)

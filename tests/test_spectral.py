@@ -4,8 +4,6 @@ of the shapes that matter (tall, wide, square, ranks below the task count)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from click.testing import CliRunner
@@ -225,19 +223,3 @@ def test_rank_deficient_matrices_as_fusion_bench(method, capsys):
         capsys.readouterr()
         assert rel_err(ours, theirs) <= 1e-4, shape
 
-
-@pytest.mark.parametrize("method", ["tsv", "iso_c", "iso_cts"])
-def test_names_merged_two_at_a_time_equal_one_at_a_time(filled, method, monkeypatch):
-    """On the host the spectral methods merge two names at once (Composition._merge_depth);
-    the tensors are bit for bit those of merging one name at a time."""
-    import tvreg.compose.composition as composition
-
-    comp = filled.resolve("sentiment + topic + 0.5*toxicity", method=method)
-    assert comp._merge_depth() == (2 if (os.cpu_count() or 1) >= 2 else 1)
-    at_once = comp.state_dict()
-    monkeypatch.setattr(composition.Composition, "_merge_depth", lambda self: 1)
-    one_by_one = comp.state_dict()
-    sequential = {n: t for n, t, _ in comp.stream(prefetch=False)}
-    assert list(at_once) == list(one_by_one) == list(sequential) == comp.names()
-    assert all(torch.equal(at_once[n], one_by_one[n]) and torch.equal(at_once[n], sequential[n])
-               for n in at_once)

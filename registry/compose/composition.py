@@ -474,6 +474,7 @@ class Composition:
         """``(name, merged tensor, buffer)`` on the host, as :meth:`iter_tensors`. A caller that
         is done with a tensor may hand its buffer to :meth:`recycle` (never use the tensor
         after that): the next tensors reuse the memory instead of faulting in fresh pages."""
+        from concurrent.futures import ThreadPoolExecutor
 
         self.check_ready()
         names = self.names()
@@ -485,64 +486,29 @@ class Composition:
                 for name in names:
                     yield name, self._merged(name), None
             else:
-                yield from self._pipelined(names)
+                # three stages at once: the operands of name i+1 are decoded while name i is
+                # merged and the caller uses name i-1
+                with ThreadPoolExecutor(1, thread_name_prefix="tvreg-decode") as decode_pool, \
+                        ThreadPoolExecutor(1, thread_name_prefix="tvreg-compose") as merge_pool:
+                    decoded = {j: decode_pool.submit(self._decoded, names[j])
+                               for j in range(min(2, len(names)))}
+                    pending = merge_pool.submit(self._merged, names[0], decoded.pop(0))
+                    try:
+                        for i, name in enumerate(names):
+                            tensor = pending.result()
+                            if i + 1 < len(names):
+                                pending = merge_pool.submit(self._merged, names[i + 1],
+                                                            decoded.pop(i + 1))
+                            if i + 2 < len(names):
+                                decoded[i + 2] = decode_pool.submit(self._decoded, names[i + 2])
+                            yield name, tensor, None
+                            del tensor
+                    finally:
+                        pending.cancel()
+                        for f in decoded.values():
+                            f.cancel()
         finally:
             self._buffers.clear()
-
-    def _merge_depth(self) -> int:
-        """How many names are merged at once: two for the spectral methods on the host with
-        two or more cores, else one. An SVD of one matrix keeps about one core busy (MKL's
-        gesdd is mostly memory-bound bidiagonalisation); two names' SVDs side by side use
-        both, with bit-identical results (each SVD is the same call; measured:
-        benchmarks/bench_merge_methods.py). The cost is memory: two names' operands at once."""
-        import os
-
-        import torch
-
-        on_gpu = self.device is not None or (
-            self._target is not None and torch.device(self._target).type == "cuda")
-        if self.params.method not in ("tsv", "iso_c", "iso_cts") or on_gpu:
-            return 1
-        return 2 if (os.cpu_count() or 1) >= 2 else 1
-
-    def _pipelined(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor, Any]]:
-        """The methods that need all k tensors of a name, in three stages at once: the
-        operands of the next names are decoded while ``depth`` names are merged (in order
-        of names) and the caller uses the one before."""
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
-        depth = self._merge_depth()
-        with ThreadPoolExecutor(1, thread_name_prefix="tvreg-decode") as decode_pool, \
-                ThreadPoolExecutor(depth, thread_name_prefix="tvreg-compose") as merge_pool:
-            decoded: dict[int, Future] = {}
-            merging: deque[Future] = deque()
-            state = {"decode": 0, "merge": 0}
-
-            def top_up() -> None:  # decodes up to depth + 1 names ahead, depth merges
-                while True:
-                    if state["decode"] < min(len(names), state["merge"] + depth + 1):
-                        j = state["decode"]
-                        decoded[j] = decode_pool.submit(self._decoded, names[j])
-                        state["decode"] += 1
-                    elif len(merging) < depth and state["merge"] < len(names):
-                        j = state["merge"]  # decoded[j] was submitted: decode > merge
-                        merging.append(merge_pool.submit(self._merged, names[j],
-                                                         decoded.pop(j)))
-                        state["merge"] += 1
-                    else:
-                        return
-
-            top_up()
-            try:
-                for name in names:
-                    tensor = merging.popleft().result()
-                    top_up()
-                    yield name, tensor, None
-                    del tensor
-            finally:
-                for f in (*merging, *decoded.values()):
-                    f.cancel()
 
     def recycle(self, buffer: Any) -> None:
         """Give back the buffer of a tensor from :meth:`stream` (None is ignored)."""
@@ -648,11 +614,25 @@ def _compute_device(device: Any, method: str) -> Any:
 
 
 def scale_grid(grid: Any) -> list[float]:
-    """The coefficient grid as a non-empty list of floats (:class:`InvalidInput` if empty)."""
+    """The coefficient grid as a non-empty list of finite floats (:class:`InvalidInput` if
+    empty, or for a value that is not a finite number)."""
+    import math
+
     values = list(grid)
     if not values:
         raise InvalidInput("the coefficient grid is empty")
-    return [float(v) for v in values]
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"the coefficient grid holds {v!r}: every λ must be a finite "
+                               "number") from None
+        if isinstance(v, bool) or not math.isfinite(f):
+            raise InvalidInput(f"the coefficient grid holds {v!r}: every λ must be a finite "
+                               "number")
+        out.append(f)
+    return out
 
 
 def search(make: Callable[[float], Any], evaluate: Callable[[Any], float],
