@@ -6,9 +6,11 @@ task vectors of 22.7M parameters. Each method runs, in this one process, alterna
 
 * fusion_bench's own function (``TSVM_utils.compute_and_sum_svd_mem_reduction``,
   ``iso_utils.iso_c``, ``iso_utils.iso_cts``) on the task vectors as plain state dicts already
-  in memory (its cost is the merge alone);
+  in memory (its cost is the merge alone), and once more with the base and fine-tuned
+  checkpoints read from their safetensors folders and subtracted first (its end to end, what
+  tvreg's from-the-store row compares with);
 * tvreg's ``merge_tensor`` on the same in-memory tensors (the same work);
-* the same, two names at a time (tried: slower, not used by compositions);
+* with ``--concurrent``, the same, two names at a time (tried: slower, not used);
 * tvreg end to end: ``reg.resolve(...).state_dict()`` from the stored vectors (decoding and
   verifying them included).
 
@@ -18,6 +20,7 @@ run in a fresh child (``--rss``, measured first, while this process is small) ar
 table with ratios against fusion_bench's time.
 
     python benchmarks/bench_merge_methods.py [--repeats 3] [--workdir DIR] [--rss]
+        [--methods iso_c,tsv,iso_cts] [--concurrent]
 """
 
 from __future__ import annotations
@@ -139,6 +142,8 @@ def main() -> None:
     ap.add_argument("--rss", action="store_true", help="also peak RSS, one child per run")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated, of " + ", ".join(METHODS))
+    ap.add_argument("--concurrent", action="store_true",
+                    help="also merge_tensor two names at a time (tried, slower, not used)")
     ap.add_argument("--one", nargs=2, metavar=("TOOL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -151,7 +156,7 @@ def main() -> None:
         if tool == "e2e":
             _tvreg_e2e(method, registry)
         else:
-            {"fusion": _fusion, "kernel": _tvreg_kernel,
+            {"fusion": _fusion, "fusion_e2e": _fusion, "kernel": _tvreg_kernel,
              "kernel2": _tvreg_kernel_concurrent}[tool](method, _vectors(work))
         return
     if not os.path.isdir(os.path.join(work, "ft2")):
@@ -163,10 +168,11 @@ def main() -> None:
             subprocess.run([*tv, "create", f"ft{k}", "--base", os.path.join(work, "base"),
                             "--finetuned", os.path.join(work, f"ft{k}"), "--no-similarities"],
                            check=True, capture_output=True)
+    tools = ["fusion", "fusion_e2e", "kernel", *(["kernel2"] if args.concurrent else []), "e2e"]
     rss: dict[tuple[str, str], float | None] = {}
     if args.rss:  # first, while this process is small (a child's ru_maxrss starts from ours)
         for method in methods:
-            for tool in ("fusion", "kernel", "kernel2", "e2e"):
+            for tool in tools:
                 peak = _child(["--workdir", work, "--one", tool, method])
                 rss[tool, method] = peak / 1e6 if peak is not None else None
     import torch
@@ -176,13 +182,14 @@ def main() -> None:
     rows = []
     failed: dict[tuple[str, str], str] = {}
     for method in methods:
-        times: dict[str, list[float]] = {"fusion": [], "kernel": [], "kernel2": [], "e2e": []}
+        times: dict[str, list[float]] = {tool: [] for tool in tools}
         results: dict[str, dict] = {}
         for _ in range(args.repeats):
             for tool in times:  # interleaved: the same machine state for all
                 t0 = time.perf_counter()
                 try:
                     out = (_fusion(method, vectors) if tool == "fusion" else
+                           _fusion(method, _vectors(work)) if tool == "fusion_e2e" else
                            _tvreg_kernel(method, vectors) if tool == "kernel" else
                            _tvreg_kernel_concurrent(method, vectors) if tool == "kernel2" else
                            _tvreg_e2e(method, registry))
@@ -193,15 +200,18 @@ def main() -> None:
                 results[tool] = out
         base_t = statistics.median(times["fusion"]) if times["fusion"] else float("nan")
         for tool, label in (("fusion", "fusion_bench 0.2.33 (in memory)"),
+                            ("fusion_e2e", "fusion_bench, checkpoints read and subtracted first"),
                             ("kernel", "tvreg merge_tensor (in memory)"),
                             ("kernel2", "tvreg merge_tensor, 2 names at once (tried, not used)"),
                             ("e2e", "tvreg resolve().state_dict() (from the store)")):
+            if tool not in times:
+                continue
             if not times[tool]:
                 rows.append((method, label + " — failed: " + failed[tool, method],
                              float("nan"), float("nan"), None, (float("nan"),) * 2))
                 continue
             t = statistics.median(times[tool])
-            err = (0.0, 0.0) if tool == "fusion" else (float("nan"),) * 2 \
+            err = (0.0, 0.0) if tool in ("fusion", "fusion_e2e") else (float("nan"),) * 2 \
                 if "fusion" not in results else (
                 _rel(results[tool], results["fusion"], posed),
                 _rel(results[tool], results["fusion"]))
