@@ -482,7 +482,7 @@ class Composition:
             if self.params.method == "task_arithmetic" and self.tensor_params is None \
                     and self.params.rule == "peft":
                 yield from self._task_arithmetic(names, ahead=prefetch)
-            elif not prefetch:
+            elif not prefetch or self._svds_on_host():
                 for name in names:
                     yield name, self._merged(name), None
             else:
@@ -509,6 +509,21 @@ class Composition:
                             f.cancel()
         finally:
             self._buffers.clear()
+
+    def _svds_on_host(self) -> bool:
+        """Whether this is a spectral merge whose SVDs run on the host. Those merge one name
+        at a time with nothing decoded beside them: MKL's SVD slows down sharply when other
+        threads take its cores, and decoding is the cheap part. Measured on the 2-core VM,
+        three MiniLM fine-tunes from the store (benchmarks/bench_merge_methods.py): TSV-M
+        11.6 s with the next name decoded in the background, 5.2 s without; Iso-C 1.9-3.0 s
+        against 1.6 s; decoding all three vectors takes 0.43 s."""
+        import torch
+
+        if self.params.method not in ("tsv", "iso_c", "iso_cts"):
+            return False
+        if self.device is not None:
+            return self.device.type != "cuda"
+        return self._target is None or torch.device(self._target).type != "cuda"
 
     def recycle(self, buffer: Any) -> None:
         """Give back the buffer of a tensor from :meth:`stream` (None is ignored)."""
