@@ -29,6 +29,7 @@ from tvreg.compose.eval_command import CommandEvaluator
 from tvreg.compose.merge import METHODS
 from tvreg.compose.resolve import resolve
 from tvreg.compose.save import base_state, check_fits, scaled
+from tvreg.compose.spectral import SPECTRAL_METHODS
 from tvreg.errors import InvalidInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +61,6 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 #: the λ grid when none is given: wide enough for task arithmetic's small λ (about 1/T for T
 #: tasks) and for the methods that average (TIES, the spectral ones: about 1)
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
-_SPECTRAL = frozenset({"tsv", "iso_c", "iso_cts"})
 
 Evaluate = Callable[[dict], Any]
 
@@ -184,7 +184,7 @@ def compare_methods(repo: Repo, expression: str, evaluate: Any, *, methods: Any 
     comps: list[Composition] = []
     for spec in specs:
         kw = dict(spec.params)
-        if device is not None and spec.method in _SPECTRAL:
+        if device is not None and spec.method in SPECTRAL_METHODS:
             kw["device"] = device
         try:
             comps.append(resolve(repo, expression, method=spec.method, include=include,

@@ -174,9 +174,8 @@ class Composition:
         #: ``tensor_params(name) -> (weights, densities or None)`` and ``to_json()``, kept in
         #: the recipe as ``parameters``; every tensor then goes through ``merge_tensor``
         self.tensor_params = tensor_params
-        if tensor_params is not None and params.trim == "global" and (
-                any("density" in m for m in tensor_params.models)
-                or isinstance(tensor_params.top.get("density"), (list, tuple, dict))):
+        if tensor_params is not None and params.trim == "global" \
+                and tensor_params.density_varies:
             raise InvalidInput("trim=global cuts each vector once, at one density; densities "
                                "per operand or per tensor need trim=tensor")
         #: where the spectral methods' SVDs run (None: the host, every core, unless the
@@ -193,7 +192,7 @@ class Composition:
                         if (inc is None or inc.search(t.name)) and not (exc and exc.search(t.name))]
         if not self.entries:
             raise InvalidInput("--include/--exclude leave no tensor to compose")
-        if params.method in ("tsv", "iso_c", "iso_cts") and not any(
+        if _is_spectral(params.method) and not any(
                 len(e.shape) == 2 and 0 not in e.shape for e in self.entries):
             raise InvalidInput(f"{params.method} merges matrices (2-D tensors); the composed "
                                "tensors have none (a spectral method would only average)")
@@ -437,13 +436,8 @@ class Composition:
         thresholds = self._global_thresholds() if needs_thresholds(self.params) else None
         import torch
 
-        compute = None
-        if self.params.method in ("tsv", "iso_c", "iso_cts"):
-            compute = self.device if self.device is not None else (
-                self._target if self._target is not None
-                and torch.device(self._target).type == "cuda" else None)
         out = merge_tensor(self.params, deltas, weights, name=name, thresholds=thresholds,
-                           densities=densities, device=compute, **extras)
+                           densities=densities, device=self._svd_device(), **extras)
         if out.device.type != "cpu" and (self._target is None
                                          or torch.device(self._target) != out.device):
             out = out.cpu()  # the caller wants it elsewhere (a file: the host)
@@ -510,6 +504,19 @@ class Composition:
         finally:
             self._buffers.clear()
 
+    def _svd_device(self) -> Any:
+        """Where a spectral method's SVDs run: the composition's device, else the CUDA device
+        the tensors are asked for on, else None (the host); None for other methods."""
+        import torch
+
+        if not _is_spectral(self.params.method):
+            return None
+        if self.device is not None:
+            return self.device
+        if self._target is not None and torch.device(self._target).type == "cuda":
+            return torch.device(self._target)
+        return None
+
     def _svds_on_host(self) -> bool:
         """Whether this is a spectral merge whose SVDs run on the host. Those merge one name
         at a time with nothing decoded beside them: MKL's SVD slows down sharply when other
@@ -517,13 +524,8 @@ class Composition:
         three MiniLM fine-tunes from the store (benchmarks/bench_merge_methods.py): TSV-M
         11.6 s with the next name decoded in the background, 5.2 s without; Iso-C 1.9-3.0 s
         against 1.6 s; decoding all three vectors takes 0.43 s."""
-        import torch
-
-        if self.params.method not in ("tsv", "iso_c", "iso_cts"):
-            return False
-        if self.device is not None:
-            return self.device.type != "cuda"
-        return self._target is None or torch.device(self._target).type != "cuda"
+        device = self._svd_device()
+        return _is_spectral(self.params.method) and (device is None or device.type != "cuda")
 
     def recycle(self, buffer: Any) -> None:
         """Give back the buffer of a tensor from :meth:`stream` (None is ignored)."""
@@ -607,13 +609,19 @@ class Composition:
                 f"tensors={len(self.entries)}>")
 
 
+def _is_spectral(method: str) -> bool:
+    from tvreg.compose.spectral import SPECTRAL_METHODS
+
+    return method in SPECTRAL_METHODS
+
+
 def _compute_device(device: Any, method: str) -> Any:
     """``device`` checked: a torch device the spectral methods can run on, or None."""
     if device is None:
         return None
     import torch
 
-    if method not in ("tsv", "iso_c", "iso_cts"):
+    if not _is_spectral(method):
         raise InvalidInput(f"a compute device has a meaning only for the spectral methods "
                            f"(tsv, iso_c, iso_cts), not for {method}")
     try:

@@ -20,7 +20,7 @@ from tvreg.compose.checkpoint_operand import CheckpointVector, checkpoint_base_h
 from tvreg.compose.composition import Composition, Operand
 from tvreg.compose.merge import WEIGHT_SPACE_METHODS, MergeParams, operand_setting_keys
 from tvreg.compose.recipe_yaml import recipe_config, recipe_config_yaml
-from tvreg.compose.settings import TensorParams, is_setting
+from tvreg.compose.settings import TensorParams, density_fallback, is_setting, stand_in_density
 from tvreg.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,10 +196,8 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
         own_scalars = {key: top[key] for key in OWN_PARAMS[method][1] if key != "t"}
         params = MergeParams(method=tv_method, t=scalars.get("t"), **own_scalars)
     elif rule == "peft":
-        dens = top.get("density")
-        if is_setting(dens) or (dens is None and any(
-                "density" in (m.get("parameters") or {}) for m in models)):
-            dens = 1.0  # a stand-in: the densities are per tensor (TensorParams below)
+        dens = stand_in_density(top.get("density"), any(
+            "density" in (m.get("parameters") or {}) for m in models))
         params = MergeParams(method=tv_method, density=dens,
                              seed=ext.get("seed", 0), trim=ext.get("trim", "tensor"),
                              majority_sign=ext.get("majority_sign", "total"),
@@ -299,12 +297,11 @@ def plan_merge(repo: Repo, config: str | os.PathLike | Mapping[str, Any], *,
             tensor_params = None
             if any(is_setting(mp.get("weight")) or "density" in mp for mp in settings) \
                     or is_setting(top.get("weight")) or is_setting(top.get("density")):
-                has_density = "density" in keys
-                dens = top.get("density")
+                default, required = density_fallback("density" in keys, "peft",
+                                                      top.get("density"))
                 tensor_params = TensorParams(
                     settings, {k: v for k, v in top.items() if k in ("weight", "density")},
-                    dens if has_density and not is_setting(dens) else None,
-                    weight_default=1.0, density_required=has_density)
+                    default, weight_default=1.0, density_required=required)
         else:  # rule mergekit
             extra = tuple(sorted(GTA_EXTRA.get(method, ())))
             tensor_params = TensorParams(

@@ -37,7 +37,7 @@ def split_settings(method: str, params: dict[str, Any], operand_params: Any = No
     from collections.abc import Mapping
 
     from tvreg.compose.merge import operand_setting_keys
-    from tvreg.compose.settings import is_setting
+    from tvreg.compose.settings import is_setting, stand_in_density
 
     keys = [k for k in operand_setting_keys(method) if k != "weight"]
     if method == "slerp":
@@ -49,15 +49,15 @@ def split_settings(method: str, params: dict[str, Any], operand_params: Any = No
             continue
         top[key] = value
         if is_setting(value):
-            scalars[key] = 1.0 if key == "density" else None
+            scalars[key] = None  # the method's default; the settings decide (density: below)
     for key, value in params.items():
         if key not in top and is_setting(value):
             raise InvalidInput(f"{key} cannot vary over tensors for {method} (per-tensor "
                                f"values: {', '.join(keys) or 'none'})")
-    if "density" in keys and params.get("density") is None and isinstance(
+    if "density" in keys:
+        scalars["density"] = stand_in_density(params.get("density"), isinstance(
             operand_params, Mapping) and any(isinstance(v, Mapping) and v.get("density")
-                                             is not None for v in operand_params.values()):
-        scalars["density"] = 1.0
+                                             is not None for v in operand_params.values()))
     return scalars, top
 
 
@@ -71,7 +71,7 @@ def resolve(repo: Repo, expression: str, *, method: str = "task_arithmetic", lam
     the layers and tensor names, :mod:`.settings`); ``operand_params`` maps an operand (its ref
     as written, or its position) to its own settings. No tensor is read here."""
     from tvreg.compose.merge import operand_setting_keys
-    from tvreg.compose.settings import is_setting, python_tensor_params
+    from tvreg.compose.settings import density_fallback, python_tensor_params
 
     scalars, top = split_settings(method, params, operand_params)
     merged = merge_params(method, scalars)
@@ -84,16 +84,7 @@ def resolve(repo: Repo, expression: str, *, method: str = "task_arithmetic", lam
                 f"(\"{run.text}\") to mean the vector, or write {run.spaced} with spaces to "
                 f"mean the difference", expression, run.column)
     keys = operand_setting_keys(method)
-    # the density of an operand no setting gives one: mergekit's rule falls back to its default
-    # (1); tvreg's (peft's) rule has none: every tensor of every operand must get one
-    default, required = None, False
-    if "density" in keys:
-        varies = is_setting(top.get("density"))
-        if merged.rule == "mergekit":
-            default = 1.0 if varies else merged.density
-        else:
-            default = None if varies or params.get("density") is None else merged.density
-            required = True
+    default, required = density_fallback("density" in keys, merged.rule, top.get("density"))
     tensor_params = python_tensor_params(
         keys, [t.ref for t in terms], [t.coef for t in terms], top, operand_params,
         density_default=default, density_required=required,

@@ -34,8 +34,8 @@ from tvreg.compose.merge import check_della
 from tvreg.compose.sparsify import EPSILON, GAMMA
 from tvreg.errors import InvalidInput
 
-__all__ = ["TensorParams", "evaluate_setting", "is_setting", "layer_positions",
-           "python_tensor_params", "scaled_setting"]
+__all__ = ["TensorParams", "density_fallback", "evaluate_setting", "is_setting",
+           "layer_positions", "python_tensor_params", "scaled_setting", "stand_in_density"]
 
 #: the numbered block of a tensor name: ``model.layers.3.`` (Llama, Mistral, Qwen; mergekit's
 #: own test models), ``encoder.layer.3.`` (BERT, RoBERTa), ``transformer.h.3.`` (GPT-2),
@@ -132,6 +132,11 @@ class TensorParams:
     #: what to call operand i in messages (default ``models[i]``, a config's own words)
     labels: list[str] | None = None
 
+    @property
+    def density_varies(self) -> bool:
+        """Whether any operand has a density of its own or the top-level one is a setting."""
+        return any("density" in m for m in self.models) or is_setting(self.top.get("density"))
+
     def _label(self, i: int) -> str:
         return self.labels[i] if self.labels else f"models[{i}]"
 
@@ -207,6 +212,29 @@ class TensorParams:
     def to_json(self) -> dict[str, Any]:
         """The settings as the recipe keeps them."""
         return {"models": self.models, "parameters": self.top}
+
+
+def stand_in_density(top_density: Any, per_operand: bool) -> Any:
+    """The density ``MergeParams`` gets: 1, a stand-in, where the densities vary (a top-level
+    setting, or densities given per operand and none at the top level: the per-tensor
+    settings decide); else the top-level number, or None."""
+    if is_setting(top_density) or (top_density is None and per_operand):
+        return 1.0
+    return top_density
+
+
+def density_fallback(has_density: bool, rule: str | None, top_density: Any
+                     ) -> tuple[float | None, bool]:
+    """``(density_default, density_required)`` of a :class:`TensorParams`: the density of an
+    operand that no setting gives one. mergekit's rule falls back to the top-level number, else
+    its default 1; tvreg's (peft's) rules have no default: the top-level number, else every
+    tensor of every operand must get one from a setting."""
+    if not has_density:
+        return None, False
+    number = None if is_setting(top_density) or top_density is None else float(top_density)
+    if rule == "mergekit":
+        return (1.0 if number is None else number), False
+    return number, True
 
 
 def python_tensor_params(method_keys: Sequence[str], refs: list[str], coefs: list[float],

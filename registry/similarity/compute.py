@@ -22,7 +22,6 @@ Results do not depend on which vector of a pair is X, nor on insertion order.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import functools
 import hashlib
@@ -303,15 +302,13 @@ class _Spectra:
 
 
 def one_blas_thread():
-    """A context in which BLAS/LAPACK run one thread per call (threadpoolctl, where installed;
-    otherwise nothing changes): the passes already run one spectrum per worker of the operand
-    pool, and OpenBLAS threads inside each of them fight over the same cores. Measured on 2
-    cores: ``eigh`` of a 1024×1024 Gram matrix on 2 threads at once took 1.8-2.6 s each with
-    OpenBLAS's own threads, 0.4-0.7 s with one each (benchmarks/bench_similarity.py)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - an optional speed-up
-        return contextlib.nullcontext()
+    """A context in which BLAS/LAPACK run one thread per call (threadpoolctl): the passes
+    already run one spectrum per worker of the operand pool, and OpenBLAS threads inside each
+    of them fight over the same cores. Measured on 2 cores: ``eigh`` of a 1024×1024 Gram
+    matrix on 2 threads at once took 1.8-2.6 s each with OpenBLAS's own threads, 0.4-0.7 s
+    with one each (benchmarks/bench_similarity.py)."""
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 
