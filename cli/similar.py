@@ -47,8 +47,9 @@ def similar(reg, refs, k, matrix, plot_path, by, as_json):
     Values were computed when the vectors were stored (docs/similarity.md); `~` marks a cosine
     estimated from sketches (bases with very many vectors).
     """
-    if by not in ("cosine", "alignment"):  # before any work (the library checks it too)
-        raise InvalidInput(f"invalid --by {by!r}: one of cosine, alignment")
+    from tvreg.similarity.compute import check_by  # numpy: not at start-up
+
+    check_by(by)  # before any work (a --plot path is checked next)
     if plot_path and not matrix:
         raise InvalidInput("--plot needs --matrix")
     if matrix:
