@@ -119,12 +119,13 @@ def _register() -> None:
         query,
         recode,
         remote,
+        serve,
         similar,
         vectors,
     )
 
     for module in (vectors, recode, compose, merge, compare, query, similar, bases, remote,
-                   maintenance):
+                   serve, maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)
 

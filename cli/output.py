@@ -12,32 +12,11 @@ from typing import Any
 
 import click
 
-
-def _default(v: Any) -> Any:
-    if isinstance(v, _dt.datetime):
-        return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if v.tzinfo is None else v.isoformat()
-    if isinstance(v, (_dt.date, _dt.time)):
-        return v.isoformat()
-    if isinstance(v, bytes):
-        return v.hex()
-    if hasattr(v, "item"):          # numpy scalars
-        return v.item()
-    return str(v)
-
-
-def _finite(v: Any) -> Any:
-    """NaN and infinities have no JSON spelling: they become null."""
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
+from tvreg.util.jsonable import dumps, json_default
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(_finite(obj), default=_default, indent=2, allow_nan=False))
+    click.echo(dumps(obj))
 
 
 def message(text: str) -> None:
@@ -65,7 +44,7 @@ def cell(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(cell(x) for x in v)
     if isinstance(v, dict):
-        return json.dumps(v, default=_default, sort_keys=True)
+        return json.dumps(v, default=json_default, sort_keys=True)
     return str(v)
 
 

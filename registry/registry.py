@@ -670,10 +670,13 @@ class Registry:
         cols, rows = self.sql_table(query)
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
-    def sql_table(self, query: str) -> tuple[list[str], list[tuple]]:
-        """:meth:`sql` as ``(columns, rows)`` (what ``tvreg sql`` prints)."""
+    def sql_table(self, query: str, *, max_rows: int | None = None,
+                  timeout: float | None = None) -> tuple[list[str], list[tuple]]:
+        """:meth:`sql` as ``(columns, rows)`` (what ``tvreg sql`` prints). ``max_rows``: fetch
+        at most ``max_rows + 1`` rows (more than ``max_rows`` back means the result was cut);
+        ``timeout``: stop the query after that many seconds (:class:`SQLError`)."""
         self.repo.require()
-        return self.catalog.sql(query)
+        return self.catalog.sql(query, max_rows=max_rows, timeout=timeout)
 
     # --- export ----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ LAYERS = {
     "repo": 4,
     "maintenance": 5, "compose": 5, "similarity": 5, "remote": 5,
     "registry": 6, "__init__": 6,
-    "testing": 7,
+    "testing": 7, "web": 7,
 }
 #: the floor: every module may import it
 FLOOR = {"errors"}

@@ -8,6 +8,7 @@ from tvreg.util.lazy import lazy_exports
 _EXPORTS = {
     "CODEC_COLUMNS": "db",
     "Catalog": "db",
+    "CatalogSnapshot": "snapshot",
     "codec_columns": "db",
     "codec_values": "db",
     "forget_similarity_rows": "db",
@@ -21,8 +22,8 @@ _EXPORTS = {
     "SKETCH_DIM": "sketches",
 }
 
-__all__ = ["CODEC_COLUMNS", "Catalog", "SKETCH_DIM", "codec_columns", "codec_values",
-           "forget_similarity_rows",
+__all__ = ["CODEC_COLUMNS", "Catalog", "CatalogSnapshot", "SKETCH_DIM", "codec_columns",
+           "codec_values", "forget_similarity_rows",
            "insert_rows", "prune_similarity_rows", "sandbox", "tag_row", "timestamp",
            "user_query", "version_row"]
 

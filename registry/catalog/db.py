@@ -326,11 +326,13 @@ class Catalog:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
-    def sql(self, query: str) -> tuple[list[str], list[tuple]]:
+    def sql(self, query: str, *, max_rows: int | None = None, timeout: float | None = None
+            ) -> tuple[list[str], list[tuple]]:
         """Run one read-only statement for a user: SELECT (incl. DESCRIBE/SHOW) or EXPLAIN only,
-        on a connection that can neither write the catalog nor touch any other file."""
+        on a connection that can neither write the catalog nor touch any other file (limits:
+        :func:`user_query`)."""
         with self.reader(sandboxed=True) as con:
-            return user_query(con, query)
+            return user_query(con, query, max_rows=max_rows, timeout=timeout)
 
 
 def sandbox(con: duckdb.DuckDBPyConnection) -> None:
@@ -339,9 +341,14 @@ def sandbox(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def user_query(con: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], list[tuple]]:
+def user_query(con: duckdb.DuckDBPyConnection, query: str, *, max_rows: int | None = None,
+               timeout: float | None = None) -> tuple[list[str], list[tuple]]:
     """One user statement on a sandboxed connection: SELECT (incl. DESCRIBE/SHOW) or EXPLAIN.
-    JSON columns (meta, parents, recipe, …) come back as values, not as text."""
+    JSON columns (meta, parents, recipe, …) come back as values, not as text.
+
+    ``max_rows``: fetch at most ``max_rows + 1`` rows (one more than shown tells the caller the
+    result was cut); ``timeout``: interrupt the statement after that many seconds
+    (:class:`SQLError`). ``tvreg serve``'s console sets both; ``tvreg sql`` neither."""
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as e:
@@ -355,14 +362,23 @@ def user_query(con: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], l
         if kind == "LOAD" and words and words[0].upper() in ("INSTALL", "FORCE"):
             kind = "INSTALL"
         raise SQLError(f"tvreg sql is read-only: {kind} statements are not allowed")
+    timer = threading.Timer(timeout, con.interrupt) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         cur = con.execute(query)
         if not cur.description:
             return [], []
         cols = [d[0] for d in cur.description]
-        rows = cur.fetchall()
+        rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
+    except duckdb.InterruptException:
+        raise SQLError(f"query stopped after {timeout:g}s (the time limit)") from None
     except duckdb.Error as e:
         raise SQLError(_one_line(e)) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     as_json = [i for i, d in enumerate(cur.description) if str(d[1]) == "JSON"]
     if as_json:
         rows = [tuple(json.loads(v) if i in as_json and isinstance(v, str) else v

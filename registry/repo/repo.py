@@ -166,6 +166,16 @@ class Repo:
         """Read what changed since this object first read the registry. A local registry is
         always read as it is; a registry opened by URL refreshes its cached catalog."""
 
+    def read_catalog_from_memory(self, check_interval: float = 0.0) -> None:
+        """Read the catalog from now on from an in-memory copy of its file, copied again when
+        the file changes (:class:`~tvreg.catalog.snapshot.CatalogSnapshot`): for a reader that
+        serves many concurrent queries (``tvreg serve``). Writes still go to the file."""
+        from tvreg.catalog.snapshot import CatalogSnapshot
+
+        if not isinstance(self.catalog, CatalogSnapshot):
+            self.catalog = CatalogSnapshot(self.catalog.path, self.catalog.timeout,
+                                           check_interval=check_interval)
+
     @property
     def scratch(self) -> str:
         """The registry's scratch folder (staging of writes in progress)."""
