@@ -456,6 +456,30 @@ def test_serve_a_directory_remote_by_url(web_registry):
         assert {r["name"] for r in got} >= {"sentiment", "topic", "toxicity", "multi"}
 
 
+def test_a_registry_opened_by_url_is_read_again(web_registry, zoo, tmp_path):
+    """--refresh: a version pushed while serving appears without a restart."""
+    import time
+
+    remote = tmp_path / "remote"
+    with tvreg.open(tmp_path / "local") as reg:
+        reg.create("first", zoo.base, zoo.finetuned["topic"])
+        reg.add_remote("origin", str(remote))
+        reg.push("origin")
+        with tvreg_serve(f"file://{remote}", "--refresh", "0.3",
+                         env={"TVREG_CACHE": str(tmp_path / "cache")}) as s:
+            assert [r["name"] for r in _json(s, "/api/versions")] == ["first"]
+            reg.create("second", zoo.base, zoo.finetuned["sentiment"])
+            reg.push("origin")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                names = [r["name"] for r in _json(s, "/api/versions")]
+                if names == ["first", "second"]:
+                    break
+                time.sleep(0.2)
+            assert names == ["first", "second"]
+            assert "second@1" in _html(s, "/")
+
+
 def test_serve_an_s3_remote_by_url(web_registry, s3_endpoint):
     import s3fs
 
