@@ -210,7 +210,7 @@ class WebView:
         n = _int_param(request, "n", MATRIX_DEFAULT, 2, MATRIX_MAX)
         refs, total = queries.base_versions(self.reg, base_hash, n)
         matrix = self.reg.similarity_matrix(refs, by) if refs else None
-        heat = (charts.heatmap(matrix.labels, matrix.values, matrix.exact, by)
+        heat = (charts.heatmap(matrix.labels, matrix.values, matrix.exact, by, matrix.vector_ids)
                 if matrix is not None and matrix.labels else None)
         names = [r["name"] for r in self.reg.catalog.rows(
             "SELECT name FROM base_names WHERE base_hash = ? ORDER BY name", [base_hash])]

@@ -39,9 +39,11 @@ class Heatmap:
     height: int = 0
 
 
-def heatmap(labels: list[str], values: Any, exact: Any, by: str) -> Heatmap:
+def heatmap(labels: list[str], values: Any, exact: Any, by: str,
+            vector_ids: list[str] | None = None) -> Heatmap:
     """The heatmap of a similarity matrix (``values[i][j]``, NaN where unknown; ``exact``:
-    False where estimated from sketches)."""
+    False where estimated from sketches). A cell links to its pair's page unless both refs hold
+    one vector (``vector_ids``: there is no pair to show)."""
     n = len(labels)
     cell = 36 if n <= 12 else 24 if n <= 30 else 14 if n <= 80 else 8
     margin = min(220, 12 + 7 * max((len(x) for x in labels), default=4))
@@ -55,10 +57,12 @@ def heatmap(labels: list[str], values: Any, exact: Any, by: str) -> Heatmap:
             v = float(values[i][j])
             known = math.isfinite(v)
             text = (f"{'' if exact[i][j] else '~'}{v:.4f}" if known else "no value")
+            same = i != j and vector_ids is not None and vector_ids[i] == vector_ids[j]
             h.cells.append({
                 "x": margin + j * cell, "y": margin + i * cell, "fill": colour(
                     v if known else None, low, 1.0),
-                "a": labels[i], "b": labels[j], "value": text, "link": i != j,
+                "a": labels[i], "b": labels[j], "value": text, "link": i != j and not same,
+                "note": " (the same vector)" if same else "",
                 "show": cell >= 36 and known,
                 "short": f"{v:.2f}" if known else "",
                 "dark": known and abs(v - (low + 1.0) / 2) > 0.6 * (1.0 - low) / 2,
@@ -139,7 +143,7 @@ def layer_bars(layers: list[dict[str, Any]]) -> Bars:
         zero = cos_x0 + plot_w / 2
         cos_w = (abs(c) * plot_w / 2) if c is not None else 0.0
         rows.append({
-            "label": layer["layer"], "y": y, "ty": y + row_h / 2 + 4,
+            "label": layer["layer"], "y": y, "h": row_h, "ty": y + row_h / 2 + 4,
             "cos_x": zero if (c or 0) >= 0 else zero - cos_w, "cos_w": cos_w,
             "cos_fill": colour(c), "cos_text": "-" if c is None else f"{c:.4f}",
             "sign_x": sign_x0, "sign_w": (s * plot_w) if s is not None else 0.0,
