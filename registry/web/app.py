@@ -46,6 +46,9 @@ SQL_TIMEOUT = 10.0
 #: rows of a query result shown on the console's page (the download has them all)
 SQL_SHOWN = 500
 MATRIX_DEFAULT, MATRIX_MAX = 40, 150
+#: versions asked for per vector shown in a version's "most similar" (several versions may hold
+#: one vector: a sweep's copies)
+SIMILAR_SPREAD = 4
 
 
 def _environment() -> jinja2.Environment:
@@ -126,6 +129,21 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def group_similar(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """``similar``'s rows with one row per vector (its first version), the other versions that
+    hold the same vector in ``also``; at most ``limit`` vectors, best first."""
+    out: list[dict[str, Any]] = []
+    by_vector: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        seen = by_vector.get(r["vector_id"])
+        if seen is not None:
+            seen["also"].append(r["ref"])
+        elif len(out) < limit:
+            by_vector[r["vector_id"]] = {**r, "also": []}
+            out.append(by_vector[r["vector_id"]])
+    return out
+
+
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(obj) + "\n", status_code=status, media_type="application/json",
                     headers=headers)
@@ -192,7 +210,7 @@ class WebView:
         graph = charts.lineage_graph(nodes, edges, info["vector_id"]) if edges else None
         similar, similar_error = [], None
         try:
-            similar = self.reg.similar(info["ref"], 10)
+            similar = group_similar(self.reg.similar(info["ref"], 10 * SIMILAR_SPREAD), 10)
         except TvregError as e:
             similar_error = _one_line(e)
         return self.page("version.html", title=info["ref"], info=info, extras=extras,
