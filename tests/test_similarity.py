@@ -128,6 +128,9 @@ def test_matrix_skips_refs_of_another_base(filled, tmp_path):
     assert m.labels == ["sentiment@1", "topic@1"]
     assert [s["ref"] for s in m.skipped] == ["other-topic@1"]
     assert "another base model" in m.skipped[0]["reason"]
+    # NAME@N refs are read from the catalog instead: the same matrix
+    by_version = filled.similarity_matrix(["sentiment@1", "other-topic@1", "topic@1"])
+    assert by_version.to_json() == m.to_json()
     with pytest.raises(InvalidInput, match="2 bases"):
         filled.similarity_matrix()  # latest of every name spans two bases
     # vectors of different bases are never paired
@@ -182,6 +185,21 @@ def test_beyond_the_exact_limit_queries_use_sketches(zoo, tmp_path):
     rows = reg.similar("sentiment")
     assert len(rows) == 2 and not any(r["exact"] for r in rows)
     assert all(-1.5 < r["cosine"] < 1.5 for r in rows)
+    # the matrix estimates every pair from the catalog's sketches, whatever the refs' form
+    reg.tag("topic@1", "prod")
+    m = reg.similarity_matrix(["sentiment@1", "topic@1", "toxicity@1"])
+    same = reg.similarity_matrix(["sentiment", "topic@prod", "toxicity"])
+    assert same.labels == m.labels == ["sentiment@1", "topic@1", "toxicity@1"]
+    assert same.vector_ids == m.vector_ids
+    assert np.array_equal(same.values, m.values) and np.array_equal(same.exact, m.exact)
+    assert not m.exact[0, 1] and m.exact[0, 0]
+    with reg.catalog.reader() as con:
+        sketch = {v: (n, np.asarray(s, dtype=np.float64)) for v, n, s in con.execute(
+            "SELECT vector_id, norm, sketch FROM vector_stats").fetchall()}
+    (na, a), (nb, b) = sketch[m.vector_ids[0]], sketch[m.vector_ids[1]]
+    assert m.values[0, 1] == m.values[1, 0] == float(a @ b) / (na * nb)
+    with pytest.raises(NotFound, match="sentiment@9"):
+        reg.similarity_matrix(["sentiment@1", "sentiment@9"])
 
 
 # --- the sketch ---------------------------------------------------------------------------------
