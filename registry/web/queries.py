@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tvreg.compose.settings import LAYER
+from tvreg.catalog.snapshot import CatalogSnapshot
 from tvreg.errors import InvalidInput, NotFound
-from tvreg.names import validate_name
+from tvreg.names import LAYER, validate_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.registry import Registry
@@ -186,8 +188,37 @@ def _add_tags_and_base_names(con, rows: list[dict[str, Any]]) -> None:
         r["base_names"] = base_names.get(r["base_hash"], [])
 
 
+#: results computed once per copy of a catalog: catalog -> {key: (generation, value)}
+_PER_COPY: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, Any]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def per_copy(reg: Registry, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, computed once per copy of the catalog when it is read from memory
+    (:class:`~tvreg.catalog.snapshot.CatalogSnapshot`: a new copy when the file changes, so a
+    result is never older than the copy the request would read); every time otherwise. The
+    value is shared between requests: callers must not change it."""
+    catalog = reg.catalog
+    if not isinstance(catalog, CatalogSnapshot):
+        return compute()
+    catalog.current()  # copied again first if the file changed
+    generation = catalog.copies
+    cache = _PER_COPY.setdefault(catalog, {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] == generation:
+        return hit[1]
+    value = compute()  # reads this copy or a newer one: never older than `generation`
+    cache[key] = (generation, value)
+    return value
+
+
 def summary(reg: Registry) -> dict[str, Any]:
-    """Counts for the overview's header, the bases with their counts, the newest versions."""
+    """Counts for the overview's header, the bases with their counts, the newest versions
+    (once per copy of the catalog: the same for every page until the catalog changes)."""
+    return per_copy(reg, "summary", lambda: _summary(reg))
+
+
+def _summary(reg: Registry) -> dict[str, Any]:
     with reg.catalog.reader() as con:
         counts = _dicts(con.execute("""
             SELECT (SELECT count(DISTINCT name) FROM versions) AS names,
@@ -252,21 +283,67 @@ def lineage(reg: Registry, vector_id: str, *, up: int = 3, down: int = 2,
     """The vectors ``vector_id`` was composed from (``up`` generations) and those composed from
     it (``down``), at most ``width`` per generation: nodes (level < 0: ancestors) and edges
     ``(parent, child, label)`` (label: the parent's coefficient in the child's recipe)."""
-    rows = reg.catalog.rows("""
-        SELECT name, version, vector_id, parents, recipe FROM versions
-        QUALIFY row_number() OVER (PARTITION BY vector_id ORDER BY created_at, name) = 1""")
-    by_id: dict[str, dict[str, Any]] = {}
-    children: dict[str, list[str]] = {}
-    for r in rows:
-        r["parents"] = _json_list(r["parents"])
-        by_id[r["vector_id"]] = r
-        for p in r["parents"]:
-            children.setdefault(p, []).append(r["vector_id"])
+    with reg.catalog.reader() as con:
+        return _lineage(_LineageRows(con), vector_id, up, down, width)
+
+
+#: a vector's row in a lineage: its first version (the oldest; by name on a tie)
+_FIRST_VERSION = "QUALIFY row_number() OVER (PARTITION BY vector_id ORDER BY created_at, name) = 1"
+
+
+class _LineageRows:
+    """The rows a lineage needs, read as the walk reaches them (a few small queries instead of
+    every version's parents parsed in Python): ``by_id`` (a vector's first version) and
+    ``children_of``."""
+
+    def __init__(self, con) -> None:
+        self.con = con
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self._fetched: set[str] = set()
+
+    def _add(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            r["parents"] = _json_list(r["parents"])
+            self.by_id[r["vector_id"]] = r
+            self._fetched.add(r["vector_id"])
+
+    def fetch(self, ids: list[str]) -> None:
+        """Read the rows of ``ids`` not read yet."""
+        missing = sorted(set(ids) - self._fetched)
+        if missing:
+            self._add(_dicts(self.con.execute(f"""
+                SELECT name, version, vector_id, parents, recipe FROM versions
+                WHERE vector_id IN (SELECT unnest(?)) {_FIRST_VERSION}""", [missing])))
+            self._fetched.update(missing)
+
+    def children_of(self, ids: list[str]) -> dict[str, list[str]]:
+        """The vectors whose first version names one of ``ids`` as a parent, per parent."""
+        out: dict[str, list[str]] = {}
+        if not ids:
+            return out
+        rows = _dicts(self.con.execute(f"""
+            SELECT name, version, vector_id, parents, recipe FROM versions
+            WHERE vector_id IN (SELECT vector_id FROM versions WHERE parents <> '[]'
+                                AND list_has_any(json_extract_string(parents, '$[*]'), ?))
+            {_FIRST_VERSION}""", [ids]))
+        self._add([r for r in rows if r["vector_id"] not in self._fetched])
+        wanted = set(ids)
+        for r in rows:
+            for p in self.by_id[r["vector_id"]]["parents"]:
+                if p in wanted:
+                    out.setdefault(p, []).append(r["vector_id"])
+        return out
+
+
+def _lineage(rows: _LineageRows, vector_id: str, up: int, down: int, width: int
+             ) -> tuple[list[Node], list[tuple[str, str, str | None]]]:
+    by_id = rows.by_id
     nodes = {vector_id: 0}
     edges: set[tuple[str, str]] = set()
     frontier = [vector_id]
     for level in range(1, up + 1):
         nxt = []
+        rows.fetch(frontier)
         for vid in frontier:
             for p in (by_id.get(vid, {}).get("parents") or [])[:width]:
                 edges.add((p, vid))
@@ -277,6 +354,7 @@ def lineage(reg: Registry, vector_id: str, *, up: int = 3, down: int = 2,
     frontier = [vector_id]
     for level in range(1, down + 1):
         nxt = []
+        children = rows.children_of(frontier)
         for vid in frontier:
             for c in sorted(children.get(vid, []))[:width]:
                 edges.add((vid, c))
@@ -297,6 +375,7 @@ def lineage(reg: Registry, vector_id: str, *, up: int = 3, down: int = 2,
                 moved = True
         if not moved:
             break
+    rows.fetch(list(nodes))
     out = []
     for vid, level in nodes.items():
         known = by_id.get(vid)
