@@ -1,4 +1,5 @@
-"""Vector names, tag names and refs (``NAME``, ``NAME@N``, ``NAME@TAG``, id prefix)."""
+"""Vector names, tag names and refs (``NAME``, ``NAME@N``, ``NAME@TAG``, id prefix); the layer
+number in a tensor's name."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ MAX_TAG_LEN = 64
 MIN_ID_PREFIX = 6
 #: the largest version number (the catalog keeps them in a 32-bit INTEGER column)
 MAX_VERSION = 2**31 - 1
+#: the numbered block of a tensor name: ``model.layers.3.`` (Llama, Mistral, Qwen; mergekit's
+#: own test models), ``encoder.layer.3.`` (BERT, RoBERTa), ``transformer.h.3.`` (GPT-2),
+#: ``block.3.`` (T5), ``blocks.3.`` / ``resblocks.3.`` (ViT, CLIP); the first one in the name
+#: (here, not in tvreg.compose.settings which uses it, so that reading it imports no torch)
+LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
 
 _COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _TAG = re.compile(r"[a-z][a-z0-9._-]*")

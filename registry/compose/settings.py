@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,14 +32,11 @@ from typing import Any
 from tvreg.compose.merge import check_della
 from tvreg.compose.sparsify import EPSILON, GAMMA
 from tvreg.errors import InvalidInput
+from tvreg.names import LAYER
 
 __all__ = ["TensorParams", "density_fallback", "evaluate_setting", "is_setting",
            "layer_positions", "python_tensor_params", "scaled_setting", "stand_in_density"]
 
-#: the numbered block of a tensor name: ``model.layers.3.`` (Llama, Mistral, Qwen; mergekit's
-#: own test models), ``encoder.layer.3.`` (BERT, RoBERTa), ``transformer.h.3.`` (GPT-2),
-#: ``block.3.`` (T5), ``blocks.3.`` / ``resblocks.3.`` (ViT, CLIP); the first one in the name
-LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
 #: the keys a setting may be given for (per operand; ``t`` at the top level only)
 SETTING_KEYS = ("weight", "density", "gamma", "epsilon", "t")
 
