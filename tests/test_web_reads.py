@@ -3,6 +3,9 @@ as it goes, not every version's parents), and results kept once per copy of the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import tvreg
@@ -74,3 +77,15 @@ def test_summary_of_a_catalog_read_from_its_file(tmp_path, zoo):
     first = queries.summary(reg)  # no copy to key it on: computed every time
     assert first == queries.summary(reg) and queries.summary(reg) is not first
     reg.close()
+
+
+def test_the_web_view_imports_no_torch():
+    """The server's pages need no torch (its objects made every full pass of the cyclic
+    collector walk 140,000 more)."""
+    code = ("import sys; import tvreg.web.app, tvreg.web.server; from tvreg.web import queries; "
+            "queries.layers_of([{'tensor': 'h.0.w', 'dot': 1.0, 'n_both_material': 1, "
+            "'n_sign_conflicts': 0, 'norm_a': 1.0, 'norm_b': 1.0}]); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
