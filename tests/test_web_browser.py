@@ -306,8 +306,9 @@ def test_lineage_graph_links_to_the_parents(site, page):
     goto(page, site.url + "/versions/combo/1")
     nodes = page.locator("#lineage svg g.node")
     labels = sorted(t.strip() for t in nodes.locator("text").all_text_contents())
-    # a parent shows as the first version that holds its vector
-    assert labels == ["combo@1", "sentiment@1", "topic@1", "toxicity@1"]
+    # a parent shows as the recipe names it (sentiment@2), not as the first version holding
+    # its vector (sentiment@1 holds the same one)
+    assert labels == ["combo@1", "sentiment@2", "topic@1", "toxicity@1"]
     assert page.locator("#lineage g.node.focus text").text_content() == "combo@1"
     assert page.locator("#lineage path.edge").count() == 3
     assert sorted(page.locator("#lineage text.edge-label").all_text_contents()) == [

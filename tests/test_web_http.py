@@ -150,6 +150,8 @@ def test_api_remotes(server):
     ("/api/similar/sentiment?k=0", 400, "invalid k"),
     ("/api/matrix?base=ffff", 404, "no base"),
     ("/api/matrix?base=a&refs=b", 400, "not both"),
+    ("/api/matrix?refs=" + ",".join(["topic"] * 501), 400, "too many refs (501): at most 500"),
+    ("/api/matrix?base=ffff&n=501", 400, "invalid n 501"),
     ("/api/sql", 400, "missing parameter 'q'"),
     ("/api/sql?q=DROP%20TABLE%20versions", 400, "read-only"),
     ("/api/sql?q=SELECT%201&format=xml", 400, "json or csv"),
@@ -181,7 +183,7 @@ def test_every_page_renders(server, web_registry):
         (f"/bases/{base}?by=alignment&n=3", "alignment heatmap"),
         ("/pair?a=sentiment@1&b=topic@1", "sign-conflict rate"),
         ("/sql", "read-only statement"),
-        ("/sql?q=SELECT%20count(*)%20AS%20n%20FROM%20versions", "<td>6</td>"),
+        ("/sql?q=SELECT%20count(*)%20AS%20n%20FROM%20versions", ">6</td>"),
         ("/remotes", "origin"),
         ("/remotes/origin?all=1", "sentiment@2"),
     ]:
@@ -500,3 +502,13 @@ def test_serve_an_s3_remote_by_url(web_registry, s3_endpoint):
         base = _json(s, "/api/versions/sentiment/2")["base_hash"]
         assert "heatmap" in _html(s, f"/bases/{base}")
         assert s.get("/", method="POST")[0] == 405
+
+
+def test_large_responses_are_compressed_for_clients_that_ask(server):
+    import gzip
+
+    code, headers, body = server.get("/api/versions?all=1", {"Accept-Encoding": "gzip"})
+    assert code == 200 and headers.get("content-encoding") == "gzip"
+    assert "content-security-policy" in headers
+    assert json.loads(gzip.decompress(body)) == _json(server, "/api/versions?all=1")
+    assert "content-encoding" not in server.get("/api/versions?all=1")[1]

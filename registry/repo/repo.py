@@ -44,9 +44,10 @@ from tvreg.storage.objects import ObjectDB
 from tvreg.stores import LocalStore, MissingKey, Store
 from tvreg.stores.local import TMP_PREFIX
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:
     import torch
 
+    from tvreg.catalog.snapshot import CatalogSnapshot
     from tvreg.tensors.stored_base import StoredBase
     from tvreg.tensors.taskvector import TaskVector
 
@@ -166,7 +167,7 @@ class Repo:
         """Read what changed since this object first read the registry. A local registry is
         always read as it is; a registry opened by URL refreshes its cached catalog."""
 
-    def read_catalog_from_memory(self, check_interval: float = 0.0) -> None:
+    def read_catalog_from_memory(self, check_interval: float = 0.0) -> CatalogSnapshot:
         """Read the catalog from now on from an in-memory copy of its file, copied again when
         the file changes (:class:`~tvreg.catalog.snapshot.CatalogSnapshot`): for a reader that
         serves many concurrent queries (``tvreg serve``). Writes still go to the file."""
@@ -175,6 +176,7 @@ class Repo:
         if not isinstance(self.catalog, CatalogSnapshot):
             self.catalog = CatalogSnapshot(self.catalog.path, self.catalog.timeout,
                                            check_interval=check_interval)
+        return self.catalog
 
     @property
     def scratch(self) -> str:

@@ -24,6 +24,8 @@ from urllib.parse import quote
 import jinja2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
@@ -46,6 +48,8 @@ SQL_TIMEOUT = 10.0
 #: rows of a query result shown on the console's page (the download has them all)
 SQL_SHOWN = 500
 MATRIX_DEFAULT, MATRIX_MAX = 40, 150
+#: the most names /api/matrix compares in one request (500 x 500 cells: ~1 s, ~5 MB of JSON)
+API_MATRIX_MAX = 500
 #: versions asked for per vector shown in a version's "most similar" (several versions may hold
 #: one vector: a sweep's copies)
 SIMILAR_SPREAD = 4
@@ -145,8 +149,8 @@ def group_similar(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(obj) + "\n", status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(dumps(obj, indent=None) + "\n", status_code=status,
+                    media_type="application/json", headers=headers)
 
 
 def _status(e: Exception) -> int:
@@ -308,9 +312,12 @@ class WebView:
         if refs_text and base:
             raise InvalidInput("give refs or base, not both")
         if refs_text:
-            refs: list[str] | None = [r for r in refs_text.split(",") if r]
+            given = [r for r in refs_text.split(",") if r]
+            if len(given) > API_MATRIX_MAX:
+                raise InvalidInput(f"too many refs ({len(given)}): at most {API_MATRIX_MAX}")
+            refs: list[str] | None = given
         elif base:
-            n = _int_param(request, "n", MATRIX_MAX, 2, 10_000)
+            n = _int_param(request, "n", MATRIX_MAX, 2, API_MATRIX_MAX)
             refs, _ = queries.base_versions(self.reg, queries.find_base(self.reg, base), n)
         else:
             refs = None
@@ -418,7 +425,7 @@ def create_app(reg: Registry, *, token: str | None = None, sql_rows: int = SQL_R
     carry it). ``reg``'s catalog is read from memory from now on
     (:meth:`tvreg.repo.repo.Repo.read_catalog_from_memory`)."""
     reg.repo.require()
-    reg.repo.read_catalog_from_memory()
+    reg.repo.read_catalog_from_memory().current()  # the first copy now, not on a request
     view = WebView(reg, sql_rows=sql_rows, sql_timeout=sql_timeout, label=label)
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -432,6 +439,7 @@ def create_app(reg: Registry, *, token: str | None = None, sql_rows: int = SQL_R
         return view.error(request, 500, _one_line(exc))
 
     app = Starlette(routes=view.routes(),
+                    middleware=[Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)],
                     exception_handlers={HTTPException: not_found, Exception: server_error})
     app.state.view = view
     return Guard(app, token=token)

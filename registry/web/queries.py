@@ -376,15 +376,44 @@ def _lineage(rows: _LineageRows, vector_id: str, up: int, down: int, width: int
         if not moved:
             break
     rows.fetch(list(nodes))
+    named = _recipe_refs([by_id[v] for v in nodes if v in by_id and v != vector_id]
+                         + ([by_id[vector_id]] if vector_id in by_id else []))
     out = []
     for vid, level in nodes.items():
         known = by_id.get(vid)
-        out.append(Node(vid, f"{known['name']}@{known['version']}" if known else None, level,
-                        known["name"] if known else None, known["version"] if known else None))
+        name, version = named.get(vid, (None, None))
+        if name is None and known:
+            name, version = known["name"], known["version"]
+        out.append(Node(vid, f"{name}@{version}" if name else None, level, name, version))
     out.sort(key=lambda n: (n.level, n.ref or "~" + n.vector_id))
     labelled = [(a, b, _coefficient(by_id.get(b, {}).get("recipe"), a)) for a, b in sorted(edges)
                 if a in nodes and b in nodes]
     return out, labelled
+
+
+def _recipe_refs(rows: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
+    """vector id -> the version a recipe composed it as (``NAME@N``), from the recipes of
+    ``rows`` (a later row's recipe wins: the focus comes last), so that a parent is named as
+    its child's recipe names it rather than by the first version holding its vector."""
+    import json
+
+    out: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        recipe = row.get("recipe")
+        if isinstance(recipe, str):
+            try:
+                recipe = json.loads(recipe)
+            except ValueError:
+                continue
+        if not isinstance(recipe, dict):
+            continue
+        for op in recipe.get("operands") or []:
+            if not isinstance(op, dict) or not isinstance(op.get("vector_id"), str):
+                continue
+            name, _, version = str(op.get("ref", "")).rpartition("@")
+            if name and version.isdigit():
+                out[op["vector_id"]] = (name, int(version))
+    return out
 
 
 def _json_list(value: Any) -> list[str]:
