@@ -398,7 +398,7 @@ def test_a_non_loopback_host_gets_a_generated_token(web_registry):
         assert "?token=" in s.url
         token = s.url.split("?token=", 1)[1]
         assert len(token) >= 24
-        assert "a token was generated" in s.output()
+        assert "a token was generated" in s.wait_for("a token was generated")
         assert s.get("/api/versions")[0] == 403
         assert s.get("/api/versions", {"Authorization": f"Bearer {token}"})[0] == 200
 

@@ -30,14 +30,22 @@ class Server:
         self.url = url
         self.base = url.split("?", 1)[0].rstrip("/")
         self._lines = lines
+        self._seen: list[str] = []
 
     def output(self) -> str:
-        out = []
+        """Everything it printed so far (stdout and stderr)."""
         while True:
             try:
-                out.append(self._lines.get_nowait())
+                self._seen.append(self._lines.get_nowait())
             except queue.Empty:
-                return "".join(out)
+                return "".join(self._seen)
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """Its output once ``text`` is in it (stdout and stderr arrive in either order)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.output()
 
     def get(self, path: str, headers: dict[str, str] | None = None, *, method: str = "GET",
             timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
