@@ -205,6 +205,33 @@ def test_choice_follows_the_data():
     assert choose_pipeline(b"", 8).codecs[0].levels == (1,) * 8
 
 
+def test_literal_tuned_streams_where_they_store_smaller():
+    """A skewed, match-poor stream (the lowest mantissa byte of a dense delta: few distinct
+    values, no long repeats) is stored by zstd tuned for literals ("lit"), which Huffman-codes it
+    where level 1 spends bits on short matches; the frames are plain zstd, so the blob decodes
+    like any other, bit for bit, on one thread or many."""
+    from tvreg.codecs import zstd as zstd_module
+
+    rng = np.random.default_rng(3)
+    n = 300_000
+    items = rng.integers(0, 256, (n, 4), dtype=np.uint8)
+    items[:, 0] = np.minimum(rng.geometric(0.3, n), 255)  # skewed, ~2.9 bits
+    items[:, 3] = 0x3C                                     # constant: level 1 stays
+    chosen = choose_pipeline(items.reshape(-1), 4).codecs[0]
+    assert chosen.levels == ("lit", None, None, 1)
+    assert chosen.label() == "bgzstd4:lit/raw/raw/1"
+    stream = np.ascontiguousarray(items[:, 0])
+    assert len(zstd_module.compress(stream, "lit")) < len(zstd_module.compress(stream, 1))
+    raw = items.tobytes()
+    blob = chosen.encode(raw)
+    assert blob == chosen.encode(raw)  # deterministic
+    assert chosen.decode(blob, len(raw)) == raw
+    _decode_on_pool(chosen, blob, len(raw))
+    spec = chosen.spec()
+    assert spec["configuration"]["levels"] == ["lit", None, None, 1]
+    assert codec_from_spec(spec) == chosen
+
+
 @pytest.mark.parametrize("args, kwargs", [
     ((torch.zeros(3), 0), {}), ((torch.zeros(3), 17), {}), ((torch.zeros(3), True), {}),
     ((b"abc", 2), {}), ((torch.zeros(3), 4), {"level": 23}), ((torch.zeros(3), 4), {"level": True}),
@@ -342,6 +369,8 @@ def test_run_blocks_from_inside_a_busy_pool_does_not_deadlock():
     {"itemsize": 4, "block": 1000, "levels": [1, 1, 1, True]},
     {"itemsize": 4, "block": 1000, "levels": [1, 1, 1, 1.0]},
     {"itemsize": 4, "block": 1000, "levels": [1, 1, 1, "raw"]},
+    {"itemsize": 4, "block": 1000, "levels": [1, 1, 1, "LIT"]},
+    {"itemsize": 4, "block": 1000, "levels": [1, 1, 1, "lit "]},
     {"itemsize": 4, "block": 1000, "levels": "1111"},
     {"itemsize": 4, "block": 1000, "levels": {"0": 1}},
     {"itemsize": 4, "block": 0, "levels": [1, 1, 1, 1]},

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tvreg.codecs.base import Codec, register_codec, scratch
-from tvreg.codecs.zstd import compress, decompress_into
+from tvreg.codecs.zstd import LITERALS, compress, decompress_into
 from tvreg.errors import CorruptObject
 
 #: largest ``block`` a configuration may name (segment sizes are stored as 32-bit integers)
@@ -36,19 +36,20 @@ _SIZE = np.dtype("<u4")
 
 
 def _level_ok(level: Any) -> bool:
-    return level is None or (not isinstance(level, bool) and isinstance(level, int)
-                             and -7 <= level <= 22)
+    return level is None or level == LITERALS or (
+        not isinstance(level, bool) and isinstance(level, int) and -7 <= level <= 22)
 
 
 @register_codec
 @dataclasses.dataclass(frozen=True)
 class BgZstd(Codec):
     """Byte grouping and zstd per stream in independent blocks of ``block`` items; ``levels``
-    has one zstd level per byte stream, ``None`` where the stream is stored raw."""
+    has one zstd level per byte stream (an integer, or ``"lit"``: zstd tuned for literals),
+    ``None`` where the stream is stored raw."""
 
     itemsize: int
     block: int
-    levels: tuple  # per stream: a zstd level, or None for stored raw
+    levels: tuple  # per stream: a zstd level, "lit", or None for stored raw
     name = "bgzstd"
     parallel = True
     last_only = True
@@ -63,7 +64,7 @@ class BgZstd(Codec):
         if not isinstance(self.levels, (list, tuple)) or len(self.levels) != self.itemsize:
             raise ValueError("levels must be a list of one entry per byte of an item")
         if not all(_level_ok(v) for v in self.levels):
-            raise ValueError("each level must be null or an integer in -7..22")
+            raise ValueError('each level must be null, "lit" or an integer in -7..22')
         object.__setattr__(self, "levels", tuple(self.levels))
 
     def spec(self) -> dict[str, Any]:

@@ -15,11 +15,26 @@ from tvreg.errors import CorruptObject
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+#: a ``bgzstd`` stream setting beside the integer levels: zstd tuned for literals (matches of
+#: at least 7 bytes, the fast strategy, a 1 MiB window, a 4096-entry hash table, one probe). A
+#: low-entropy byte stream of a float delta (the lowest mantissa byte, the sign and exponent
+#: byte) is mostly Huffman-coded literals; level 1's short matches cost more than they save on
+#: it (docs/benchmarks.md, "Codec set"). Any zstd decoder reads these frames.
+LITERALS = "lit"
+_LITERAL_PARAMS = {"min_match": 7, "strategy": zstandard.STRATEGY_FAST, "window_log": 20,
+                   "hash_log": 12, "search_log": 1}
+
+
+def _compressor(level: int | str) -> zstandard.ZstdCompressor:
     cache = _local.__dict__.setdefault("c", {})
     if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True,
-                                                write_checksum=False)
+        if level == LITERALS:
+            params = zstandard.ZstdCompressionParameters(
+                write_content_size=True, write_checksum=False, **_LITERAL_PARAMS)
+            cache[level] = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True,
+                                                    write_checksum=False)
     return cache[level]
 
 
@@ -64,9 +79,10 @@ class Zstd(Codec):
         decompress_into(data, dest)
 
 
-def compress(data: bytes | memoryview | np.ndarray, level: int) -> bytes:
+def compress(data: bytes | memoryview | np.ndarray, level: int | str) -> bytes:
     """One zstd frame of ``data`` with its content size, no checksum (this thread's compressor
-    for ``level``: the output depends only on the data and the level)."""
+    for ``level``, an integer level or :data:`LITERALS`: the output depends only on the data
+    and the level)."""
     # zstandard reads any buffer; its stub lists only bytes, bytearray and memoryview
     return _compressor(level).compress(data)  # type: ignore[arg-type]
 
