@@ -74,9 +74,9 @@ def _stream_setting(stream: np.ndarray, level: int) -> int | str | None:
     (:data:`~tvreg.codecs.zstd.LITERALS`) where that is smaller (the low-entropy streams of
     dense deltas: 2-6 % smaller, as fast to decode), or raw (``None``) where neither saves
     :data:`MIN_SAVING`. Ties go to ``level``."""
-    sizes = {level: len(compress(stream, level)), LITERALS: len(compress(stream, LITERALS))}
-    best = min(sizes, key=lambda k: (sizes[k], k == LITERALS))
-    return best if sizes[best] <= (1 - MIN_SAVING) * stream.size else None
+    at_level, literal = len(compress(stream, level)), len(compress(stream, LITERALS))
+    best: int | str = LITERALS if literal < at_level else level
+    return best if min(at_level, literal) <= (1 - MIN_SAVING) * stream.size else None
 
 
 def _as_uint8(data: Any) -> np.ndarray:

@@ -32,9 +32,11 @@ def _compressor(level: int | str) -> zstandard.ZstdCompressor:
             params = zstandard.ZstdCompressionParameters(
                 write_content_size=True, write_checksum=False, **_LITERAL_PARAMS)
             cache[level] = zstandard.ZstdCompressor(compression_params=params)
-        else:
+        elif isinstance(level, int):
             cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True,
                                                     write_checksum=False)
+        else:
+            raise ValueError(f"bad zstd level {level!r}")
     return cache[level]
 
 
