@@ -19,7 +19,7 @@ What it does (see benchmarks/README.md and docs/benchmarks.md):
    hundred names. Synthetic rows have no objects in the store: the pages that read tensors or
    records (a version's page, a pair) are asked for real vectors only, and ``tvreg reindex``
    on this registry would drop the synthetic rows.
-2. **One request at a time.** ``tvreg serve`` in a subprocess (``tests/webserver.py``); for each
+2. **One request at a time.** ``tvreg serve`` in a subprocess (``tvreg.testing.web``); for each
    kind of page and API call, ``--requests`` sequential GETs on one keep-alive connection from
    this process, after ``--warmup`` untimed ones: median, p95 (nearest rank) and max of the
    time from sending the request to the last byte of the body, and the body's size.
@@ -63,10 +63,10 @@ os.environ.setdefault("TVREG_NO_PROGRESS", "1")  # no progress bars in the serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from bench_core import _load_line, _loadavg, run_header  # noqa: E402
-from webserver import tvreg_serve  # noqa: E402  (tvreg serve in a subprocess, on --port 0)
+
+from tvreg.testing.web import tvreg_serve  # noqa: E402  (tvreg serve in a subprocess)
 
 DAY = 86_400.0
 TEAMS = ("nlp", "search", "ads", "speech", "support", "vision")

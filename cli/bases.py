@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from tvreg.util.sizes import human_bytes
+
 from .options import json_option
-from .output import check_stdout_output, emit_json, human_bytes, message, ratio, shown_fields, table
+from .output import check_stdout_output, emit_json, message, ratio, shown_fields, table
 
 
 def _moved(name: str, base_hash: str, previous: str | None) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from tvreg.util.sizes import human_bytes
+
 from .expression import ExpressionCommand
 from .options import json_option, parse_meta
-from .output import check_stdout_output, emit_json, human_bytes, message, warnings_to_stderr
+from .output import check_stdout_output, emit_json, message, warnings_to_stderr
 
 METHODS = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "tsv", "iso_c",
            "iso_cts", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "slerp",

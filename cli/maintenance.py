@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from tvreg.util import progress
+from tvreg.util.sizes import human_bytes
 
 from .options import json_option
-from .output import emit_json, human_bytes, message
+from .output import emit_json, message
 
 
 @click.command()

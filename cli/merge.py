@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import click
 
+from tvreg.util.sizes import human_bytes
+
 from .options import json_option, parse_meta
-from .output import emit_json, human_bytes, message, warnings_to_stderr
+from .output import emit_json, message, warnings_to_stderr
 
 
 @click.command()

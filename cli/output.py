@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from tvreg.util.jsonable import dumps, json_default
+from tvreg.util.sizes import human_bytes
 
 
 def emit_json(obj: Any) -> None:
@@ -21,17 +22,6 @@ def emit_json(obj: Any) -> None:
 
 def message(text: str) -> None:
     click.echo(text, err=True)
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 def cell(v: Any) -> str:

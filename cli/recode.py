@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from tvreg.util.sizes import human_bytes
+
 from .options import json_option
-from .output import emit_json, human_bytes, message, ratio, warnings_to_stderr
+from .output import emit_json, message, ratio, warnings_to_stderr
 from .vectors import codec_note
 
 

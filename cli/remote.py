@@ -6,8 +6,10 @@ import json
 
 import click
 
+from tvreg.util.sizes import human_bytes
+
 from .options import json_option
-from .output import emit_json, human_bytes, message, table
+from .output import emit_json, message, table
 
 
 @click.group()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from tvreg.util.sizes import human_bytes
+
 from .options import json_option, parse_meta
 from .output import (
     check_stdout_output,
     emit_json,
-    human_bytes,
     message,
     ratio,
     shown_fields,

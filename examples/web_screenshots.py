@@ -19,25 +19,18 @@ Playwright's own (`playwright install chromium`, then --chromium "").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import tvreg
 from tvreg.testing import make_toy_zoo
+from tvreg.testing.web import CHROMIUM_ARGS, tvreg_serve
 
 WIDTH = 1280
-#: what Chromium needs as root and without a network (as tests/webserver.py)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 SQL = ("SELECT name || '@' || version AS a, other_name || '@' || other_version AS b,\n"
        "       round(cosine, 4) AS cosine, round(sign_conflict_rate, 3) AS sign_conflicts,\n"
        "       round(alignment, 3) AS alignment\n"
@@ -69,32 +62,6 @@ def build(root: Path) -> Path:
                              task="multitask+length")
         reg.name_base(reg.show("topic@1")["base_hash"], "toy-transformer")
     return path
-
-
-@contextlib.contextmanager
-def serve(registry: Path) -> Iterator[str]:
-    """``tvreg serve --port 0`` in a subprocess; yields its address once it listens."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tvreg.cli", "--registry", str(registry), "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "TVREG_NO_PROGRESS": "1"})
-    try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("tvreg serve: http"):
-                yield line.split(": ", 1)[1].strip().rstrip("/")
-                break
-        else:
-            raise SystemExit("tvreg serve did not start:\n" + "".join(seen))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def shoot(url: str, out: Path, chromium: str | None) -> list[Path]:
@@ -168,8 +135,8 @@ def main() -> None:
     os.environ.setdefault("TVREG_NO_PROGRESS", "1")
     try:
         registry = build(work)
-        with serve(registry) as url:
-            saved = shoot(url, args.out, args.chromium)
+        with tvreg_serve(registry) as server:
+            saved = shoot(server.base, args.out, args.chromium)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

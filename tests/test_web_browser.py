@@ -16,10 +16,10 @@ import types
 from urllib.parse import quote
 
 import pytest
-from webserver import CHROMIUM, CHROMIUM_ARGS, tvreg_serve
 
 import tvreg
 from tvreg.testing import make_toy_zoo
+from tvreg.testing.web import CHROMIUM, CHROMIUM_ARGS, tvreg_serve
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the browser tests need playwright (pip install playwright)")

@@ -17,10 +17,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("jinja2")
 
-from webserver import tvreg_serve  # noqa: E402
-
 import tvreg  # noqa: E402
 from tvreg.testing import make_toy_zoo  # noqa: E402
+from tvreg.testing.web import tvreg_serve  # noqa: E402
 
 HOSTILE_TASK = "<script>alert('task')</script>"
 HOSTILE_META = '"><img src=x onerror=alert(1)>'

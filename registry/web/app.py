@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 import tvreg
 from tvreg.errors import InvalidInput, NotFound, ReadOnlyRegistry, TvregError
 from tvreg.util.jsonable import dumps, plain
+from tvreg.util.sizes import human_bytes
 from tvreg.web import charts, queries
 from tvreg.web.security import Guard
 
@@ -59,7 +60,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters.update(bytes=_human_bytes, num=_num, when=_when, ratio=_ratio, short=_short,
+    env.filters.update(bytes=human_bytes, num=_num, when=_when, ratio=_ratio, short=_short,
                        pretty=_pretty, cellvalue=_cell)
     env.globals.update(name_url=name_url, version_url=version_url, ref_url=ref_url,
                        version=tvreg.__version__)
@@ -80,17 +81,6 @@ def ref_url(ref: str) -> str:
     if name and version.isdigit():
         return version_url(name, int(version))
     return name_url(ref)
-
-
-def _human_bytes(n: Any) -> str:
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -229,7 +219,7 @@ class WebView:
     def base(self, request: Request) -> Response:
         base_hash = queries.find_base(self.reg, request.path_params["base"])
         by = request.query_params.get("by") or "cosine"
-        n = _int_param(request, "n", MATRIX_DEFAULT, 2, MATRIX_MAX)
+        n = queries.integer_param(request.query_params, "n", MATRIX_DEFAULT, 2, MATRIX_MAX)
         refs, total = queries.base_versions(self.reg, base_hash, n)
         matrix = self.reg.similarity_matrix(refs, by) if refs else None
         heat = (charts.heatmap(matrix.labels, matrix.values, matrix.exact, by, matrix.vector_ids)
@@ -301,7 +291,7 @@ class WebView:
         return _json(self.reg.log(request.path_params["name"]))
 
     def api_similar(self, request: Request) -> Response:
-        k = _int_param(request, "k", 10, 1, 10_000)
+        k = queries.integer_param(request.query_params, "k", 10, 1, 10_000)
         by = request.query_params.get("by") or "cosine"
         return _json(self.reg.similar(request.path_params["ref"], k, by))
 
@@ -317,7 +307,7 @@ class WebView:
                 raise InvalidInput(f"too many refs ({len(given)}): at most {API_MATRIX_MAX}")
             refs: list[str] | None = given
         elif base:
-            n = _int_param(request, "n", MATRIX_MAX, 2, API_MATRIX_MAX)
+            n = queries.integer_param(request.query_params, "n", MATRIX_MAX, 2, API_MATRIX_MAX)
             refs, _ = queries.base_versions(self.reg, queries.find_base(self.reg, base), n)
         else:
             refs = None
@@ -403,19 +393,6 @@ def _required(request: Request, key: str) -> str:
     value = request.query_params.get(key, "").strip()
     if not value:
         raise InvalidInput(f"missing parameter {key!r}")
-    return value
-
-
-def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(key, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidInput(f"invalid {key} {text[:40]!r}: an integer") from None
-    if not low <= value <= high:
-        raise InvalidInput(f"invalid {key} {value}: from {low} to {high}")
     return value
 
 

@@ -71,8 +71,8 @@ class Filters:
         f.order = params.get("order") or ("desc" if f.sort == "created" else "asc")
         if f.order not in ("asc", "desc"):
             raise InvalidInput(f"invalid order {f.order!r}: asc or desc")
-        f.page = _integer(params, "page", 1, 1, 10**9)
-        f.per = _integer(params, "per", 50, min(PAGE_SIZES), max(PAGE_SIZES))
+        f.page = integer_param(params, "page", 1, 1, 10**9)
+        f.per = integer_param(params, "per", 50, min(PAGE_SIZES), max(PAGE_SIZES))
         return f
 
     def link(self, **changes: Any) -> str:
@@ -101,7 +101,9 @@ def _number(params: dict[str, str], key: str) -> float | None:
     return value
 
 
-def _integer(params: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+def integer_param(params: Any, key: str, default: int, low: int, high: int) -> int:
+    """Parameter ``key`` of a query string (any mapping) as an integer in ``low..high``,
+    ``default`` if absent or empty; :class:`InvalidInput` naming it otherwise."""
     text = params.get(key, "").strip()
     if not text:
         return default

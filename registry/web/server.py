@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import secrets
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -79,8 +80,9 @@ def _refresher(reg: Registry, every: float, stop: threading.Event) -> threading.
         while not stop.wait(every):
             try:
                 reg.refresh()
-            except TvregError:
-                pass  # the remote is unreachable now: keep serving what was read
+            except TvregError as e:  # unreachable now: say so, keep serving what was read
+                print(f"tvreg serve: warning: could not read {reg.repo.label} again: {e}",
+                      file=sys.stderr, flush=True)
     thread = threading.Thread(target=loop, name="tvreg-serve-refresh", daemon=True)
     thread.start()
     return thread

@@ -1,5 +1,6 @@
-"""``tvreg serve`` in a subprocess (a real uvicorn on loopback), for the web tests and the
-benchmark: started with ``--port 0``, its address read from the line it prints."""
+"""``tvreg serve`` in a subprocess (a real uvicorn on loopback), for the web tests, the
+benchmark and the screenshot script: started with ``--port 0``, its address read from the line
+it prints; and the Chromium settings they drive it with."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def tvreg_serve(registry: str | os.PathLike, *args: str, env: dict[str, str] | N
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    seen = []
+    seen: list[str] = []
     url = None
     deadline = time.monotonic() + timeout
     try:
