@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from tvreg.codecs import BgZstd, CodecPipeline, choose_pipeline, codec_from_spec
@@ -40,7 +43,8 @@ def _decode_into(pipeline: CodecPipeline, blob: bytes, nbytes: int, pool=None) -
 
 
 def _by_hand(codec: BgZstd, blob: bytes, nbytes: int) -> bytes:
-    """Decode a blob following docs/format.md §5.6 only (numpy and zstandard, no tvreg)."""
+    """Decode a blob following docs/format.md §5.6 only (zstandard and the standard library's
+    zlib, no tvreg)."""
     k, block = codec.itemsize, codec.block
     n = nbytes // k
     nblocks = -(-n // block)
@@ -51,7 +55,12 @@ def _by_hand(codec: BgZstd, blob: bytes, nbytes: int) -> bytes:
         for j in range(k):
             seg = blob[pos:pos + sizes[b * k + j]]
             pos += len(seg)
-            stream = seg if len(seg) == m else zstandard.ZstdDecompressor().decompress(seg)
+            if len(seg) == m:
+                stream = seg
+            elif codec.levels[j] == "huf":
+                stream = zlib.decompress(seg, -15)
+            else:
+                stream = zstandard.ZstdDecompressor().decompress(seg)
             out[(b * block) * k + j:(b * block + m) * k:k] = stream
     assert pos == len(blob)
     return bytes(out)
@@ -205,31 +214,77 @@ def test_choice_follows_the_data():
     assert choose_pipeline(b"", 8).codecs[0].levels == (1,) * 8
 
 
-def test_literal_tuned_streams_where_they_store_smaller():
-    """A skewed, match-poor stream (the lowest mantissa byte of a dense delta: few distinct
-    values, no long repeats) is stored by zstd tuned for literals ("lit"), which Huffman-codes it
-    where level 1 spends bits on short matches; the frames are plain zstd, so the blob decodes
-    like any other, bit for bit, on one thread or many."""
+def _skewed(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A skewed byte stream with no long repeats (~2.9 bits a byte)."""
+    return np.minimum(rng.geometric(0.3, n), 255).astype(np.uint8)
+
+
+def _dense_delta(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The float32 delta of a dense layer's update: weights ~N(0, 0.05) moved by ~N(0, 3e-4),
+    rounded to float32 before subtracting, so each delta is a multiple of its weight's ulp."""
+    base = rng.normal(0, 0.05, n).astype(np.float32)
+    return (base + rng.normal(0, 3e-4, n).astype(np.float32)) - base
+
+
+def test_huffman_and_literal_tuned_streams_where_they_store_smaller():
+    """Each stream gets the setting that stores its sample smallest. In a dense delta the
+    lowest mantissa byte and the sign/exponent byte are skewed and match-poor: an order-0
+    Huffman code ("huf"), where zstd spends bits on short matches; the middle bytes are near
+    random: raw. A skewed stream with runs of zeros (like an embedding's unused rows) gets zstd
+    tuned for literals ("lit"), which codes the runs as matches. The blob decodes like any
+    other, bit for bit, on one thread or many, and by hand with zlib and zstandard."""
+    from tvreg.codecs import huffman
     from tvreg.codecs import zstd as zstd_module
 
     rng = np.random.default_rng(3)
-    n = 300_000
-    items = rng.integers(0, 256, (n, 4), dtype=np.uint8)
-    items[:, 0] = np.minimum(rng.geometric(0.3, n), 255)  # skewed, ~2.9 bits
-    items[:, 3] = 0x3C                                     # constant: level 1 stays
+    n = 300_032
+    items = _dense_delta(rng, n).view(np.uint8).reshape(n, 4)
+    runs = _skewed(rng, n).reshape(-1, 64)
+    runs[rng.random(n // 64) < 0.3] = 0
+    items[:, 1] = runs.reshape(-1)
     chosen = choose_pipeline(items.reshape(-1), 4).codecs[0]
-    assert chosen.levels == ("lit", None, None, 1)
-    assert chosen.label() == "bgzstd4:lit/raw/raw/1"
-    stream = np.ascontiguousarray(items[:, 0])
-    assert len(zstd_module.compress(stream, "lit")) < len(zstd_module.compress(stream, 1))
+    assert chosen.levels == ("huf", "lit", None, "huf")
+    assert chosen.label() == "bgzstd4:huf/lit/raw/huf"
+    skewed, with_runs = np.ascontiguousarray(items[:, 0]), np.ascontiguousarray(items[:, 1])
+    assert len(huffman.compress(skewed)) < 0.9 * min(
+        len(zstd_module.compress(skewed, "lit")), len(zstd_module.compress(skewed, 1)))
+    assert len(zstd_module.compress(with_runs, "lit")) < min(
+        len(zstd_module.compress(with_runs, 1)), len(huffman.compress(with_runs)))
     raw = items.tobytes()
     blob = chosen.encode(raw)
     assert blob == chosen.encode(raw)  # deterministic
     assert chosen.decode(blob, len(raw)) == raw
+    assert _by_hand(chosen, blob, len(raw)) == raw
     _decode_on_pool(chosen, blob, len(raw))
+    with ThreadPoolExecutor(2) as pool:
+        dest = np.empty(len(raw), dtype=np.uint8)
+        BgZstd(4, 50_000, chosen.levels).decode_into(
+            BgZstd(4, 50_000, chosen.levels).encode(raw), dest, pool)
+        assert dest.tobytes() == raw
     spec = chosen.spec()
-    assert spec["configuration"]["levels"] == ["lit", None, None, 1]
+    assert spec["configuration"]["levels"] == ["huf", "lit", None, "huf"]
     assert codec_from_spec(spec) == chosen
+
+
+def test_a_near_tie_with_zstd_stays_zstd():
+    """Huffman coding is chosen only where it stores the sample HUFFMAN_MARGIN smaller than
+    zstd: inflating is slower than zstd's decoder, so a near tie keeps zstd."""
+    from tvreg.codecs import choose, huffman
+    from tvreg.codecs import zstd as zstd_module
+
+    rng = np.random.default_rng(5)
+    stream = np.ascontiguousarray(_dense_delta(rng, 200_000).view(np.uint8)[::4])
+    huf = len(huffman.compress(stream))
+    zstd_best = min(len(zstd_module.compress(stream, 1)), len(zstd_module.compress(stream, "lit")))
+    assert choose._stream_setting(stream, 1) == "huf"
+    margin = 1 - huf / zstd_best
+    assert margin > choose.HUFFMAN_MARGIN
+    old = choose.HUFFMAN_MARGIN
+    try:
+        choose.HUFFMAN_MARGIN = margin + 0.001
+        assert choose._stream_setting(stream, 1) in (1, "lit")
+    finally:
+        choose.HUFFMAN_MARGIN = old
 
 
 @pytest.mark.parametrize("args, kwargs", [
@@ -329,6 +384,99 @@ def test_segment_declaring_a_huge_size_is_refused_before_inflating():
     blob = np.array([len(bomb)], dtype="<u4").tobytes() + bomb
     with pytest.raises(CorruptObject, match="declares 41943040 bytes"):
         codec.decode(blob, 5000)
+
+
+def _one_segment(segment: bytes) -> bytes:
+    return np.array([len(segment)], dtype="<u4").tobytes() + segment
+
+
+def _raw_deflate(data: bytes, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, strategy)
+    return c.compress(data) + c.flush()
+
+
+def test_huffman_segment_inflating_past_its_size_is_refused():
+    """A 40 MB DEFLATE bomb (back-references are valid DEFLATE) in a "huf" segment of 5000
+    bytes is refused after at most 5000 bytes of output, not inflated."""
+    bomb = _raw_deflate(bytes(40 << 20))
+    assert len(bomb) < 50_000
+    codec = BgZstd(1, 50_000, ("huf",))
+    with pytest.raises(CorruptObject, match="more than 50000 bytes"):
+        codec.decode(_one_segment(bomb), 50_000)
+    one_more = _raw_deflate(bytes(50_001), zlib.Z_HUFFMAN_ONLY)
+    with pytest.raises(CorruptObject, match="more than 50000 bytes"):
+        codec.decode(_one_segment(one_more), 50_000)
+
+
+@pytest.mark.parametrize("what, segment", [
+    ("short", _raw_deflate(bytes(range(8)) * 320, zlib.Z_HUFFMAN_ONLY)),
+    ("trailing bytes", _raw_deflate(bytes(range(8)) * 640, zlib.Z_HUFFMAN_ONLY) + b"\0"),
+    ("cut", _raw_deflate(bytes(range(8)) * 640, zlib.Z_HUFFMAN_ONLY)[:-3]),
+    ("not deflate", b"\xff" * 100),
+    ("reserved block type", b"\x07" + bytes(99)),
+])
+def test_bad_huffman_segment_is_corrupt(what, segment):
+    codec = BgZstd(1, 5120, ("huf",))
+    with pytest.raises(CorruptObject, match="huf"):
+        codec.decode(_one_segment(segment), 5120)
+
+
+def test_huffman_segments_decode_with_any_inflater():
+    """A "huf" segment is a plain raw DEFLATE stream: the standard library's zlib reads what
+    tvreg wrote, and tvreg reads DEFLATE written with back-references too (any valid stream)."""
+    data = _dense_delta(np.random.default_rng(7), 100_000).view(np.uint8)[::4].tobytes()
+    codec = BgZstd(1, 100_000, ("huf",))
+    blob = codec.encode(data)
+    assert zlib.decompress(blob[4:], -15) == data
+    assert codec.decode(_one_segment(_raw_deflate(data)), len(data)) == data
+
+
+def test_zlib_and_zlib_ng_write_the_same_huffman_bytes():
+    """The encoder uses zlib-ng where installed, else zlib: both must write the same bytes, so
+    a tensor gets the same blob (and deduplicates) whichever a machine has."""
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+    rng = np.random.default_rng(9)
+    items = _dense_delta(rng, 300_000).view(np.uint8).reshape(-1, 4)
+    for j in range(4):
+        stream = np.ascontiguousarray(items[:, j])
+        outs = []
+        for mod in (zlib, zlib_ng):
+            c = mod.compressobj(1, mod.DEFLATED, -15, 9, mod.Z_HUFFMAN_ONLY)
+            outs.append(c.compress(stream) + c.flush())
+        assert outs[0] == outs[1]
+        from tvreg.codecs import huffman
+        assert huffman.compress(stream) == outs[0]
+
+
+@pytest.mark.parametrize("flip", range(0, 400, 7))
+def test_garbled_huffman_data_is_corrupt_or_other_bytes(flip):
+    """Flipping a byte of Huffman-coded data gives CorruptObject or other bytes of the same
+    size, never another exception (the object layer's sha256 catches the second case)."""
+    data = _dense_delta(np.random.default_rng(8), 20_000).view(np.uint8)[::4].tobytes()
+    codec = BgZstd(1, 20_000, ("huf",))
+    blob = bytearray(codec.encode(data))
+    blob[4 + flip % (len(blob) - 4)] ^= 0x5A
+    try:
+        out = codec.decode(bytes(blob), len(data))
+    except CorruptObject:
+        return
+    assert len(out) == len(data) and out != data
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(itemsize=st.sampled_from([1, 2, 4, 8]), data=st.data())
+def test_any_settings_round_trip_property(itemsize, data):
+    """Any mix of stream settings round-trips any bytes, deterministically, in any block size."""
+    n = data.draw(st.integers(0, 400))
+    payload = data.draw(st.binary(min_size=n * itemsize, max_size=n * itemsize))
+    levels = tuple(data.draw(st.sampled_from([None, 1, 3, -1, "lit", "huf"]))
+                   for _ in range(itemsize))
+    codec = BgZstd(itemsize, data.draw(st.integers(1, 500)), levels)
+    blob = codec.encode(payload)
+    assert codec.encode(payload) == blob
+    assert codec.decode(blob, len(payload)) == payload
+    assert _by_hand(codec, blob, len(payload)) == payload
 
 
 def test_errors_in_blocks_reach_the_caller_from_any_thread():

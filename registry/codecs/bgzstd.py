@@ -2,7 +2,9 @@
 
 A chunk of ``n`` items of ``itemsize`` bytes is cut into blocks of ``block`` items. Within a
 block, byte ``j`` of every item forms stream ``j`` (as :mod:`.bytegroup` does), and each stream is
-stored on its own: raw, or as one zstd frame at that stream's level when the frame is smaller.
+stored on its own: raw, or, when that is smaller, as one zstd frame at that stream's level
+(``"lit"``: zstd tuned for literals) or as an order-0 Huffman code (``"huf"``,
+:mod:`.huffman`).
 For float deltas the exponent streams shrink many times while low mantissa bytes are near
 random, so each stream gets its own treatment (:mod:`.choose` picks the levels per tensor).
 
@@ -22,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from tvreg.codecs import huffman
 from tvreg.codecs.base import Codec, register_codec, scratch
+from tvreg.codecs.huffman import HUFFMAN
 from tvreg.codecs.zstd import LITERALS, compress, decompress_into
 from tvreg.errors import CorruptObject
 
@@ -36,7 +40,7 @@ _SIZE = np.dtype("<u4")
 
 
 def _level_ok(level: Any) -> bool:
-    return level is None or level == LITERALS or (
+    return level is None or level in (LITERALS, HUFFMAN) or (
         not isinstance(level, bool) and isinstance(level, int) and -7 <= level <= 22)
 
 
@@ -44,12 +48,13 @@ def _level_ok(level: Any) -> bool:
 @dataclasses.dataclass(frozen=True)
 class BgZstd(Codec):
     """Byte grouping and zstd per stream in independent blocks of ``block`` items; ``levels``
-    has one zstd level per byte stream (an integer, or ``"lit"``: zstd tuned for literals),
-    ``None`` where the stream is stored raw."""
+    has one setting per byte stream: a zstd level (an integer, or ``"lit"``: zstd tuned for
+    literals), ``"huf"`` (an order-0 Huffman code), or ``None`` where the stream is stored
+    raw."""
 
     itemsize: int
     block: int
-    levels: tuple  # per stream: a zstd level, "lit", or None for stored raw
+    levels: tuple  # per stream: a zstd level, "lit", "huf", or None for stored raw
     name = "bgzstd"
     parallel = True
     last_only = True
@@ -64,7 +69,7 @@ class BgZstd(Codec):
         if not isinstance(self.levels, (list, tuple)) or len(self.levels) != self.itemsize:
             raise ValueError("levels must be a list of one entry per byte of an item")
         if not all(_level_ok(v) for v in self.levels):
-            raise ValueError('each level must be null, "lit" or an integer in -7..22')
+            raise ValueError('each level must be null, "lit", "huf" or an integer in -7..22')
         object.__setattr__(self, "levels", tuple(self.levels))
 
     def spec(self) -> dict[str, Any]:
@@ -128,7 +133,8 @@ class BgZstd(Codec):
             out = []
             for j, level in enumerate(self.levels):
                 s = streams[j]
-                frame = compress(s, level) if level is not None else None
+                frame = (None if level is None else huffman.compress(s) if level == HUFFMAN
+                         else compress(s, level))
                 out.append(frame if frame is not None and len(frame) < s.size else s.tobytes())
             parts[b] = out
 
@@ -150,6 +156,7 @@ class BgZstd(Codec):
         k, view = self.itemsize, memoryview(data)
         nblocks = (offsets.size - 1) // k
         off = offsets.tolist()
+        coded = [level == HUFFMAN for level in self.levels]
 
         def one(b: int) -> None:
             i0, i1 = b * self.block, min(items, (b + 1) * self.block)
@@ -160,6 +167,8 @@ class BgZstd(Codec):
                 seg = view[off[b * k + j]:off[b * k + j + 1]]
                 if len(seg) == m:  # stored raw
                     streams.append(np.frombuffer(seg, dtype=np.uint8))
+                elif coded[j]:  # inflated into a new buffer: the inflaters write no other
+                    streams.append(huffman.decompress(seg, m))
                 else:
                     s = buf[j * m:(j + 1) * m]
                     decompress_into(seg, s)
