@@ -133,9 +133,7 @@ class BgZstd(Codec):
             out = []
             for j, level in enumerate(self.levels):
                 s = streams[j]
-                frame = (None if level is None else huffman.compress(s) if level == HUFFMAN
-                         else compress(s, level))
-                out.append(frame if frame is not None and len(frame) < s.size else s.tobytes())
+                out.append(_segment(s, level))
             parts[b] = out
 
         run_blocks(nblocks, one, pool)
@@ -156,7 +154,7 @@ class BgZstd(Codec):
         k, view = self.itemsize, memoryview(data)
         nblocks = (offsets.size - 1) // k
         off = offsets.tolist()
-        coded = [level == HUFFMAN for level in self.levels]
+        huffman_coded = [level == HUFFMAN for level in self.levels]
 
         def one(b: int) -> None:
             i0, i1 = b * self.block, min(items, (b + 1) * self.block)
@@ -167,7 +165,7 @@ class BgZstd(Codec):
                 seg = view[off[b * k + j]:off[b * k + j + 1]]
                 if len(seg) == m:  # stored raw
                     streams.append(np.frombuffer(seg, dtype=np.uint8))
-                elif coded[j]:  # inflated into a new buffer: the inflaters write no other
+                elif huffman_coded[j]:  # into a new buffer: the inflaters write no other
                     streams.append(huffman.decompress(seg, m))
                 else:
                     s = buf[j * m:(j + 1) * m]
@@ -176,6 +174,15 @@ class BgZstd(Codec):
             join(streams, dest[i0 * k:i1 * k])
 
         run_blocks(nblocks, one, pool)
+
+
+def _segment(stream: np.ndarray, level: Any) -> bytes:
+    """A stream's stored segment: coded at ``level`` where that is smaller, else raw."""
+    if level is not None:
+        coded = huffman.compress(stream) if level == HUFFMAN else compress(stream, level)
+        if len(coded) < stream.size:
+            return coded
+    return stream.tobytes()
 
 
 # --- byte streams <-> items ----------------------------------------------------------------------

@@ -85,7 +85,7 @@ def _stream_setting(stream: np.ndarray, level: int) -> int | str | None:
     best: int | str = LITERALS if literal < at_level else level
     size = min(at_level, literal)
     target = (1 - HUFFMAN_MARGIN) * size
-    if order0_bound(stream) <= target:  # else no Huffman code can reach it: skip the trial
+    if order0_bound(stream) <= target:  # else a Huffman code would not reach it
         coded = len(huffman_compress(stream))
         if coded <= target:
             best, size = HUFFMAN, coded
@@ -93,11 +93,13 @@ def _stream_setting(stream: np.ndarray, level: int) -> int | str | None:
 
 
 def order0_bound(stream: np.ndarray) -> float:
-    """A lower bound, in bytes, on any code of ``stream`` that is order-0 within windows of
-    :data:`WINDOW_ITEMS` bytes or longer: the sum of each window's order-0 entropy. (A block
-    code's size is at least its blocks' entropies, and cutting blocks finer only lowers the
-    sum; so the chooser can skip the Huffman trial on near-random streams without changing
-    its choice.)"""
+    """The sum, in bytes, of the order-0 entropies of ``stream``'s windows of
+    :data:`WINDOW_ITEMS` bytes: a screen from below for the Huffman trial. A Huffman code of
+    blocks of 32,767 bytes (zlib's) is at least its blocks' entropies, and windows half that
+    long nearly always sum to less (not always: they do not cut at the blocks' boundaries). On
+    the 1,712 sample streams of six cases of the codec benchmark set it stayed under the
+    Huffman size, at most 0.9975 of it, so skipping the trial where it exceeds the target
+    did not change a choice there; it saves the trial on near-random streams."""
     if stream.size == 0:
         return 0.0
     counts = np.stack([np.bincount(stream[i:i + WINDOW_ITEMS], minlength=256)

@@ -88,29 +88,31 @@ class Filters:
         return "?" + urlencode(params) if params else "?"
 
 
-def _number(params: dict[str, str], key: str) -> float | None:
+def _param(params: Any, key: str, convert: Callable[[str], Any], kind: str) -> Any:
+    """Parameter ``key`` of a query string (any mapping) through ``convert``; None if absent
+    or empty; :class:`InvalidInput` naming it (as ``kind``) if ``convert`` refuses it."""
     text = params.get(key, "").strip()
     if not text:
         return None
     try:
-        value = float(text)
+        return convert(text)
     except ValueError:
-        raise InvalidInput(f"invalid {key} {text[:40]!r}: a number") from None
-    if not math.isfinite(value):
-        raise InvalidInput(f"invalid {key} {text[:40]!r}: a finite number")
+        raise InvalidInput(f"invalid {key} {text[:40]!r}: {kind}") from None
+
+
+def _number(params: dict[str, str], key: str) -> float | None:
+    value = _param(params, key, float, "a number")
+    if value is not None and not math.isfinite(value):
+        raise InvalidInput(f"invalid {key} {params[key].strip()[:40]!r}: a finite number")
     return value
 
 
 def integer_param(params: Any, key: str, default: int, low: int, high: int) -> int:
     """Parameter ``key`` of a query string (any mapping) as an integer in ``low..high``,
     ``default`` if absent or empty; :class:`InvalidInput` naming it otherwise."""
-    text = params.get(key, "").strip()
-    if not text:
+    value = _param(params, key, int, "an integer")
+    if value is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidInput(f"invalid {key} {text[:40]!r}: an integer") from None
     if not low <= value <= high:
         raise InvalidInput(f"invalid {key} {value}: from {low} to {high}")
     return value
