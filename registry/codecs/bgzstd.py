@@ -130,11 +130,7 @@ class BgZstd(Codec):
             i0, i1 = b * self.block, min(items, (b + 1) * self.block)
             streams = scratch(k * (i1 - i0), "bgzstd").reshape(k, -1)
             split(raw[i0 * k:i1 * k], streams)
-            out = []
-            for j, level in enumerate(self.levels):
-                s = streams[j]
-                out.append(_segment(s, level))
-            parts[b] = out
+            parts[b] = [_segment(streams[j], level) for j, level in enumerate(self.levels)]
 
         run_blocks(nblocks, one, pool)
         sizes = np.array([len(s) for p in parts for s in p], dtype=_SIZE)
