@@ -114,6 +114,7 @@ def _register() -> None:
         bases,
         compare,
         compose,
+        ingest,
         maintenance,
         merge,
         query,
@@ -124,7 +125,7 @@ def _register() -> None:
         vectors,
     )
 
-    for module in (vectors, recode, compose, merge, compare, query, similar, bases, remote,
+    for module in (vectors, ingest, recode, compose, merge, compare, query, similar, bases, remote,
                    serve, maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tvreg.codecs.choose import check_level
@@ -16,6 +17,7 @@ from tvreg.repo.write import AfterInsert, CreateResult, claim_version, finish_ve
 from tvreg.util import progress
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tvreg.format.manifest import Manifest
     from tvreg.repo.repo import Repo
 
 #: the longest ``create.left_out_names`` value (a meta string holds at most 4096 characters)
@@ -42,18 +44,61 @@ def filter_meta(include: str | None, exclude: str | None, left_out: list[str]
     return dict(sorted(meta.items()))
 
 
+@dataclass(frozen=True)
+class StagedVersion:
+    """A vector whose objects and manifest are stored, not yet a version: what :func:`stage`
+    returns and :func:`land` makes a version of (bulk ingest stages on workers and lands on
+    the client)."""
+
+    name: str
+    manifest: Manifest
+    vector_id: str
+    new_objects: int
+    metadata: Metadata
+    recipe: dict[str, Any] | None
+    zero: bool  # the vector is all zeros (warned about when it lands)
+    left_out: bool  # --include/--exclude left tensors out
+
+
 def create(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
-           lora: str | os.PathLike | None = None, task: str | None = None,
-           dataset: str | None = None, lr: float | None = None, steps: int | None = None,
-           meta: dict[str, Any] | None = None, allow_nonfinite: bool = False,
-           level: int | None = None, exact: bool = False, codec: str | None = None,
-           include: str | None = None, exclude: str | None = None,
-           on_progress: Callable[[int], None] | None = None,
-           after_insert: AfterInsert | None = None) -> CreateResult:
-    """Store τ = finetuned − base (or the τ of a LoRA adapter) as a new version of ``name``.
+           after_insert: AfterInsert | None = None, **options: Any) -> CreateResult:
+    """Store τ = finetuned − base (or the τ of a LoRA adapter) as a new version of ``name``
+    (``options``: those of :func:`stage`).
 
     Everything the user can get wrong is checked before the registry is touched; a failure
     later discards the staged objects and leaves the registry as it was."""
+    return land(repo, stage(repo, name, base, finetuned, **options), after_insert,
+                stacklevel=4)
+
+
+def land(repo: Repo, staged: StagedVersion, after_insert: AfterInsert | None = None, *,
+         stacklevel: int = 2) -> CreateResult:
+    """Make a version of a staged vector: claim its number (or find the version that already
+    holds it), index it, then ``after_insert``. A vector of zeros is warned about here
+    (:class:`~tvreg.errors.ZeroVectorWarning`, ``stacklevel`` as for :func:`warnings.warn`)."""
+    if staged.zero:  # said once the vector is written (it is stored anyway), at the caller
+        import warnings
+
+        from tvreg.errors import ZeroVectorWarning
+        from tvreg.tensors.build import zero_vector_message
+
+        warnings.warn(zero_vector_message(staged.left_out), ZeroVectorWarning,
+                      stacklevel=stacklevel)
+    record, created = claim_version(repo, staged.name, staged.manifest, staged.vector_id,
+                                    staged.metadata, recipe=staged.recipe)
+    finish_version(repo, record, created, staged.manifest, after_insert)
+    return CreateResult(record, created, staged.new_objects, staged.manifest)
+
+
+def stage(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
+          lora: str | os.PathLike | None = None, task: str | None = None,
+          dataset: str | None = None, lr: float | None = None, steps: int | None = None,
+          meta: dict[str, Any] | None = None, allow_nonfinite: bool = False,
+          level: int | None = None, exact: bool = False, codec: str | None = None,
+          include: str | None = None, exclude: str | None = None,
+          on_progress: Callable[[int], None] | None = None) -> StagedVersion:
+    """Check everything, then store the vector's objects and manifest (and, in exact mode, its
+    base); the version is made by :func:`land`. A failure leaves the registry as it was."""
     from tvreg.tensors.build import build_task_vector, plan_pair, work_total
     from tvreg.tensors.checkpoints import open_checkpoint
 
@@ -129,19 +174,11 @@ def create(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
                                                     encode=coder.submit if coder else None,
                                                     exact=exact, left_out=left_out,
                                                     on_zero=lambda: zero.append(True)))
-        if zero:  # said once the vector is written (it is stored anyway), at the caller
-            import warnings
-
-            from tvreg.errors import ZeroVectorWarning
-            from tvreg.tensors.build import zero_vector_message
-
-            warnings.warn(zero_vector_message(bool(left_out)), ZeroVectorWarning, stacklevel=3)
         if exact:  # before the version exists: a reader never sees it without its base
             ensure_base(repo, cb, manifest.base_hash)
     recipe = coder.recipe("create") if coder is not None else None
-    record, created = claim_version(repo, name, manifest, vector_id, metadata, recipe=recipe)
-    finish_version(repo, record, created, manifest, after_insert)
-    return CreateResult(record, created, new_objects, manifest)
+    return StagedVersion(name, manifest, vector_id, new_objects, metadata, recipe, bool(zero),
+                         bool(left_out))
 
 
 def ensure_base(repo: Repo, checkpoint: Any, base_hash: str) -> None:

@@ -1,17 +1,35 @@
-"""Progress bars on a terminal only: none when stderr is piped, under CI, or with
-TVREG_NO_PROGRESS."""
+"""Progress bars on a terminal only: none when stderr is piped, under CI, with
+TVREG_NO_PROGRESS, or on a thread inside :func:`quiet` (a bulk job draws one bar of its own)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
+
+_local = threading.local()
 
 
 def enabled() -> bool:
     if os.environ.get("CI") or os.environ.get("TVREG_NO_PROGRESS"):
         return False
+    if getattr(_local, "quiet", False):
+        return False
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No bars from this thread within the block."""
+    before = getattr(_local, "quiet", False)
+    _local.quiet = True
+    try:
+        yield
+    finally:
+        _local.quiet = before
 
 
 class _Null:
