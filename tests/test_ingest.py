@@ -141,6 +141,8 @@ BAD = [
     ("a duplicate", [{"name": "a", "base": "b", "finetuned": "c"}, "",
                      {"finetuned": "c", "base": "b", "name": "a"}],
      "bad.jsonl:3: the same item as line 1"),
+    ("a URL", [{"name": "a", "base": "s3://b/base.safetensors", "finetuned": "c"}],
+     "'base' is a URL"),
     ("empty", ["", "  "], "has no items"),
 ]
 

@@ -7,8 +7,8 @@ The list is JSON Lines, one object a line (docs/cli.md, ``ingest``)::
 
 ``name`` and ``base`` are required, and exactly one of ``finetuned`` and ``lora`` (a PEFT
 adapter folder); ``task``, ``dataset``, ``lr``, ``steps`` and ``meta`` are optional, as for
-``tvreg create``. A relative path is relative to the list's folder; a URL (``s3://…``) is used
-as it is. Every line is checked before anything is read or written: a bad line is one
+``tvreg create``. Paths are local (a URL is refused); a relative one is relative to the list's
+folder. Every line is checked before anything is read or written: a bad line is one
 :class:`~tvreg.errors.InvalidInput` naming its line, and the registry is untouched.
 
 Each item's version records ``ingest.key`` in its metadata: the sha256 of the item's canonical
@@ -182,10 +182,13 @@ def parse_item(value: Any, line: int, folder: str, where: str) -> IngestItem:
     except TvregError as e:
         raise InvalidInput(f"{where}: {e}") from None
 
+    for key in ("base", "finetuned", "lora"):
+        if isinstance(value.get(key), str) and "://" in value[key]:
+            raise InvalidInput(f"{where}: {key!r} is a URL; checkpoints and adapters are read "
+                               "from local paths (a folder the workers share)")
+
     def resolved(p: str | None) -> str | None:
-        if p is None or "://" in p or os.path.isabs(p):
-            return p
-        return os.path.join(folder, p)
+        return None if p is None else os.path.join(folder, p)  # an absolute p stays itself
 
     return IngestItem(line, dict(value), str(resolved(value["base"])),
                       resolved(value.get("finetuned")), resolved(value.get("lora")))
