@@ -14,9 +14,14 @@ from .output import emit_json, message, warnings_to_stderr
 @click.command()
 @click.argument("list_path", metavar="LIST.jsonl", type=click.Path(dir_okay=False))
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-              help="Where the vectors are staged: local = threads of this process.")
+              help="Where the vectors are staged: local = threads of this process; dask = "
+                   "tasks of a Dask cluster (the dask extra).")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="Items staged at once (default: the CPU count, at most 8).")
+              help="local: items staged at once (default: the CPU count, at most 8); dask: "
+                   "worker processes of a local cluster (default 2).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="dask: the scheduler of a running cluster (e.g. tcp://host:8786) instead "
+                   "of a local one.")
 @click.option("--level", type=int, metavar="L", help="zstd level of compressed streams, as for "
               "create (default 1).")
 @click.option("--no-similarities", is_flag=True,
@@ -24,7 +29,7 @@ from .output import emit_json, message, warnings_to_stderr
                    "it later).")
 @json_option
 @click.pass_obj
-def ingest(reg, list_path, engine, workers, level, no_similarities, as_json):
+def ingest(reg, list_path, engine, workers, scheduler, level, no_similarities, as_json):
     """Create a version for each line of LIST.jsonl (name, base, finetuned or lora, task,
     dataset, lr, steps, meta); rerun it to finish an interrupted or partly failed ingest: items
     that landed before are skipped. Exits 1 if an item failed (the others are stored)."""
@@ -32,7 +37,8 @@ def ingest(reg, list_path, engine, workers, level, no_similarities, as_json):
 
     items = read_list(list_path)
     with progress.bar(len(items), "ingest", unit="items") as bar, warnings_to_stderr():
-        result = reg.ingest(items, engine=engine, workers=workers, level=level,
+        result = reg.ingest(items, engine=engine, workers=workers, scheduler=scheduler,
+                            level=level,
                             similarities=not no_similarities,
                             on_item=lambda item, outcome: bar.update(1))
     for item in items:

@@ -193,20 +193,23 @@ class Registry:
                       on_progress=on_progress, after_insert=self._after_insert(similarities))
 
     def ingest(self, items: str | os.PathLike | list[Any], *, engine: str = "local",
-               workers: int | None = None, level: int | None = None, similarities: bool = True,
+               workers: int | None = None, scheduler: str | None = None,
+               level: int | None = None, similarities: bool = True,
                on_item: Callable[[Any, str], None] | None = None) -> Any:
         """Create many versions from an ingest list (a JSON Lines file's path, or its items
         from :func:`tvreg.repo.ingest.read_list`), resumable: items landed by an earlier run
-        are skipped (docs/cli.md, ``ingest``). Vectors are staged on ``workers`` threads and
-        made versions in list order, with the same vector ids as :meth:`create` item by
-        item; a failing item is reported in the result and the others go on. With
+        are skipped (docs/cli.md, ``ingest``). Vectors are staged by the ``engine``
+        (``"local"``: ``workers`` threads; ``"dask"``: tasks of the Dask cluster at
+        ``scheduler``, or of a local one of ``workers`` processes) and made versions here in
+        list order, with the same vector ids as :meth:`create` item by item; a failing item
+        is reported in the result and the others go on. With
         ``similarities`` (the default), the new versions' similarities are computed at the
         end, once for all of them. Returns a :class:`tvreg.repo.ingest.IngestResult`."""
         from tvreg.repo.ingest import ingest, read_list
 
         listed = read_list(items) if isinstance(items, (str, os.PathLike)) else list(items)
-        result = ingest(self.repo, listed, engine=engine, workers=workers, level=level,
-                        on_item=on_item)
+        result = ingest(self.repo, listed, engine=engine, workers=workers, scheduler=scheduler,
+                        level=level, on_item=on_item)
         if similarities and result.created:
             self._similarities_after_insert(*result.created)
         return result

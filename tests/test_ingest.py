@@ -166,3 +166,78 @@ def test_bad_engine_and_workers(tmp_path, zoo, reg, run):
     run("ingest", path, "--workers", "0", code=2)
     run("ingest", path, "--engine", "spark", code=2)
     run("ingest", str(tmp_path / "nope.jsonl"), code=2)
+
+
+# --- the dask engine: a real LocalCluster of worker processes -----------------------------------
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=50) as c:
+        yield c
+
+
+def _similar(r, ref):
+    return [(x["ref"], x["cosine"], x["sign_conflict_rate"]) for x in r.similar(ref, k=10)]
+
+
+def test_dask_engine_stores_what_the_local_engine_stores(tmp_path, zoo, adapter, cluster):
+    """Staged in worker processes of a Dask cluster, landed by the client: the same vectors,
+    the same metadata and the same similarities, bit for bit, as the local engine."""
+    path = _write(tmp_path / "list.jsonl", _items(zoo, adapter))
+    with tvreg.open(tmp_path / "local") as local, tvreg.open(tmp_path / "dask") as on_dask:
+        a = local.ingest(path)
+        b = on_dask.ingest(path, engine="dask", scheduler=cluster.scheduler_address)
+        assert a.outcomes == b.outcomes == ["created"] * 4
+        assert a.refs == b.refs
+        for ref in a.refs:
+            x, y = local.show(ref), on_dask.show(ref)
+            for k in ("vector_id", "meta", "task", "lr", "steps", "stored_bytes", "codec"):
+                assert x[k] == y[k]
+            assert _similar(local, ref) == _similar(on_dask, ref)
+        assert on_dask.verify(deep=True).problems == []
+
+
+def test_dask_engine_on_its_own_local_cluster_and_a_rerun(tmp_path, zoo, run, reg_path):
+    rows = _items(zoo)
+    rows[2]["finetuned"] = str(tmp_path / "late.safetensors")
+    path = _write(tmp_path / "list.jsonl", rows)
+    first = run("ingest", path, "--engine", "dask", "--workers", "2", code=1)
+    assert first.stdout.split() == ["sentiment@1", "topic@1"]
+    assert "line 3 (toxicity)" in first.stderr and "late.safetensors" in first.stderr
+    shutil.copy(zoo.finetuned["toxicity"], tmp_path / "late.safetensors")
+    again = run("ingest", path, "--engine", "dask", "--workers", "2", "--json")
+    assert [i["outcome"] for i in json.loads(again.stdout)["items"]] == [
+        "skipped", "skipped", "created"]
+
+
+def test_dask_engine_bad_options(tmp_path, zoo, run, reg_path, monkeypatch):
+    from tvreg.repo import ingest_dask
+
+    path = _write(tmp_path / "list.jsonl", _items(zoo)[:1])
+    monkeypatch.setattr(ingest_dask, "CONNECT_TIMEOUT", "1s")
+    unreachable = run("ingest", path, "--engine", "dask", "--scheduler", "tcp://127.0.0.1:9",
+                      code=2)
+    assert "cannot reach the Dask scheduler tcp://127.0.0.1:9" in unreachable.stderr
+    run("ingest", path, "--scheduler", "tcp://127.0.0.1:9", code=2)  # not --engine dask
+    both = run("ingest", path, "--engine", "dask", "--scheduler", "tcp://127.0.0.1:9",
+               "--workers", "2", code=2)
+    assert "--workers sizes a local cluster" in both.stderr
+    assert not reg_path.exists()
+
+
+def test_other_commands_never_import_dask(tmp_path, zoo):
+    """dask is an optional extra: ingest with the local engine (and every other command) runs
+    without importing it."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "list.jsonl", _items(zoo)[:1])
+    code = ("import sys; from click.testing import CliRunner; from tvreg.cli.main import cli; "
+            f"r = CliRunner().invoke(cli, ['--registry', {str(tmp_path / 'r')!r}, 'ingest', "
+            f"{path!r}]); assert r.exit_code == 0, r.output; "
+            "assert not {'dask', 'distributed'} & set(sys.modules), 'dask imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -42,13 +42,14 @@ from tvreg.util import progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.records import VersionRecord
+    from tvreg.repo.create import StagedVersion
     from tvreg.repo.repo import Repo
 
 #: the fields an item may have
 FIELDS = ("name", "base", "finetuned", "lora", "task", "dataset", "lr", "steps", "meta")
 #: the metadata key that records an item's key
 KEY_META = "ingest.key"
-ENGINES = ("local",)
+ENGINES = ("local", "dask")
 
 
 @dataclass(frozen=True)
@@ -210,21 +211,25 @@ def landed_keys(repo: Repo, names: Iterable[str]) -> dict[str, str]:
 
 
 def ingest(repo: Repo, items: list[IngestItem], *, engine: str = "local",
-           workers: int | None = None, level: int | None = None,
+           workers: int | None = None, scheduler: str | None = None, level: int | None = None,
            on_item: Callable[[IngestItem, str], None] | None = None) -> IngestResult:
-    """Create a version for each item not landed before (see the module's docstring). Items
-    are staged on ``workers`` threads (default: the CPU count, at most 8) and landed in
-    list order; a failed item is recorded in the result (its one-line error) and the others
-    go on. ``on_item(item, outcome)`` is called as each item ends. Similarities are left to
-    the caller (:meth:`tvreg.Registry.ingest` computes them for the new versions)."""
-    from tvreg.repo.create import land, stage
-    from tvreg.tensors.encoding import default_workers
+    """Create a version for each item not landed before (see the module's docstring).
 
+    Items are staged by the ``engine``: ``"local"``, on ``workers`` threads of this process
+    (default: the CPU count, at most 8); ``"dask"``, as tasks of a Dask cluster
+    (:mod:`tvreg.repo.ingest_dask`: the one at ``scheduler``, else a ``LocalCluster`` of
+    ``workers`` processes, default 2), whose workers must see the registry's folder and the
+    checkpoints at the same paths. Staged vectors are landed here, in list order; a failed
+    item is recorded in the result (its one-line error) and the others go on.
+    ``on_item(item, outcome)`` is called as each item ends. Similarities are left to the
+    caller (:meth:`tvreg.Registry.ingest` computes them for the new versions)."""
     if engine not in ENGINES:
         raise InvalidInput(f"unknown engine {engine!r} (engines: {', '.join(ENGINES)})")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise InvalidInput(f"bad worker count {workers!r} (an integer >= 1)")
+    if scheduler is not None and engine != "dask":
+        raise InvalidInput("a scheduler address is for --engine dask")
     repo.require_writable()
     done = landed_keys(repo, (it.name for it in items))
     result = IngestResult(items, ["skipped" if it.key in done else "" for it in items],
@@ -235,34 +240,70 @@ def ingest(repo: Repo, items: list[IngestItem], *, engine: str = "local",
             on_item(items[i], "skipped")
     if not todo:
         return result
+    executor: Any
+    if engine == "dask":
+        from tvreg.repo import ingest_dask
+
+        executor = ingest_dask.executor(scheduler, workers)  # checked before the registry is made
+    else:
+        executor = LocalExecutor(workers)
     if not repo.exists:  # made once, before the workers (each would otherwise race to)
         repo.init()
-
-    def staged(i: int) -> Any:
-        it = items[i]
-        with progress.quiet():  # the caller draws one bar for the whole list
-            return stage(repo, it.name, it.base, it.finetuned, level=level,
-                         **it.create_options())
-
-    pool = ThreadPoolExecutor(workers or default_workers(), thread_name_prefix="tvreg-ingest")
-    try:
-        futures: dict[int, Future] = {i: pool.submit(staged, i) for i in todo}
-        for i in todo:  # landed in list order, as each is staged
-            it = items[i]
-            try:
-                res = land(repo, futures.pop(i).result())
-            except Exception as e:  # noqa: BLE001 - one item's failure, reported; others go on
-                result.outcomes[i] = "failed"
-                result.errors[it.line] = (str(e) if isinstance(e, TvregError)
-                                          else f"{type(e).__name__}: {e}")
-            else:
-                result.outcomes[i] = "created" if res.created else "unchanged"
-                result.refs[i] = res.record.ref
-                result.new_objects += res.new_objects
-                if res.created:
-                    result.created.append(res.record)
-            if on_item:
-                on_item(it, result.outcomes[i])
-    finally:  # interrupted: items not started are not started (a rerun does them)
-        pool.shutdown(wait=True, cancel_futures=True)
+    with executor:
+        _stage_and_land(repo, items, todo, executor, level, result, on_item)
     return result
+
+
+def _stage_and_land(repo: Repo, items: list[IngestItem], todo: list[int], executor: Any,
+                    level: int | None, result: IngestResult,
+                    on_item: Callable[[IngestItem, str], None] | None) -> None:
+    from tvreg.repo.create import land
+
+    futures = {i: executor.stage(repo, items[i], level) for i in todo}
+    for i in todo:  # landed in list order, as each is staged
+        it = items[i]
+        try:
+            res = land(repo, futures.pop(i).result())
+        except Exception as e:  # noqa: BLE001 - one item's failure, reported; others go on
+            result.outcomes[i] = "failed"
+            result.errors[it.line] = (str(e) if isinstance(e, TvregError)
+                                      else f"{type(e).__name__}: {e}")
+        else:
+            result.outcomes[i] = "created" if res.created else "unchanged"
+            result.refs[i] = res.record.ref
+            result.new_objects += res.new_objects
+            if res.created:
+                result.created.append(res.record)
+        if on_item:
+            on_item(it, result.outcomes[i])
+
+
+def stage_item(repo: Repo, item: IngestItem, level: int | None) -> StagedVersion:
+    """Stage one item's vector in ``repo`` (what every engine's workers run), quietly: the
+    caller draws one bar for the whole list."""
+    from tvreg.repo.create import stage
+
+    with progress.quiet():
+        return stage(repo, item.name, item.base, item.finetuned, level=level,
+                     **item.create_options())
+
+
+class LocalExecutor:
+    """The ``local`` engine: items staged on a thread pool of this process."""
+
+    def __init__(self, workers: int | None) -> None:
+        from tvreg.tensors.encoding import default_workers
+
+        self.pool = ThreadPoolExecutor(workers or default_workers(),
+                                       thread_name_prefix="tvreg-ingest")
+
+    def stage(self, repo: Repo, item: IngestItem, level: int | None) -> Future:
+        """A future of the item's :class:`StagedVersion`."""
+        return self.pool.submit(stage_item, repo, item, level)
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # interrupted: items not started are not started (a rerun does them)
+        self.pool.shutdown(wait=True, cancel_futures=True)
