@@ -259,7 +259,7 @@ def _stage_and_land(repo: Repo, items: list[IngestItem], todo: list[int], execut
                     on_item: Callable[[IngestItem, str], None] | None) -> None:
     from tvreg.repo.create import land
 
-    futures = {i: executor.stage(repo, items[i], level) for i in todo}
+    futures = {i: executor.submit(stage_item, repo, items[i], level) for i in todo}
     for i in todo:  # landed in list order, as each is staged
         it = items[i]
         try:
@@ -297,9 +297,9 @@ class LocalExecutor:
         self.pool = ThreadPoolExecutor(workers or default_workers(),
                                        thread_name_prefix="tvreg-ingest")
 
-    def stage(self, repo: Repo, item: IngestItem, level: int | None) -> Future:
-        """A future of the item's :class:`StagedVersion`."""
-        return self.pool.submit(stage_item, repo, item, level)
+    def submit(self, fn: Callable[..., Any], repo: Repo, *args: Any) -> Future:
+        """A future of ``fn(repo, *args)``."""
+        return self.pool.submit(fn, repo, *args)
 
     def __enter__(self) -> LocalExecutor:
         return self

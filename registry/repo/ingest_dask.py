@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 from tvreg.errors import InvalidInput
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
     from concurrent.futures import Future
 
-    from tvreg.repo.create import StagedVersion
-    from tvreg.repo.ingest import IngestItem
     from tvreg.repo.repo import Repo
 
 #: worker processes of the LocalCluster made when no scheduler is given
@@ -62,28 +61,30 @@ def executor(scheduler: str | None, workers: int | None) -> DaskExecutor:
     return DaskExecutor(client, cluster)
 
 
-def stage_on_worker(root: str, item: IngestItem, level: int | None) -> StagedVersion:
-    """The task: stage ``item`` in the registry at ``root``, opened once per worker process."""
-    from tvreg.repo.ingest import stage_item
+def on_worker(root: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """A task: ``fn(repo, *args)`` with the registry at ``root``, opened once per worker
+    process (``fn`` is pickled by reference: a module-level function of tvreg)."""
     from tvreg.repo.repo import Repo
 
     with _opened_lock:
         repo = _opened.get(root)
         if repo is None:
             repo = _opened[root] = Repo(root)
-    return stage_item(repo, item, level)
+    return fn(repo, *args)
 
 
 class DaskExecutor:
-    """Stages items as tasks of a Dask client; closes the client (and a cluster it made)."""
+    """Runs work on a registry as tasks of a Dask client; closes the client (and a cluster it
+    made)."""
 
     def __init__(self, client: Any, cluster: Any) -> None:
         self.client, self.cluster = client, cluster
 
-    def stage(self, repo: Repo, item: IngestItem, level: int | None) -> Future:
-        """A future of the item's staged vector (``.result()`` raises the task's error)."""
+    def submit(self, fn: Callable[..., Any], repo: Repo, *args: Any) -> Future:
+        """A future of ``fn(repo, *args)`` run on a worker with the registry opened there by
+        its folder (``.result()`` raises the task's error)."""
         # pure=False: a rerun after a failure must run the task again, not reuse its result
-        return self.client.submit(stage_on_worker, repo.root, item, level, pure=False)
+        return self.client.submit(on_worker, repo.root, fn, *args, pure=False)
 
     def __enter__(self) -> DaskExecutor:
         return self
