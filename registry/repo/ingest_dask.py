@@ -44,9 +44,11 @@ def executor(scheduler: str | None, workers: int | None) -> DaskExecutor:
     cluster = None
     try:
         if scheduler is None:
+            # on loopback; its HTTP server on a free port (None still takes :8787 and warns
+            # when another cluster holds it)
             cluster = distributed.LocalCluster(
                 n_workers=workers or DEFAULT_WORKERS, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=50)
+                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50)
             client = distributed.Client(cluster)
         else:
             if workers is not None:
