@@ -235,9 +235,10 @@ def ingest(repo: Repo, items: list[IngestItem], *, engine: str = "local",
     result = IngestResult(items, ["skipped" if it.key in done else "" for it in items],
                           [done.get(it.key) for it in items])
     todo = [i for i, it in enumerate(items) if it.key not in done]
-    for i in range(len(items)):
-        if i not in todo and on_item:
-            on_item(items[i], "skipped")
+    if on_item:
+        for it in items:
+            if it.key in done:
+                on_item(it, "skipped")
     if not todo:
         return result
     executor: Any
