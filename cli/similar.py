@@ -23,9 +23,11 @@ def _cosine(v: float | None, exact: bool, digits: int) -> str:
     return text if exact or text == "-" else "~" + text
 
 
-def _footnote(estimated: bool) -> None:
+def _footnote(estimated: bool, bound: bool = False) -> None:
     if estimated:
-        message("~: estimated from sketches (no exact value stored for that pair)")
+        message("~: estimated from sketches (no exact value stored for that pair)"
+                + ("; ±: its error bound, exceeded with probability at most 5 %" if bound
+                   else ""))
 
 
 @click.command()
@@ -61,10 +63,13 @@ def similar(reg, refs, k, matrix, plot_path, by, as_json):
     if as_json:
         emit_json(rows)
         return
-    table(["ref", "vector", "cosine", "sign_conflicts", "alignment"],
+    estimated = any(r["bound"] is not None for r in rows)
+    table(["ref", "vector", "cosine", *(["±"] if estimated else []), "sign_conflicts",
+           "alignment"],
           [(r["ref"], r["vector_id"][:12], _cosine(r["cosine"], r["exact"], 6),
+            *([_number(r["bound"], 3)] if estimated else []),
             _number(r["sign_conflict_rate"], 3), _number(r["alignment"], 4)) for r in rows])
-    _footnote(any(not r["exact"] and r["cosine"] is not None for r in rows))
+    _footnote(estimated, bound=True)
 
 
 def _matrix(reg, refs, plot_path, by, as_json) -> None:

@@ -772,8 +772,9 @@ def check_by(by: Any) -> str:
 def similar(reg: Repo, ref: str, k: int = 10, by: str = "cosine") -> list[dict[str, Any]]:
     """The versions most similar to ``ref`` among those of its base, best first by ``by``
     (``cosine`` or ``alignment``): exact values where the pair is stored, sketch estimates of
-    the cosine otherwise (``exact`` says which; an estimate has no alignment, and ranks after
-    every exact alignment). Estimates are ranked from the base's sketch file (milliseconds for
+    the cosine otherwise (``exact`` says which, and ``bound`` is an estimate's error bound,
+    :func:`estimate_bound`; an estimate has no alignment, and ranks after every exact
+    alignment). Estimates are ranked from the base's sketch file (milliseconds for
     10,000 vectors), or from the catalog for vectors the file lacks."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput(f"invalid --top {k!r}: a positive integer")
@@ -812,11 +813,28 @@ def similar(reg: Repo, ref: str, k: int = 10, by: str = "cosine") -> list[dict[s
                                "WHERE vector_id IN (SELECT unnest(?))", [top]).fetchall()
     rows = [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
              "cosine": _finite(values[other][0]), "sign_conflict_rate": _finite(values[other][1]),
-             "alignment": _finite(values[other][3]), "exact": values[other][2]}
+             "alignment": _finite(values[other][3]), "exact": values[other][2],
+             "bound": None if values[other][2] else estimate_bound(_finite(values[other][0]))}
             for name, version, other in versions]
     rows.sort(key=lambda r: (r[by] is None, -(r[by] or 0.0), r["cosine"] is None,
                              -(r["cosine"] or 0.0), r["name"], r["version"]))
     return rows[:k]
+
+
+#: the probability the :func:`estimate_bound` of a sketch estimate may be exceeded
+BOUND_PROBABILITY = 0.05
+
+
+def estimate_bound(cosine: float | None) -> float | None:
+    """The error bound of a sketch estimate ``cosine`` of a cosine: with hashes drawn at random,
+    the estimate's variance is at most (1 + cos²)/D, so by Chebyshev's inequality its error
+    exceeds √((1 + cos²) / (D · p)) with probability at most p = :data:`BOUND_PROBABILITY`
+    (0.070 at cos 0, 0.099 at |cos| 1; docs/similarity.md, measured errors are ~7× smaller).
+    None for an undefined estimate."""
+    if cosine is None:
+        return None
+    c = min(1.0, abs(cosine))
+    return math.sqrt((1.0 + c * c) / (SKETCH_DIM * BOUND_PROBABILITY))
 
 
 def _estimates_from_file(root: str, base: str, arch: str, vid: str, qnorm: float,
