@@ -201,7 +201,7 @@ def _breakdown_update(reg, vid: str) -> tuple:
     """One update with timers around its parts (summed over the threads that run them)."""
     from tvreg.catalog import db as catalog
     from tvreg.similarity import compute as similarity
-    from tvreg.similarity import spectra
+    from tvreg.similarity import spectra, upkeep
 
     _forget(reg, vid)
     _drop_spectra(reg, vid)
@@ -215,9 +215,9 @@ def _breakdown_update(reg, vid: str) -> tuple:
     tr.wrap(similarity, "projected_energy", "alignment: projections (both directions)")
     tr.wrap(spectra.Reader, "get", "alignment: read a spectra file's matrix")
     tr.wrap(spectra.Writer, "add", "alignment: write a spectra file's matrix")
-    tr.wrap(similarity, "_store_stats", "catalog: store statistics")
-    tr.wrap(similarity, "_store_pairs", "catalog: store pairs")
-    tr.wrap(similarity, "_load_stats", "catalog: load statistics")
+    tr.wrap(upkeep, "_store_stats", "catalog: store statistics")
+    tr.wrap(upkeep, "_store_pairs", "catalog: store pairs")
+    tr.wrap(upkeep, "_load_stats", "catalog: load statistics")
     tr.wrap(catalog.Catalog, "_open", "catalog: open a DuckDB connection")
     tr.wrap(reg, "manifest", "read manifests")
     try:

@@ -115,19 +115,60 @@ def _require_matplotlib() -> None:
 @click.command()
 @click.argument("refs", nargs=-1, metavar="[REF...]")
 @click.option("--rebuild", is_flag=True, help="Recompute everything, not only what is missing.")
+@click.option("--engine", type=click.Choice(("local", "dask")), default="local",
+              show_default=True, help="Where vectors are read: local = this process; dask = "
+                                      "tasks of a Dask cluster (the dask extra).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="dask: worker processes of a local cluster (default 2).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="dask: the scheduler of a running cluster (e.g. tcp://host:8786).")
+@click.option("--memory", metavar="BYTES", type=click.IntRange(min=1),
+              help="Bytes one task of the batch pass may hold (default 1 GiB); a base whose "
+                   "vectors' largest tensors do not fit is read in blocks.")
+@click.option("--status", "show_status", is_flag=True,
+              help="Only show, per base, the vectors, exact and pending pairs.")
+@click.option("--exact-limit", "limit", type=click.IntRange(min=0), metavar="N",
+              help="Set the vectors per base up to which a new version's exact pairs are "
+                   "computed when it is stored (default 256); past it they are pending.")
 @json_option
 @click.pass_obj
-def similarities(reg, refs, rebuild, as_json):
-    """Compute missing similarity statistics and pairs (for the bases of REFs, default all)."""
+def similarities(reg, refs, rebuild, engine, workers, scheduler, memory, show_status, limit,
+                 as_json):
+    """Compute missing similarity statistics and pairs, pending ones included (for the bases
+    of REFs, default all), in one pass that reads each vector once."""
+    if (show_status or limit is not None) and (refs or rebuild or engine != "local"
+                                               or workers or scheduler or memory):
+        raise InvalidInput("--status and --exact-limit take no REF and no other option")
+    if limit is not None:
+        reg.set_similarity_exact_limit(limit)
+        message(f"exact limit: {limit} vector(s) per base")
+    if show_status or limit is not None:
+        _status(reg, as_json)
+        return
     if rebuild and refs:
         raise InvalidInput("--rebuild recomputes every base; give no REF")
+    options = {"engine": engine, "workers": workers, "scheduler": scheduler, "memory": memory}
     with progress.bar(None, "similarities", unit="vector") as bar:
         tick = lambda _vid: bar.update(1)  # noqa: E731
-        counts = (reg.rebuild_similarities(on_vector=tick) if rebuild
-                  else reg.update_similarities(list(refs) or None, on_vector=tick))
+        counts = (reg.rebuild_similarities(on_vector=tick, **options) if rebuild
+                  else reg.update_similarities(list(refs) or None, on_vector=tick, **options))
     if as_json:
         emit_json(counts)
     message(f"computed statistics of {counts['vectors']} vector(s) and {counts['pairs']} pair(s)")
+
+
+def _status(reg, as_json: bool) -> None:
+    rows = reg.similarity_status()
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        message("no vectors")
+        return
+    table(["base", "vectors", "without_stats", "pairs", "exact", "pending", "exact_limit"],
+          [(", ".join(r["base_names"]) or r["base_hash"][:12], r["n_vectors"],
+            r["n_without_stats"], r["n_pairs"], r["n_exact_pairs"], r["n_pending_pairs"],
+            r["exact_limit"]) for r in rows])
 
 
 COMMANDS = [similar, similarities]

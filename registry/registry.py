@@ -236,8 +236,10 @@ class Registry:
         here is a warning that says how to finish, not an error."""
         import warnings
 
+        from tvreg.similarity.upkeep import exact_limit, update
+
         try:
-            self.update_similarities([r.vector_id for r in records])
+            update(self.repo, [r.vector_id for r in records], exact_limit=exact_limit(self.repo))
         except TvregError as e:
             refs = ", ".join(r.ref for r in records)
             warnings.warn(f"{refs} {'is' if len(records) == 1 else 'are'} stored, but the "
@@ -635,26 +637,70 @@ class Registry:
         self.repo.require()
         return similarity_matrix(self.repo, refs, by)
 
-    def update_similarities(self, refs: list[str] | None = None, *,
+    def update_similarities(self, refs: list[str] | None = None, *, engine: str = "local",
+                            workers: int | None = None, scheduler: str | None = None,
+                            memory: int | None = None,
                             on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
         """Compute the statistics and pairs that are missing, for the bases of ``refs`` (refs
-        or vector ids; default every base). Idempotent."""
+        or vector ids; default every base), whatever the exact limit: pending pairs too, in
+        one batch pass that reads each vector once (``engine="dask"``: as tasks of the Dask
+        cluster at ``scheduler``, or of a local one of ``workers`` processes; ``memory``: the
+        bytes a task may hold, docs/similarity.md). Idempotent. Returns ``{"vectors": N,
+        "pairs": M}``: vectors whose statistics and pairs whose values were computed."""
         from tvreg.digest import is_hex_digest
-        from tvreg.similarity.compute import update
+        from tvreg.similarity.batch import MEMORY
+        from tvreg.similarity.upkeep import update
 
         self.repo.require()
         ids = None if refs is None else [r if is_hex_digest(r) else self.resolve_ref(r)[1]
                                          for r in refs]
-        return update(self.repo, ids, on_vector=on_vector)
+        return update(self.repo, ids, exact_limit=None, engine=engine, workers=workers,
+                      scheduler=scheduler, memory=MEMORY if memory is None else memory,
+                      on_vector=on_vector)
 
-    def rebuild_similarities(self, *, on_vector: Callable[[str], None] | None = None
+    def rebuild_similarities(self, *, engine: str = "local", workers: int | None = None,
+                             scheduler: str | None = None, memory: int | None = None,
+                             on_vector: Callable[[str], None] | None = None
                              ) -> dict[str, int]:
-        """Recompute every statistic and pair from the stored vectors."""
-        from tvreg.similarity.compute import clear, update
+        """Recompute every statistic and pair from the stored vectors (every base, whatever
+        the exact limit; engines as for :meth:`update_similarities`, which give the same
+        values bit for bit)."""
+        from tvreg.similarity.batch import MEMORY, check_memory
+        from tvreg.similarity.upkeep import check_engine, clear, update
 
         self.repo.require()
+        check_engine(engine, workers, scheduler)  # before anything is deleted
+        check_memory(MEMORY if memory is None else memory)
         clear(self.repo)
-        return update(self.repo, None, on_vector=on_vector)
+        return update(self.repo, None, exact_limit=None, engine=engine, workers=workers,
+                      scheduler=scheduler, memory=MEMORY if memory is None else memory,
+                      on_vector=on_vector)
+
+    def similarity_status(self) -> list[dict[str, Any]]:
+        """Per base and architecture: ``n_vectors``, ``n_without_stats`` (vectors whose
+        statistics are not computed), ``n_pairs``, ``n_exact_pairs``, ``n_pending_pairs``
+        (pairs with no exact value: queries estimate them from sketches) and the registry's
+        ``exact_limit``."""
+        from tvreg.similarity.upkeep import status
+
+        self.repo.require()
+        return status(self.repo)
+
+    @property
+    def similarity_exact_limit(self) -> int:
+        """Vectors per base up to which an insert computes its exact pairs (config.json's
+        ``similarity.exact_limit``, default 256); past it, a new vector's pairs are pending."""
+        from tvreg.similarity.upkeep import exact_limit
+
+        self.repo.require()
+        return exact_limit(self.repo)
+
+    def set_similarity_exact_limit(self, limit: int) -> int:
+        """Set :attr:`similarity_exact_limit` (an integer >= 0) in config.json."""
+        from tvreg.similarity.upkeep import set_exact_limit
+
+        self.repo.require()
+        return set_exact_limit(self.repo, limit)
 
     # --- tags ------------------------------------------------------------------------------------
 

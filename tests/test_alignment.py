@@ -14,6 +14,7 @@ import tvreg
 from tvreg.catalog import db as catalog_module
 from tvreg.errors import InvalidInput
 from tvreg.similarity import compute as similarity
+from tvreg.similarity import upkeep
 from tvreg.testing import save_safetensors
 
 SHARE = 0.95  # the documented norm share of the top singular subspace
@@ -210,7 +211,7 @@ def test_estimates_have_no_alignment(zoo, tmp_path):
     reg = tvreg.open(tmp_path / "r")
     for task in zoo.finetuned:
         reg.create(task, zoo.base, zoo.finetuned[task], similarities=False)
-    similarity.update(reg.repo, None, exact_limit=2)
+    upkeep.update(reg.repo, None, exact_limit=2)
     rows = reg.similar("sentiment", by="alignment")
     assert rows and all(not r["exact"] and r["alignment"] is None for r in rows)
     # no alignment to rank by: in order of the cosine estimates
@@ -222,6 +223,15 @@ def _values(reg) -> list[tuple]:
         "SELECT vector_a, vector_b, tensor, alignment FROM tensor_similarities")) + sorted(
         (r["vector_a"], r["vector_b"], "", r["alignment"]) for r in reg.sql(
             "SELECT vector_a, vector_b, alignment FROM similarities"))
+
+
+def _same(got: list[tuple], want: list[tuple]) -> bool:
+    """The same alignments but for the last bits: a batch pass (rebuild, many pairs) sums in
+    another order than an insert's pair pass."""
+    return len(got) == len(want) and all(
+        g[:3] == w[:3] and (g[3] == w[3] or (g[3] is not None and w[3] is not None
+                                             and abs(g[3] - w[3]) <= 1e-12))
+        for g, w in zip(got, want))
 
 
 def test_migration_of_an_older_catalog_then_upkeep(filled):
@@ -246,7 +256,7 @@ def test_migration_of_an_older_catalog_then_upkeep(filled):
                                       and r["cosine"] is not None for r in rows)
         assert all(r["alignment"] is None for r in later.similar("topic"))
         assert later.update_similarities() == {"vectors": 0, "pairs": 3}
-        assert _values(later) == want
+        assert _same(_values(later), want)
         assert later.update_similarities() == {"vectors": 0, "pairs": 0}
 
 
@@ -257,7 +267,7 @@ def test_rebuild_recomputes_alignment(run, filled, reg_path):
         con.execute("UPDATE tensor_similarities SET alignment = NULL")
     run("similarities", "--rebuild")
     with tvreg.open(reg_path) as again:
-        assert _values(again) == want
+        assert _same(_values(again), want)
 
 
 # --- spectra files: the cache of per-matrix spectra ---------------------------------------------
@@ -291,7 +301,7 @@ def test_spectra_files_spare_the_partners_and_change_no_value(zoo, tmp_path, mon
 
     shutil.rmtree(reg.repo.root + "/spectra")
     assert reg.rebuild_similarities() == {"vectors": 3, "pairs": 3}
-    assert _values(reg) == want and len(_spectra_files(reg)) == 3
+    assert _same(_values(reg), want) and len(_spectra_files(reg)) == 3
     # a torn file is computed again (and not trusted)
     torn = reg.repo.root + f"/spectra/{ids[tasks[0]]}.npz"
     with open(torn, "r+b") as f:
@@ -300,7 +310,7 @@ def test_spectra_files_spare_the_partners_and_change_no_value(zoo, tmp_path, mon
         con.execute("DELETE FROM similarities")
     calls.clear()
     assert reg.update_similarities() == {"vectors": 0, "pairs": 3}
-    assert _values(reg) == want
+    assert _same(_values(reg), want)
     assert 0 < len(calls) < 3 * matrices
     # a vector the catalog no longer lists loses its file, a dead writer its temporary file
     import os

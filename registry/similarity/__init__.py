@@ -8,13 +8,17 @@ from tvreg.util.lazy import lazy_exports
 #: public name -> the module of this package that defines it
 _EXPORTS = {
     "SimilarityMatrix": "compute",
-    "clear": "compute",
+    "clear": "upkeep",
     "similar": "compute",
     "similarity_matrix": "compute",
-    "update": "compute",
+    "exact_limit": "upkeep",
+    "set_exact_limit": "upkeep",
+    "status": "upkeep",
+    "update": "upkeep",
     "heatmap": "plot",
 }
 
-__all__ = ["SimilarityMatrix", "clear", "heatmap", "similar", "similarity_matrix", "update"]
+__all__ = ["SimilarityMatrix", "clear", "exact_limit", "heatmap", "set_exact_limit", "similar",
+           "similarity_matrix", "status", "update"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,7 +23,6 @@ Results do not depend on which vector of a pair is X, nor on insertion order.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
 import math
 import threading
@@ -50,8 +49,10 @@ _SKETCH_BITS = 12  # log2(SKETCH_DIM)
 MATERIAL_FRACTION = 0.2
 #: tensors larger than this estimate their threshold from a seeded sample of this many values
 THRESHOLD_SAMPLE = 1 << 16
-#: pairs are computed exactly for bases of at most this many vectors; beyond, new vectors get
-#: their statistics and sketch only, and queries estimate their cosines from the sketches
+#: by default, an insert computes its exact pairs for bases of at most this many vectors;
+#: beyond, a new vector gets its statistics, sketch and spectra only, its pairs are pending
+#: (computed by ``tvreg similarities``) and queries estimate their cosines from the sketches.
+#: A registry's own limit is in its config.json (:mod:`tvreg.similarity.upkeep`)
 EXACT_LIMIT = 256
 _CHUNK = 1 << 16
 _U64 = np.uint64
@@ -337,15 +338,23 @@ def alignment(energies: Iterable[tuple[float, float, float, float] | None]) -> f
 # --- passes ------------------------------------------------------------------------------------
 
 
-def vector_stats(reg: Repo, vector_id: str) -> VectorStats:
-    """Norms, thresholds and sketch of one vector: one pass, a tensor at a time."""
+def vector_stats(reg: Repo, vector_id: str, *, spectra: bool = False) -> VectorStats:
+    """Norms, thresholds and sketch of one vector: one pass, a tensor at a time; with
+    ``spectra``, its matrices' spectra too, kept in its spectra file (for a later pass)."""
     manifest = reg.manifest(vector_id)
     sketch = np.zeros(SKETCH_DIM)
     tensors: dict[str, TensorStats] = {}
-    for entry, tensor in _decoded(reg, [entry for entry in manifest.tensors]):
-        v = _flat(tensor)
-        tensors[entry.name] = _tensor_stats(entry.name, v, sketch)
-        del tensor, v
+    source = _Spectra(reg, vector_id, manifest) if spectra else None
+    try:
+        for entry, tensor in _decoded(reg, [entry for entry in manifest.tensors]):
+            v = _flat(tensor)
+            tensors[entry.name] = _tensor_stats(entry.name, v, sketch)
+            if source is not None:
+                source.get(entry.name, v, tuple(entry.shape))
+            del tensor, v
+    finally:
+        if source is not None:
+            source.close()
     norm = math.sqrt(math.fsum(t.norm ** 2 for t in tensors.values()))
     return VectorStats(vector_id, norm, manifest.n_params,
                        sum(t.n_material for t in tensors.values()), sketch, tensors)
@@ -477,77 +486,6 @@ def _pair_tensors(reg: Repo, x: str, manifests: dict[str, Manifest], partners: l
         del tensor, xv, xs
 
 
-#: the all-pairs pass holds one tensor of every vector of a base (plus its material positions)
-ALL_PAIRS_BYTES = 1 << 30
-
-
-def _fits_all_pairs(reg: Repo, ids: list[str]) -> bool:
-    """Whether one tensor of every vector fits in :data:`ALL_PAIRS_BYTES`: the tensor, its
-    material positions and, for a matrix, its spectrum (an s × s Gram matrix and up to s × s/2
-    singular vectors in float64, s its short side)."""
-    if not ids:
-        return True
-    entries = reg.manifest(ids[0]).tensors
-    largest = max(e.nbytes for e in entries)
-    spectrum_bytes = max((12 * min(e.shape) ** 2 for e in entries if aligned(e.shape)),
-                         default=0)
-    return len(ids) * (largest * 3 + spectrum_bytes) <= ALL_PAIRS_BYTES
-
-
-def all_pairs_pass(reg: Repo, ids: list[str], pairs: set[tuple[str, str]],
-                   stats: dict[str, VectorStats]) -> dict[tuple[str, str], _PairTotals]:
-    """The ``pairs`` among ``ids`` (and the statistics of those of ``ids`` not in ``stats``,
-    added to it), one tensor name at a time: each vector's tensor is decoded once and compared
-    with every other's, on the operand pool. The same numbers as :func:`pair_pass`."""
-    pool = reg.executor("operands")
-    manifests = {v: reg.manifest(v) for v in ids}
-    own = {v: VectorStats(v, 0.0, manifests[v].n_params, 0, np.zeros(SKETCH_DIM))
-           for v in ids if v not in stats}
-    order = sorted(pairs)
-    totals = {p: _PairTotals() for p in order}
-    involved = sorted({v for p in pairs for v in p} | set(own))
-    paired = {v for p in pairs for v in p}
-    Prepared = tuple[np.ndarray, float, np.ndarray, np.ndarray, Spectrum | None]
-
-    def prepare(name: str, v: str) -> Prepared:
-        entry = manifests[v].tensor(name)
-        values = _flat(reg.load_tensor(entry))
-        if v in own:
-            own[v].tensors[name] = _tensor_stats(name, values, own[v].sketch)
-            threshold = own[v].tensors[name].threshold
-        else:
-            threshold = stats[v].tensors[name].threshold
-        where = _material_positions(values, threshold)
-        # each vector's spectrum once per tensor name, shared by all its pairs
-        spec = sources[v].get(name, values, tuple(entry.shape)) if v in paired else None
-        return values, threshold, where, values[where] < 0, spec
-
-    def compare(prepared: dict[str, Prepared], pair: tuple[str, str]) -> tuple:
-        a, b = pair
-        va, _, where, negative, sa = prepared[a]
-        vb, threshold_b, _, _, sb = prepared[b]
-        return (*_compare(va, where, negative, vb, threshold_b), pair_energies(sa, sb))
-
-    sources = {v: _Spectra(reg, v, manifests[v]) for v in sorted(paired)}
-    try:
-        for entry in manifests[ids[0]].tensors:
-            name = entry.name
-            prepared = dict(zip(involved, pool.map(functools.partial(prepare, name), involved),
-                                strict=True))
-            for pair, values in zip(order, pool.map(functools.partial(compare, prepared), order),
-                                    strict=True):
-                totals[pair].add(name, *values)
-            del prepared
-    finally:
-        for source in sources.values():
-            source.close()
-    for v, st in own.items():
-        st.norm = math.sqrt(math.fsum(t.norm ** 2 for t in st.tensors.values()))
-        st.n_material = sum(t.n_material for t in st.tensors.values())
-        stats[v] = st
-    return totals
-
-
 # --- catalog -----------------------------------------------------------------------------------
 
 
@@ -561,189 +499,9 @@ def _rate(conflicts: int, both: int) -> float | None:
     return conflicts / both if both else None
 
 
-def _store_stats(con, s: VectorStats, m: Manifest) -> None:
-    con.execute("DELETE FROM vector_stats WHERE vector_id = ?", [s.vector_id])
-    con.execute("DELETE FROM tensor_stats WHERE vector_id = ?", [s.vector_id])
-    con.execute("INSERT INTO vector_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [s.vector_id, m.base_hash, m.arch_fingerprint, s.norm, s.n_params, s.n_material,
-                 s.sketch.astype(np.float32).tolist(), _now()])
-    from tvreg.catalog.db import insert_rows
-
-    insert_rows(con, "tensor_stats", [(s.vector_id, t.name, t.norm, t.threshold, t.n_material)
-                                       for t in s.tensors.values()])
-
-
-def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
-    if not ids:
-        return {}
-    out: dict[str, VectorStats] = {}
-    for vid, norm, n_params, n_material in con.execute(
-            "SELECT vector_id, norm, n_params, n_material FROM vector_stats "
-            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall():
-        out[vid] = VectorStats(vid, norm, n_params, n_material, np.zeros(0))
-    for vid, tensor, norm, threshold, n_material in con.execute(
-            "SELECT vector_id, tensor, norm, threshold, n_material FROM tensor_stats "
-            "WHERE vector_id IN (SELECT unnest(?))", [ids]).fetchall():
-        out[vid].tensors[tensor] = TensorStats(tensor, norm, threshold, n_material)
-    return out
-
-
-def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
-                 stats: dict[str, VectorStats]) -> None:
-    """Rows of pairs keyed ``(a, b)`` with ``a < b``."""
-    from tvreg.catalog.db import SIMILARITY_COLUMNS, TENSOR_SIMILARITY_COLUMNS, insert_rows
-
-    now = _now()
-    rows, tensor_rows = [], []
-    for (a, b), t in totals.items():
-        na, nb = stats[a].norm, stats[b].norm
-        con.execute("DELETE FROM similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
-        con.execute("DELETE FROM tensor_similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
-        energies = [e for *_, e in t.tensors]
-        rows.append((a, b, t.dot, na, nb, _cosine(t.dot, na, nb), t.both, t.conflicts,
-                     _rate(t.conflicts, t.both), now, alignment(energies),
-                     sum(e is not None for e in energies)))
-        for name, dot, both, conflicts, e in t.tensors:
-            cos = _cosine(dot, stats[a].tensors[name].norm, stats[b].tensors[name].norm)
-            tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both),
-                                alignment([e])))
-    insert_rows(con, "similarities", rows, SIMILARITY_COLUMNS)
-    insert_rows(con, "tensor_similarities", tensor_rows, TENSOR_SIMILARITY_COLUMNS)
-
-
-def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list[str]]:
-    """Vector ids of the catalog by (base hash, architecture), limited to the groups of
-    ``vector_ids`` if given."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for vid, base, arch in con.execute("SELECT vector_id, base_hash, arch_fingerprint FROM vectors "
-                                       "ORDER BY vector_id").fetchall():
-        groups.setdefault((base, arch), []).append(vid)
-    if vector_ids is not None:
-        wanted = set(vector_ids)
-        groups = {k: v for k, v in groups.items() if wanted & set(v)}
-    return groups
-
-
-def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
-           exact_limit: int = EXACT_LIMIT,
-           on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
-    """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
-    statistics of vectors that have none, then every missing pair (for bases of at most
-    ``exact_limit`` vectors). Idempotent: a second call computes nothing. Each pass is stored
-    in its own transaction, so an interrupted update keeps what it finished."""
-    with one_blas_thread():
-        return _update(reg, vector_ids, exact_limit, on_vector)
-
-
-def _update(reg: Repo, vector_ids: Iterable[str] | None, exact_limit: int,
-            on_vector: Callable[[str], None] | None) -> dict[str, int]:
-    done = {"vectors": 0, "pairs": 0}
-    with reg.catalog.reader() as con:
-        # spectra files of vectors gc deleted (or reindex dropped) go; a cache miss at worst
-        spectra_files.prune(reg.root, {r[0] for r in con.execute(
-            "SELECT vector_id FROM vectors").fetchall()})
-        groups = _groups(con, vector_ids)
-        everything = [v for ids in groups.values() for v in ids]
-        have = {r[0] for r in con.execute(
-            "SELECT vector_id FROM vector_stats WHERE vector_id IN (SELECT unnest(?))",
-            [everything]).fetchall()}
-        # a pair from before migration 5 (n_matrices NULL) lacks its alignment: missing
-        stored = {(a, b) for a, b in con.execute(
-            "SELECT vector_a, vector_b FROM similarities WHERE vector_a IN (SELECT unnest(?)) "
-            "AND n_matrices IS NOT NULL", [everything]).fetchall()}
-        stats = _load_stats(con, everything)
-    for ids in groups.values():
-        fresh = [vid for vid in ids if vid not in have]
-        missing = set()
-        if len(ids) <= exact_limit:
-            missing = {(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]} - stored
-        if len(missing) > len(ids) - 1 and _fits_all_pairs(reg, ids):
-            # many vectors' pairs (a rebuild, an import): one tensor name of every vector at a
-            # time, so each vector is read once, instead of a pass per vector
-            first_stats = dict(stats)
-            totals = all_pairs_pass(reg, ids, missing, stats)
-            pending: list[tuple[VectorStats, Manifest]] = [
-                (stats[v], reg.manifest(v)) for v in ids if v not in first_stats]
-            with reg.catalog.writer() as con:
-                for st, m in pending:
-                    _store_stats(con, st, m)
-                _store_pairs(con, totals, stats)
-            _index_sketches(reg, pending)
-            for vid in fresh:
-                done["vectors"] += 1
-                if on_vector:
-                    on_vector(vid)
-            done["pairs"] += len(missing)
-            continue
-        first = _most_missing(missing) if missing else None
-        pending = []
-        for vid in fresh:
-            if vid != first:  # the first pass computes its x's statistics itself
-                stats[vid] = vector_stats(reg, vid)
-                pending.append((stats[vid], reg.manifest(vid)))
-            done["vectors"] += 1
-            if on_vector:
-                on_vector(vid)
-        if not missing and pending:
-            with reg.catalog.writer() as con:
-                for s, m in pending:
-                    _store_stats(con, s, m)
-            _index_sketches(reg, pending)
-        while missing:
-            # the vector in most missing pairs goes first: a new vector is read once, each
-            # stored vector once
-            x = _most_missing(missing)
-            partners = sorted(b if a == x else a for a, b in missing if x in (a, b))
-            computed_x = x not in stats
-            with_x = pair_pass(reg, x, partners, stats)
-            if computed_x:
-                pending.append((stats[x], reg.manifest(x)))
-            with reg.catalog.writer() as con:
-                for s, m in pending:  # the new vectors' statistics go in with their first pairs
-                    _store_stats(con, s, m)
-                _store_pairs(con, {_ordered(x, p): t for p, t in with_x.items()}, stats)
-            _index_sketches(reg, pending)
-            pending = []
-            missing -= {_ordered(x, p) for p in partners}
-            done["pairs"] += len(partners)
-    return done
-
-
-def _index_sketches(reg: Repo, stored: list[tuple[VectorStats, Manifest]]) -> None:
-    """Append committed sketches to their base's sketch file (a cache: failures are ignored,
-    queries then read the catalog)."""
-    by_base: dict[tuple[str, str], list] = {}
-    for s, m in stored:
-        by_base.setdefault((m.base_hash, m.arch_fingerprint), []).append(
-            (s.vector_id, s.norm, s.sketch))
-    for (base, arch), rows in by_base.items():
-        try:
-            sketch_index.append(reg.root, base, arch, rows)
-        except OSError:
-            pass
-
-
 def _ordered(a: str, b: str) -> tuple[str, str]:
     """``tuple(sorted((a, b)))``: the key of the pair of ``a`` and ``b`` (smaller id first)."""
     return (a, b) if a <= b else (b, a)
-
-
-def _most_missing(missing: set[tuple[str, str]]) -> str:
-    count: dict[str, int] = {}
-    for a, b in missing:
-        count[a] = count.get(a, 0) + 1
-        count[b] = count.get(b, 0) + 1
-    return min(count, key=lambda v: (-count[v], v))
-
-
-def clear(reg: Repo) -> None:
-    """Forget every stored statistic and similarity: the sketch index, the spectra files and the
-    catalog rows."""
-    sketch_index.clear(reg.root)
-    spectra_files.clear(reg.root)
-    with reg.catalog.writer() as con:
-        for table in ("vector_stats", "tensor_stats", "similarities", "tensor_similarities"):
-            con.execute(f"DELETE FROM {table}")
 
 
 # --- queries -----------------------------------------------------------------------------------
