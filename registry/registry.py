@@ -665,16 +665,13 @@ class Registry:
         """Recompute every statistic and pair from the stored vectors (every base, whatever
         the exact limit; engines as for :meth:`update_similarities`, which give the same
         values bit for bit)."""
-        from tvreg.similarity.batch import MEMORY, check_memory
-        from tvreg.similarity.upkeep import check_engine, clear, update
+        from tvreg.similarity.batch import MEMORY
+        from tvreg.similarity.upkeep import update
 
         self.repo.require()
-        check_engine(engine, workers, scheduler)  # before anything is deleted
-        check_memory(MEMORY if memory is None else memory)
-        clear(self.repo)
         return update(self.repo, None, exact_limit=None, engine=engine, workers=workers,
                       scheduler=scheduler, memory=MEMORY if memory is None else memory,
-                      on_vector=on_vector)
+                      rebuild=True, on_vector=on_vector)
 
     def similarity_status(self) -> list[dict[str, Any]]:
         """Per base and architecture: ``n_vectors``, ``n_without_stats`` (vectors whose

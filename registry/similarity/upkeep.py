@@ -163,7 +163,7 @@ def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list
 def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
            exact_limit: int | None = EXACT_LIMIT, engine: str = "local",
            workers: int | None = None, scheduler: str | None = None,
-           memory: int = batch_pass.MEMORY,
+           memory: int = batch_pass.MEMORY, rebuild: bool = False,
            on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
     """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
     statistics of vectors that have none, then every missing pair, for bases of at most
@@ -175,15 +175,21 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
     a base past its limit) go through the batch pass (:mod:`tvreg.similarity.batch`, tiles of
     at most ``memory`` bytes); with ``engine="dask"`` every pass's reads run as tasks of a Dask
     cluster (``scheduler``, or a ``LocalCluster`` of ``workers`` processes), and the values are
-    the local engine's, bit for bit."""
+    the local engine's, bit for bit. With ``rebuild``, everything stored is forgotten first
+    (:func:`clear`), once the engine is ready (a cluster that cannot be reached changes
+    nothing)."""
     check_engine(engine, workers, scheduler)
     batch_pass.check_memory(memory)
     if engine == "local":
         with one_blas_thread():
+            if rebuild:
+                clear(reg)
             return _update(reg, vector_ids, exact_limit, memory, None, on_vector)
     from tvreg.repo import ingest_dask
 
     with ingest_dask.executor(scheduler, workers) as cluster, one_blas_thread():
+        if rebuild:
+            clear(reg)
         return _update(reg, vector_ids, exact_limit, memory, cluster, on_vector)
 
 
