@@ -52,7 +52,7 @@ from tvreg.similarity.compute import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.format.manifest import Manifest
+    from tvreg.format.manifest import Manifest, TensorEntry
     from tvreg.repo.repo import Repo
 
 #: columns of the values per Gram block: fixed, so the sums do not depend on the engine
@@ -111,30 +111,33 @@ def tiles(blocks_: list[list[str]]) -> list[tuple[int, int]]:
     return [(i, j) for i in range(len(blocks_)) for j in range(i, len(blocks_))]
 
 
-SpectrumOf = Callable[[str, str, np.ndarray, tuple[int, ...]], "Spectrum | None"]
+SpectrumOf = Callable[[str, int, np.ndarray, tuple[int, ...]], "Spectrum | None"]
 
 
-def run_tile(repo: Repo, name: str, ids: list[str], thresholds: dict[str, float],
-             fresh: list[str], spectrum_of: SpectrumOf | None = None) -> TileResult:
-    """One tile: tensor ``name`` of the vectors ``ids`` (``thresholds``: the stored threshold
-    of each that has statistics; ``fresh``: those whose statistics this tile computes, all
-    without a threshold otherwise). ``spectrum_of(vector_id, name, values, shape)`` gives a
-    matrix's spectrum (default: from the vector's spectra file where complete, else computed
-    and not written). What a Dask worker runs (:mod:`tvreg.repo.ingest_dask`)."""
+def run_tile(repo: Repo, index: int, entries: list[TensorEntry], ids: list[str],
+             thresholds: dict[str, float], fresh: list[str],
+             spectrum_of: SpectrumOf | None = None) -> TileResult:
+    """One tile: the tensor at ``index`` of the manifests of the vectors ``ids`` (``entries``:
+    its entry in each; ``thresholds``: the stored threshold of each vector that has
+    statistics; ``fresh``: those whose statistics this tile computes, all without a threshold
+    otherwise). ``spectrum_of(vector_id, index, values, shape)`` gives a matrix's spectrum
+    (default: from the vector's spectra file where complete, else computed and not written).
+    What a Dask worker runs (:mod:`tvreg.repo.ingest_dask`)."""
     with one_blas_thread():
-        return _tile(repo, name, ids, thresholds, fresh, spectrum_of or _read_or_compute(repo))
+        return _tile(repo, index, entries, ids, thresholds, fresh,
+                     spectrum_of or _read_or_compute(repo))
 
 
 def _read_or_compute(repo: Repo) -> SpectrumOf:
     from tvreg.similarity.compute import ALIGNMENT_NORM_SHARE
 
-    def get(vid: str, name: str, values: np.ndarray, shape: tuple[int, ...]) -> Spectrum | None:
+    def get(vid: str, index: int, values: np.ndarray, shape: tuple[int, ...]
+            ) -> Spectrum | None:
         if not aligned(shape):
             return None
         reader = spectra_files.Reader(repo.root, vid, ALIGNMENT_NORM_SHARE)
         try:
-            i = [e.name for e in repo.manifest(vid).tensors].index(name)
-            found = reader.get(i) if reader.complete else None
+            found = reader.get(index) if reader.complete else None
         finally:
             reader.close()
         return Spectrum.of(*found) if found is not None else spectrum(values, shape)
@@ -142,11 +145,11 @@ def _read_or_compute(repo: Repo) -> SpectrumOf:
     return get
 
 
-def _tile(repo: Repo, name: str, ids: list[str], thresholds: dict[str, float],
-          fresh: list[str], spectrum_of: SpectrumOf) -> TileResult:
+def _tile(repo: Repo, index: int, entries: list[TensorEntry], ids: list[str],
+          thresholds: dict[str, float], fresh: list[str], spectrum_of: SpectrumOf
+          ) -> TileResult:
     pool = repo.executor("operands")
-    entries = [repo.manifest(v).tensor(name) for v in ids]
-    shape = tuple(entries[0].shape)
+    name, shape = entries[0].name, tuple(entries[0].shape)
     values = list(pool.map(lambda e: _flat(repo.load_tensor(e)), entries))
     stats: dict[str, tuple[TensorStats, np.ndarray]] = {}
 
@@ -161,7 +164,7 @@ def _tile(repo: Repo, name: str, ids: list[str], thresholds: dict[str, float],
     dot, both, same = _grams(pool, values, threshold)
     result = TileResult(name, list(ids), dot, both, same, stats=stats)
     if aligned(shape):
-        spectra = list(pool.map(lambda k: spectrum_of(ids[k], name, values[k], shape),
+        spectra = list(pool.map(lambda k: spectrum_of(ids[k], index, values[k], shape),
                                 range(len(ids))))
         del values
         result.inside, result.energy = _energies(pool, spectra)

@@ -41,7 +41,7 @@ from tvreg.similarity.compute import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tvreg.format.manifest import Manifest
+    from tvreg.format.manifest import Manifest, TensorEntry
     from tvreg.repo.repo import Repo
 
 #: engines of :func:`update`
@@ -313,11 +313,13 @@ def _batch(reg: Repo, ids: list[str], fresh: list[str], missing: set[tuple[str, 
     # one block: this process keeps the spectra it computes in the vectors' spectra files
     sources = ({v: _Spectra(reg, v, manifests[v]) for v in ids}
                if cluster is None and len(blocks) == 1 else {})
-    spectrum_of = ((lambda vid, name, values, shape: sources[vid].get(name, values, shape))
+    names = [e.name for e in first.tensors]
+    spectrum_of = ((lambda vid, index, values, shape: sources[vid].get(names[index], values,
+                                                                      shape))
                    if sources else None)
     try:
         for entry, results in zip(first.tensors, _tile_results(
-                reg, first, blocks, tiles, stats, own, spectrum_of, cluster), strict=True):
+                reg, manifests, blocks, tiles, stats, own, spectrum_of, cluster), strict=True):
             name = entry.name
             positions = {t: {v: k for k, v in enumerate(r.ids)} for t, r in results.items()}
             for v, st in own.items():
@@ -346,25 +348,33 @@ def _batch(reg: Repo, ids: list[str], fresh: list[str], missing: set[tuple[str, 
     return fresh
 
 
-def _tile_results(reg: Repo, first: Manifest, blocks: list[list[str]],
+def _tile_results(reg: Repo, manifests: dict[str, Manifest], blocks: list[list[str]],
                   tiles: list[tuple[int, int]], stats: dict[str, VectorStats],
                   own: dict[str, VectorStats], spectrum_of: Any, cluster: Any
                   ) -> Iterator[dict[tuple[int, int], batch_pass.TileResult]]:
-    """Per tensor name, in the manifest's order: each tile's result. On a cluster every tile
-    is submitted at once (results are small: three n × n matrices, and n × n energies); here
-    they run one after the other, each on the registry's thread pools."""
-    def args(name: str, i: int, j: int) -> tuple[str, list[str], dict[str, float], list[str]]:
-        ids = batch_pass.tile_ids(blocks, i, j)
-        thresholds = {v: stats[v].tensors[name].threshold for v in ids if v not in own}
-        return name, ids, thresholds, [v for v in ids if v in own]
+    """Per tensor, in the manifests' order (one order: one base and architecture): each
+    tile's result. On a cluster every tile is submitted at once (results are small: three
+    n × n matrices, and n × n energies); here they run one after the other, each on the
+    registry's thread pools."""
+    first = manifests[blocks[0][0]]
 
+    def args(index: int, i: int, j: int
+             ) -> tuple[int, list[TensorEntry], list[str], dict[str, float], list[str]]:
+        name = first.tensors[index].name
+        ids = batch_pass.tile_ids(blocks, i, j)
+        entries = [manifests[v].tensors[index] for v in ids]
+        assert all(e.name == name for e in entries), "one tensor order per architecture"
+        thresholds = {v: stats[v].tensors[name].threshold for v in ids if v not in own}
+        return index, entries, ids, thresholds, [v for v in ids if v in own]
+
+    indices = range(len(first.tensors))
     if cluster is None:
-        for entry in first.tensors:
-            yield {(i, j): batch_pass.run_tile(reg, *args(entry.name, i, j),
+        for index in indices:
+            yield {(i, j): batch_pass.run_tile(reg, *args(index, i, j),
                                                spectrum_of=spectrum_of) for i, j in tiles}
         return
-    futures = [{(i, j): cluster.submit(batch_pass.run_tile, reg, *args(entry.name, i, j))
-                for i, j in tiles} for entry in first.tensors]
+    futures = [{(i, j): cluster.submit(batch_pass.run_tile, reg, *args(index, i, j))
+                for i, j in tiles} for index in indices]
     try:
         for per_name in futures:
             yield {t: f.result() for t, f in per_name.items()}
