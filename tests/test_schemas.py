@@ -56,6 +56,8 @@ def _fill(reg, zoo, zoo_bf16) -> dict[str, list[dict]]:
     reg.create("topic", zoo.base, zoo.finetuned["toxicity"])   # topic@2 = toxicity@1's vector
     reg.create("exact", zoo.base, zoo.finetuned["sentiment"], exact=True, similarities=False)
     reg.tag("sentiment@1", "prod")
+    reg.add_remote("origin", "s3://team-bucket/vectors", {"endpoint_url": "http://127.0.0.1:9"})
+    reg.set_similarity_exact_limit(64)
     reg.tag("topic@1", "prod")
     reg.tag("topic@2", "prod")
     reg.tag("team/sentiment-bf16", "staging")
@@ -244,7 +246,12 @@ def test_broken_configs_are_rejected(validators, docs):
         "remotes a list": {**c, "remotes": []},
         "remote without url": {**c, "remotes": {"origin": {}}},
         "remote with extra key": {**c, "remotes": {"origin": {"url": "s3://b/r", "x": 1}}},
+        "option not a scalar": {**c, "remotes": {"o": {"url": "s3://b/r", "options": {"a": []}}}},
+        "negative exact limit": {**c, "similarity": {"exact_limit": -1}},
+        "exact limit not an integer": {**c, "similarity": {"exact_limit": 2.5}},
+        "unknown similarity key": {**c, "similarity": {"exact_limit": 3, "x": 1}},
     }
+    assert c["similarity"] == {"exact_limit": 64} and c["remotes"]["origin"]["options"]
     for label, doc in cases.items():
         assert _errors(validators["config"], doc), f"schema accepted a config with {label}"
     assert _errors(validators["config"], {**c, "remotes": {"origin": {"url": "s3://b/r"}}}) == []
