@@ -249,3 +249,21 @@ def test_bad_limits_in_python_and_config(tmp_path):
         reg.update_similarities(engine="spark")
     with pytest.raises(InvalidInput, match="memory"):
         reg.update_similarities(memory=0)
+
+
+def test_the_local_engine_never_imports_dask(six, tmp_path):
+    import subprocess
+    import sys
+
+    base, paths = six
+    root = str(tmp_path / "r")
+    with tvreg.open(root) as reg:
+        for name in ("sentiment-0", "topic-0", "toxicity-0"):
+            reg.create(name, base, paths[name], similarities=False)
+    code = ("import sys; from click.testing import CliRunner; from tvreg.cli.main import cli; "
+            "runs = [['similarities'], ['similarities', '--rebuild'], "
+            "['similarities', '--status'], ['similar', 'topic-0']]; "
+            f"results = [CliRunner().invoke(cli, ['--registry', {root!r}, *a]) for a in runs]; "
+            "assert all(r.exit_code == 0 for r in results), [r.output for r in results]; "
+            "assert not {'dask', 'distributed'} & set(sys.modules), 'dask imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
