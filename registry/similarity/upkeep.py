@@ -122,14 +122,31 @@ def _load_stats(con, ids: list[str]) -> dict[str, VectorStats]:
 def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
                  stats: dict[str, VectorStats]) -> None:
     """Rows of pairs keyed ``(a, b)`` with ``a < b``."""
-    from tvreg.catalog.db import SIMILARITY_COLUMNS, TENSOR_SIMILARITY_COLUMNS, insert_rows
+    from tvreg.catalog.db import (
+        SIMILARITY_COLUMNS,
+        TENSOR_SIMILARITY_COLUMNS,
+        insert_columns,
+        insert_rows,
+    )
 
+    if not totals:
+        return
+    # the pairs' old rows go in one statement per table (one each per pair was most of the
+    # time of storing a batch pass's 780 pairs)
+    keys = {"a": np.array([a for a, _ in totals], dtype=object),
+            "b": np.array([b for _, b in totals], dtype=object)}
+    view = "tvreg_pair_keys"
+    con.register(view, keys)
+    try:
+        for table in ("similarities", "tensor_similarities"):
+            con.execute(f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM {view} k "
+                        f"WHERE k.a = {table}.vector_a AND k.b = {table}.vector_b)")
+    finally:
+        con.unregister(view)
     now = _now()
     rows, tensor_rows = [], []
     for (a, b), t in totals.items():
         na, nb = stats[a].norm, stats[b].norm
-        con.execute("DELETE FROM similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
-        con.execute("DELETE FROM tensor_similarities WHERE vector_a = ? AND vector_b = ?", [a, b])
         energies = [e for *_, e in t.tensors]
         rows.append((a, b, t.dot, na, nb, _cosine(t.dot, na, nb), t.both, t.conflicts,
                      _rate(t.conflicts, t.both), now, alignment(energies),
@@ -139,7 +156,7 @@ def _store_pairs(con, totals: dict[tuple[str, str], _PairTotals],
             tensor_rows.append((a, b, name, dot, cos, both, conflicts, _rate(conflicts, both),
                                 alignment([e])))
     insert_rows(con, "similarities", rows, SIMILARITY_COLUMNS)
-    insert_rows(con, "tensor_similarities", tensor_rows, TENSOR_SIMILARITY_COLUMNS)
+    insert_columns(con, "tensor_similarities", TENSOR_SIMILARITY_COLUMNS, tensor_rows)
 
 
 def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list[str]]:
