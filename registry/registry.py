@@ -217,7 +217,8 @@ class Registry:
         if to is not None:
             from tvreg.remote.ingest import ingest as ingest_to
 
-            self.repo.require()  # the remote is named in this registry's config
+            if not self.repo.exists:  # the remote is named in this registry's config
+                self.repo.require()  # NotFound, one line
             return ingest_to(self.repo, listed, to, engine=engine, workers=workers,
                              scheduler=scheduler, level=level, on_item=on_item)
         result = ingest(self.repo, listed, engine=engine, workers=workers, scheduler=scheduler,
