@@ -26,10 +26,13 @@ from .output import emit_json, message, warnings_to_stderr
               "create (default 1).")
 @click.option("--no-similarities", is_flag=True,
               help="Skip computing the new versions' similarities (`tvreg similarities` does "
-                   "it later).")
+                   "it later). Implied by --to.")
+@click.option("--to", "to", metavar="REMOTE",
+              help="Stage the vectors straight into this remote's store and make the versions "
+                   "there, as push would; nothing is written to this registry.")
 @json_option
 @click.pass_obj
-def ingest(reg, list_path, engine, workers, scheduler, level, no_similarities, as_json):
+def ingest(reg, list_path, engine, workers, scheduler, level, no_similarities, to, as_json):
     """Create a version for each line of LIST.jsonl (name, base, finetuned or lora, task,
     dataset, lr, steps, meta); rerun it to finish an interrupted or partly failed ingest: items
     that landed before are skipped. Exits 1 if an item failed (the others are stored)."""
@@ -39,12 +42,13 @@ def ingest(reg, list_path, engine, workers, scheduler, level, no_similarities, a
     with progress.bar(len(items), "ingest", unit="items") as bar, warnings_to_stderr():
         result = reg.ingest(items, engine=engine, workers=workers, scheduler=scheduler,
                             level=level,
-                            similarities=not no_similarities,
-                            on_item=lambda item, outcome: bar.update(1))
+                            similarities=not no_similarities and to is None,
+                            on_item=lambda item, outcome: bar.update(1), to=to)
     for item in items:
         if item.line in result.errors:
             message(f"tvreg: line {item.line} ({item.name}): {result.errors[item.line]}")
-    message(f"ingest: {result.count('created')} created, {result.count('unchanged')} "
+    where = f" to remote {to}" if to is not None else ""
+    message(f"ingest{where}: {result.count('created')} created, {result.count('unchanged')} "
             f"unchanged, {result.count('skipped')} skipped (landed before), "
             f"{result.count('failed')} failed; {result.new_objects} new object(s)")
     if as_json:

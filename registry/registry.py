@@ -195,7 +195,8 @@ class Registry:
     def ingest(self, items: str | os.PathLike | list[Any], *, engine: str = "local",
                workers: int | None = None, scheduler: str | None = None,
                level: int | None = None, similarities: bool = True,
-               on_item: Callable[[Any, str], None] | None = None) -> Any:
+               on_item: Callable[[Any, str], None] | None = None,
+               to: str | None = None) -> Any:
         """Create many versions from an ingest list (a JSON Lines file's path, or its items
         from :func:`tvreg.repo.ingest.read_list`), resumable: items landed by an earlier run
         are skipped (docs/cli.md, ``ingest``). Vectors are staged by the ``engine``
@@ -204,10 +205,22 @@ class Registry:
         list order, with the same vector ids as :meth:`create` item by item; a failing item
         is reported in the result and the others go on. With
         ``similarities`` (the default), the new versions' similarities are computed at the
-        end, once for all of them. Returns a :class:`tvreg.repo.ingest.IngestResult`."""
+        end, once for all of them. Returns a :class:`tvreg.repo.ingest.IngestResult`.
+
+        With ``to`` (a writable remote of this registry's config), the vectors are staged
+        straight into that remote's store and made versions there, as :meth:`push` would
+        (:mod:`tvreg.remote.ingest`); nothing is written here, no similarities are computed
+        (``similarities`` is ignored), and the result's refs are the remote's."""
         from tvreg.repo.ingest import ingest, read_list
 
         listed = read_list(items) if isinstance(items, (str, os.PathLike)) else list(items)
+        if to is not None:
+            from tvreg.remote.ingest import ingest as ingest_to
+
+            if not self.repo.exists:  # the remote is named in this registry's config
+                self.repo.require()  # NotFound, one line
+            return ingest_to(self.repo, listed, to, engine=engine, workers=workers,
+                             scheduler=scheduler, level=level, on_item=on_item)
         result = ingest(self.repo, listed, engine=engine, workers=workers, scheduler=scheduler,
                         level=level, on_item=on_item)
         if similarities and result.created:

@@ -18,6 +18,8 @@ before the version records.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,6 +31,7 @@ from tvreg.storage.documents import read_tag
 from tvreg.storage.objects import PREFIX, ObjectDB, object_key
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tvreg.remote.config import Remote
     from tvreg.remote.index import Index
     from tvreg.repo.repo import Repo
     from tvreg.stores import Store
@@ -89,7 +92,7 @@ def _remote_ids(store: Store) -> set[str]:
     return out
 
 
-def _remote_versions(store: Store, names: set[str]
+def remote_versions(store: Store, names: set[str]
                      ) -> tuple[dict[str, dict[int, VersionRecord]], Index | None, list[str]]:
     """The remote's versions of ``names``: one listing of ``refs/``; records the remote index
     describes are taken from it (a re-push of an unchanged registry reads no record), the
@@ -130,12 +133,21 @@ def push(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, 
          with_base: bool = False) -> PushReport:
     """See :meth:`Registry.push`. A remote whose disk fills up fails with one line that names
     it and its URL (not the file the store was writing)."""
-    import errno
-
     reg.require_writable()
-    try:
+    with full_remote(reg, remote_name, "push"):
         return _push(reg, remote_name, refs, workers=workers, progress=progress,
                      with_base=with_base)
+
+
+@contextlib.contextmanager
+def full_remote(reg: Repo, remote_name: str, command: str) -> Iterator[None]:
+    """An OSError of a full disk (ENOSPC, EDQUOT) raised inside becomes one
+    :class:`~tvreg.errors.RemoteError` line that names the remote and its URL (not the file
+    the store was writing) and says to run ``command`` again."""
+    import errno
+
+    try:
+        yield
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -144,19 +156,27 @@ def push(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, 
 
         remote = get(reg, remote_name)
         raise RemoteError(f"remote {remote.name} ({remote.url}) is full (no space left on its "
-                          "disk): free some space there and push again") from None
+                          f"disk): free some space there and {command} again") from None
 
 
-def _push(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, *,
-          workers: int = 8, progress: Transfer | None = None,
-          with_base: bool = False) -> PushReport:
+def writable_remote(reg: Repo, remote_name: str) -> Remote:
+    """Remote ``remote_name`` of ``reg``'s config; InvalidInput if it cannot be written
+    (HTTP), NotFound if there is none."""
     from tvreg.remote.config import get
-    from tvreg.remote.gc import PushNote, collect_after_push, push_lock
 
     remote = get(reg, remote_name)
     if not remote.writable:
         raise InvalidInput(f"remote {remote.name} ({remote.url}) is read-only: "
                            f"{remote.protocol} remotes can be pulled from, not pushed to")
+    return remote
+
+
+def _push(reg: Repo, remote_name: str = "origin", refs: list[str] | None = None, *,
+          workers: int = 8, progress: Transfer | None = None,
+          with_base: bool = False) -> PushReport:
+    from tvreg.remote.gc import PushNote, collect_after_push, push_lock
+
+    remote = writable_remote(reg, remote_name)
     records = select_records(reg, refs)
     store = remote.store()
     note = PushNote(reg, remote.name)
@@ -176,7 +196,6 @@ def _push_locked(reg: Repo, remote, store: Store, note, records: list[VersionRec
                  workers: int, progress: Transfer | None, with_base: bool) -> PushReport:
     """The push itself, under a push lock on the remote (:mod:`tvreg.remote.gc`)."""
     from tvreg.remote.bases import plan_push, push_records
-    from tvreg.remote.index import refresh
     from tvreg.storage.documents import claim
 
     report = PushReport(remote.name)
@@ -188,7 +207,7 @@ def _push_locked(reg: Repo, remote, store: Store, note, records: list[VersionRec
     base_manifests = set(bases.manifests) if bases else set()
     # versions the remote already holds (same content under some number) need nothing sent:
     # a record on a remote is only ever written after all of its objects (§9.2)
-    theirs, index, listed = _remote_versions(store, {r.name for r in records})
+    theirs, index, listed = remote_versions(store, {r.name for r in records})
     held = [r for r in records if any(t.same_content(r) for t in theirs[r.name].values())]
     manifests = {r.vector_id: reg.manifest(r.vector_id) for r in records}
     needed = {r.vector_id for r in records} - {r.vector_id for r in held}
@@ -245,8 +264,19 @@ def _push_locked(reg: Repo, remote, store: Store, note, records: list[VersionRec
                                        utc_now()).to_bytes())
         report.tags_sent += 1
     # the index says what the remote holds (for ls/sql --remote and HTTP readers)
+    update_index(store, manifests, index, listed, changed=bool(report.versions_sent))
+    return report
+
+
+def update_index(store: Store, manifests: Mapping[str, Manifest], previous: Index | None,
+                 listed: list[str], *, changed: bool) -> None:
+    """Rebuild the remote's index after writing records there (:func:`tvreg.remote.index.refresh`):
+    ``manifests`` are those of the vectors just written (the others are read there),
+    ``previous`` and ``listed`` what :func:`remote_versions` returned before, ``changed``
+    whether any record was written since (else ``listed`` still holds)."""
+    from tvreg.remote.index import refresh
+
     remote_objects = ObjectDB(store)
     refresh(store, lambda vid: manifests[vid] if vid in manifests
             else Manifest.from_bytes(remote_objects.get(vid)),
-            previous=index, keys=None if report.versions_sent else listed)
-    return report
+            previous=previous, keys=None if changed else listed)

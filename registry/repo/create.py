@@ -13,7 +13,14 @@ from tvreg.codecs.choose import check_level
 from tvreg.errors import InvalidInput
 from tvreg.format.records import Metadata
 from tvreg.names import validate_name
-from tvreg.repo.write import AfterInsert, CreateResult, claim_version, finish_version, write_vector
+from tvreg.repo.write import (
+    AfterInsert,
+    CreateResult,
+    VectorTarget,
+    claim_version,
+    finish_version,
+    write_vector,
+)
 from tvreg.util import progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,22 +82,29 @@ def land(repo: Repo, staged: StagedVersion, after_insert: AfterInsert | None = N
          stacklevel: int = 2) -> CreateResult:
     """Make a version of a staged vector: claim its number (or find the version that already
     holds it), index it, then ``after_insert``. A vector of zeros is warned about here
-    (:class:`~tvreg.errors.ZeroVectorWarning`, ``stacklevel`` as for :func:`warnings.warn`)."""
-    if staged.zero:  # said once the vector is written (it is stored anyway), at the caller
-        import warnings
-
-        from tvreg.errors import ZeroVectorWarning
-        from tvreg.tensors.build import zero_vector_message
-
-        warnings.warn(zero_vector_message(staged.left_out), ZeroVectorWarning,
-                      stacklevel=stacklevel)
+    (:func:`warn_if_zero`)."""
+    warn_if_zero(staged, stacklevel)
     record, created = claim_version(repo, staged.name, staged.manifest, staged.vector_id,
                                     staged.metadata, recipe=staged.recipe)
     finish_version(repo, record, created, staged.manifest, after_insert)
     return CreateResult(record, created, staged.new_objects, staged.manifest)
 
 
-def stage(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
+def warn_if_zero(staged: StagedVersion, stacklevel: int = 2) -> None:
+    """A :class:`~tvreg.errors.ZeroVectorWarning` if the staged vector is all zeros (said once
+    it is written, since it is stored anyway; ``stacklevel`` as for :func:`warnings.warn`
+    called where this is called)."""
+    if staged.zero:
+        import warnings
+
+        from tvreg.errors import ZeroVectorWarning
+        from tvreg.tensors.build import zero_vector_message
+
+        warnings.warn(zero_vector_message(staged.left_out), ZeroVectorWarning,
+                      stacklevel=stacklevel + 1)
+
+
+def stage(repo: VectorTarget, name: str, base: Any, finetuned: Any = None, *,
           lora: str | os.PathLike | None = None, task: str | None = None,
           dataset: str | None = None, lr: float | None = None, steps: int | None = None,
           meta: dict[str, Any] | None = None, allow_nonfinite: bool = False,
@@ -98,11 +112,19 @@ def stage(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
           include: str | None = None, exclude: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> StagedVersion:
     """Check everything, then store the vector's objects and manifest (and, in exact mode, its
-    base); the version is made by :func:`land`. A failure leaves the registry as it was."""
+    base) in ``repo``; the version is made by :func:`land`. A failure leaves the registry as
+    it was. ``repo`` may be another registry's store (a
+    :class:`~tvreg.repo.target.StoreTarget`: only the objects and manifest go there, and
+    making the version is the caller's), except in exact mode, which stores the base in a
+    local registry."""
+    from tvreg.repo.repo import Repo
     from tvreg.tensors.build import build_task_vector, plan_pair, work_total
     from tvreg.tensors.checkpoints import open_checkpoint
 
     repo.require_writable()
+    if exact and not isinstance(repo, Repo):
+        raise InvalidInput(f"exact mode stores the base with the vector: create it in a local "
+                           f"registry, not in {repo.label}")
     validate_name(name)
     check_level(level)
     if (finetuned is None) == (lora is None):
@@ -174,8 +196,8 @@ def stage(repo: Repo, name: str, base: Any, finetuned: Any = None, *,
                                                     encode=coder.submit if coder else None,
                                                     exact=exact, left_out=left_out,
                                                     on_zero=lambda: zero.append(True)))
-        if exact:  # before the version exists: a reader never sees it without its base
-            ensure_base(repo, cb, manifest.base_hash)
+        if exact and isinstance(repo, Repo):  # before the version exists: a reader never
+            ensure_base(repo, cb, manifest.base_hash)  # sees it without its base
     recipe = coder.recipe("create") if coder is not None else None
     return StagedVersion(name, manifest, vector_id, new_objects, metadata, recipe, bool(zero),
                          bool(left_out))

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.records import VersionRecord
     from tvreg.repo.create import StagedVersion
     from tvreg.repo.repo import Repo
+    from tvreg.repo.write import CreateResult, VectorTarget
 
 #: the fields an item may have
 FIELDS = ("name", "base", "finetuned", "lora", "task", "dataset", "lr", "steps", "meta")
@@ -210,6 +211,53 @@ def landed_keys(repo: Repo, names: Iterable[str]) -> dict[str, str]:
     return {k: f"{name}@{version}" for k, name, version in rows}
 
 
+def landed_in(records: Iterable[VersionRecord]) -> dict[str, str]:
+    """The ``ingest.key`` values ``records`` hold (a remote's, read there), each with the first
+    version that holds it (``NAME@N``)."""
+    out: dict[str, tuple[int, str]] = {}
+    for r in records:
+        key = r.metadata.meta.get(KEY_META)
+        if isinstance(key, str) and (key not in out or r.version < out[key][0]):
+            out[key] = (r.version, r.ref)
+    return {k: ref for k, (_, ref) in out.items()}
+
+
+def check_options(engine: str, workers: int | None, scheduler: str | None) -> None:
+    """InvalidInput for an unknown engine, a bad worker count, or a scheduler without dask."""
+    if engine not in ENGINES:
+        raise InvalidInput(f"unknown engine {engine!r} (engines: {', '.join(ENGINES)})")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise InvalidInput(f"bad worker count {workers!r} (an integer >= 1)")
+    if scheduler is not None and engine != "dask":
+        raise InvalidInput("a scheduler address is for --engine dask")
+
+
+def open_executor(engine: str, workers: int | None, scheduler: str | None) -> Any:
+    """The engine's executor (``submit(fn, target, *args)``, a context manager): a
+    :class:`LocalExecutor`, or a Dask one (:func:`tvreg.repo.ingest_dask.executor`: InvalidInput
+    without the extra, or for a scheduler that cannot be reached)."""
+    if engine == "dask":
+        from tvreg.repo import ingest_dask
+
+        return ingest_dask.executor(scheduler, workers)
+    return LocalExecutor(workers)
+
+
+def begin(items: list[IngestItem], done: dict[str, str],
+          on_item: Callable[[IngestItem, str], None] | None = None
+          ) -> tuple[IngestResult, list[int]]:
+    """The result with the items ``done`` holds (key -> ref) marked skipped, and the indices
+    of the others, to stage."""
+    result = IngestResult(items, ["skipped" if it.key in done else "" for it in items],
+                          [done.get(it.key) for it in items])
+    if on_item:
+        for it in items:
+            if it.key in done:
+                on_item(it, "skipped")
+    return result, [i for i, it in enumerate(items) if it.key not in done]
+
+
 def ingest(repo: Repo, items: list[IngestItem], *, engine: str = "local",
            workers: int | None = None, scheduler: str | None = None, level: int | None = None,
            on_item: Callable[[IngestItem, str], None] | None = None) -> IngestResult:
@@ -222,49 +270,36 @@ def ingest(repo: Repo, items: list[IngestItem], *, engine: str = "local",
     checkpoints at the same paths. Staged vectors are landed here, in list order; a failed
     item is recorded in the result (its one-line error) and the others go on.
     ``on_item(item, outcome)`` is called as each item ends. Similarities are left to the
-    caller (:meth:`tvreg.Registry.ingest` computes them for the new versions)."""
-    if engine not in ENGINES:
-        raise InvalidInput(f"unknown engine {engine!r} (engines: {', '.join(ENGINES)})")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise InvalidInput(f"bad worker count {workers!r} (an integer >= 1)")
-    if scheduler is not None and engine != "dask":
-        raise InvalidInput("a scheduler address is for --engine dask")
+    caller (:meth:`tvreg.Registry.ingest` computes them for the new versions). Into a remote:
+    :func:`tvreg.remote.ingest.ingest`, with the same pieces."""
+    from tvreg.repo.create import land
+
+    check_options(engine, workers, scheduler)
     repo.require_writable()
-    done = landed_keys(repo, (it.name for it in items))
-    result = IngestResult(items, ["skipped" if it.key in done else "" for it in items],
-                          [done.get(it.key) for it in items])
-    todo = [i for i, it in enumerate(items) if it.key not in done]
-    if on_item:
-        for it in items:
-            if it.key in done:
-                on_item(it, "skipped")
+    result, todo = begin(items, landed_keys(repo, (it.name for it in items)), on_item)
     if not todo:
         return result
-    executor: Any
-    if engine == "dask":
-        from tvreg.repo import ingest_dask
-
-        executor = ingest_dask.executor(scheduler, workers)  # checked before the registry is made
-    else:
-        executor = LocalExecutor(workers)
+    executor = open_executor(engine, workers, scheduler)  # checked before the registry is made
     if not repo.exists:  # made once, before the workers (each would otherwise race to)
         repo.init()
     with executor:
-        _stage_and_land(repo, items, todo, executor, level, result, on_item)
+        stage_and_land(repo, items, todo, executor, level, result, on_item,
+                       lambda staged: land(repo, staged))
     return result
 
 
-def _stage_and_land(repo: Repo, items: list[IngestItem], todo: list[int], executor: Any,
-                    level: int | None, result: IngestResult,
-                    on_item: Callable[[IngestItem, str], None] | None) -> None:
-    from tvreg.repo.create import land
-
-    futures = {i: executor.submit(stage_item, repo, items[i], level) for i in todo}
+def stage_and_land(target: VectorTarget, items: list[IngestItem], todo: list[int],
+                   executor: Any, level: int | None, result: IngestResult,
+                   on_item: Callable[[IngestItem, str], None] | None,
+                   land: Callable[[StagedVersion], CreateResult]) -> None:
+    """Stage ``items[i]`` for each ``i`` of ``todo`` into ``target`` on the ``executor``, and
+    make each a version with ``land`` here, in list order, as each is staged; an item's
+    failure (staging or landing) goes into ``result`` and the others go on."""
+    futures = {i: executor.submit(stage_item, target, items[i], level) for i in todo}
     for i in todo:  # landed in list order, as each is staged
         it = items[i]
         try:
-            res = land(repo, futures.pop(i).result())
+            res = land(futures.pop(i).result())
         except Exception as e:  # noqa: BLE001 - one item's failure, reported; others go on
             result.outcomes[i] = "failed"
             result.errors[it.line] = (str(e) if isinstance(e, TvregError)
@@ -279,13 +314,13 @@ def _stage_and_land(repo: Repo, items: list[IngestItem], todo: list[int], execut
             on_item(it, result.outcomes[i])
 
 
-def stage_item(repo: Repo, item: IngestItem, level: int | None) -> StagedVersion:
-    """Stage one item's vector in ``repo`` (what every engine's workers run), quietly: the
-    caller draws one bar for the whole list."""
+def stage_item(target: VectorTarget, item: IngestItem, level: int | None) -> StagedVersion:
+    """Stage one item's vector in ``target`` (a registry, or a remote's store: what every
+    engine's workers run), quietly: the caller draws one bar for the whole list."""
     from tvreg.repo.create import stage
 
     with progress.quiet():
-        return stage(repo, item.name, item.base, item.finetuned, level=level,
+        return stage(target, item.name, item.base, item.finetuned, level=level,
                      **item.create_options())
 
 
@@ -298,9 +333,9 @@ class LocalExecutor:
         self.pool = ThreadPoolExecutor(workers or default_workers(),
                                        thread_name_prefix="tvreg-ingest")
 
-    def submit(self, fn: Callable[..., Any], repo: Repo, *args: Any) -> Future:
-        """A future of ``fn(repo, *args)``."""
-        return self.pool.submit(fn, repo, *args)
+    def submit(self, fn: Callable[..., Any], target: VectorTarget, *args: Any) -> Future:
+        """A future of ``fn(target, *args)``."""
+        return self.pool.submit(fn, target, *args)
 
     def __enter__(self) -> LocalExecutor:
         return self

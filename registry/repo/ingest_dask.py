@@ -4,11 +4,13 @@ Dask cluster, landed by the client.
 Needs the ``dask`` extra (``pip install 'tvreg[dask]'``: dask and distributed); imported only
 when ``--engine dask`` is asked for. Each task opens the registry by its folder on the worker
 (once per worker process) and stages one vector there: it reads the checkpoints and writes the
-encoded objects and the manifest straight into the registry's store. What comes back to the
-client is the staged vector's manifest and metadata (kilobytes), which the client makes a
-version of, so the catalog has one writer. The workers must see the registry's folder and the
-checkpoints at the same paths as the client: a ``LocalCluster`` on this machine (the default,
-``workers`` processes), or a cluster whose workers share those folders (``scheduler``).
+encoded objects and the manifest straight into the registry's store (for ``ingest --to
+REMOTE``: into the remote's store, opened on the worker by its URL and storage options). What
+comes back to the client is the staged vector's manifest and metadata (kilobytes), which the
+client makes a version of, so the catalog has one writer. The workers must see the registry's
+folder and the checkpoints at the same paths as the client: a ``LocalCluster`` on this
+machine (the default, ``workers`` processes), or a cluster whose workers share those folders
+(``scheduler``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
     from concurrent.futures import Future
 
-    from tvreg.repo.repo import Repo
+    from tvreg.repo.write import VectorTarget
 
 #: worker processes of the LocalCluster made when no scheduler is given
 DEFAULT_WORKERS = 2
 #: how long the client tries to reach a given scheduler
 CONNECT_TIMEOUT = "10s"
 
-_opened: dict[str, Any] = {}  # registry folder -> Repo, in a worker process
+_opened: dict[str, Any] = {}  # registry folder or store key -> target, in a worker process
 _opened_lock = threading.Lock()
 
 
@@ -63,16 +65,19 @@ def executor(scheduler: str | None, workers: int | None) -> DaskExecutor:
     return DaskExecutor(client, cluster)
 
 
-def on_worker(root: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """A task: ``fn(repo, *args)`` with the registry at ``root``, opened once per worker
-    process (``fn`` is pickled by reference: a module-level function of tvreg)."""
+def on_worker(where: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """A task: ``fn(target, *args)`` with the target opened once per worker process: ``where``
+    is a registry's folder (a :class:`~tvreg.repo.repo.Repo` is opened there) or a
+    :class:`~tvreg.repo.target.StoreTarget` (pickled as the callable that opens its store),
+    kept by its key. ``fn`` is pickled by reference: a module-level function of tvreg."""
     from tvreg.repo.repo import Repo
 
+    key = where if isinstance(where, str) else where.key
     with _opened_lock:
-        repo = _opened.get(root)
-        if repo is None:
-            repo = _opened[root] = Repo(root)
-    return fn(repo, *args)
+        target = _opened.get(key)
+        if target is None:
+            target = _opened[key] = Repo(where) if isinstance(where, str) else where
+    return fn(target, *args)
 
 
 class DaskExecutor:
@@ -82,11 +87,15 @@ class DaskExecutor:
     def __init__(self, client: Any, cluster: Any) -> None:
         self.client, self.cluster = client, cluster
 
-    def submit(self, fn: Callable[..., Any], repo: Repo, *args: Any) -> Future:
-        """A future of ``fn(repo, *args)`` run on a worker with the registry opened there by
-        its folder (``.result()`` raises the task's error)."""
+    def submit(self, fn: Callable[..., Any], target: VectorTarget, *args: Any) -> Future:
+        """A future of ``fn(target, *args)`` run on a worker with the target opened there: a
+        registry by its folder, a remote's store by its URL and options (``.result()`` raises
+        the task's error)."""
+        from tvreg.repo.target import StoreTarget
+
+        where = target if isinstance(target, StoreTarget) else target.root
         # pure=False: a rerun after a failure must run the task again, not reuse its result
-        return self.client.submit(on_worker, repo.root, fn, *args, pure=False)
+        return self.client.submit(on_worker, where, fn, *args, pure=False)
 
     def __enter__(self) -> DaskExecutor:
         return self

@@ -89,6 +89,9 @@ class Repo:
 
     #: False for a registry opened by URL: :meth:`require_writable` refuses every write
     writable = True
+    #: a failed write deletes the objects it committed (nothing names them yet; a concurrent
+    #: write that reused one finds it gone when it commits): :mod:`tvreg.repo.write`
+    keeps_failed_objects = False
 
     def __init__(self, root: str | os.PathLike, *, check_tensors: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))

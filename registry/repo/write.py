@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tvreg.errors import (
     CorruptObject,
@@ -32,6 +32,7 @@ from tvreg.storage.objects import Staging, referencing
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvreg.repo.repo import Repo
+    from tvreg.storage.objects import ObjectDB
 
 #: a name with at most this many versions has them all read on create (cheaper than a query)
 READ_ALL_VERSIONS = 32
@@ -58,17 +59,55 @@ class CreateResult:
         return self.record.ref
 
 
-def write_vector(repo: Repo, produce: Callable[[Callable[[bytes], str]], Manifest]
+class VectorTarget(Protocol):
+    """Where :func:`write_vector` stores a vector's objects: a local registry (a
+    :class:`~tvreg.repo.repo.Repo`), or another registry's store
+    (:class:`~tvreg.repo.target.StoreTarget`: a remote)."""
+
+    @property
+    def root(self) -> str:
+        """Its folder (a StoreTarget, which has none: its label)."""
+
+    @property
+    def label(self) -> str:
+        """How messages name it."""
+
+    @property
+    def objects(self) -> ObjectDB:
+        """Its content-addressed objects."""
+
+    @property
+    def exists(self) -> bool:
+        """Whether it was created (a StoreTarget always is)."""
+
+    @property
+    def scratch(self) -> str:
+        """A local folder where writes stage their objects."""
+
+    @property
+    def keeps_failed_objects(self) -> bool:
+        """Whether a failed write leaves the objects it committed (for gc) rather than
+        deleting them."""
+
+    def require_writable(self) -> None:
+        """Raise if it cannot be written."""
+
+    def init(self) -> bool:
+        """Create it if needed; True if it was created now."""
+
+
+def write_vector(repo: VectorTarget, produce: Callable[[Callable[[bytes], str]], Manifest]
                  ) -> tuple[Manifest, str, int]:
     """Blobs, then the manifest: ``produce(put)`` encodes the tensors through ``put``; returns
     the manifest, its id and the number of objects written.
 
     A registry that does not exist yet is created only once the vector is staged, so a
-    failure leaves no trace; its staging area is then the system's temp folder.
+    failure leaves no trace; its staging area is then the system's temp folder. A target that
+    ``keeps_failed_objects`` (a remote) keeps what a failed write committed, for its gc.
     """
     repo.require_writable()
     existing = repo.exists
-    root_existed = os.path.isdir(repo.root)
+    root_existed = existing or os.path.isdir(repo.root)
     staging = None
     try:
         staging = Staging(repo.objects, repo.scratch if existing else tempfile.gettempdir())
@@ -81,7 +120,7 @@ def write_vector(repo: Repo, produce: Callable[[Callable[[bytes], str]], Manifes
         _undo_write(repo, staging, existing, root_existed)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise RegistryError(
-                f"no space left on the disk of registry {repo.root}: nothing was stored; "
+                f"no space left on the disk of registry {repo.label}: nothing was stored; "
                 "free some space and run the command again") from None
         raise
     except BaseException:
@@ -93,7 +132,7 @@ def write_vector(repo: Repo, produce: Callable[[Callable[[bytes], str]], Manifes
     return manifest, manifest_id, new_objects
 
 
-def _undo_write(repo: Repo, staging: Staging | None, existing: bool,
+def _undo_write(repo: VectorTarget, staging: Staging | None, existing: bool,
                 root_existed: bool) -> None:
     """After a failed :func:`write_vector`: a registry it created is removed again; in an
     existing one, the objects its commit added (no manifest or record names them yet) are
@@ -112,7 +151,7 @@ def _undo_write(repo: Repo, staging: Staging | None, existing: bool,
                     with contextlib.suppress(OSError):
                         os.unlink(path)
         return
-    if staging is not None:
+    if staging is not None and not repo.keeps_failed_objects:
         for oid in staging.committed:
             with contextlib.suppress(OSError, TvregError):
                 repo.objects.delete(oid)
