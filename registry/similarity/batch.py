@@ -176,12 +176,21 @@ def _grams(pool: Any, values: list[np.ndarray], threshold: list[float]
     """Σ over the chunks, in order, of each chunk's X Xᵀ (float64), |T| |T|ᵀ and T Tᵀ."""
     n, size = len(values), values[0].size
 
+    # thresholds come from the tensors' own float32 values: exact in float32, so comparing in
+    # float32 marks the parameters :func:`_material` marks
+    thr = np.array(threshold, dtype=np.float32)[:, None] if values[0].dtype == np.float32 \
+        else None
+
     def chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x32 = np.stack([v[start:start + CHUNK] for v in values])
         x = x32.astype(np.float64)
-        material = np.stack([_material(x32[k], threshold[k]) for k in range(n)])
-        t = np.where(material, np.sign(x32), 0).astype(np.float32)
+        if thr is not None:
+            mags = np.abs(x32)
+            material = (mags >= thr) & (mags > 0)
+        else:
+            material = np.stack([_material(x32[k], threshold[k]) for k in range(n)])
         m = material.astype(np.float32)
+        t = np.copysign(m, x32)  # ±1 where material, ±0 elsewhere
         return x @ x.T, m @ m.T, t @ t.T
 
     dot = np.zeros((n, n))
