@@ -923,19 +923,20 @@ def _estimates_from_file(root: str, con, catalog_path: str, base: str, arch: str
     skip = np.array(sorted({vid, *exact}), dtype="S64")
     norms = np.asarray(table["norm"])
     query = np.asarray(table["sketch"][where[0]], dtype=np.float32)
-    out: dict[str, float | None] = {}
-    need, done = k + len(skip) + 64, 0
+    need = k + len(skip) + 64
     while True:
-        order, _ = _rank_sketches(table, coarse, int(where[0]), need, candidates)
+        out: dict[str, float | None] = {}
+        order, scored = _rank_sketches(table, coarse, int(where[0]), need, candidates)
+        ranked = len(order)
         # skip the query, vectors with exact pairs and repeated records (the first is kept)
         ordered_ids = ids[order]
         _, first = np.unique(ordered_ids, return_index=True)
         once = np.zeros(len(order), dtype=bool)
         once[first] = True
-        order = order[once & ~np.isin(ordered_ids, skip)][done:]
-        for at in range(0, len(order), max(2 * k, 64)):
-            part = order[at:at + max(2 * k, 64)]
-            done += len(part)
+        order = order[once & ~np.isin(ordered_ids, skip)]
+        step = max(2 * k, 64)
+        for at in range(0, len(order), step):
+            part = order[at:at + step]
             got = [i.decode("ascii") for i in ids[part].tolist()]
             listed = {r[0] for r in con.execute(  # records of vectors no longer listed: ignored
                 "SELECT vector_id FROM vectors WHERE vector_id IN (SELECT unnest(?)) "
@@ -946,8 +947,11 @@ def _estimates_from_file(root: str, con, catalog_path: str, base: str, arch: str
                     out[other] = _cosine(float(dot), float(norms[i]), qnorm)
             if len(out) >= k:
                 break
-        if len(out) >= k or need >= n:
-            break
+        if len(out) >= k or (ranked < need and scored >= n):
+            break  # k found, or every record ranked
+        # too few: rank more (a wider first stage if it kept too few), from the start again
+        if ranked < need:
+            candidates *= 4
         need *= 4
     return out, [u for u in unfiled if u != vid and u not in exact]
 
