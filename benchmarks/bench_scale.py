@@ -99,8 +99,7 @@ def synthetic_ids(start: int, stop: int) -> list[str]:
             for i in range(start, stop)]
 
 
-def synthetic_sketches(rng, query: "np.ndarray", families: "np.ndarray", n: int
-                       ) -> tuple["np.ndarray", "np.ndarray"]:
+def synthetic_sketches(rng, query, families, n: int):
     """``n`` sketches (float32, n × D) and norms: a·q̂ + b·f + c·e, scaled by a log-normal norm."""
     import numpy as np
 
@@ -174,7 +173,7 @@ def build_registry(root: str, zoo, size: int, seed: int = 0) -> dict:
                         "sketch::FLOAT[4096], now()::TIMESTAMP FROM syn", keys)
             con.unregister("syn")
         t3 = time.perf_counter()
-        sketch_index.append(root, base, arch, list(zip(ids, norms.tolist(), sk)))
+        sketch_index.append(root, base, arch, list(zip(ids, norms.tolist(), sk, strict=True)))
         t4 = time.perf_counter()
         t_gen, t_sql, t_file = t_gen + t2 - t1, t_sql + t3 - t2, t_file + t4 - t3
         _log(f"  {stop:,} / {n_syn:,} synthetic rows")
@@ -186,6 +185,66 @@ def build_registry(root: str, zoo, size: int, seed: int = 0) -> dict:
 # --- part: similar ------------------------------------------------------------------------------
 
 
+def similar_before(reg, ref: str, k: int = 10) -> list[dict]:
+    """``similarity.similar`` as of commit 6bcd326 (before issue 20's scale work), by cosine
+    only: every other vector of the base listed from the catalog, every record of the sketch
+    file scored, ranked in Python. The baseline, run in the same process on the same registry."""
+    import numpy as np
+
+    from tvreg.catalog import sketches as sketch_index
+    from tvreg.similarity.compute import _estimates_from_catalog, _finite, estimate_bound
+
+    record, vid = reg.repo.resolve_ref(ref)
+    m = reg.repo.manifest(vid)
+    base, arch = m.base_hash, m.arch_fingerprint
+    with reg.repo.catalog.reader() as con:
+        qnorm = con.execute("SELECT norm FROM vector_stats WHERE vector_id = ?",
+                            [vid]).fetchone()[0]
+        values = {other: (cos, rate, True, align) for other, cos, rate, align in con.execute(
+            "SELECT CASE WHEN vector_a = $v THEN vector_b ELSE vector_a END, cosine, "
+            "sign_conflict_rate, alignment FROM similarities "
+            "WHERE vector_a = $v OR vector_b = $v", {"v": vid}).fetchall()}
+        others = [r[0] for r in con.execute(
+            "SELECT vector_id FROM vectors WHERE base_hash = ? AND arch_fingerprint = ? "
+            "AND vector_id <> ?", [base, arch, vid]).fetchall()]
+        want = [o for o in others if o not in values]
+        estimates: dict = {}
+        missing = want
+        table = sketch_index.load(reg.repo.root, base, arch) if want else None
+        if table is not None:
+            ids = np.array(table["vector_id"])
+            norms = np.array(table["norm"])
+            where = np.flatnonzero(ids == vid.encode("ascii"))
+            if where.size:
+                query = np.asarray(table["sketch"][where[0]], dtype=np.float32)
+                dots = table["sketch"] @ query
+                picked = np.flatnonzero(np.isin(ids, np.array(want, dtype="S64")))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cos = np.clip(dots[picked].astype(np.float64) / (norms[picked] * qnorm),
+                                  -1.0, 1.0)
+                defined = (norms[picked] > 0) & (qnorm > 0)
+                estimates = {i.decode("ascii"): (float(c) if ok else None) for i, c, ok in
+                             zip(ids[picked].tolist(), cos.tolist(), defined.tolist(),
+                                 strict=True)}
+                missing = [w for w in want if w not in estimates]
+        if missing:
+            estimates.update(_estimates_from_catalog(con, vid, missing))
+        for other in want:
+            values[other] = (estimates.get(other), None, False, None)
+        ranked = sorted(others, key=lambda o: (_finite(values[o][0]) is None,
+                                               -(_finite(values[o][0]) or 0.0), o))
+        top = ranked[:k]
+        versions = con.execute("SELECT name, version, vector_id FROM versions "
+                               "WHERE vector_id IN (SELECT unnest(?))", [top]).fetchall()
+    rows = [{"ref": f"{name}@{version}", "name": name, "version": version, "vector_id": other,
+             "cosine": _finite(values[other][0]), "exact": values[other][2],
+             "bound": None if values[other][2] else estimate_bound(_finite(values[other][0]))}
+            for name, version, other in versions]
+    rows.sort(key=lambda r: (r["cosine"] is None, -(r["cosine"] or 0.0), r["name"],
+                             r["version"]))
+    return rows[:k]
+
+
 def part_similar(info: dict, args) -> dict:
     import numpy as np
 
@@ -194,55 +253,79 @@ def part_similar(info: dict, args) -> dict:
 
     out: dict = {}
     with tvreg.open(info["root"]) as reg:
+        t0 = time.perf_counter()
         rows = reg.similar(QUERY, k=10)
+        out["first"] = time.perf_counter() - t0  # builds the coarse side file (once)
         assert len(rows) == 10, rows
         out["top"] = [(r["ref"], r["cosine"], r["exact"]) for r in rows]
-        out["similar"] = _timed(lambda: reg.similar(QUERY, k=10), args.queries)
+        before = similar_before(reg, QUERY, 10)
+        out["same_as_before"] = ([(r["ref"], round(r["cosine"], 9)) for r in before] ==
+                                 [(r["ref"], round(r["cosine"], 9)) for r in rows])
+        # interleaved, so that load from other work hits both alike
+        out["similar"], out["before"] = [], []
+        for i in range(args.queries + 1):
+            for key, fn in (("similar", lambda: reg.similar(QUERY, k=10)),
+                            ("before", lambda: similar_before(reg, QUERY, 10))):
+                t0 = time.perf_counter()
+                fn()
+                if i:  # the first round warms up
+                    out[key].append(time.perf_counter() - t0)
+
+        def open_reader() -> None:
+            with reg.repo.catalog.reader():
+                pass
+
+        out["open"] = _timed(open_reader, args.queries)
     table = sketch_index.load(info["root"], info["base"], info["arch"])
     assert table is not None
-    q = np.asarray(table["sketch"][0], dtype=np.float32)
-    out["floor_full"] = _timed(lambda: table["sketch"] @ q, min(args.queries, 10))
-    coarse_load = getattr(sketch_index, "load_coarse", None)
-    if coarse_load is not None:
-        coarse = coarse_load(info["root"], info["base"], info["arch"])
-        if coarse is not None:
-            cq = coarse[0]
-            out["floor_coarse"] = _timed(lambda: coarse @ cq, args.queries)
-    del table
+    sketches = table["sketch"]
+    q = np.asarray(sketches[0], dtype=np.float32)
+    out["floor_full"] = _timed(lambda: sketches @ q, min(args.queries, 10))
+    coarse = sketch_index.load_coarse(info["root"], info["base"], info["arch"], table)
+    if coarse is not None:
+        csk = coarse["sketch"]
+        cq = np.asarray(csk[0])
+        out["floor_coarse"] = _timed(lambda: csk @ cq, args.queries)
     return out
 
 
 def part_recall(info: dict, args) -> dict:
-    """Recall of the full-sketch top 10 by the two-stage ranking, over several query vectors."""
+    """Recall of the full-sketch top 10 by the two-stage ranking, over several query vectors,
+    for each number of candidates the first stage keeps."""
     import numpy as np
 
     from tvreg.catalog import sketches as sketch_index
     from tvreg.similarity import compute as similarity
 
-    rank = getattr(similarity, "_rank_sketches", None)
-    if rank is None:
-        return {"why": "no two-stage ranking in this tvreg"}
     table = sketch_index.load(info["root"], info["base"], info["arch"])
-    coarse = sketch_index.load_coarse(info["root"], info["base"], info["arch"])
+    coarse = sketch_index.load_coarse(info["root"], info["base"], info["arch"], table)
     assert table is not None and coarse is not None
     n = len(table)
     rng = np.random.default_rng(1)
     ids = np.array(table["vector_id"])
     qrows = [int(np.flatnonzero(ids == info["vid"].encode())[0])]
     qrows += rng.choice(n, args.recall_queries - 1, replace=False).tolist()
-    full = np.asarray(table["sketch"])
+    sketches = table["sketch"]
     norms = np.array(table["norm"])
-    recalls, cands = [], []
+    truth = {}
     for qi in qrows:
-        q = full[qi]
-        dots = (full @ q).astype(np.float64) / (norms * norms[qi])
+        dots = (sketches @ np.asarray(sketches[qi])).astype(np.float64) / norms
         dots[qi] = -np.inf
-        exact = set(np.argsort(-dots, kind="stable")[:10].tolist())
-        got, c = rank(table, coarse, qi, 10 + 1, args.candidates)
-        got = [g for g in got.tolist() if g != qi][:10]
-        recalls.append(len(exact & set(got)) / 10)
-        cands.append(c)
-    return {"recalls": recalls, "queries": len(qrows), "candidates": cands[0]}
+        truth[qi] = set(np.lexsort((ids, -dots))[:10].tolist())
+    out: dict = {"queries": len(qrows), "by_candidates": {}}
+    for c in args.candidates:
+        if c >= n:
+            continue
+        recalls, times = [], []
+        for qi in qrows:
+            t0 = time.perf_counter()
+            got, _ = similarity._rank_sketches(table, coarse, qi, 11, c)
+            times.append(time.perf_counter() - t0)
+            got = [g for g in got.tolist() if g != qi][:10]
+            recalls.append(len(truth[qi] & set(got)) / 10)
+        out["by_candidates"][str(c)] = {"recalls": recalls, "rank_s": times}
+    out["default"] = max(similarity.COARSE_CANDIDATES, similarity.COARSE_PER_RESULT * 10)
+    return out
 
 
 # --- part: sizes and listing ----------------------------------------------------------------------
@@ -345,7 +428,8 @@ def _table(header: tuple, rows: list[tuple]) -> list[str]:
 
     def line(r) -> str:
         return "  ".join([str(r[0]).ljust(widths[0])] +
-                         [str(c).rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip()
+                         [str(c).rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+                         ).rstrip()
 
     return [line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]
 
@@ -373,30 +457,45 @@ def report(info: list[tuple[str, str]], res: dict) -> None:
             if "similar" not in s:
                 continue
             sim = s["similar"]
-            full = _med(sim["floor_full"])
-            rows.append((f"{int(size):,}", _ms(sim["similar"]), len(sim["similar"]),
-                         f"{min(sim['similar']) * 1e3:.1f}", f"{max(sim['similar']) * 1e3:.1f}",
-                         f"{full * 1e3:.1f}",
+            after, before = _med(sim["similar"]), _med(sim["before"])
+            rows.append((f"{int(size):,}", f"{before * 1e3:.1f}", f"{after * 1e3:.1f}",
+                         len(sim["similar"]), f"{min(sim['similar']) * 1e3:.1f}",
+                         f"{max(sim['similar']) * 1e3:.1f}", f"{before / after:.2f}",
+                         "yes" if sim["same_as_before"] else "NO",
+                         _ms(sim["open"]), _ms(sim["floor_full"]),
                          _ms(sim["floor_coarse"]) if "floor_coarse" in sim else "-",
-                         f"{_med(sim['similar']) / full:.2f}"))
-        for line in _table(("versions", "median ms", "n", "min ms", "max ms",
-                            "full scan ms", "coarse scan ms", "similar / full scan"), rows):
+                         f"{sim['first']:.2f}"))
+        for line in _table(("versions", "before ms", "now ms", "n", "now min", "now max",
+                            "before/now", "same top 10", "open catalog ms", "full scan ms",
+                            "coarse scan ms", "first call s"), rows):
             print(line)
-        print("\nfull scan: one float32 matmul of the query's sketch with the whole memory-mapped "
-              "sketch file\n(4,096 floats a version); coarse scan: the same over the 512-wide "
-              "coarse side file. Both in\nthe same process, right after the similar calls.")
-        rec = [(size, s["recall"]) for size, s in sizes.items() if "recall" in s]
-        for size, r in rec:
-            if "recalls" in r:
-                xs = r["recalls"]
-                print(f"\nrecall of the full-sketch top 10 at {int(size):,} versions "
-                      f"({r['queries']} query vectors, {r['candidates']:,} candidates re-ranked): "
-                      f"mean {statistics.mean(xs):.3f}, min {min(xs):.1f}, "
-                      f"{sum(x == 1.0 for x in xs)} of {len(xs)} queries exact")
+        print("\nbefore: similarity.similar as of 6bcd326 (bench_scale.similar_before), now: "
+              "reg.similar; medians of\ninterleaved calls after one warm-up round. open "
+              "catalog: a read-only catalog connection opened\nand closed (each similar call "
+              "opens one). full scan: one float32 product of a query with the\nwhole "
+              "memory-mapped sketch file (4,096 floats a version); coarse scan: the same over "
+              "the\n512-bucket coarse side file. first call: the first reg.similar, which "
+              "writes the coarse side file.")
+        for size, s in sizes.items():
+            r = s.get("recall")
+            if not r or not r.get("by_candidates"):
+                continue
+            print(f"\nrecall of the full-sketch top 10 at {int(size):,} versions, "
+                  f"{r['queries']} query vectors (the real one and random synthetic ones); "
+                  f"tvreg keeps {r['default']:,} for k = 10\n")
+            rrows = []
+            for c, x in r["by_candidates"].items():
+                xs = x["recalls"]
+                rrows.append((f"{int(c):,}", f"{statistics.mean(xs):.3f}", f"{min(xs):.1f}",
+                              f"{sum(v == 1.0 for v in xs)} of {len(xs)}",
+                              _ms(x["rank_s"])))
+            for line in _table(("candidates", "mean recall", "min recall", "queries exact",
+                                "rank ms"), rrows):
+                print(line)
     if any("sizes" in s for s in sizes.values()):
         print("\n2. sizes and listing (median times)\n")
         rows = []
-        for size, s in sizes.items():
+        for s in sizes.values():
             if "sizes" not in s:
                 continue
             z = s["sizes"]
@@ -417,7 +516,7 @@ def report(info: list[tuple[str, str]], res: dict) -> None:
     if any("index" in s for s in sizes.values()):
         print("\n3. the remote index (index/versions.parquet of every version record)\n")
         rows = []
-        for size, s in sizes.items():
+        for s in sizes.values():
             if "index" not in s:
                 continue
             x = s["index"]
@@ -464,8 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=20, help="timed calls per measurement")
     p.add_argument("--recall", action="store_true", help="measure the coarse stage's recall")
     p.add_argument("--recall-queries", type=int, default=20)
-    p.add_argument("--candidates", type=int, default=None,
-                   help="candidates re-ranked in the recall measurement (default: tvreg's)")
+    p.add_argument("--candidates", default="500,1000,2000,5000,10000",
+                   help="first-stage candidates in the recall measurement (comma-separated)")
     p.add_argument("--ks", default="1,2,4", help="concurrent creating processes")
     p.add_argument("--creates", type=int, default=12, help="creates per process")
     p.add_argument("--conc-repeats", type=int, default=2)
@@ -475,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
                    "(default ~/.cache/tvreg-bench/scale-<time>.json)")
     args = p.parse_args(argv)
     args.ks = [int(x) for x in args.ks.split(",") if x]
+    args.candidates = [int(x) for x in args.candidates.split(",") if x]
     sizes = [int(x) for x in args.sizes.split(",") if x]
     parts = set(args.parts.split(","))
     own = args.workdir is None
@@ -496,15 +596,15 @@ def main(argv: list[str] | None = None) -> None:
             info["size"] = size
             got: dict = {"build": {k: v for k, v in info.items() if k.endswith("_s")}}
             res["sizes"][str(size)] = got
-            if "sizes" in parts:
-                _log("  sizes, ls, resolve ...")
-                got["sizes"] = part_sizes(info, args)
             if "similar" in parts:
                 _log("  similar ...")
                 got["similar"] = part_similar(info, args)
                 if args.recall:
                     _log("  recall ...")
                     got["recall"] = part_recall(info, args)
+            if "sizes" in parts:  # after similar: the coarse side file exists then
+                _log("  sizes, ls, resolve ...")
+                got["sizes"] = part_sizes(info, args)
             if "index" in parts:
                 _log("  remote index ...")
                 got["index"] = part_index(info, args, work)
