@@ -569,7 +569,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--creates", type=int, default=12, help="creates per process")
     p.add_argument("--conc-repeats", type=int, default=2)
     p.add_argument("--workdir", help="kept afterwards (default: a temp dir, removed)")
-    p.add_argument("--keep", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the registries")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse registries a run with --workdir and --keep left there")
     p.add_argument("--out", default=None, help="raw JSON results "
                    "(default ~/.cache/tvreg-bench/scale-<time>.json)")
     args = p.parse_args(argv)
@@ -591,8 +593,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         zoo = make_toy_zoo(os.path.join(work, "zoo"))
         for size in sizes:
-            _log(f"building a registry of {size:,} versions ...")
-            info = build_registry(os.path.join(work, f"reg-{size}"), zoo, size)
+            root = os.path.join(work, f"reg-{size}")
+            marker = os.path.join(root, "bench-scale.json")
+            if args.reuse and os.path.exists(marker):
+                with open(marker) as f:
+                    info = json.load(f)
+                _log(f"reusing the registry of {size:,} versions in {root}")
+            else:
+                _log(f"building a registry of {size:,} versions ...")
+                info = build_registry(root, zoo, size)
+                with open(marker, "w") as f:
+                    json.dump(info, f)
             info["size"] = size
             got: dict = {"build": {k: v for k, v in info.items() if k.endswith("_s")}}
             res["sizes"][str(size)] = got
@@ -608,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
             if "index" in parts:
                 _log("  remote index ...")
                 got["index"] = part_index(info, args, work)
-            if not args.keep and own:
+            if not args.keep:
                 shutil.rmtree(info["root"], ignore_errors=True)
                 shutil.rmtree(os.path.join(work, f"remote-{size}"), ignore_errors=True)
         if "concurrency" in parts:
