@@ -913,62 +913,63 @@ def _estimates_from_file(root: str, con, catalog_path: str, base: str, arch: str
     table = sketch_index.load(root, base, arch)
     if table is None:
         return None
-    ids, unfiled = _filed(root, con, catalog_path, base, arch, table)
+    ids, unfiled, stale = _filed(root, con, catalog_path, base, arch, table)
     where = np.flatnonzero(ids == vid.encode("ascii"))
     if not where.size:
         return None
     n = len(table)
     candidates = max(COARSE_CANDIDATES, COARSE_PER_RESULT * k)
     coarse = sketch_index.load_coarse(root, base, arch, table) if n > candidates else None
-    skip = np.array(sorted({vid, *exact}), dtype="S64")
+    # not ranked: the query, vectors with exact pairs, records of vectors no longer listed
+    skip = np.array(sorted({vid, *exact, *stale}), dtype="S64")
     norms = np.asarray(table["norm"])
     query = np.asarray(table["sketch"][where[0]], dtype=np.float32)
     need = k + len(skip) + 64
     while True:
-        out: dict[str, float | None] = {}
         order, scored = _rank_sketches(table, coarse, int(where[0]), need, candidates)
         ranked = len(order)
-        # skip the query, vectors with exact pairs and repeated records (the first is kept)
         ordered_ids = ids[order]
-        _, first = np.unique(ordered_ids, return_index=True)
+        _, first = np.unique(ordered_ids, return_index=True)  # a repeated record: the first
         once = np.zeros(len(order), dtype=bool)
         once[first] = True
-        order = order[once & ~np.isin(ordered_ids, skip)]
-        step = max(2 * k, 64)
-        for at in range(0, len(order), step):
-            part = order[at:at + step]
-            got = [i.decode("ascii") for i in ids[part].tolist()]
-            listed = {r[0] for r in con.execute(  # records of vectors no longer listed: ignored
-                "SELECT vector_id FROM vectors WHERE vector_id IN (SELECT unnest(?)) "
-                "AND base_hash = ? AND arch_fingerprint = ?", [got, base, arch]).fetchall()}
-            dots = table["sketch"][part] @ query
-            for i, other, dot in zip(part.tolist(), got, dots.tolist(), strict=True):
-                if other in listed and len(out) < k:
-                    out[other] = _cosine(float(dot), float(norms[i]), qnorm)
-            if len(out) >= k:
-                break
-        if len(out) >= k or (ranked < need and scored >= n):
+        order = order[once & ~np.isin(ordered_ids, skip)][:k]
+        if len(order) >= k or (ranked < need and scored >= n):
             break  # k found, or every record ranked
         # too few: rank more (a wider first stage if it kept too few), from the start again
         if ranked < need:
             candidates *= 4
         need *= 4
+    dots = table["sketch"][order] @ query
+    out: dict[str, float | None] = {
+        i.decode("ascii"): _cosine(float(dot), float(norms[r]), qnorm)
+        for r, i, dot in zip(order.tolist(), ids[order].tolist(), dots.tolist(), strict=True)}
     return out, [u for u in unfiled if u != vid and u not in exact]
 
 
-def _unfiled(con, base: str, arch: str, ids: np.ndarray) -> list[str]:
-    """The vectors of the base whose ids are not in ``ids`` (the sketch file's), by an
-    anti-join inside DuckDB (the ids go in as one string of 64-digit ids)."""
-    rows = con.execute(
-        "SELECT vector_id FROM vectors WHERE base_hash = $b AND arch_fingerprint = $a "
-        "AND vector_id NOT IN (SELECT substr($ids, i * 64 + 1, 64) FROM range($n) t(i))",
-        {"b": base, "a": arch, "ids": np.ascontiguousarray(ids).tobytes().decode("ascii"),
-         "n": len(ids)}).fetchall()
-    return sorted(r[0] for r in rows)
+def _unfiled(con, base: str, arch: str, ids: np.ndarray) -> tuple[list[str], list[str]]:
+    """The vectors of the base whose ids are not in ``ids`` (the sketch file's), and the ids
+    of ``ids`` the catalog does not list in the base (records of vectors since removed): two
+    anti-joins inside DuckDB (the ids go in as one string of 64-digit ids)."""
+    params = {"ids": np.ascontiguousarray(ids).tobytes().decode("ascii"), "n": len(ids)}
+    con.execute("CREATE TEMP TABLE tvreg_filed AS "
+                "SELECT substr($ids, i * 64 + 1, 64) AS vector_id FROM range($n) t(i)", params)
+    try:
+        unfiled = con.execute(
+            "SELECT vector_id FROM vectors WHERE base_hash = $b AND arch_fingerprint = $a "
+            "AND vector_id NOT IN (SELECT vector_id FROM tvreg_filed)",
+            {"b": base, "a": arch}).fetchall()
+        stale = con.execute(
+            "SELECT DISTINCT vector_id FROM tvreg_filed WHERE vector_id NOT IN (SELECT "
+            "vector_id FROM vectors WHERE base_hash = $b AND arch_fingerprint = $a)",
+            {"b": base, "a": arch}).fetchall()
+    finally:
+        con.execute("DROP TABLE tvreg_filed")
+    return sorted(r[0] for r in unfiled), sorted(r[0] for r in stale)
 
 
-#: per sketch file: (the state of it and of the catalog, its ids, the base's vectors it lacks)
-_FILED: dict[str, tuple[tuple, np.ndarray, list[str]]] = {}
+#: per sketch file: (the state of it and of the catalog, its ids, the base's vectors it lacks,
+#: its ids the catalog does not list)
+_FILED: dict[str, tuple[tuple, np.ndarray, list[str], list[str]]] = {}
 _FILED_LOCK = threading.Lock()
 
 
@@ -987,24 +988,24 @@ def _state(*files: str) -> tuple:
 
 
 def _filed(root: str, con, catalog_path: str, base: str, arch: str, table: np.ndarray
-           ) -> tuple[np.ndarray, list[str]]:
-    """The sketch file's ids (``table``'s) and the base's vectors it has no record of,
-    remembered in this process while neither the file nor the catalog changes (the anti-join
-    reads every id of the base)."""
+           ) -> tuple[np.ndarray, list[str], list[str]]:
+    """The sketch file's ids (``table``'s), the base's vectors it has no record of, and its ids
+    the catalog no longer lists in the base; remembered in this process while neither the
+    file nor the catalog changes (the anti-joins read every id of the base)."""
     file = sketch_index.path(root, base, arch)
     state = _state(file, catalog_path, catalog_path + ".wal")
     with _FILED_LOCK:
         memo = _FILED.get(file)
     if memo is not None and memo[0] == state and len(memo[1]) == len(table):
-        return memo[1], memo[2]
+        return memo[1], memo[2], memo[3]
     ids = np.array(table["vector_id"])  # a plain copy: indexing a memmap per item is slow
-    unfiled = _unfiled(con, base, arch, ids)
+    unfiled, stale = _unfiled(con, base, arch, ids)
     if _state(file, catalog_path, catalog_path + ".wal") == state:
         with _FILED_LOCK:
             if len(_FILED) >= 16:
                 _FILED.clear()
-            _FILED[file] = (state, ids, unfiled)
-    return ids, unfiled
+            _FILED[file] = (state, ids, unfiled, stale)
+    return ids, unfiled, stale
 
 
 def _estimates_from_catalog(con, vid: str, ids: list[str]) -> dict[str, float | None]:
