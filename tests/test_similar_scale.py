@@ -64,9 +64,11 @@ def test_coarse_file_follows_appends_and_is_replaced_when_stale(sketch_file):
     assert len(sketch_index.load_coarse(root, b, a)) == 600
     more = _records(650, seed=1)[600:]
     sketch_index.append(root, b, a, more)
+    file = sketch_index.coarse_path(root, b, a)
+    # the append kept the side file in step: no query has to fold the new records
+    assert os.path.getsize(file) == 650 * sketch_index.COARSE.itemsize
     coarse = sketch_index.load_coarse(root, b, a)
     assert len(coarse) == 650 and coarse["vector_id"][-1].decode() == more[-1][0]
-    file = sketch_index.coarse_path(root, b, a)
     with open(file, "ab") as f:  # a torn record of an interrupted extension
         f.write(b"\x02" * 100)
     assert len(sketch_index.load_coarse(root, b, a)) == 650

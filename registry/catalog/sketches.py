@@ -73,7 +73,8 @@ def fold(sketches: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
 
 def append(root: str, base_hash: str, arch_fingerprint: str,
            rows: list[tuple[str, float, np.ndarray]]) -> None:
-    """Append ``(vector_id, norm, sketch)`` records (one write, under an exclusive lock)."""
+    """Append ``(vector_id, norm, sketch)`` records (one write, under an exclusive lock), and
+    their coarse records where the side file exists."""
     if not rows:
         return
     import fcntl
@@ -96,6 +97,13 @@ def append(root: str, base_hash: str, arch_fingerprint: str,
             data = data[os.write(fd, data):]
     finally:
         os.close(fd)
+    if os.path.exists(coarse_path(root, base_hash, arch_fingerprint)):
+        # keep the side file in step, so the first query after many inserts need not fold
+        # them all (a cache: a failure here leaves it to that query)
+        try:
+            load_coarse(root, base_hash, arch_fingerprint)
+        except OSError:
+            pass
 
 
 def load(root: str, base_hash: str, arch_fingerprint: str) -> np.ndarray | None:

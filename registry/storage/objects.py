@@ -146,16 +146,20 @@ class Staging:
     def commit(self) -> int:
         """Move staged objects into the store (fsynced there); returns how many were new.
 
-        Each one's mtime, and that of every existing object this write reuses, is set to now, so
+        Each one's mtime, and that of every existing object this write reuses, is set to now
+        (an object a store with ``fresh_writes`` has just written has it already), so
         gc's grace period runs from the commit, which comes just before the manifest and record
         that reference them. A reused object that a concurrent gc deleted meanwhile fails the
         commit (its bytes were never staged), so no record can name a missing object."""
         new = 0
+        written: set[str] = set()
         for oid, path in self._staged.items():
             if self.db.store.write_file(object_key(oid), path):
                 new += 1
                 self.committed.append(oid)
-        for oid in sorted(self._reused | self._staged.keys()):
+                written.add(oid)
+        fresh = written if self.db.store.fresh_writes else set()
+        for oid in sorted((self._reused | self._staged.keys()) - fresh):
             try:
                 self.db.store.touch(object_key(oid))
             except MissingKey:

@@ -43,6 +43,10 @@ class Store(abc.ABC):
     supports_exclusive_create: bool = True
     #: whether writes are allowed at all
     writable: bool = True
+    #: whether :meth:`write_file` creates its key with the time of the write itself, so a
+    #: commit need not touch what it has just written (an object store's PUT; a local folder
+    #: links in a staged file, which keeps the time it was staged)
+    fresh_writes: bool = False
     #: how messages name this store ("remote NAME (URL)" once a remote sets it); ``str(store)``
     #: is this, else the store's URL or path, never a Python repr
     label: str = ""

@@ -93,6 +93,10 @@ def _translated(method):
 class FsspecStore(Store):
     """A store on any fsspec filesystem (S3, memory, HTTP read-only, …) under a root path."""
 
+    #: write_file uploads the bytes: the key's time is the write's (a touch of it would be a
+    #: download and an upload again on S3)
+    fresh_writes = True
+
     def __init__(self, fs: Any, root: str, *, writable: bool = True) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
