@@ -424,6 +424,10 @@ def insert_columns(con, table: str, columns: Sequence[str], rows: list[tuple]) -
         kind = np.int64 if isinstance(sample, int) and not isinstance(sample, bool) \
             else np.float64
         filled = np.array([0 if v is None else v for v in values], dtype=kind)
+        if kind is np.float64 and np.isnan(filled).any():
+            # a scanned NaN becomes NULL: keep NaN (allow_nonfinite vectors) the slow way
+            insert_rows(con, table, rows, list(columns))
+            return
         data[name] = np.ma.masked_array(filled, mask=missing) if any(missing) else filled
     con.register(view, data)
     try:
