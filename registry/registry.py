@@ -661,14 +661,13 @@ class Registry:
         bytes a task may hold, docs/similarity.md). Idempotent. Returns ``{"vectors": N,
         "pairs": M}``: vectors whose statistics and pairs whose values were computed."""
         from tvreg.digest import is_hex_digest
-        from tvreg.similarity.batch import MEMORY
         from tvreg.similarity.upkeep import update
 
         self.repo.require()
         ids = None if refs is None else [r if is_hex_digest(r) else self.resolve_ref(r)[1]
                                          for r in refs]
         return update(self.repo, ids, exact_limit=None, engine=engine, workers=workers,
-                      scheduler=scheduler, memory=MEMORY if memory is None else memory,
+                      scheduler=scheduler, memory=memory,
                       on_vector=on_vector)
 
     def rebuild_similarities(self, *, engine: str = "local", workers: int | None = None,
@@ -678,12 +677,11 @@ class Registry:
         """Recompute every statistic and pair from the stored vectors (every base, whatever
         the exact limit; engines as for :meth:`update_similarities`, which give the same
         values bit for bit)."""
-        from tvreg.similarity.batch import MEMORY
         from tvreg.similarity.upkeep import update
 
         self.repo.require()
         return update(self.repo, None, exact_limit=None, engine=engine, workers=workers,
-                      scheduler=scheduler, memory=MEMORY if memory is None else memory,
+                      scheduler=scheduler, memory=memory,
                       rebuild=True, on_vector=on_vector)
 
     def similarity_status(self) -> list[dict[str, Any]]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import uuid
 
 import pytest
 import torch
-from helpers import snapshot
+from helpers import new_remote, snapshot
 from safetensors.torch import load_file, save_file
 
 import tvreg
@@ -292,15 +291,7 @@ def test_deep_verify_recomputes_the_base_hash(reg, zoo, tmp_path):
 
 @pytest.fixture(params=["dir", "s3"])
 def remote_url(request, tmp_path):
-    if request.param == "dir":
-        return str(tmp_path / "remote"), {}
-    endpoint = request.getfixturevalue("s3_endpoint")
-    import s3fs
-
-    bucket = f"tvreg-{uuid.uuid4().hex[:20]}"
-    s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir(bucket)
-    return f"s3://{bucket}/team", {"endpoint_url": endpoint, "skip_instance_cache": True,
-                                   "use_listings_cache": False}
+    return new_remote(request.param, tmp_path, request)
 
 
 def test_push_and_pull_with_base(based, tmp_path, remote_url, zoo):

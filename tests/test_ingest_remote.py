@@ -7,7 +7,6 @@ collected by ``gc --remote``, and bad input refused before anything is written."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ import sys
 import uuid
 
 import pytest
-from helpers import snapshot
+from helpers import new_remote, snapshot
 
 import tvreg
 from tvreg.errors import InvalidInput, NotFound
@@ -54,15 +53,7 @@ def expected(zoo, tmp_path_factory):
 @pytest.fixture(params=["dir", "s3"])
 def remote(request, tmp_path):
     """(url, options) of a fresh remote: a folder, or a new bucket on moto's S3 server."""
-    if request.param == "dir":
-        return str(tmp_path / "remote"), {}
-    import s3fs
-
-    endpoint = request.getfixturevalue("s3_endpoint")
-    bucket = f"tvreg-{uuid.uuid4().hex[:20]}"
-    s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir(bucket)
-    return (f"s3://{bucket}/team", {"endpoint_url": endpoint, "skip_instance_cache": True,
-                                    "use_listings_cache": False})
+    return new_remote(request.param, tmp_path, request)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +61,7 @@ def cluster(request):
     """One real Dask LocalCluster of 2 worker processes for the module, started after the S3
     endpoint's credentials are in the environment (the workers inherit it)."""
     distributed = pytest.importorskip("distributed")
-    with contextlib.suppress(pytest.skip.Exception):  # no s3fs/moto: the dir remote still runs
-        request.getfixturevalue("s3_endpoint")
+    request.getfixturevalue("s3_endpoint")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None,
                                   silence_logs=50) as c:

@@ -157,7 +157,8 @@ def _tile(repo: Repo, index: int, entries: list[TensorEntry], ids: list[str],
         share = np.zeros(SKETCH_DIM)
         return _tensor_stats(name, values[k], share), share
 
-    mine = [k for k, v in enumerate(ids) if v in set(fresh)]
+    fresh_ids = set(fresh)
+    mine = [k for k, v in enumerate(ids) if v in fresh_ids]
     for k, got in zip(mine, pool.map(own_stats, mine), strict=True):
         stats[ids[k]] = got
     threshold = [stats[v][0].threshold if v in stats else thresholds[v] for v in ids]

@@ -21,6 +21,8 @@ import numpy as np
 
 from tvreg.catalog import sketches as sketch_index
 from tvreg.errors import FormatError, InvalidInput
+from tvreg.repo.ingest import ENGINES as INGEST_ENGINES
+from tvreg.repo.ingest import check_options
 from tvreg.similarity import batch as batch_pass
 from tvreg.similarity import spectra as spectra_files
 from tvreg.similarity.compute import (
@@ -44,8 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from tvreg.format.manifest import Manifest, TensorEntry
     from tvreg.repo.repo import Repo
 
-#: engines of :func:`update`
-ENGINES = ("local", "dask")
+#: engines of :func:`update`: those of bulk ingest
+ENGINES = INGEST_ENGINES
 #: the key of config.json that holds the registry's similarity settings
 CONFIG_KEY = "similarity"
 
@@ -180,7 +182,7 @@ def _groups(con, vector_ids: Iterable[str] | None) -> dict[tuple[str, str], list
 def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
            exact_limit: int | None = EXACT_LIMIT, engine: str = "local",
            workers: int | None = None, scheduler: str | None = None,
-           memory: int = batch_pass.MEMORY, rebuild: bool = False,
+           memory: int | None = None, rebuild: bool = False,
            on_vector: Callable[[str], None] | None = None) -> dict[str, int]:
     """Compute what is missing for the bases of ``vector_ids`` (default: every base): the
     statistics of vectors that have none, then every missing pair, for bases of at most
@@ -190,13 +192,14 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
 
     Pairs of many vectors (more than one vector's worth, e.g. a rebuild or the pending pairs of
     a base past its limit) go through the batch pass (:mod:`tvreg.similarity.batch`, tiles of
-    at most ``memory`` bytes); with ``engine="dask"`` every pass's reads run as tasks of a Dask
-    cluster (``scheduler``, or a ``LocalCluster`` of ``workers`` processes), and the values are
-    the local engine's, bit for bit. With ``rebuild``, everything stored is forgotten first
+    at most ``memory`` bytes, default :data:`tvreg.similarity.batch.MEMORY`); with
+    ``engine="dask"`` every pass's reads run as tasks of a Dask cluster (``scheduler``, or a
+    ``LocalCluster`` of ``workers`` processes), and the values are the local engine's, bit for
+    bit. With ``rebuild``, everything stored is forgotten first
     (:func:`clear`), once the engine is ready (a cluster that cannot be reached changes
     nothing)."""
     check_engine(engine, workers, scheduler)
-    batch_pass.check_memory(memory)
+    memory = batch_pass.check_memory(batch_pass.MEMORY if memory is None else memory)
     if engine == "local":
         with one_blas_thread():
             if rebuild:
@@ -211,14 +214,9 @@ def update(reg: Repo, vector_ids: Iterable[str] | None = None, *,
 
 
 def check_engine(engine: Any, workers: Any, scheduler: Any) -> None:
-    """:class:`InvalidInput` unless the engine options go together."""
-    if engine not in ENGINES:
-        raise InvalidInput(f"unknown engine {engine!r} (engines: {', '.join(ENGINES)})")
-    if scheduler is not None and engine != "dask":
-        raise InvalidInput("a scheduler address is for --engine dask")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise InvalidInput(f"invalid worker count {workers!r}: an integer >= 1")
+    """:class:`InvalidInput` unless the engine options go together: ingest's checks, and
+    ``workers`` only for the Dask engine (the local one runs on the registry's pools)."""
+    check_options(engine, workers, scheduler)
     if workers is not None and engine != "dask":
         raise InvalidInput("--workers sizes the Dask engine's local cluster")
 
@@ -252,10 +250,10 @@ def _update(reg: Repo, vector_ids: Iterable[str] | None, limit: int | None, memo
         missing: set[tuple[str, str]] = set()
         if limit is None or len(ids) <= limit:
             missing = {(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]} - stored
-        involved = sorted({v for p in missing for v in p})
+        paired = {v for p in missing for v in p}
         if missing and (cluster is not None or len(missing) > len(ids) - 1):
             # many vectors' pairs (a rebuild, pending pairs): every vector read once
-            new = _batch(reg, involved, [v for v in fresh if v in set(involved)], missing,
+            new = _batch(reg, sorted(paired), [v for v in fresh if v in paired], missing,
                          stats, memory, cluster)
             tick(new)
             done["pairs"] += len(missing)
